@@ -1,0 +1,1 @@
+"""The memory API, as an agent's tool server sees it."""

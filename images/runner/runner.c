@@ -1,0 +1,417 @@
+/*
+ * athena-runner: the main process (PID 1) of every athena-sandbox container.
+ *
+ * It starts the language's interpreter at once (so a warm container has it loaded), then waits
+ * for one request on stdin, hands the code and the parameters to the interpreter, and reports
+ * what happens as length-framed messages on stdout. The orchestrator is the only reader of
+ * stdout; the user's code writes into pipes that this process owns, so it cannot forge frames.
+ *
+ * Request (stdin), once:
+ *     "ATHENA/1 <code_len> <blob_len> <timeout_ms> <max_output_bytes>\n" <code> <blob>
+ *   The code is written to --code-file; the blob (parameters, in the form the language's
+ *   bootstrap expects) is written to the interpreter's fd 3. After the request, stdin stays
+ *   open: EOF means the owner died, and everything is killed at once.
+ *
+ * Frames (stdout): 1 type byte, 4-byte big-endian length, payload.
+ *   'R' ready           the interpreter is starting; the container can take a request
+ *   'B' begin           the code has been handed over; the run's clock starts
+ *   'o' / 'e'           stdout / stderr bytes of the code
+ *   'c' cut             "<o|e> <bytes>": that many bytes of the stream were dropped here
+ *   'v' value           bytes the interpreter wrote on fd 4 (Python's `output`, as JSON)
+ *   'x' exit            JSON status: exit code or signal, timeout, cgroup figures
+ *   'f' failure         the runner could not do its job (message)
+ *
+ * Output caps: each stream is forwarded live up to max_output bytes; after that only the last
+ * max_output/2 bytes are kept and sent at the end after a 'c' frame, so whatever the code prints,
+ * the orchestrator receives a bounded amount.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PROTOCOL "ATHENA/1"
+#define CHUNK 65536
+#define DRAIN_NS (2LL * 1000000000LL)
+
+typedef struct {
+    int fd;            /* read end, -1 once closed */
+    char tag;          /* 'o' or 'e' */
+    uint64_t total;    /* bytes read from the pipe */
+    uint64_t live;     /* bytes forwarded as they came */
+    uint64_t dropped;  /* bytes dropped between the live part and the tail */
+    char *ring;        /* the last bytes past the live part */
+    size_t ring_cap, ring_start, ring_len;
+} stream_t;
+
+static pid_t child_pid = -1;
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void write_all(int fd, const void *buf, size_t len) {
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            _exit(3); /* the orchestrator is gone: nothing left to report to */
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+static void send_frame(char type, const void *payload, size_t len) {
+    unsigned char head[5];
+    head[0] = (unsigned char)type;
+    head[1] = (unsigned char)(len >> 24);
+    head[2] = (unsigned char)(len >> 16);
+    head[3] = (unsigned char)(len >> 8);
+    head[4] = (unsigned char)len;
+    write_all(STDOUT_FILENO, head, sizeof head);
+    if (len) write_all(STDOUT_FILENO, payload, len);
+}
+
+static void send_framef(char type, const char *fmt, ...) {
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n < 0) n = 0;
+    if ((size_t)n >= sizeof buf) n = sizeof buf - 1;
+    send_frame(type, buf, (size_t)n);
+}
+
+/* Kill every process of the run. As PID 1 of the container's PID namespace, kill(-1) reaches
+ * all of them (daemons that left the process group included) and never this process. */
+static void kill_run(void) {
+    if (getpid() == 1) {
+        kill(-1, SIGKILL);
+    } else if (child_pid > 0) {
+        kill(-child_pid, SIGKILL);
+    }
+}
+
+static void fail(const char *what) {
+    send_framef('f', "%s: %s", what, strerror(errno));
+    kill_run();
+    exit(2);
+}
+
+static int read_full(int fd, char *buf, size_t len) {
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = read(fd, buf + got, len - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        got += (size_t)n;
+    }
+    return 0;
+}
+
+/* Copy exactly len bytes from stdin to fd, in chunks, so big code never sits in memory. */
+static int copy_exact(int in, int out, size_t len) {
+    char buf[CHUNK];
+    while (len > 0) {
+        size_t want = len < sizeof buf ? len : sizeof buf;
+        if (read_full(in, buf, want) < 0) return -1;
+        write_all(out, buf, want);
+        len -= want;
+    }
+    return 0;
+}
+
+static void ring_push(stream_t *s, const char *p, size_t n) {
+    if (s->ring_cap == 0) { s->dropped += n; return; }
+    for (size_t i = 0; i < n; i++) {
+        if (s->ring_len == s->ring_cap) {
+            s->ring_start = (s->ring_start + 1) % s->ring_cap;
+            s->ring_len--;
+            s->dropped++;
+        }
+        s->ring[(s->ring_start + s->ring_len) % s->ring_cap] = p[i];
+        s->ring_len++;
+    }
+}
+
+static void stream_take(stream_t *s, const char *p, size_t n, uint64_t max_output) {
+    s->total += n;
+    if (s->live < max_output) {
+        size_t room = (size_t)(max_output - s->live);
+        size_t now = n < room ? n : room;
+        send_frame(s->tag, p, now);
+        s->live += now;
+        p += now;
+        n -= now;
+    }
+    if (n) ring_push(s, p, n);
+}
+
+static void stream_finish(stream_t *s) {
+    if (s->dropped) send_framef('c', "%c %" PRIu64, s->tag, s->dropped);
+    size_t first = s->ring_len;
+    if (s->ring_start + first > s->ring_cap) first = s->ring_cap - s->ring_start;
+    if (first) send_frame(s->tag, s->ring + s->ring_start, first);
+    if (s->ring_len > first) send_frame(s->tag, s->ring, s->ring_len - first);
+}
+
+/* Read the first number after `key` in a small cgroup file; -1 when there is none. */
+static long long cgroup_value(const char *path, const char *key) {
+    char buf[4096];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = '\0';
+    const char *p = buf;
+    if (key) {
+        size_t klen = strlen(key);
+        for (;;) {
+            if (strncmp(p, key, klen) == 0 && p[klen] == ' ') { p += klen + 1; break; }
+            p = strchr(p, '\n');
+            if (!p) return -1;
+            p++;
+        }
+    }
+    return strtoll(p, NULL, 10);
+}
+
+static long long first_of(long long a, long long b) { return a >= 0 ? a : b; }
+
+static void send_exit(int status, int have_status, int timed_out, int64_t run_ns, int value_truncated) {
+    long long oom = first_of(cgroup_value("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
+                             cgroup_value("/sys/fs/cgroup/memory.events", "oom_kill"));
+    long long pids = first_of(cgroup_value("/sys/fs/cgroup/pids/pids.events", "max"),
+                              cgroup_value("/sys/fs/cgroup/pids.events", "max"));
+    long long peak = first_of(cgroup_value("/sys/fs/cgroup/memory/memory.max_usage_in_bytes", NULL),
+                              cgroup_value("/sys/fs/cgroup/memory.peak", NULL));
+    long long cpu = cgroup_value("/sys/fs/cgroup/cpuacct/cpuacct.usage", NULL);
+    if (cpu < 0) {
+        long long usec = cgroup_value("/sys/fs/cgroup/cpu.stat", "usage_usec");
+        cpu = usec >= 0 ? usec * 1000 : -1;
+    }
+    int exited = have_status && WIFEXITED(status);
+    int signaled = have_status && WIFSIGNALED(status);
+    char code[16] = "null", sig[16] = "null";
+    if (exited) snprintf(code, sizeof code, "%d", WEXITSTATUS(status));
+    if (signaled) snprintf(sig, sizeof sig, "%d", WTERMSIG(status));
+    send_framef('x',
+                "{\"exit_code\":%s,\"signal\":%s,\"timed_out\":%s,\"oom_kills\":%lld,"
+                "\"pids_limit_hits\":%lld,\"memory_peak_bytes\":%lld,\"cpu_ns\":%lld,"
+                "\"run_ns\":%" PRId64 ",\"value_truncated\":%s}",
+                code, sig, timed_out ? "true" : "false", oom, pids, peak, cpu, run_ns,
+                value_truncated ? "true" : "false");
+}
+
+static void start_child(char **argv, const char *workdir, int out_w, int err_w, int blob_r, int val_w) {
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    setsid();
+    /* The code, not the runner, is what the kernel should pick when the cgroup runs out. */
+    int adj = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (adj >= 0) { (void)!write(adj, "1000", 4); close(adj); }
+    int devnull = open("/dev/null", O_RDONLY);
+    if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0 ||
+        dup2(blob_r, 3) < 0 || dup2(val_w, 4) < 0) {
+        _exit(126);
+    }
+    for (int fd = 5; fd < 1024; fd++) close(fd);
+    if (workdir && chdir(workdir) < 0) {
+        dprintf(2, "athena-runner: cannot enter %s: %s\n", workdir, strerror(errno));
+        _exit(126);
+    }
+    execvp(argv[0], argv);
+    dprintf(2, "athena-runner: cannot start %s: %s\n", argv[0], strerror(errno));
+    _exit(127);
+}
+
+/* Read the request header: one line of at most 255 bytes. Returns 0 on EOF before a request. */
+static int read_header(char *line, size_t cap) {
+    size_t n = 0;
+    for (;;) {
+        char ch;
+        ssize_t r = read(STDIN_FILENO, &ch, 1);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return 0;
+        if (ch == '\n') break;
+        if (n + 1 >= cap) { errno = EPROTO; fail("request header too long"); }
+        line[n++] = ch;
+    }
+    line[n] = '\0';
+    return 1;
+}
+
+static int usage(void) {
+    fprintf(stderr, "usage: athena-runner --code-file PATH [--workdir DIR] -- COMMAND [ARG...]\n");
+    return 64;
+}
+
+int main(int argc, char **argv) {
+    const char *code_file = NULL, *workdir = NULL;
+    int i = 1;
+    for (; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0) { i++; break; }
+        if (strcmp(argv[i], "--code-file") == 0 && i + 1 < argc) code_file = argv[++i];
+        else if (strcmp(argv[i], "--workdir") == 0 && i + 1 < argc) workdir = argv[++i];
+        else return usage();
+    }
+    if (!code_file || i >= argc) return usage();
+    char **command = argv + i;
+
+    /* Not dumpable: the code (same uid) can neither ptrace this process nor open its fds. */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    if (getpid() != 1) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGCHLD);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0) fail("signalfd");
+
+    int out[2], err[2], blob[2], val[2];
+    if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) || pipe2(blob, O_CLOEXEC) || pipe2(val, O_CLOEXEC))
+        fail("pipe");
+    child_pid = fork();
+    if (child_pid < 0) fail("fork");
+    if (child_pid == 0) start_child(command, workdir, out[1], err[1], blob[0], val[1]);
+    close(out[1]); close(err[1]); close(blob[0]); close(val[1]);
+    send_frame('R', PROTOCOL, strlen(PROTOCOL));
+
+    char line[256];
+    if (!read_header(line, sizeof line)) { kill_run(); return 0; } /* owner gone before a request */
+    char proto[16];
+    unsigned long long code_len, blob_len, timeout_ms, max_output;
+    if (sscanf(line, "%15s %llu %llu %llu %llu", proto, &code_len, &blob_len, &timeout_ms, &max_output) != 5 ||
+        strcmp(proto, PROTOCOL) != 0) {
+        errno = EPROTO;
+        fail("bad request header");
+    }
+    int cf = open(code_file, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (cf < 0) fail("cannot create the code file");
+    if (copy_exact(STDIN_FILENO, cf, (size_t)code_len) < 0) { kill_run(); return 0; }
+    close(cf);
+    char *blob_buf = malloc(blob_len ? (size_t)blob_len : 1);
+    if (!blob_buf) fail("malloc");
+    if (blob_len && read_full(STDIN_FILENO, blob_buf, (size_t)blob_len) < 0) { kill_run(); return 0; }
+    fcntl(blob[1], F_SETFL, O_NONBLOCK);
+
+    stream_t streams[2] = {{.fd = out[0], .tag = 'o'}, {.fd = err[0], .tag = 'e'}};
+    for (int s = 0; s < 2; s++) {
+        streams[s].ring_cap = (size_t)(max_output / 2);
+        streams[s].ring = malloc(streams[s].ring_cap ? streams[s].ring_cap : 1);
+        if (!streams[s].ring) fail("malloc");
+    }
+    char *value = malloc((size_t)max_output + 1);
+    if (!value) fail("malloc");
+    size_t value_len = 0;
+    int value_truncated = 0, val_fd = val[0], blob_fd = blob[1];
+    size_t blob_sent = 0;
+
+    int64_t start = now_ns();
+    int64_t deadline = timeout_ms ? start + (int64_t)timeout_ms * 1000000LL : 0;
+    int64_t drain_until = 0, end = 0;
+    int status = 0, have_status = 0, timed_out = 0;
+    send_frame('B', NULL, 0);
+    if (blob_len == 0) { close(blob_fd); blob_fd = -1; }
+
+    char buf[CHUNK];
+    for (;;) {
+        int open_streams = streams[0].fd >= 0 || streams[1].fd >= 0 || val_fd >= 0;
+        if (have_status && (!open_streams || now_ns() >= drain_until)) break;
+        struct pollfd p[6];
+        int np = 0;
+        p[np++] = (struct pollfd){.fd = STDIN_FILENO, .events = POLLIN};
+        p[np++] = (struct pollfd){.fd = sfd, .events = POLLIN};
+        p[np++] = (struct pollfd){.fd = streams[0].fd, .events = POLLIN};
+        p[np++] = (struct pollfd){.fd = streams[1].fd, .events = POLLIN};
+        p[np++] = (struct pollfd){.fd = val_fd, .events = POLLIN};
+        p[np++] = (struct pollfd){.fd = blob_fd, .events = POLLOUT};
+        int wait_ms = -1;
+        int64_t until = have_status ? drain_until : deadline;
+        if (until) {
+            int64_t left = until - now_ns();
+            wait_ms = left <= 0 ? 0 : (int)(left / 1000000LL) + 1;
+        }
+        int r = poll(p, (nfds_t)np, wait_ms);
+        if (r < 0 && errno != EINTR) fail("poll");
+        if (!have_status && deadline && now_ns() >= deadline && !timed_out) {
+            timed_out = 1;
+            kill_run();
+        }
+        if (r <= 0) continue;
+        if (p[0].revents) {
+            ssize_t n = read(STDIN_FILENO, buf, sizeof buf);
+            if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) { kill_run(); return 0; }
+        }
+        if (p[1].revents) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+                if (si.ssi_signo != SIGCHLD) { kill_run(); return 0; }
+            }
+            for (;;) {
+                int st;
+                pid_t pid = waitpid(-1, &st, WNOHANG);
+                if (pid <= 0) break;
+                if (pid == child_pid && !have_status) {
+                    status = st;
+                    have_status = 1;
+                    end = now_ns();
+                    kill_run(); /* background processes die with the run */
+                    drain_until = end + DRAIN_NS;
+                }
+            }
+        }
+        for (int s = 0; s < 2; s++) {
+            if (!p[2 + s].revents) continue;
+            ssize_t n = read(streams[s].fd, buf, sizeof buf);
+            if (n > 0) stream_take(&streams[s], buf, (size_t)n, max_output);
+            else if (n == 0 || (errno != EINTR && errno != EAGAIN)) { close(streams[s].fd); streams[s].fd = -1; }
+        }
+        if (p[4].revents) {
+            ssize_t n = read(val_fd, buf, sizeof buf);
+            if (n > 0) {
+                size_t room = (size_t)max_output - value_len;
+                size_t keep = (size_t)n < room ? (size_t)n : room;
+                memcpy(value + value_len, buf, keep);
+                value_len += keep;
+                if (keep < (size_t)n) value_truncated = 1;
+            } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) { close(val_fd); val_fd = -1; }
+        }
+        if (p[5].revents) {
+            ssize_t n = write(blob_fd, blob_buf + blob_sent, (size_t)blob_len - blob_sent);
+            if (n > 0) blob_sent += (size_t)n;
+            if ((n < 0 && errno != EAGAIN && errno != EINTR) || blob_sent == blob_len) { close(blob_fd); blob_fd = -1; }
+        }
+    }
+    stream_finish(&streams[0]);
+    stream_finish(&streams[1]);
+    if (value_len && !value_truncated) send_frame('v', value, value_len);
+    send_exit(status, have_status, timed_out, (end ? end : now_ns()) - start, value_truncated);
+    return 0;
+}

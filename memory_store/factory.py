@@ -1,0 +1,94 @@
+"""Where the memory store lives, and opening it: ``resolve_store_target`` and ``open_store``.
+
+Accepted targets: a plain path (``~`` is expanded) and ``sqlite:///absolute/path``. PostgreSQL
+URLs are recognised and refused until the PostgreSQL store ships.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from memory_store.base import Store
+from memory_store.errors import StoreConfigError
+from memory_store.sqlite import SQLiteStore
+from orchestrator.settings import Settings
+
+DEFAULT_DB_PATH = Path("~/.athena/memory.db")
+"""The store used when nothing else is set; ``~`` is expanded when the store is opened."""
+
+_ACCEPTED = "a file path (e.g. ~/.athena/memory.db) or sqlite:///absolute/path"
+_POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
+
+
+def resolve_store_target(db_path: str | os.PathLike[str] | None, settings: Settings) -> str:
+    """Return where the store lives, as given: a path or a URL, ``~`` not yet expanded.
+
+    Precedence: the ``db_path`` argument, then ``settings.memory_url`` (``ATHENA_MEMORY_URL``),
+    then ``settings.memory_db`` (``ATHENA_MEMORY_DB``), then :data:`DEFAULT_DB_PATH`.
+    """
+    if db_path is not None:
+        return os.fspath(db_path)
+    if settings.memory_url:
+        return settings.memory_url
+    if settings.memory_db is not None:
+        return os.fspath(settings.memory_db)
+    return os.fspath(DEFAULT_DB_PATH)
+
+
+def _sqlite_url_path(target: str) -> str:
+    parts = urlsplit(target)
+    if parts.netloc or parts.query or parts.fragment or not parts.path.startswith("/"):
+        raise StoreConfigError(
+            f"invalid SQLite URL {target!r}: write sqlite:///absolute/path "
+            "(three slashes, no host, no query), or give a plain file path"
+        )
+    return unquote(parts.path)
+
+
+def sqlite_path(target: str) -> Path:
+    """Return the SQLite file a target names.
+
+    Raises:
+        StoreConfigError: the target is empty, in-memory, a PostgreSQL URL (not available
+            yet) or a URL of another scheme.
+
+    """
+    if not target.strip():
+        raise StoreConfigError(f"the memory store path is empty: give {_ACCEPTED}")
+    path = target
+    if "://" in target:
+        scheme = target.partition("://")[0].lower()
+        if scheme.partition("+")[0] in _POSTGRES_SCHEMES:
+            # The URL itself is not echoed: it may hold a password.
+            raise StoreConfigError(
+                "the PostgreSQL store is not available in this version yet; use a SQLite path"
+            )
+        if scheme != "sqlite":
+            raise StoreConfigError(f"unsupported memory store scheme {scheme!r}: give {_ACCEPTED}")
+        path = _sqlite_url_path(target)
+    if path.rstrip("/").rpartition("/")[2] == ":memory:":
+        raise StoreConfigError(
+            f"the memory store must persist, so not ':memory:': give {_ACCEPTED}"
+        )
+    return Path(path).expanduser()
+
+
+def open_store(
+    db_path: str | os.PathLike[str] | None = None, settings: Settings | None = None
+) -> Store:
+    """Open the memory store named by the argument, the settings or the default.
+
+    Args:
+        db_path: a path or URL; wins over the settings.
+        settings: where ``memory_url`` and ``memory_db`` come from (default: ``Settings()``,
+            i.e. the ``ATHENA_*`` environment).
+
+    Raises:
+        StoreConfigError: the target is not an accepted form, or its file cannot be created.
+        StoreError: the file is not a memory store, or is newer than this code knows.
+
+    """
+    target = resolve_store_target(db_path, settings if settings is not None else Settings())
+    return SQLiteStore(sqlite_path(target))

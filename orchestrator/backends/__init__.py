@@ -1,0 +1,1 @@
+"""Isolation backends: one module per sandbox mode, each behind the Backend protocol."""

@@ -1,0 +1,80 @@
+"""The seam every isolation backend implements, and what a backend reports.
+
+A backend runs one request in its sandbox, feeds the :class:`ExecutionContext` as output arrives
+and returns a :class:`RunOutcome`: the facts of the run (exit status, timeout, OOM, ...). The
+orchestrator turns facts into violations and the public result, the same way for every backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from pydantic import JsonValue
+
+from orchestrator.context import ExecutionContext
+from orchestrator.models import ExecutionRequest, Isolation, Resources
+from orchestrator.policy import ResolvedMount
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """The facts of one run, as a backend saw them.
+
+    Attributes:
+        isolation: how the run was isolated (mode, runtime, path, image).
+        started: whether the code was handed to the interpreter (False: it never ran).
+        exit_code: the exit status when the code's process exited normally.
+        signal: the signal number when it was killed by a signal.
+        timed_out: the run was killed because its timeout passed.
+        oom_killed: the kernel killed a process of the run for lack of memory.
+        pids_limit_hits: how often a fork failed because of the process limit.
+        run_ms: milliseconds from the code's start to its end.
+        sandbox_id: the container id (short), when there was one.
+        output: Python's ``output`` value, decoded.
+        notes: messages for the caller about the run itself (e.g. an ``output`` that is not
+            JSON-serialisable), appended to stderr by the orchestrator.
+        resources: cgroup figures, when asked for.
+    """
+
+    isolation: Isolation
+    started: bool = False
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    oom_killed: bool = False
+    pids_limit_hits: int = 0
+    run_ms: float = 0.0
+    sandbox_id: str | None = None
+    output: JsonValue = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    resources: Resources | None = None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a backend needs besides the request: the checked mounts and the effective timeout."""
+
+    timeout_seconds: float
+    mounts: tuple[ResolvedMount, ...] = ()
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """An isolation backend (docker, and later srt, restricted, inprocess)."""
+
+    name: str
+
+    def run(
+        self, request: ExecutionRequest, spec: RunSpec, context: ExecutionContext
+    ) -> RunOutcome:
+        """Run the request in a fresh sandbox, feeding ``context`` as output arrives.
+
+        Raises:
+            RunError: the sandbox could not start or broke before reporting.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release everything the backend holds; kill runs still going."""
+        ...

@@ -1,0 +1,73 @@
+"""Translation of docker-py and requests errors into our error tree, in one place."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import docker.errors
+import requests.exceptions
+
+from orchestrator.errors import (
+    BackendUnavailableError,
+    ImageNotFoundError,
+    SandboxError,
+    SandboxFailedError,
+)
+
+_CONNECTION_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+
+
+def docker_host() -> str:
+    """Return where docker-py looks for the engine, for messages."""
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def unavailable(detail: object) -> BackendUnavailableError:
+    """Build the error for an engine that does not answer, saying how to get one."""
+    return BackendUnavailableError(
+        f"no Docker engine answers at {docker_host()} ({detail}). Start one with "
+        "`make docker-up` (installs docker.io and starts dockerd), or set DOCKER_HOST."
+    )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a Docker API error is worth one more try (never for the user's code).
+
+    Server errors (5xx) other than a missing image, and dropped connections, are transient: the
+    engine was busy or restarting. Client errors (4xx) are not.
+    """
+    if isinstance(exc, docker.errors.ImageNotFound):
+        return False
+    if isinstance(exc, docker.errors.APIError):
+        return exc.status_code is not None and exc.status_code >= 500
+    return isinstance(exc, _CONNECTION_ERRORS)
+
+
+@contextmanager
+def map_docker_errors(action: str, image: str | None = None) -> Iterator[None]:
+    """Translate docker-py errors raised while doing ``action`` into our errors.
+
+    Raises:
+        ImageNotFoundError: the image is missing.
+        BackendUnavailableError: the engine does not answer.
+        SandboxFailedError: the engine refused or failed the action.
+    """
+    try:
+        yield
+    except SandboxError:
+        raise
+    except docker.errors.ImageNotFound as exc:
+        raise ImageNotFoundError(
+            f"the sandbox image {image or ''} is missing: run `make images` "
+            "(or `athena-sandbox images`) to build it"
+        ) from exc
+    except docker.errors.APIError as exc:
+        raise SandboxFailedError(
+            f"the Docker engine could not {action}: {exc.explanation or exc}"
+        ) from exc
+    except _CONNECTION_ERRORS as exc:
+        raise unavailable(f"connection lost while trying to {action}") from exc
+    except docker.errors.DockerException as exc:
+        raise unavailable(exc) from exc

@@ -1,0 +1,124 @@
+"""The wire protocol between the orchestrator and the runner inside a sandbox (pure code).
+
+Two layers, both decoded incrementally from whatever chunks the socket gives:
+
+- Docker's attach stream multiplexes the container's stdout and stderr: each block has an
+  8-byte header (stream id, three zero bytes, big-endian length). :class:`DockerDemuxer`.
+- The runner owns the container's stdout and writes frames: one type byte, a 4-byte big-endian
+  length, the payload. :class:`FrameDecoder`. The frame types are documented in
+  ``images/runner/runner.c``; the request format is :func:`encode_request`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+PROTOCOL = "ATHENA/1"
+MAX_FRAME = 64 * 1024 * 1024  # far above any frame the runner sends; guards against garbage
+
+FRAME_READY = b"R"
+FRAME_BEGIN = b"B"
+FRAME_STDOUT = b"o"
+FRAME_STDERR = b"e"
+FRAME_CUT = b"c"
+FRAME_VALUE = b"v"
+FRAME_EXIT = b"x"
+FRAME_FAILURE = b"f"
+_KNOWN = {
+    FRAME_READY,
+    FRAME_BEGIN,
+    FRAME_STDOUT,
+    FRAME_STDERR,
+    FRAME_CUT,
+    FRAME_VALUE,
+    FRAME_EXIT,
+    FRAME_FAILURE,
+}
+
+
+class ProtocolError(Exception):
+    """The byte stream does not follow the protocol (internal; backends translate it)."""
+
+
+def encode_request(code: bytes, blob: bytes, timeout_ms: int, max_output_bytes: int) -> bytes:
+    """Return the request the runner reads from stdin: a header line, the code, the blob."""
+    header = f"{PROTOCOL} {len(code)} {len(blob)} {timeout_ms} {max_output_bytes}\n"
+    return header.encode() + code + blob
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One runner frame."""
+
+    kind: bytes
+    payload: bytes
+
+    def json(self) -> dict[str, Any]:
+        """Decode a JSON payload (exit frames)."""
+        value = json.loads(self.payload)
+        if not isinstance(value, dict):
+            raise ProtocolError(f"frame {self.kind!r} payload is not a JSON object")
+        return value
+
+
+class FrameDecoder:
+    """Incremental decoder of runner frames."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Take bytes, return the frames they complete.
+
+        Raises:
+            ProtocolError: an unknown frame type or an impossible length.
+        """
+        self._buffer += data
+        frames = []
+        while len(self._buffer) >= 5:
+            kind = bytes(self._buffer[:1])
+            (length,) = struct.unpack(">I", self._buffer[1:5])
+            if kind not in _KNOWN or length > MAX_FRAME:
+                raise ProtocolError(f"unexpected frame {kind!r} of {length} bytes from the runner")
+            if len(self._buffer) < 5 + length:
+                break
+            frames.append(Frame(kind, bytes(self._buffer[5 : 5 + length])))
+            del self._buffer[: 5 + length]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet part of a whole frame."""
+        return len(self._buffer)
+
+
+class DockerDemuxer:
+    """Incremental decoder of Docker's multiplexed attach stream (no TTY)."""
+
+    STDOUT = 1
+    STDERR = 2
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Take bytes, return the (stream id, payload) blocks they complete.
+
+        Raises:
+            ProtocolError: a header with an unknown stream id.
+        """
+        self._buffer += data
+        blocks = []
+        while len(self._buffer) >= 8:
+            stream = self._buffer[0]
+            (length,) = struct.unpack(">I", self._buffer[4:8])
+            if stream not in (0, 1, 2):
+                raise ProtocolError(f"unexpected Docker stream id {stream}")
+            if len(self._buffer) < 8 + length:
+                break
+            blocks.append((stream, bytes(self._buffer[8 : 8 + length])))
+            del self._buffer[: 8 + length]
+        return blocks

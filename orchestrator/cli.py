@@ -1,0 +1,199 @@
+"""The ``athena-sandbox`` command: run code, build images, inspect policies, clean up.
+
+This is an application, so unlike the library it configures logging (structlog to stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import structlog
+import yaml
+
+from orchestrator.errors import SandboxError
+from orchestrator.policy import load_policy, shipped_policy_names
+from orchestrator.settings import Settings
+
+
+def _configure_logging(verbose: bool) -> None:
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.DEBUG if verbose else logging.INFO
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="%H:%M:%S"),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+    )
+
+
+def _parse_param(pairs: tuple[str, ...], params_json: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if params_json:
+        loaded = json.loads(params_json)
+        if not isinstance(loaded, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--params")
+        params.update(loaded)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--param")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value  # not JSON: take it as a string
+    return params
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def main(verbose: bool) -> None:
+    """athena-sandbox: run untrusted code in throwaway containers."""
+    _configure_logging(verbose)
+
+
+@main.command()
+@click.argument("source", type=click.File("r"), default="-")
+@click.option(
+    "-l", "--language", default="python", show_default=True, help="python, javascript or bash."
+)
+@click.option(
+    "-p", "--policy", default=None, help="Shipped policy name or YAML path [default: strict]."
+)
+@click.option("-t", "--timeout", type=float, default=None, help="Seconds; capped by the policy.")
+@click.option(
+    "--param", "params", multiple=True, help="KEY=VALUE (VALUE parsed as JSON if it can be)."
+)
+@click.option("--params", "params_json", default=None, help="All parameters as one JSON object.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@click.option(
+    "--db", default=None, help="Memory store path (default: ATHENA_MEMORY_DB or ~/.athena)."
+)
+@click.option("--no-record", is_flag=True, help="Do not persist the run.")
+def run(
+    source: Any,
+    language: str,
+    policy: str | None,
+    timeout: float | None,
+    params: tuple[str, ...],
+    params_json: str | None,
+    as_json: bool,
+    db: str | None,
+    no_record: bool,
+) -> None:
+    """Run code from SOURCE (a file, or - for stdin) in a sandbox."""
+    from memory_store.api import MemoryAPI
+
+    code = source.read()
+    try:
+        with MemoryAPI.create(db) as api:
+            result = api.execute_code(
+                code,
+                language,
+                _parse_param(params, params_json),
+                timeout,
+                policy,
+                record=not no_record,
+            )
+    except SandboxError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        sys.stdout.write(result["stdout"])
+        sys.stderr.write(result["stderr"])
+        for line in [*result["violations"], *(i["message"] for i in result["issues"])]:
+            click.echo(f"[athena-sandbox] {line}", err=True)
+        if result["error"]:
+            click.echo(f"[athena-sandbox] error: {result['error']}", err=True)
+    sys.exit(0 if result["success"] else (result["exit_code"] if result["exit_code"] > 0 else 1))
+
+
+@main.command()
+@click.argument("languages", nargs=-1)
+@click.option("--force", is_flag=True, help="Rebuild even when the definitions did not change.")
+def images(languages: tuple[str, ...], force: bool) -> None:
+    """Build the sandbox images (all languages unless some are named)."""
+    from orchestrator.images import ImageBuilder
+
+    try:
+        built = ImageBuilder(progress=lambda line: click.echo(line, err=True)).build_all(
+            languages or None, force=force
+        )
+    except SandboxError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for language, reference in built.items():
+        click.echo(f"{language}: {reference}")
+
+
+@main.group()
+def policy() -> None:
+    """Inspect policies."""
+
+
+@policy.command("list")
+def policy_list() -> None:
+    """List the shipped policies."""
+    for name in shipped_policy_names():
+        click.echo(f"{name}: {load_policy(name).description}")
+
+
+@policy.command("show")
+@click.argument("spec")
+def policy_show(spec: str) -> None:
+    """Print a policy (shipped name or path) with its `extends` chain merged."""
+    try:
+        loaded = load_policy(spec)
+    except SandboxError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(yaml.safe_dump(loaded.model_dump(mode="json"), sort_keys=False))
+
+
+@policy.command("check")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+def policy_check(paths: tuple[Path, ...]) -> None:
+    """Check policy files; exit non-zero if any is invalid."""
+    failed = False
+    for path in paths:
+        try:
+            load_policy(path)
+            click.echo(f"{path}: ok")
+        except SandboxError as exc:
+            click.echo(str(exc), err=True)
+            failed = True
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+def sweep() -> None:
+    """Remove sandbox containers whose owner process is dead."""
+    from orchestrator.backends.docker import DockerBackend
+
+    try:
+        with DockerBackend(Settings(sweep_on_start=False)) as backend:
+            click.echo(f"removed {backend.sweep()} orphaned container(s)")
+    except SandboxError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--db", default=None, help="Memory store path (default: a temporary file).")
+def demo(db: str | None) -> None:
+    """Run python, javascript and bash examples under the three shipped policies."""
+    from orchestrator.demo import run_demo
+
+    try:
+        run_demo(db, echo=click.echo)
+    except SandboxError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,78 @@
+"""The one error tree of athena-sandbox.
+
+Every error we raise derives from :class:`SandboxError`. Caller mistakes also derive from the
+matching builtin, so ``except ValueError`` keeps working for code that does not know us::
+
+    SandboxError
+    ├── RequestError (ValueError)             the call itself is wrong: fix the arguments
+    │   └── UnknownLanguageError (LookupError)
+    ├── PolicyError (ValueError)              a policy file or dict is wrong: fix the policy
+    │   └── PolicyNotFoundError (LookupError)
+    ├── ImageBuildError                       building a sandbox image failed
+    └── RunError                              the run could not happen or finish as asked
+        ├── CodeNotAcceptedError              the language cannot take this code (NUL bytes)
+        ├── BackendUnavailableError (ConnectionError)   no Docker engine answers
+        ├── ImageNotFoundError (LookupError)  the language's image is missing: `make images`
+        └── SandboxFailedError                the sandbox broke before it could report
+
+``MemoryAPI.execute_code`` raises ``RequestError`` and ``PolicyError`` to its caller and turns a
+``RunError`` into ``success: False`` with ``error`` and ``error_type``. Errors of docker-py and
+of subprocesses are translated into this tree in one place per backend (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.models import ExecutionResult
+
+
+class SandboxError(Exception):
+    """Root of every error raised by athena-sandbox."""
+
+
+class RequestError(SandboxError, ValueError):
+    """The request is invalid; the message says what to change."""
+
+
+class UnknownLanguageError(RequestError, LookupError):
+    """The language name is not one we run."""
+
+
+class PolicyError(SandboxError, ValueError):
+    """A policy is invalid or asks for something we cannot do."""
+
+
+class PolicyNotFoundError(PolicyError, LookupError):
+    """No shipped policy has this name and no file has this path."""
+
+
+class ImageBuildError(SandboxError):
+    """Building a sandbox image failed; the message carries the build's own error."""
+
+
+class RunError(SandboxError):
+    """The run could not happen or could not finish as asked.
+
+    Attributes:
+        result: the failed result the orchestrator recorded for this run, when it got that far.
+    """
+
+    result: ExecutionResult | None = None
+
+
+class CodeNotAcceptedError(RunError):
+    """The language cannot take this code as it is (for example NUL bytes in Python source)."""
+
+
+class BackendUnavailableError(RunError, ConnectionError):
+    """The isolation backend (the Docker engine) does not answer."""
+
+
+class ImageNotFoundError(RunError, LookupError):
+    """The sandbox image of a language is missing or out of date."""
+
+
+class SandboxFailedError(RunError):
+    """The sandbox failed before it could report a result (runner lost, engine error)."""

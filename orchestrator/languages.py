@@ -1,0 +1,106 @@
+"""The languages we run: names, aliases, images, and how parameters reach the code.
+
+Parameters always travel as data, never spliced into source text. The runner in the image writes
+a language's *parameters blob* to the interpreter's fd 3, and the image's bootstrap turns it into:
+
+- python: a global dict ``parameters`` (and the ``json`` module, without an import);
+- javascript: a global object ``parameters``;
+- bash: ``PARAMETERS`` (the JSON text) and ``PARAM_<KEY>`` (the key upper-cased) for each
+  top-level scalar whose key is an identifier; strings as they are, other scalars as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from pydantic import JsonValue
+
+from orchestrator.errors import RequestError, UnknownLanguageError
+
+# Linux refuses a single environment string longer than this (MAX_ARG_STRLEN), NUL included.
+_ENV_STRING_MAX = 128 * 1024
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _json_blob(parameters: Mapping[str, JsonValue]) -> bytes:
+    return json.dumps(parameters, ensure_ascii=False).encode()
+
+
+def _env_entry(name: str, value: str) -> bytes:
+    entry = f"{name}={value}"
+    if "\x00" in entry:
+        raise RequestError(
+            f"bash parameter {name} contains a NUL byte, which an environment variable cannot "
+            "hold: read it from $PARAMETERS (JSON, where NUL is escaped) or drop it"
+        )
+    data = entry.encode()
+    if len(data) + 1 > _ENV_STRING_MAX:
+        raise RequestError(
+            f"bash parameter {name} is {len(data)} bytes; Linux limits one environment "
+            f"variable to {_ENV_STRING_MAX - 1} bytes. Pass less data to bash code."
+        )
+    return data + b"\x00"
+
+
+def _bash_blob(parameters: Mapping[str, JsonValue]) -> bytes:
+    entries = [_env_entry("PARAMETERS", json.dumps(parameters, ensure_ascii=False))]
+    seen: dict[str, str] = {}
+    for key, value in parameters.items():
+        if not _IDENTIFIER.match(key) or isinstance(value, dict | list):
+            continue
+        name = f"PARAM_{key.upper()}"
+        if name in seen:
+            raise RequestError(
+                f"parameters {seen[name]!r} and {key!r} both become {name} in bash; "
+                "rename one of them"
+            )
+        seen[name] = key
+        text = value if isinstance(value, str) else json.dumps(value)
+        entries.append(_env_entry(name, text))
+    return b"".join(entries)
+
+
+@dataclass(frozen=True)
+class Language:
+    """One language we run.
+
+    Attributes:
+        name: the canonical name.
+        aliases: other names accepted (case-insensitive).
+        image: the image repository's last part (``athena-sandbox/<image>``).
+        accepts_nul: whether source text may contain NUL characters.
+        parameters_blob: encodes parameters for the image's bootstrap (fd 3).
+    """
+
+    name: str
+    aliases: tuple[str, ...]
+    image: str
+    accepts_nul: bool
+    parameters_blob: Callable[[Mapping[str, JsonValue]], bytes]
+
+
+LANGUAGES: tuple[Language, ...] = (
+    Language("python", ("py", "python3"), "python", accepts_nul=False, parameters_blob=_json_blob),
+    # JavaScript source may hold NUL in string literals; Node reads it as text.
+    Language("javascript", ("js", "node", "nodejs"), "javascript", True, _json_blob),
+    Language("bash", ("sh", "shell"), "bash", accepts_nul=False, parameters_blob=_bash_blob),
+)
+_BY_NAME = {n: lang for lang in LANGUAGES for n in (lang.name, *lang.aliases)}
+
+
+def get_language(name: str) -> Language:
+    """Return the language for a name or alias, case-insensitive.
+
+    Raises:
+        UnknownLanguageError: the name is not a language we run.
+    """
+    if not isinstance(name, str):
+        raise UnknownLanguageError(f"language must be a string, not {type(name).__name__}")
+    language = _BY_NAME.get(name.strip().lower())
+    if language is None:
+        known = ", ".join(f"{lang.name} ({'/'.join(lang.aliases)})" for lang in LANGUAGES)
+        raise UnknownLanguageError(f"unknown language {name!r}: use one of {known}")
+    return language

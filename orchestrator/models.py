@@ -1,0 +1,291 @@
+"""Typed request and result models: what goes into a run and what comes out of it.
+
+All models are frozen pydantic models. ``ExecutionResult.to_dict()`` is the plain dict that
+``MemoryAPI.execute_code`` returns; its keys are a public contract (keys may be added, never
+removed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from orchestrator.errors import RequestError
+from orchestrator.languages import get_language
+from orchestrator.policy import Policy, load_policy
+
+ViolationCategory = Literal[
+    "timeout", "memory", "processes", "filesystem", "network", "output", "signal"
+]
+"""What a violation is about; the text before the colon in the dict's ``violations``."""
+
+FAILING_CATEGORIES: frozenset[str] = frozenset({"timeout", "memory", "processes", "signal"})
+"""Violations that make a run unsuccessful even when the code exited 0."""
+
+DEFAULT_MAX_CODE_BYTES = 1024 * 1024
+DEFAULT_MAX_PARAMETERS_BYTES = 1024 * 1024
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Violation(_Frozen):
+    """Something the run did that the policy does not allow, or a limit it hit.
+
+    Attributes:
+        category: one of timeout, memory, processes, filesystem, network, output, signal.
+        message: a sentence for people and agents.
+        detail: machine-readable figures (limits, counts, signal numbers).
+    """
+
+    category: ViolationCategory
+    message: str
+    detail: dict[str, JsonValue] = Field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.category}: {self.message}"
+
+
+class ValidationIssue(_Frozen):
+    """One finding of the code validator.
+
+    Attributes:
+        severity: ``error`` blocks the run when the policy enforces validation; ``warning`` never.
+        message: what was found and why it matters.
+        line: 1-based line of the finding, when known.
+        rule: the policy rule behind it (``syntax``, ``forbidden_import``, ``forbidden_call``,
+            ``forbidden_module``, ``forbidden_command``, ``dynamic_import``).
+    """
+
+    severity: Literal["error", "warning"]
+    message: str
+    line: int | None = None
+    rule: str = "syntax"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the ``{severity, message, line}`` dict of the public API (plus ``rule``)."""
+        return {
+            "severity": self.severity,
+            "message": self.message,
+            "line": self.line,
+            "rule": self.rule,
+        }
+
+
+class Event(_Frozen):
+    """Something that happened during a run, in the order it happened.
+
+    Attributes:
+        kind: ``begin`` (the code started), ``stdout``/``stderr`` (a chunk of output),
+            ``violation`` or ``exit``.
+        text: the chunk, for stdout and stderr.
+        violation: the violation, for ``violation`` events.
+        exit_code: the exit code, for ``exit`` events.
+        elapsed_ms: milliseconds since the run's context started.
+    """
+
+    kind: Literal["begin", "stdout", "stderr", "violation", "exit"]
+    text: str = ""
+    violation: Violation | None = None
+    exit_code: int | None = None
+    elapsed_ms: float = 0.0
+
+
+class Resources(_Frozen):
+    """Resource figures of one run, from the sandbox's cgroup (with ``track_resources``)."""
+
+    peak_memory_bytes: int | None = None
+    cpu_time_ms: float | None = None
+    wall_time_ms: float | None = None
+
+
+class Isolation(_Frozen):
+    """How a run was isolated.
+
+    Attributes:
+        mode: the sandbox mode (``docker``).
+        runtime: the container runtime (``runc``), when there is one.
+        path: ``cold`` for a container started for this run.
+        image: the image reference the sandbox ran.
+    """
+
+    mode: str
+    runtime: str | None = None
+    path: str | None = None
+    image: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        """Return the ``isolation`` dict of the public API."""
+        return {"runtime": self.runtime, "path": self.path, "image": self.image}
+
+
+def _check_parameters(parameters: Mapping[str, Any] | None, limit: int) -> dict[str, JsonValue]:
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, Mapping):
+        raise RequestError(
+            f"parameters must be a dict (a JSON object) or None, not {type(parameters).__name__}"
+        )
+    try:
+        text = json.dumps(parameters, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise RequestError(
+            f"parameters must be JSON-serialisable: {exc}. Pass only dicts, lists, strings, "
+            "numbers (not NaN or infinity), booleans and None."
+        ) from exc
+    if len(text.encode()) > limit:
+        raise RequestError(
+            f"parameters are {len(text.encode())} bytes as JSON; the limit is {limit} bytes. "
+            "Pass less data, or raise ATHENA_MAX_PARAMETERS_BYTES."
+        )
+    loaded: dict[str, JsonValue] = json.loads(text)
+    return loaded
+
+
+def _check_timeout(timeout_seconds: float | None) -> float | None:
+    if timeout_seconds is None:
+        return None
+    if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int | float):
+        raise RequestError(
+            f"timeout_seconds must be a number of seconds, not {type(timeout_seconds).__name__}"
+        )
+    if not math.isfinite(timeout_seconds) or timeout_seconds <= 0:
+        raise RequestError(
+            f"timeout_seconds must be greater than 0 (got {timeout_seconds}); "
+            "pass None to use the policy's limit"
+        )
+    return float(timeout_seconds)
+
+
+class ExecutionRequest(_Frozen):
+    """One request to run code. Build it with :meth:`create`, which checks every field.
+
+    Attributes:
+        code: the source text.
+        language: the canonical language name (python, javascript, bash).
+        parameters: a JSON object handed to the code as data.
+        timeout_seconds: the caller's timeout; the policy's limit caps it. None: the policy's.
+        policy: the resolved policy.
+        execution_id: unique id of this run.
+        track_resources: report cgroup figures in ``resources``.
+        record: persist the run in the memory store.
+    """
+
+    code: str
+    language: str
+    parameters: dict[str, JsonValue] = Field(default_factory=dict)
+    timeout_seconds: float | None = None
+    policy: Policy
+    execution_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    track_resources: bool = False
+    record: bool = True
+
+    @classmethod
+    def create(
+        cls,
+        code: str,
+        language: str = "python",
+        parameters: Mapping[str, Any] | None = None,
+        timeout_seconds: float | None = None,
+        policy: Policy | None = None,
+        *,
+        track_resources: bool = False,
+        record: bool = True,
+        max_code_bytes: int = DEFAULT_MAX_CODE_BYTES,
+        max_parameters_bytes: int = DEFAULT_MAX_PARAMETERS_BYTES,
+    ) -> ExecutionRequest:
+        """Check the caller's arguments and build a request.
+
+        Raises:
+            RequestError: code that is not a string or is too large, parameters that are not a
+                JSON object, a timeout that is not a positive number.
+            UnknownLanguageError: a language we do not run.
+        """
+        if not isinstance(code, str):
+            raise RequestError(f"code must be a string, not {type(code).__name__}")
+        size = len(code.encode("utf-8", errors="surrogatepass"))
+        if size > max_code_bytes:
+            raise RequestError(
+                f"code is {size} bytes; the limit is {max_code_bytes} bytes. "
+                "Send smaller code, or raise ATHENA_MAX_CODE_BYTES."
+            )
+        lang = get_language(language)
+        checked = _check_parameters(parameters, max_parameters_bytes)
+        lang.parameters_blob(checked)  # raises for parameters this language cannot take
+        return cls(
+            code=code,
+            language=lang.name,
+            parameters=checked,
+            timeout_seconds=_check_timeout(timeout_seconds),
+            policy=policy if policy is not None else load_policy(None),
+            track_resources=track_resources,
+            record=record,
+        )
+
+    def effective_timeout(self) -> float:
+        """Return the timeout the run gets: the caller's, capped by the policy's limit."""
+        limit = self.policy.limits.timeout_seconds
+        return limit if self.timeout_seconds is None else min(self.timeout_seconds, limit)
+
+
+class ExecutionResult(_Frozen):
+    """What happened to one run. ``to_dict()`` gives the public dict.
+
+    ``success`` is True when the code exited 0 and no timeout, memory, processes or signal
+    violation happened. ``exit_code`` is 0 on success, 128+N when the code was killed by
+    signal N, and -1 when the code never ran.
+    """
+
+    execution_id: str
+    success: bool
+    stdout: str = ""
+    stderr: str = ""
+    exit_code: int = -1
+    execution_time_ms: float = 0.0
+    violations: tuple[Violation, ...] = ()
+    sandbox_id: str | None = None
+    language: str
+    timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    sandbox_mode: str | None = None
+    isolation: Isolation | None = None
+    output: JsonValue = None
+    error: str | None = None
+    error_type: str | None = None
+    issues: tuple[ValidationIssue, ...] = ()
+    policy: str = "strict"
+    timeout_seconds: float | None = None
+    resources: Resources | None = None
+    total_time_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the plain dict of the public API; every key is always present."""
+        return {
+            "success": self.success,
+            "execution_id": self.execution_id,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "exit_code": self.exit_code,
+            "execution_time_ms": self.execution_time_ms,
+            "violations": [str(v) for v in self.violations],
+            "violation_details": [v.model_dump(mode="json") for v in self.violations],
+            "sandbox_id": self.sandbox_id,
+            "language": self.language,
+            "timestamp": self.timestamp.isoformat(),
+            "sandbox_mode": self.sandbox_mode,
+            "isolation": self.isolation.to_dict() if self.isolation else {},
+            "output": self.output,
+            "error": self.error,
+            "error_type": self.error_type,
+            "issues": [i.to_dict() for i in self.issues],
+            "policy": self.policy,
+            "timeout_seconds": self.timeout_seconds,
+            "resources": self.resources.model_dump() if self.resources else None,
+            "total_time_ms": self.total_time_ms,
+        }

@@ -1,0 +1,195 @@
+"""From what a backend saw to the public result: violations, exit code, success (pure code).
+
+Every backend reports a :class:`RunOutcome`; these functions judge it the same way for all of
+them, so the contract (``success``, ``exit_code``, ``violations``) cannot drift between modes.
+"""
+
+from __future__ import annotations
+
+import signal as signals
+from datetime import UTC, datetime
+
+from orchestrator.backends.base import RunOutcome
+from orchestrator.context import ExecutionContext, Stream
+from orchestrator.errors import RunError
+from orchestrator.models import (
+    FAILING_CATEGORIES,
+    ExecutionRequest,
+    ExecutionResult,
+    ValidationIssue,
+    Violation,
+)
+
+VALIDATION_FAILED = "Code validation failed"
+
+
+def _started_at(context: ExecutionContext) -> datetime:
+    return context.started_at or datetime.now(UTC)
+
+
+def signal_name(number: int) -> str:
+    """Return e.g. ``SIGSEGV`` for 11, or ``signal 77`` for an unknown number."""
+    try:
+        return signals.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def exit_code_of(outcome: RunOutcome) -> int:
+    """Return 0 on success, the exit status, 128+N when killed by signal N, -1 if never ran."""
+    if not outcome.started:
+        return -1
+    if outcome.exit_code is not None:
+        return outcome.exit_code
+    if outcome.signal is not None:
+        return 128 + outcome.signal
+    return -1
+
+
+def _output_violations(context: ExecutionContext) -> list[Violation]:
+    found = []
+    streams: tuple[Stream, ...] = ("stdout", "stderr")
+    for stream in streams:
+        cut, total = context.cut_bytes(stream)
+        if cut:
+            limit = context.max_output_bytes
+            found.append(
+                Violation(
+                    category="output",
+                    message=f"{stream} exceeded {limit} bytes ({total} in all); "
+                    f"{cut} bytes were cut from the middle",
+                    detail={
+                        "stream": stream,
+                        "limit_bytes": limit,
+                        "total_bytes": total,
+                        "cut_bytes": cut,
+                    },
+                )
+            )
+    return found
+
+
+def derive_violations(
+    outcome: RunOutcome, context: ExecutionContext, request: ExecutionRequest, timeout: float
+) -> list[Violation]:
+    """Judge a run's facts against its policy's limits."""
+    limits = request.policy.limits
+    found = []
+    if outcome.timed_out:
+        found.append(
+            Violation(
+                category="timeout",
+                message=f"the run exceeded its {timeout:g} s timeout and was killed",
+                detail={"timeout_seconds": timeout},
+            )
+        )
+    if outcome.oom_killed:
+        found.append(
+            Violation(
+                category="memory",
+                message=f"the run ran out of memory (limit {limits.memory_mb} MiB) and was killed",
+                detail={"limit_mb": limits.memory_mb},
+            )
+        )
+    if outcome.pids_limit_hits:
+        found.append(
+            Violation(
+                category="processes",
+                message=f"the process limit ({limits.pids}) was reached: "
+                f"{outcome.pids_limit_hits} fork(s) failed",
+                detail={"limit": limits.pids, "hits": outcome.pids_limit_hits},
+            )
+        )
+    if outcome.signal is not None and not (outcome.timed_out or outcome.oom_killed):
+        name = signal_name(outcome.signal)
+        found.append(
+            Violation(
+                category="signal",
+                message=f"the code was killed by {name} ({outcome.signal})",
+                detail={"signal": outcome.signal, "name": name},
+            )
+        )
+    return found + _output_violations(context)
+
+
+def assemble_result(
+    request: ExecutionRequest,
+    outcome: RunOutcome,
+    context: ExecutionContext,
+    issues: tuple[ValidationIssue, ...],
+    timeout: float,
+    total_ms: float,
+) -> ExecutionResult:
+    """Build the public result of a run that reached its sandbox."""
+    violations = derive_violations(outcome, context, request, timeout)
+    for violation in violations:
+        context.add_violation(violation)
+    exit_code = exit_code_of(outcome)
+    failing = any(v.category in FAILING_CATEGORIES for v in violations)
+    stderr = context.get_stderr()
+    for note in outcome.notes:
+        stderr += (
+            f"{'' if not stderr or stderr.endswith(chr(10)) else chr(10)}[athena-sandbox] {note}\n"
+        )
+    return ExecutionResult(
+        execution_id=request.execution_id,
+        success=outcome.started and exit_code == 0 and not failing,
+        stdout=context.get_stdout(),
+        stderr=stderr,
+        exit_code=exit_code,
+        execution_time_ms=round(outcome.run_ms, 3),
+        violations=tuple(violations),
+        sandbox_id=outcome.sandbox_id,
+        language=request.language,
+        timestamp=_started_at(context),
+        sandbox_mode=outcome.isolation.mode,
+        isolation=outcome.isolation,
+        output=outcome.output,
+        issues=issues,
+        policy=request.policy.name,
+        timeout_seconds=timeout,
+        resources=outcome.resources,
+        total_time_ms=round(total_ms, 3),
+    )
+
+
+def failed_result(
+    request: ExecutionRequest,
+    error: RunError,
+    context: ExecutionContext,
+    issues: tuple[ValidationIssue, ...],
+    timeout: float,
+    total_ms: float,
+) -> ExecutionResult:
+    """Build the result of a run that could not happen or finish (success False, ``error``)."""
+    return ExecutionResult(
+        execution_id=request.execution_id,
+        success=False,
+        stdout=context.get_stdout(),
+        stderr=context.get_stderr(),
+        language=request.language,
+        timestamp=_started_at(context),
+        error=str(error),
+        error_type=type(error).__name__,
+        issues=issues,
+        policy=request.policy.name,
+        timeout_seconds=timeout,
+        total_time_ms=round(total_ms, 3),
+    )
+
+
+def validation_failed_result(
+    request: ExecutionRequest, issues: tuple[ValidationIssue, ...], timeout: float, total_ms: float
+) -> ExecutionResult:
+    """Build the result of code the validator rejected."""
+    return ExecutionResult(
+        execution_id=request.execution_id,
+        success=False,
+        language=request.language,
+        error=VALIDATION_FAILED,
+        error_type="ValidationError",
+        issues=issues,
+        policy=request.policy.name,
+        timeout_seconds=timeout,
+        total_time_ms=round(total_ms, 3),
+    )

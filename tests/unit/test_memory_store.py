@@ -1,0 +1,603 @@
+"""Unit tests of the memory store: real SQLite files in tmp_path, no mocks."""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.synchronize
+import sqlite3
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+import memory_store
+from memory_store import (
+    DEFAULT_DB_PATH,
+    EventRecord,
+    ExecutionRecord,
+    SQLiteStore,
+    Store,
+    StoreConfigError,
+    StoreError,
+    open_store,
+    resolve_store_target,
+    schema,
+)
+from memory_store.summary import summarize_execution
+from orchestrator.errors import RequestError, SandboxError
+from orchestrator.models import ExecutionRequest, ExecutionResult, Violation
+from orchestrator.policy import Policy, load_policy
+from orchestrator.settings import Settings
+
+STRICT = load_policy("strict")
+
+
+def make_run(
+    code: str = "print(2 + 2)",
+    language: str = "python",
+    *,
+    success: bool = True,
+    exit_code: int = 0,
+    stdout: str = "4\n",
+    stderr: str = "",
+    violations: tuple[Violation, ...] = (),
+    error: str | None = None,
+    error_type: str | None = None,
+    parameters: dict[str, object] | None = None,
+    policy: Policy = STRICT,
+) -> tuple[ExecutionRequest, ExecutionResult]:
+    request = ExecutionRequest.create(
+        code=code, language=language, parameters=parameters, policy=policy
+    )
+    result = ExecutionResult(
+        execution_id=request.execution_id,
+        success=success,
+        language=request.language,
+        exit_code=exit_code,
+        stdout=stdout,
+        stderr=stderr,
+        violations=violations,
+        error=error,
+        error_type=error_type,
+        sandbox_mode="docker",
+        execution_time_ms=12.5,
+        policy=policy.name,
+    )
+    return request, result
+
+
+def failing_run() -> tuple[ExecutionRequest, ExecutionResult]:
+    return make_run(
+        "x = 1 / 0\nprint(x)",
+        success=False,
+        exit_code=1,
+        stdout="",
+        stderr=(
+            "Traceback (most recent call last):\n  File ...\n"
+            "ZeroDivisionError: division by zero\n\n"
+        ),
+        violations=(Violation(category="timeout", message="ran past 30 s", detail={"limit": 30}),),
+    )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "memory.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[SQLiteStore]:
+    with SQLiteStore(db_path) as opened:
+        yield opened
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    monkeypatch.delenv("ATHENA_MEMORY_URL", raising=False)
+    monkeypatch.delenv("ATHENA_MEMORY_DB", raising=False)
+    return monkeypatch
+
+
+def raw(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path)
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def test_all_is_sorted_and_complete() -> None:
+    """The package's __all__ is sorted and names every public export."""
+    assert memory_store.__all__ == sorted(memory_store.__all__)
+    for name in memory_store.__all__:
+        assert hasattr(memory_store, name)
+
+
+def test_sqlite_store_satisfies_the_protocol(store: SQLiteStore) -> None:
+    """SQLiteStore is a Store."""
+    assert isinstance(store, Store)
+
+
+def test_store_errors_join_the_error_tree() -> None:
+    """StoreError is a SandboxError and StoreConfigError is also a ValueError."""
+    assert issubclass(StoreError, SandboxError)
+    assert issubclass(StoreConfigError, StoreError)
+    assert issubclass(StoreConfigError, ValueError)
+
+
+# --------------------------------------------------------------------------- record and read
+
+
+def test_record_and_read_back_every_field(store: SQLiteStore) -> None:
+    """A recorded execution reads back with every field, the result dict and violations."""
+    request, result = make_run(
+        parameters={"n": 3, "names": ["a", "b"]},
+        violations=(Violation(category="output", message="stdout was cut at 1 MiB"),),
+    )
+    ref = store.record_execution(request, result)
+
+    record = store.get_execution(request.execution_id)
+
+    assert isinstance(record, ExecutionRecord)
+    assert record.id == ref
+    assert record.execution_id == request.execution_id
+    assert record.language == "python"
+    assert record.policy == "strict"
+    assert record.policy_config == STRICT.model_dump(mode="json")
+    assert record.code == "print(2 + 2)"
+    assert record.parameters == {"n": 3, "names": ["a", "b"]}
+    assert record.success is True
+    assert record.exit_code == 0
+    assert record.stdout == "4\n"
+    assert record.stderr == ""
+    assert record.error is None
+    assert record.error_type is None
+    assert record.violations == ["output: stdout was cut at 1 MiB"]
+    assert record.result == result.to_dict()
+    assert record.sandbox_mode == "docker"
+    assert record.execution_time_ms == 12.5
+    assert record.created_at.utcoffset() is not None
+    assert record.created_at.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+
+
+def test_failure_fields_read_back(store: SQLiteStore) -> None:
+    """A failed run keeps its error, error type, exit code and stderr."""
+    request, result = make_run(
+        "import socket",
+        success=False,
+        exit_code=-1,
+        stdout="",
+        error="code validation failed: forbidden import socket",
+        error_type="ValidationError",
+    )
+    store.record_execution(request, result)
+
+    record = store.get_execution(request.execution_id)
+
+    assert record is not None
+    assert (record.success, record.exit_code) == (False, -1)
+    assert record.error == "code validation failed: forbidden import socket"
+    assert record.error_type == "ValidationError"
+
+
+def test_unknown_execution_reads_as_none(store: SQLiteStore) -> None:
+    """get_execution of an id never recorded returns None."""
+    assert store.get_execution("no-such-run") is None
+
+
+def test_recording_twice_raises_store_error(store: SQLiteStore) -> None:
+    """Recording the same execution_id twice raises StoreError and leaves one record."""
+    request, result = make_run()
+    store.record_execution(request, result)
+
+    with pytest.raises(StoreError, match="already recorded"):
+        store.record_execution(request, result)
+
+    assert len(store.list_executions()) == 1
+    assert len(store.list_events()) == 1
+
+
+def test_mismatched_request_and_result_are_refused(store: SQLiteStore) -> None:
+    """A result of another execution is refused with RequestError."""
+    request, _ = make_run()
+    _, other = make_run()
+
+    with pytest.raises(RequestError, match="the result is of execution"):
+        store.record_execution(request, other)
+
+
+def test_lone_surrogates_are_stored(store: SQLiteStore) -> None:
+    """Code and output with lone surrogates are stored, the surrogates replaced."""
+    request, result = make_run("print('\udcff')", stdout="bad \udcff byte\n")
+    store.record_execution(request, result)
+
+    record = store.get_execution(request.execution_id)
+
+    assert record is not None
+    assert "\udcff" not in record.stdout
+    assert record.stdout.startswith("bad ")
+
+
+# --------------------------------------------------------------------------- events
+
+
+def test_one_event_per_execution_with_summary(store: SQLiteStore) -> None:
+    """Each execution writes one 'execution' event with its summary, outcome and references."""
+    request, result = make_run()
+    ref = store.record_execution(request, result)
+
+    events = store.list_events()
+
+    assert len(events) == 1
+    event = events[0]
+    assert isinstance(event, EventRecord)
+    assert event.event_type == "execution"
+    assert event.content == "python run succeeded (exit 0) under strict: print(2 + 2)"
+    assert event.outcome == "success"
+    assert event.context == {"execution_id": request.execution_id, "execution_ref": ref}
+    assert event.created_at.utcoffset() is not None
+
+
+def test_failure_event_names_violations_and_exception(store: SQLiteStore) -> None:
+    """A failed run's event has outcome failure and names the violations and last stderr line."""
+    request, result = failing_run()
+    store.record_execution(request, result)
+
+    (event,) = store.list_events()
+
+    assert event.outcome == "failure"
+    assert event.content == (
+        "python run failed (exit 1) under strict: x = 1 / 0 | timeout: ran past 30 s | "
+        "ZeroDivisionError: division by zero"
+    )
+
+
+def test_summary_clips_long_code_and_names_errors() -> None:
+    """The summary keeps the first non-blank code line within 80 chars and adds the error."""
+    request, result = make_run(
+        "\n\n   " + "y = " + "1 + " * 100 + "1\nprint(y)",
+        success=False,
+        exit_code=-1,
+        stdout="",
+        error="the sandbox failed:\nrunner lost",
+        error_type="SandboxFailedError",
+    )
+
+    summary = summarize_execution(request, result)
+
+    head, error = summary.split(" | ")
+    code_line = head.split("under strict: ", 1)[1]
+    assert code_line.startswith("y = 1 + 1 + ")
+    assert len(code_line) == 80
+    assert code_line.endswith("…")
+    assert error == "SandboxFailedError: the sandbox failed: runner lost"
+    assert "\n" not in summary
+
+
+def test_list_events_filters_by_type(store: SQLiteStore) -> None:
+    """list_events with an event type returns only events of that type."""
+    store.record_execution(*make_run())
+
+    assert len(store.list_events(event_type="execution")) == 1
+    assert store.list_events(event_type="reflection") == []
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def test_ids_come_from_one_sequence(store: SQLiteStore, db_path: Path) -> None:
+    """Execution and event ids come from objects and are never shared between the two tables."""
+    for _ in range(5):
+        store.record_execution(*make_run())
+    store.record_execution(*failing_run())
+
+    with raw(db_path) as conn:
+        executions = {r[0] for r in conn.execute("SELECT id FROM executions")}
+        events = {r[0] for r in conn.execute("SELECT id FROM events")}
+        objects = dict(conn.execute("SELECT id, kind FROM objects").fetchall())
+
+    assert len(executions) == len(events) == 6
+    assert executions.isdisjoint(events)
+    assert set(objects) == executions | events
+    assert {objects[i] for i in executions} == {"execution"}
+    assert {objects[i] for i in events} == {"event"}
+
+
+# --------------------------------------------------------------------------- files and modes
+
+
+def test_new_files_are_private(tmp_path: Path) -> None:
+    """A new store gets a 0700 parent directory and 0600 database, -wal and -shm files."""
+    path = tmp_path / "new" / "deeper" / "memory.db"
+
+    with SQLiteStore(path) as opened:
+        opened.record_execution(*make_run())
+        wal = Path(f"{path}-wal")
+        shm = Path(f"{path}-shm")
+        assert wal.exists() and shm.exists()
+        assert mode_of(path) == 0o600
+        assert mode_of(wal) == 0o600
+        assert mode_of(shm) == 0o600
+
+    assert mode_of(path.parent) == 0o700
+    assert mode_of(path.parent.parent) == 0o700
+
+
+def test_existing_file_keeps_its_mode(db_path: Path) -> None:
+    """An existing database file is used as it is; its permissions are not changed."""
+    db_path.touch(mode=0o644)
+    db_path.chmod(0o644)
+
+    with SQLiteStore(db_path):
+        pass
+
+    assert mode_of(db_path) == 0o644
+
+
+def test_wal_mode_is_on(store: SQLiteStore, db_path: Path) -> None:
+    """The database is in WAL journal mode."""
+    with raw(db_path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_directory_is_not_a_store(tmp_path: Path) -> None:
+    """A path that is a directory raises StoreConfigError."""
+    with pytest.raises(StoreConfigError, match="cannot open"):
+        SQLiteStore(tmp_path)
+
+
+def test_a_foreign_file_is_refused(db_path: Path) -> None:
+    """A file that is not SQLite raises StoreError naming the file."""
+    db_path.write_text("not a database, just text" * 100)
+
+    with pytest.raises(StoreError, match=str(db_path)):
+        SQLiteStore(db_path)
+
+
+def test_another_apps_database_is_refused(db_path: Path) -> None:
+    """A SQLite database with tables of its own is not turned into a memory store."""
+    with raw(db_path) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+
+    with pytest.raises(StoreError, match="not an athena memory store"):
+        SQLiteStore(db_path)
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def test_closed_store_refuses_work(db_path: Path) -> None:
+    """After close() every call raises StoreError, and closing again is harmless."""
+    opened = SQLiteStore(db_path)
+    opened.close()
+    opened.close()
+
+    with pytest.raises(StoreError, match="closed"):
+        opened.list_executions()
+
+
+def test_limit_must_be_positive(store: SQLiteStore) -> None:
+    """A limit below 1 raises RequestError."""
+    with pytest.raises(RequestError, match="limit"):
+        store.list_executions(limit=0)
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def test_list_executions_newest_first_and_by_language(store: SQLiteStore) -> None:
+    """list_executions returns newest first, honours limit and filters by language."""
+    ids = []
+    for index in range(3):
+        ids.append(store.record_execution(*make_run(f"print({index})")))
+        ids.append(store.record_execution(*make_run(f"echo {index}", "bash", stdout="")))
+
+    everything = store.list_executions()
+    bash = store.list_executions(language="bash")
+
+    assert [r.id for r in everything] == ids[::-1]
+    assert [r.id for r in store.list_executions(limit=2)] == ids[::-1][:2]
+    assert [r.code for r in bash] == ["echo 2", "echo 1", "echo 0"]
+    assert store.list_executions(language="javascript") == []
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def test_target_argument_wins(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The db_path argument wins over ATHENA_MEMORY_URL and ATHENA_MEMORY_DB."""
+    clean_env.setenv("ATHENA_MEMORY_URL", "sqlite:///from/url.db")
+    clean_env.setenv("ATHENA_MEMORY_DB", "/from/env.db")
+
+    assert resolve_store_target(tmp_path / "arg.db", Settings()) == str(tmp_path / "arg.db")
+
+
+def test_target_url_wins_over_db(clean_env: pytest.MonkeyPatch) -> None:
+    """ATHENA_MEMORY_URL wins over ATHENA_MEMORY_DB."""
+    clean_env.setenv("ATHENA_MEMORY_URL", "sqlite:///from/url.db")
+    clean_env.setenv("ATHENA_MEMORY_DB", "/from/env.db")
+
+    assert resolve_store_target(None, Settings()) == "sqlite:///from/url.db"
+
+
+def test_target_db_wins_over_default(clean_env: pytest.MonkeyPatch) -> None:
+    """ATHENA_MEMORY_DB wins over the default path."""
+    clean_env.setenv("ATHENA_MEMORY_DB", "/from/env.db")
+
+    assert resolve_store_target(None, Settings()) == "/from/env.db"
+
+
+def test_target_defaults_to_home(clean_env: pytest.MonkeyPatch) -> None:
+    """With nothing set the target is ~/.athena/memory.db."""
+    assert resolve_store_target(None, Settings()) == "~/.athena/memory.db"
+    assert Path("~/.athena/memory.db") == DEFAULT_DB_PATH
+
+
+def test_open_store_default_expands_home(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """open_store() with nothing set opens ~/.athena/memory.db with ~ expanded."""
+    clean_env.setenv("HOME", str(tmp_path))
+
+    opened = open_store()
+    opened.close()
+
+    assert (tmp_path / ".athena" / "memory.db").is_file()
+    assert mode_of(tmp_path / ".athena") == 0o700
+
+
+def test_open_store_sqlite_url(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """open_store accepts sqlite:///absolute/path from ATHENA_MEMORY_URL."""
+    clean_env.setenv("ATHENA_MEMORY_URL", f"sqlite://{tmp_path}/url.db")
+
+    opened = open_store(settings=Settings())
+    opened.close()
+
+    assert (tmp_path / "url.db").is_file()
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:secret@db/athena", "postgres://db/athena"])
+def test_postgres_url_is_not_available_yet(url: str) -> None:
+    """A PostgreSQL URL raises StoreConfigError without echoing the URL."""
+    with pytest.raises(StoreConfigError, match="PostgreSQL store is not available") as info:
+        open_store(url)
+    assert "secret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("mysql://db/athena", "unsupported memory store scheme 'mysql'"),
+        ("sqlite://host/memory.db", "sqlite:///absolute/path"),
+        ("sqlite:///:memory:", "must persist"),
+        ("   ", "empty"),
+    ],
+)
+def test_bad_targets_are_refused(target: str, message: str) -> None:
+    """Unknown schemes, SQLite URLs with a host, in-memory and empty targets raise."""
+    with pytest.raises(StoreConfigError, match=message):
+        open_store(target)
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def test_version_1_database_reopens(db_path: Path) -> None:
+    """A database created at version 1 reopens with its records and is not migrated again."""
+    with SQLiteStore(db_path) as first:
+        request, result = make_run()
+        first.record_execution(request, result)
+
+    with SQLiteStore(db_path) as again:
+        assert again.schema_version == 1
+        assert again.get_execution(request.execution_id) is not None
+    with raw(db_path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+
+
+def test_old_database_is_migrated(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening a version 1 database with a newer schema applies the new migration, data kept."""
+    with SQLiteStore(db_path) as first:
+        request, result = make_run()
+        first.record_execution(request, result)
+    extra = ("CREATE TABLE memories (id INTEGER PRIMARY KEY REFERENCES objects(id))",)
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, extra))
+
+    with SQLiteStore(db_path) as again:
+        assert again.schema_version == 2
+        assert again.get_execution(request.execution_id) is not None
+    with raw(db_path) as conn:
+        versions = conn.execute("SELECT version FROM schema_version ORDER BY version")
+        assert versions.fetchall() == [(1,), (2,)]
+        assert conn.execute("SELECT COUNT(*) FROM memories").fetchone() == (0,)
+
+
+def test_future_version_raises(db_path: Path) -> None:
+    """A database of a newer schema version raises StoreError asking to upgrade."""
+    with SQLiteStore(db_path):
+        pass
+    with raw(db_path) as conn:
+        conn.execute("INSERT INTO schema_version VALUES (99, '2030-01-01T00:00:00+00:00')")
+
+    with pytest.raises(StoreError, match="upgrade athena-sandbox"):
+        SQLiteStore(db_path)
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+def _write_records(path: str, count: int, start: multiprocessing.synchronize.Event) -> None:
+    """Child process: wait for the start signal, then record ``count`` executions."""
+    start.wait(60)
+    with SQLiteStore(Path(path)) as child:
+        for index in range(count):
+            child.record_execution(*make_run(f"print({index})"))
+
+
+def test_concurrent_processes_lose_nothing(db_path: Path) -> None:
+    """Four processes writing 50 records each at once give exactly 200 executions and events."""
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    workers = [ctx.Process(target=_write_records, args=(str(db_path), 50, start)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    start.set()
+    for worker in workers:
+        worker.join(120)
+
+    assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+    with raw(db_path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM executions").fetchone() == (200,)
+        assert conn.execute("SELECT COUNT(*) FROM events").fetchone() == (200,)
+        assert conn.execute("SELECT COUNT(*) FROM objects").fetchone() == (400,)
+
+
+def test_concurrent_threads_lose_nothing(store: SQLiteStore) -> None:
+    """Eight threads writing through one store at once lose no record."""
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for index in range(25):
+                store.record_execution(*make_run(f"print({index})"))
+        except BaseException as exc:  # collected: an exception in a thread is otherwise lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    executions = store.list_executions(limit=1000)
+    assert len(executions) == 200
+    assert len({r.id for r in executions}) == 200
+    assert len(store.list_events(limit=1000)) == 200
+
+
+def test_writer_held_up_past_busy_timeout_is_retried(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that outlasts busy_timeout behind another writer is retried, not raised."""
+    import memory_store.sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "BUSY_TIMEOUT_MS", 50)
+    with SQLiteStore(db_path) as opened:
+        blocker = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        blocker.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(0.3, blocker.execute, args=("COMMIT",))
+        release.start()
+        try:
+            with capture_logs() as logs:
+                opened.record_execution(*make_run())
+        finally:
+            release.join()
+            blocker.close()
+
+        assert len(opened.list_executions()) == 1
+    assert any("retrying" in entry["event"] for entry in logs)
