@@ -6,7 +6,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from memory_store import Store, open_store
+from memory_store.base import Store
+from memory_store.factory import open_store
 from orchestrator.backends.base import Backend
 from orchestrator.models import ExecutionRequest
 from orchestrator.orchestrator import Orchestrator

@@ -15,6 +15,7 @@ from memory_store.models import EventRecord, ExecutionRecord
 from orchestrator.models import ExecutionRequest, ExecutionResult
 
 EXECUTION_JSON_COLUMNS = ("policy_config", "parameters", "violations", "result")
+_OWN_COLUMNS = ("stdout", "stderr")
 
 
 def text(value: str) -> str:
@@ -50,7 +51,9 @@ def execution_values(request: ExecutionRequest, result: ExecutionResult) -> dict
         "error": None if result.error is None else text(result.error),
         "error_type": result.error_type,
         "violations": json_text([str(v) for v in result.violations]),
-        "result": json_text(result.to_dict()),
+        # stdout and stderr have columns of their own: the result JSON leaves them out, so a
+        # run's output is stored once; execution_from_row puts them back.
+        "result": json_text({k: v for k, v in result.to_dict().items() if k not in _OWN_COLUMNS}),
         "sandbox_mode": result.sandbox_mode,
         "execution_time_ms": result.execution_time_ms,
     }
@@ -62,6 +65,7 @@ def execution_from_row(row: Mapping[str, Any]) -> ExecutionRecord:
     for key in EXECUTION_JSON_COLUMNS:
         data[key] = json.loads(data[key])
     data["success"] = bool(data["success"])
+    data["result"].update({key: data[key] for key in _OWN_COLUMNS})
     return ExecutionRecord.model_validate(data)
 
 

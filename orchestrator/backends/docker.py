@@ -67,6 +67,7 @@ IMAGE_PROTOCOL_LABEL = "org.athena.protocol"
 # How long past its timeout a run may go before we kill the container ourselves; the runner
 # normally kills the code at the timeout and reports well within this.
 KILL_GRACE_S = 0.5
+IDLE_CHECK_S = 2.0
 _MIB = 1024 * 1024
 _ENVIRONMENT = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -286,7 +287,8 @@ class DockerBackend:
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
         self._images_ok: set[str] = set()
-        self._live: set[str] = set()
+        # container id -> its attach socket, for every run in flight (close() ends them all)
+        self._live: dict[str, socket.socket | None] = {}
         self._closed = False
         self._swept = False
         atexit.register(_close_at_exit, weakref.ref(self))
@@ -303,8 +305,12 @@ class DockerBackend:
         """Kill and remove the containers of runs still going, and drop the client."""
         with self._lock:
             self._closed = True
-            live, self._live = set(self._live), set()
+            live, self._live = dict(self._live), {}
             client, self._client = self._client, None
+        for sock in live.values():
+            if sock is not None:  # wakes the run's reader: it sees EOF at once
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
         if client is None:
             return
         for container_id in live:
@@ -374,10 +380,14 @@ class DockerBackend:
         isolation = Isolation(mode="docker", runtime=RUNTIME, path="cold", image=image)
         with self._container(api, config, image) as container_id:
             reader = _RunReader(context)
+
+            def alive() -> bool:
+                return bool(_final_state(api, container_id).get("Running"))
+
             with self._attached(api, container_id) as sock:
                 self._retry(lambda: api.start(container_id), "start the container", image)
                 sock.sendall(payload)
-                timed_out = self._pump(sock, reader, spec.timeout_seconds)
+                timed_out = self._pump(sock, reader, spec.timeout_seconds, alive)
             return self._outcome(api, container_id, reader, timed_out, isolation, request)
 
     @contextmanager
@@ -393,14 +403,17 @@ class DockerBackend:
         )
         container_id: str = created["Id"]
         with self._lock:
-            self._live.add(container_id)
+            closing = self._closed
+            self._live[container_id] = None
         finished = False
         try:
+            if closing:
+                raise SandboxFailedError("the backend was closed while the run was starting")
             yield container_id
             finished = True
         finally:
             with self._lock:
-                self._live.discard(container_id)
+                self._live.pop(container_id, None)
             if not finished:  # the runner did not end the run: make sure the container goes
                 _remove_quietly(api, container_id)
 
@@ -410,6 +423,9 @@ class DockerBackend:
         with map_docker_errors("attach to the container"):
             attached = api.attach_socket(container_id, params=params)
         sock = _raw_socket(attached)
+        with self._lock:
+            if container_id in self._live:
+                self._live[container_id] = sock
         try:
             yield sock
         finally:
@@ -418,8 +434,18 @@ class DockerBackend:
             with suppress(Exception):
                 attached.close()
 
-    def _pump(self, sock: socket.socket, reader: _RunReader, timeout: float) -> bool:
-        """Read frames until the runner reports the exit. Returns True when we had to time out."""
+    def _pump(
+        self,
+        sock: socket.socket,
+        reader: _RunReader,
+        timeout: float,
+        alive: Callable[[], bool],
+    ) -> bool:
+        """Read frames until the runner reports the exit. Returns True when we had to time out.
+
+        After IDLE_CHECK_S without a byte, ``alive()`` asks the engine whether the container
+        still runs: an attach stream is not always closed when a container is removed under it.
+        """
         ready_by = time.monotonic() + self._settings.startup_timeout
         while reader.exit_info is None:
             limit = (
@@ -433,7 +459,9 @@ class DockerBackend:
                         f"{self._settings.startup_timeout:g} s"
                     )
                 return True
-            if not select.select([sock], [], [], left)[0]:
+            if not select.select([sock], [], [], min(left, IDLE_CHECK_S))[0]:
+                if left > IDLE_CHECK_S and not alive():
+                    return False
                 continue
             try:
                 data = sock.recv(262144)

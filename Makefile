@@ -1,0 +1,58 @@
+# athena-sandbox. The two commands of the README: `make demo` and `make test`.
+# Everything runs from a project-local virtualenv (.venv); Docker is started when none answers.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help venv docker-up images demo test test-unit test-integration lint bench sweep clean
+
+help:
+	@echo "make demo              set up everything and run examples under the three policies"
+	@echo "make test              all tests, integration tests against the real Docker engine included"
+	@echo "make test-unit         unit tests only (no Docker)"
+	@echo "make lint              ruff and mypy"
+	@echo "make images            build the sandbox images (only what changed)"
+	@echo "make bench             latency benchmark, side by side with docker run and the host"
+	@echo "make docker-up         install and start a Docker engine if none answers"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+docker-up:
+	bash scripts/ensure-docker.sh
+
+images: venv docker-up
+	$(BIN)/athena-sandbox images
+
+demo: images
+	$(BIN)/athena-sandbox demo
+
+test: images
+	$(BIN)/pytest -q
+
+test-unit: venv
+	$(BIN)/pytest -q tests/unit
+
+test-integration: images
+	$(BIN)/pytest -q tests/integration
+
+lint: venv
+	$(BIN)/ruff check orchestrator memory_store athena tests benchmarks
+	$(BIN)/ruff format --check orchestrator memory_store athena tests benchmarks
+	$(BIN)/mypy
+
+bench: images
+	$(BIN)/python benchmarks/bench_latency.py
+
+sweep: venv
+	$(BIN)/athena-sandbox sweep
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache benchmarks/results

@@ -1,0 +1,143 @@
+"""Integration fixtures: a real Docker engine, the images built once, nothing of ours left."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+
+from athena.mcp.memory_api import MemoryAPI
+from orchestrator.backends.docker import LABEL_RUN, LABEL_SANDBOX
+from orchestrator.images import ImageBuilder
+from orchestrator.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    """A docker-py client; a missing engine fails the run (CI must have one)."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"no Docker engine answers ({exc}); run `make docker-up` first", pytrace=False)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sandbox_images(docker_client: docker.DockerClient) -> dict[str, str]:
+    """Build the sandbox images once per session (a no-op when they are up to date)."""
+    return ImageBuilder(progress=lambda _line: None, client=docker_client).build_all()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_containers(docker_client: docker.DockerClient) -> Iterator[None]:
+    """After the whole suite, no sandbox container of ours may exist."""
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        left = docker_client.containers.list(all=True, filters={"label": LABEL_SANDBOX})
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not left, f"sandbox containers left behind: {[c.name for c in left]}"
+
+
+@pytest.fixture
+def project_dir(tmp_path: Path) -> Path:
+    """A project directory with one file, for the research and development mounts."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "data.csv").write_text("a,b\n1,2\n3,4\n")
+    return project
+
+
+@pytest.fixture
+def settings(project_dir: Path) -> Settings:
+    """Settings with the test's project directory."""
+    return Settings(project_dir=project_dir)
+
+
+@pytest.fixture
+def api(tmp_path: Path, settings: Settings) -> Iterator[MemoryAPI]:
+    """A MemoryAPI on a fresh SQLite file and the real Docker engine."""
+    with MemoryAPI.create(tmp_path / "memory.db", settings=settings) as memory_api:
+        yield memory_api
+
+
+@pytest.fixture
+def run_containers(docker_client: docker.DockerClient) -> Callable[[str], list[Any]]:
+    """Return a function listing the containers (any state) of one run."""
+
+    def find(execution_id: str) -> list[Any]:
+        return docker_client.containers.list(
+            all=True, filters={"label": f"{LABEL_RUN}={execution_id}"}
+        )
+
+    return find
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+# ----------------------------------------------------------------------------- pytest-docker
+
+
+@pytest.fixture(scope="session")
+def docker_compose_command() -> str:
+    """Debian's docker-compose (v1); .ci/run installs it."""
+    return "docker-compose"
+
+
+@pytest.fixture(scope="session")
+def docker_compose_file() -> str:
+    """Our compose file: a web server of our own on Docker's default bridge."""
+    return str(ROOT / "tests" / "integration" / "docker-compose.yml")
+
+
+@pytest.fixture(scope="session")
+def docker_compose_project_name() -> str:
+    """A fixed project name, so a crashed run's leftovers are replaced, not duplicated."""
+    return "athena-sandbox-tests"
+
+
+@pytest.fixture(scope="session")
+def docker_setup() -> list[str]:
+    """docker-compose v1 knows no `--wait`: start detached; web_server waits for readiness."""
+    return ["up -d"]
+
+
+@pytest.fixture(scope="session")
+def web_server(
+    docker_services: Any, docker_ip: str, docker_client: docker.DockerClient, sandbox_images: Any
+) -> str:
+    """Start the compose web server; return its ``http://<bridge ip>:8080/`` address."""
+    import urllib.request
+
+    host_port = docker_services.port_for("web", 8080)
+
+    def responsive() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{docker_ip}:{host_port}/pyboot.py", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    docker_services.wait_until_responsive(check=responsive, timeout=30.0, pause=0.2)
+    (web,) = docker_client.containers.list(filters={"label": "athena.test=web"})
+    address = web.attrs["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
+    return f"http://{address}:8080/"

@@ -1,0 +1,202 @@
+"""Container lifecycle: nothing outlives its run, its owner, or a failure; errors are clear."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from athena.mcp.memory_api import MemoryAPI
+from orchestrator.backends.docker import (
+    LABEL_OWNER_HOST,
+    LABEL_OWNER_PID,
+    LABEL_OWNER_STARTED,
+    LABEL_SANDBOX,
+    DockerBackend,
+    owner_labels,
+)
+from orchestrator.settings import Settings
+from tests.integration.conftest import wait_until
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.mark.parametrize(
+    ("language", "code", "timeout"),
+    [
+        ("python", "print('ok')", 10),
+        ("python", "while True: pass", 1),
+        ("bash", "kill -SEGV $$", 10),
+        ("python", "x = bytearray(2 * 1024**3)", 10),
+        ("javascript", "throw new Error('crash')", 10),
+    ],
+    ids=["success", "timeout", "crash", "oom", "exception"],
+)
+def test_container_is_removed_after_the_run(
+    api: MemoryAPI,
+    run_containers: Callable[[str], list[Any]],
+    language: str,
+    code: str,
+    timeout: float,
+) -> None:
+    """Whatever way a run ends, its container is gone within a few seconds."""
+    r = api.execute_code(code, language, timeout_seconds=timeout)
+    assert r["sandbox_id"]
+    assert wait_until(lambda: not run_containers(r["execution_id"]), timeout=5)
+
+
+OWNER_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from athena.mcp.memory_api import MemoryAPI
+    api = MemoryAPI.create(sys.argv[1])
+    api.execute_code("import time\\nprint('in', flush=True)\\ntime.sleep(120)", timeout_seconds=100)
+    """
+)
+
+
+def test_container_dies_with_its_owner_even_on_sigkill(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    """SIGKILL of the process that asked for a run removes its container within seconds."""
+    owner = subprocess.Popen([sys.executable, "-c", OWNER_SCRIPT, str(tmp_path / "m.db")])
+    label = f"{LABEL_OWNER_PID}={owner.pid}"
+
+    def running() -> bool:
+        return bool(docker_client.containers.list(filters={"label": label, "status": "running"}))
+
+    try:
+        assert wait_until(running, timeout=30), "the owner never started its sandbox"
+        time.sleep(0.5)  # let the code start sleeping
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(10)
+        gone = wait_until(
+            lambda: not docker_client.containers.list(all=True, filters={"label": label}), 10
+        )
+        assert gone, "the sandbox outlived its SIGKILLed owner"
+    finally:
+        owner.kill()
+
+
+def _orphan(docker_client: docker.DockerClient, labels: dict[str, str]) -> Any:
+    return docker_client.containers.create(
+        "athena-sandbox/bash:latest",
+        entrypoint=["sleep", "300"],
+        labels=labels,
+        network_mode="none",
+        user="65534:65534",
+    )
+
+
+def test_startup_sweep_removes_containers_of_dead_owners(
+    docker_client: docker.DockerClient,
+) -> None:
+    """At first use the backend removes containers whose labelled owner is dead, not live ones."""
+    dead = _orphan(
+        docker_client,
+        {
+            LABEL_SANDBOX: "1",
+            LABEL_OWNER_HOST: socket.gethostname(),
+            LABEL_OWNER_PID: "4194305",
+            LABEL_OWNER_STARTED: "1",
+        },
+    )
+    reused_pid = _orphan(docker_client, {**owner_labels(), LABEL_OWNER_STARTED: "12345"})
+    alive = _orphan(docker_client, owner_labels())
+    other_host = _orphan(docker_client, {**owner_labels(), LABEL_OWNER_HOST: "some-other-host"})
+    try:
+        with DockerBackend(Settings(sweep_on_start=False)) as backend:
+            removed = backend.sweep()
+        remaining = {
+            c.id for c in docker_client.containers.list(all=True, filters={"label": LABEL_SANDBOX})
+        }
+        assert removed == 2
+        assert dead.id not in remaining and reused_pid.id not in remaining
+        assert alive.id in remaining and other_host.id in remaining
+    finally:
+        for container in (dead, reused_pid, alive, other_host):
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+
+
+def test_first_run_sweeps_orphans(api: MemoryAPI, docker_client: docker.DockerClient) -> None:
+    """The first run of a new orchestrator removes containers left by a dead owner."""
+    dead = _orphan(
+        docker_client,
+        {
+            LABEL_SANDBOX: "1",
+            LABEL_OWNER_HOST: socket.gethostname(),
+            LABEL_OWNER_PID: "4194305",
+            LABEL_OWNER_STARTED: "1",
+        },
+    )
+    try:
+        assert api.execute_code("print(1)")["success"]
+        with pytest.raises(docker.errors.NotFound):
+            docker_client.containers.get(dead.id)
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            dead.remove(force=True)
+
+
+def test_missing_image_is_a_clear_error(
+    tmp_path: Path, run_containers: Callable[[str], list[Any]]
+) -> None:
+    """A missing image gives success False with an error that says to run `make images`."""
+    with MemoryAPI.create(tmp_path / "m.db", settings=Settings(image_tag="no-such-tag")) as api:
+        r = api.execute_code("print(1)")
+    assert not r["success"] and r["exit_code"] == -1
+    assert r["error_type"] == "ImageNotFoundError" and "make images" in r["error"]
+    assert not run_containers(r["execution_id"])
+
+
+def test_unreachable_engine_is_a_clear_error_without_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no engine answering, the run fails fast with an error saying how to start one."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    start = time.monotonic()
+    with MemoryAPI.create(tmp_path / "m.db") as api:
+        r = api.execute_code("print(1)")
+        stored = api.store.get_execution(r["execution_id"])
+    assert time.monotonic() - start < 10
+    assert not r["success"] and r["error_type"] == "BackendUnavailableError"
+    assert "make docker-up" in r["error"] and "no-engine.sock" in r["error"]
+    assert stored is not None and stored.error_type == "BackendUnavailableError"
+
+
+def test_closing_the_api_kills_runs_in_flight(
+    tmp_path: Path,
+    settings: Settings,
+    run_containers: Callable[[str], list[Any]],
+    docker_client: docker.DockerClient,
+) -> None:
+    """close() while a run is going removes its container and the run returns."""
+    import threading
+
+    api = MemoryAPI.create(tmp_path / "m.db", settings=settings)
+    results: list[dict[str, Any]] = []
+    worker = threading.Thread(
+        target=lambda: results.append(
+            api.execute_code("import time\ntime.sleep(60)", timeout_seconds=60)
+        )
+    )
+    worker.start()
+    mine = {"label": f"{LABEL_OWNER_PID}={os.getpid()}", "status": "running"}
+    found = wait_until(lambda: bool(docker_client.containers.list(filters=mine)), timeout=20)
+    api.close()
+    worker.join(15)
+    assert found and not worker.is_alive()
+    assert results and not results[0]["success"]
+    assert wait_until(lambda: not run_containers(results[0]["execution_id"]), timeout=5)

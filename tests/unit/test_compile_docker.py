@@ -1,0 +1,337 @@
+"""Unit tests of the Docker backend's pure parts: compile_docker, frames -> outcome, owners."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from orchestrator.backends.base import RunSpec
+from orchestrator.backends.docker import (
+    LABEL_OWNER_HOST,
+    LABEL_OWNER_PID,
+    LABEL_OWNER_STARTED,
+    LABEL_SANDBOX,
+    compile_docker,
+    outcome_from_frames,
+    owner_is_dead,
+    owner_labels,
+    process_start_ticks,
+)
+from orchestrator.models import Resources
+from orchestrator.policy import load_policy, resolve_mounts
+
+MIB = 1024 * 1024
+IMAGE = "athena-sandbox/python:latest"
+LABELS = {"athena.run": "abc123", "athena.policy": "strict"}
+ENVIRONMENT = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/workspace",
+    "TMPDIR": "/tmp",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+}
+BEYOND_PID_MAX = 4194304 + 1  # above the largest pid_max Linux allows: never a live process
+
+
+def test_strict_compiles_to_exact_docker_settings() -> None:
+    """strict becomes no network, read-only root, small tmpfs, 256 MiB, no capabilities."""
+    config = compile_docker(load_policy("strict"), RunSpec(30.0), image=IMAGE, labels=LABELS)
+    assert config == {
+        "create": {
+            "image": IMAGE,
+            "user": "65534:65534",
+            "working_dir": "/workspace",
+            "hostname": "sandbox",
+            "environment": ENVIRONMENT,
+            "labels": LABELS,
+            "stdin_open": True,
+            "tty": False,
+        },
+        "host_config": {
+            "network_mode": "none",
+            "read_only": True,
+            "tmpfs": {
+                "/tmp": "rw,noexec,nosuid,nodev,size=64m,mode=1777",
+                "/workspace": "rw,nosuid,nodev,size=64m,uid=65534,gid=65534",
+            },
+            "mounts": [],
+            "mem_limit": 268435456,
+            "memswap_limit": 268435456,
+            "nano_cpus": 1000000000,
+            "pids_limit": 64,
+            "ulimits": [
+                {"name": "nofile", "soft": 256, "hard": 256},
+                {"name": "fsize", "soft": 16777216, "hard": 16777216},
+                {"name": "core", "soft": 0, "hard": 0},
+            ],
+            "shm_size": 67108864,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
+            "privileged": False,
+            "ipc_mode": "private",
+            "init": False,
+            "runtime": "runc",
+            "auto_remove": True,
+            "log_config": {"type": "none", "config": {}},
+        },
+    }
+
+
+def test_development_compiles_with_bridge_network_and_writable_mount(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """development becomes the bridge network, a read-write bind mount and larger limits."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    project = tmp_path / "proj"
+    project.mkdir()
+    policy = load_policy("development")
+    spec = RunSpec(300.0, resolve_mounts(policy, project))
+    config = compile_docker(policy, spec, image=IMAGE, labels=LABELS)
+    assert config["create"] == {
+        "image": IMAGE,
+        "user": "65534:65534",
+        "working_dir": "/workspace",
+        "hostname": "sandbox",
+        "environment": ENVIRONMENT,
+        "labels": LABELS,
+        "stdin_open": True,
+        "tty": False,
+    }
+    assert config["host_config"] == {
+        "network_mode": "bridge",
+        "read_only": True,
+        "tmpfs": {
+            "/tmp": "rw,noexec,nosuid,nodev,size=256m,mode=1777",
+            "/workspace": "rw,nosuid,nodev,size=256m,uid=65534,gid=65534",
+        },
+        "mounts": [
+            {
+                "Type": "bind",
+                "Source": str(project.resolve()),
+                "Target": "/project",
+                "ReadOnly": False,
+            }
+        ],
+        "mem_limit": 2147483648,
+        "memswap_limit": 2147483648,
+        "nano_cpus": 2000000000,
+        "pids_limit": 256,
+        "ulimits": [
+            {"name": "nofile", "soft": 256, "hard": 256},
+            {"name": "fsize", "soft": 134217728, "hard": 134217728},
+            {"name": "core", "soft": 0, "hard": 0},
+        ],
+        "shm_size": 67108864,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "privileged": False,
+        "ipc_mode": "private",
+        "init": False,
+        "runtime": "runc",
+        "auto_remove": True,
+        "log_config": {"type": "none", "config": {}},
+    }
+
+
+def test_the_environment_never_comes_from_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No variable of os.environ reaches the container, not even PATH or HOME."""
+    monkeypatch.setenv("ATHENA_CANARY", "leaked-secret")
+    monkeypatch.setenv("PATH", "/host/evil/bin")
+    monkeypatch.setenv("HOME", "/host/home")
+    config = compile_docker(load_policy("strict"), RunSpec(30.0), image=IMAGE, labels={})
+    environment = config["create"]["environment"]
+    assert environment == ENVIRONMENT
+    assert "ATHENA_CANARY" not in environment
+    assert "leaked-secret" not in json.dumps(config)
+
+
+def test_the_environment_is_a_fresh_copy_per_call() -> None:
+    """Changing one compiled environment does not change the next one."""
+    first = compile_docker(load_policy("strict"), RunSpec(30.0), image=IMAGE, labels={})
+    first["create"]["environment"]["EVIL"] = "1"
+    second = compile_docker(load_policy("strict"), RunSpec(30.0), image=IMAGE, labels={})
+    assert "EVIL" not in second["create"]["environment"]
+
+
+@pytest.mark.parametrize(
+    ("user", "ids"), [("1000:2000", "uid=1000,gid=2000"), ("1234", "uid=1234,gid=1234")]
+)
+def test_workspace_tmpfs_belongs_to_the_runtime_user(user: str, ids: str) -> None:
+    """The /workspace tmpfs has the uid and gid of runtime.user (the uid when no gid is given)."""
+    policy = load_policy({"extends": "strict", "runtime": {"user": user}})
+    config = compile_docker(policy, RunSpec(30.0), image=IMAGE, labels={})
+    assert config["create"]["user"] == user
+    assert config["host_config"]["tmpfs"]["/workspace"] == f"rw,nosuid,nodev,size=64m,{ids}"
+
+
+def test_limits_follow_the_policy() -> None:
+    """Memory, swap, CPUs, pids, open files, file size and shm follow the policy's fields."""
+    policy = load_policy(
+        {
+            "extends": "strict",
+            "filesystem": {"tmpfs_mb": 32, "read_only_root": False},
+            "limits": {
+                "memory_mb": 100,
+                "cpus": 0.5,
+                "pids": 10,
+                "open_files": 50,
+                "file_size_mb": 3,
+            },
+        }
+    )
+    host = compile_docker(policy, RunSpec(30.0), image=IMAGE, labels={})["host_config"]
+    assert (host["mem_limit"], host["memswap_limit"]) == (100 * MIB, 100 * MIB)
+    assert host["nano_cpus"] == 500_000_000
+    assert host["pids_limit"] == 10
+    assert host["ulimits"][0] == {"name": "nofile", "soft": 50, "hard": 50}
+    assert host["ulimits"][1] == {"name": "fsize", "soft": 3 * MIB, "hard": 3 * MIB}
+    assert host["shm_size"] == 32 * MIB
+    assert host["read_only"] is False
+    assert host["tmpfs"]["/tmp"] == "rw,noexec,nosuid,nodev,size=32m,mode=1777"
+
+
+# --------------------------------------------------------------------------- outcome_from_frames
+
+
+def test_an_exit_frame_gives_the_outcome_fields() -> None:
+    """The exit frame's figures become exit code, signal, timeout, OOM, pids hits and time."""
+    info = {
+        "exit_code": None,
+        "signal": 9,
+        "timed_out": True,
+        "oom_kills": 2,
+        "pids_limit_hits": 3,
+        "run_ns": 1_500_000,
+    }
+    assert outcome_from_frames(info, None, track_resources=False) == {
+        "exit_code": None,
+        "signal": 9,
+        "timed_out": True,
+        "oom_killed": True,
+        "pids_limit_hits": 3,
+        "run_ms": 1.5,
+        "output": None,
+        "notes": (),
+        "resources": None,
+    }
+
+
+def test_a_missing_exit_frame_gives_neutral_fields() -> None:
+    """Without an exit frame nothing is claimed: no exit code, no timeout, no OOM."""
+    fields = outcome_from_frames(None, None, track_resources=False)
+    assert fields["exit_code"] is None
+    assert fields["signal"] is None
+    assert fields["timed_out"] is False
+    assert fields["oom_killed"] is False
+    assert fields["pids_limit_hits"] == 0
+    assert fields["run_ms"] == 0
+
+
+def test_a_value_envelope_becomes_output() -> None:
+    """A {"value": ...} envelope becomes output, with no note."""
+    value = json.dumps({"value": {"sum": 45, "items": [1, "a", None]}}).encode()
+    fields = outcome_from_frames({"exit_code": 0}, value, track_resources=False)
+    assert fields["output"] == {"sum": 45, "items": [1, "a", None]}
+    assert fields["notes"] == ()
+
+
+def test_an_error_envelope_becomes_a_note() -> None:
+    """An {"error": ...} envelope leaves output None and explains why in a note."""
+    value = json.dumps({"error": "Object of type set is not JSON serializable"}).encode()
+    fields = outcome_from_frames({"exit_code": 0}, value, track_resources=False)
+    assert fields["output"] is None
+    assert fields["notes"] == (
+        "`output` is not JSON-serialisable (Object of type set is not JSON serializable); "
+        "it is None",
+    )
+
+
+def test_a_truncated_value_becomes_a_note() -> None:
+    """value_truncated in the exit frame gives a note that output was dropped."""
+    fields = outcome_from_frames({"exit_code": 0, "value_truncated": True}, None, False)
+    assert fields["output"] is None
+    assert fields["notes"] == ("`output` was larger than the output limit and was dropped",)
+
+
+def test_resources_only_when_tracked() -> None:
+    """Resource figures are reported only with track_resources."""
+    info = {"exit_code": 0, "memory_peak_bytes": 1000, "cpu_ns": 2_000_000, "run_ns": 3_000_000}
+    assert outcome_from_frames(info, None, track_resources=False)["resources"] is None
+    assert outcome_from_frames(info, None, track_resources=True)["resources"] == Resources(
+        peak_memory_bytes=1000, cpu_time_ms=2.0, wall_time_ms=3.0
+    )
+
+
+def test_unknown_cgroup_figures_become_none() -> None:
+    """-1 (unknown) memory and CPU figures become None; negative pids hits become 0."""
+    info = {
+        "exit_code": 0,
+        "memory_peak_bytes": -1,
+        "cpu_ns": -1,
+        "run_ns": 0,
+        "pids_limit_hits": -1,
+    }
+    fields = outcome_from_frames(info, None, track_resources=True)
+    assert fields["resources"] == Resources(
+        peak_memory_bytes=None, cpu_time_ms=None, wall_time_ms=0.0
+    )
+    assert fields["pids_limit_hits"] == 0
+
+
+# --------------------------------------------------------------------------- owner identity
+
+
+def test_owner_labels_name_this_process() -> None:
+    """owner_labels gives the sandbox label, this host, this pid and its start time."""
+    labels = owner_labels()
+    assert labels == {
+        LABEL_SANDBOX: "1",
+        LABEL_OWNER_HOST: socket.gethostname(),
+        LABEL_OWNER_PID: str(os.getpid()),
+        LABEL_OWNER_STARTED: process_start_ticks(os.getpid()),
+    }
+    assert labels[LABEL_OWNER_STARTED].isdigit()
+
+
+def test_process_start_ticks_is_stable_and_none_for_no_process() -> None:
+    """A live pid has a fixed start time; a pid beyond pid_max has none."""
+    assert process_start_ticks(os.getpid()) == process_start_ticks(os.getpid())
+    assert process_start_ticks(BEYOND_PID_MAX) is None
+
+
+def test_our_own_process_is_alive() -> None:
+    """A container labelled with this live process is not judged dead."""
+    assert owner_is_dead(owner_labels()) is False
+
+
+def test_a_pid_with_no_process_is_dead() -> None:
+    """A labelled pid that names no process is judged dead."""
+    labels = {**owner_labels(), LABEL_OWNER_PID: str(BEYOND_PID_MAX)}
+    assert owner_is_dead(labels) is True
+
+
+def test_a_reused_pid_is_dead() -> None:
+    """A live pid whose start time differs from the label is another process: dead owner."""
+    labels = {**owner_labels(), LABEL_OWNER_STARTED: "1"}
+    assert owner_is_dead(labels) is True
+
+
+@pytest.mark.parametrize("pid", ["", "abc", "12.5"])
+def test_a_malformed_pid_is_dead(pid: str) -> None:
+    """A pid label that is not a number is judged dead."""
+    assert owner_is_dead({**owner_labels(), LABEL_OWNER_PID: pid}) is True
+
+
+def test_another_hosts_container_is_never_judged_dead() -> None:
+    """A container of another host is never judged dead, whatever its pid."""
+    labels = {
+        **owner_labels(),
+        LABEL_OWNER_HOST: socket.gethostname() + "-elsewhere",
+        LABEL_OWNER_PID: str(BEYOND_PID_MAX),
+    }
+    assert owner_is_dead(labels) is False
+    assert owner_is_dead({LABEL_SANDBOX: "1"}) is False

@@ -1,0 +1,433 @@
+"""Unit tests of the Orchestrator and MemoryAPI driven by FakeBackend (no Docker)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from memory_store.api import MemoryAPI
+from orchestrator.errors import (
+    BackendUnavailableError,
+    CodeNotAcceptedError,
+    PolicyError,
+    PolicyNotFoundError,
+    RequestError,
+    RunError,
+    SandboxFailedError,
+    UnknownLanguageError,
+)
+from orchestrator.models import Event, ExecutionRequest, ExecutionResult
+from orchestrator.orchestrator import Orchestrator
+from orchestrator.policy import Policy, ResolvedMount, load_policy
+from orchestrator.settings import Settings
+from orchestrator.testing import FakeBackend, FakeRun
+
+
+PUBLIC_KEYS = {
+    "success",
+    "execution_id",
+    "stdout",
+    "stderr",
+    "exit_code",
+    "execution_time_ms",
+    "violations",
+    "violation_details",
+    "sandbox_id",
+    "language",
+    "timestamp",
+    "sandbox_mode",
+    "isolation",
+    "output",
+    "error",
+    "error_type",
+    "issues",
+    "policy",
+    "timeout_seconds",
+    "resources",
+    "total_time_ms",
+}
+
+
+@dataclass
+class ListRecorder:
+    """A recorder keeping what it is given."""
+
+    records: list[tuple[ExecutionRequest, ExecutionResult]] = field(default_factory=list)
+
+    def record_execution(self, request: ExecutionRequest, result: ExecutionResult) -> int:
+        self.records.append((request, result))
+        return len(self.records)
+
+
+class BrokenRecorder:
+    """A recorder whose store is down."""
+
+    def record_execution(self, request: ExecutionRequest, result: ExecutionResult) -> int:
+        raise OSError("disk full")
+
+
+def orchestrator(
+    backend: FakeBackend, recorder: Any = None, project_dir: Path | None = None
+) -> Orchestrator:
+    return Orchestrator(
+        settings=Settings(project_dir=project_dir), backends=[backend], recorder=recorder
+    )
+
+
+def request(
+    code: str = "print(2 + 2)", language: str = "python", policy: Any = None, **kwargs: Any
+) -> ExecutionRequest:
+    return ExecutionRequest.create(code, language, policy=load_policy(policy), **kwargs)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def test_a_run_returns_the_backends_result_and_records_it() -> None:
+    """A clean run returns the fake's output as a successful result, recorded once."""
+    backend = FakeBackend(FakeRun(stdout="4\n", output={"n": 4}))
+    recorder = ListRecorder()
+    req = request(timeout_seconds=5)
+    result = orchestrator(backend, recorder).run(req)
+    assert (result.success, result.stdout, result.exit_code, result.output) == (
+        True,
+        "4\n",
+        0,
+        {"n": 4},
+    )
+    assert (result.sandbox_mode, result.timeout_seconds, result.policy) == ("docker", 5.0, "strict")
+    assert backend.requests == [req]
+    assert backend.specs[0].timeout_seconds == 5.0
+    assert recorder.records == [(req, result)]
+
+
+def test_rejected_code_never_reaches_the_backend() -> None:
+    """strict + 'import subprocess' fails validation with issues by line; the backend is not called."""
+    backend, recorder = FakeBackend(), ListRecorder()
+    result = orchestrator(backend, recorder).run(request("import os\nimport subprocess\n"))
+    assert result.success is False
+    assert result.error == "Code validation failed"
+    assert result.exit_code == -1
+    assert [(i.line, i.severity, i.rule) for i in result.issues] == [
+        (2, "error", "forbidden_import")
+    ]
+    assert backend.requests == []
+    assert [r for _, r in recorder.records] == [result]
+
+
+def test_unenforced_validation_runs_and_reports_issues() -> None:
+    """With validation.enforce false the code runs and the findings are still reported."""
+    backend = FakeBackend()
+    policy = {"extends": "strict", "validation": {"enforce": False}}
+    result = orchestrator(backend).run(request("import subprocess\n", policy=policy))
+    assert result.success is True
+    assert len(backend.requests) == 1
+    assert [(i.line, i.rule) for i in result.issues] == [(1, "forbidden_import")]
+
+
+def test_nul_in_python_code_is_not_accepted() -> None:
+    """NUL in Python source raises CodeNotAcceptedError with the recorded result; no run happens."""
+    backend, recorder = FakeBackend(), ListRecorder()
+    with pytest.raises(CodeNotAcceptedError, match="NUL") as info:
+        orchestrator(backend, recorder).run(request("print('a\x00b')"))
+    result = info.value.result
+    assert result is not None
+    assert (result.success, result.error_type, result.exit_code) == (
+        False,
+        "CodeNotAcceptedError",
+        -1,
+    )
+    assert backend.requests == []
+    assert [r for _, r in recorder.records] == [result]
+
+
+def test_execute_turns_code_not_accepted_into_a_result() -> None:
+    """execute() returns success False with error_type CodeNotAcceptedError instead of raising."""
+    backend = FakeBackend()
+    result = orchestrator(backend).execute(request("x = 1\x00"))
+    assert (result.success, result.error_type) == (False, "CodeNotAcceptedError")
+    assert "NUL" in (result.error or "")
+    assert backend.requests == []
+
+
+def test_nul_in_javascript_code_is_accepted() -> None:
+    """JavaScript source may hold NUL: it reaches the backend unchanged."""
+    backend = FakeBackend()
+    code = "console.log('a\x00b')"
+    result = orchestrator(backend).execute(request(code, "javascript"))
+    assert result.success is True
+    assert [r.code for r in backend.requests] == [code]
+
+
+def test_an_unavailable_backend_raises_with_the_recorded_result() -> None:
+    """A backend raising BackendUnavailableError: run() re-raises it with .result, recorded."""
+    backend = FakeBackend(FakeRun(error=BackendUnavailableError("no engine answers")))
+    recorder = ListRecorder()
+    with pytest.raises(BackendUnavailableError) as info:
+        orchestrator(backend, recorder).run(request())
+    result = info.value.result
+    assert result is not None
+    assert (result.success, result.error, result.error_type) == (
+        False,
+        "no engine answers",
+        "BackendUnavailableError",
+    )
+    assert [r for _, r in recorder.records] == [result]
+
+
+def test_execute_returns_the_unavailable_backends_result() -> None:
+    """execute() returns the failed result of an unavailable backend instead of raising."""
+    backend = FakeBackend(FakeRun(error=BackendUnavailableError("down")))
+    recorder = ListRecorder()
+    result = orchestrator(backend, recorder).execute(request())
+    assert (result.success, result.error_type, result.error) == (
+        False,
+        "BackendUnavailableError",
+        "down",
+    )
+    assert [r for _, r in recorder.records] == [result]
+
+
+def test_a_policy_refusing_every_backend_is_unavailable() -> None:
+    """A fallback without docker raises BackendUnavailableError naming the modes."""
+    backend, recorder = FakeBackend(), ListRecorder()
+    policy = {"extends": "strict", "fallback": ["srt"]}
+    with pytest.raises(BackendUnavailableError) as info:
+        orchestrator(backend, recorder).run(request(policy=policy))
+    message = str(info.value)
+    assert "srt" in message
+    assert "docker" in message
+    assert backend.requests == []
+    assert info.value.result is not None
+    assert len(recorder.records) == 1
+
+
+def test_the_strongest_accepted_backend_runs_the_code() -> None:
+    """Of several backends, the strongest one the policy's fallback accepts is chosen."""
+    srt, docker = FakeBackend(name="srt"), FakeBackend(name="docker")
+    orch = Orchestrator(settings=Settings(), backends=[srt, docker])
+    orch.run(request(policy={"extends": "strict", "fallback": ["srt", "docker"]}))
+    assert (len(docker.requests), len(srt.requests)) == (1, 0)
+    orch.run(request(policy={"extends": "strict", "fallback": ["srt"]}))
+    assert (len(docker.requests), len(srt.requests)) == (1, 1)
+
+
+def test_mounts_are_resolved_against_the_project_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """research's ${project_dir} reaches the backend as the settings' project directory."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    project = tmp_path / "proj"
+    project.mkdir()
+    backend = FakeBackend()
+    orchestrator(backend, project_dir=project).run(request(policy="research"))
+    assert backend.specs[0].mounts == (ResolvedMount(str(project.resolve()), "/project", True),)
+
+
+def test_an_unusable_project_dir_is_a_policy_error_and_nothing_is_recorded() -> None:
+    """A project directory of / raises PolicyError from execute(); nothing runs or is recorded."""
+    backend, recorder = FakeBackend(), ListRecorder()
+    with pytest.raises(PolicyError, match="root of the host"):
+        orchestrator(backend, recorder, project_dir=Path("/")).execute(request(policy="research"))
+    assert backend.requests == []
+    assert recorder.records == []
+
+
+# --------------------------------------------------------------------------- recording
+
+
+def test_the_recorder_is_called_once_per_run() -> None:
+    """Every run is recorded exactly once, with its own request and result."""
+    recorder = ListRecorder()
+    orch = orchestrator(FakeBackend(), recorder)
+    first, second = request(), request("print(1)")
+    results = [orch.run(first), orch.run(second)]
+    assert recorder.records == [(first, results[0]), (second, results[1])]
+
+
+def test_record_false_is_not_recorded() -> None:
+    """A request with record=False is run but not recorded, even when it fails."""
+    recorder = ListRecorder()
+    orch = orchestrator(FakeBackend(), recorder)
+    assert orch.run(request(record=False)).success is True
+    assert orch.run(request("import subprocess", record=False)).success is False
+    assert recorder.records == []
+
+
+def test_a_failing_recorder_does_not_lose_the_result() -> None:
+    """A recorder that raises is logged as an error and the caller still gets the result."""
+    req = request()
+    with capture_logs() as logs:
+        result = orchestrator(FakeBackend(FakeRun(stdout="ok")), BrokenRecorder()).run(req)
+    assert (result.success, result.stdout) == (True, "ok")
+    assert logs == [
+        {
+            "event": "could not record the execution",
+            "log_level": "error",
+            "execution_id": req.execution_id,
+            "error": "OSError: disk full",
+        }
+    ]
+
+
+# --------------------------------------------------------------------------- events
+
+
+def test_on_event_gets_output_then_a_final_exit_event() -> None:
+    """on_event receives the output chunks as they come and an exit event last."""
+    events: list[Event] = []
+    backend = FakeBackend(FakeRun(stdout="out", stderr="err", exit_code=3))
+    orchestrator(backend).run(request(), on_event=events.append)
+    assert [(e.kind, e.text) for e in events] == [
+        ("stdout", "out"),
+        ("stderr", "err"),
+        ("exit", ""),
+    ]
+    assert events[-1].exit_code == 3
+
+
+def test_on_event_gets_violations_before_the_exit() -> None:
+    """A run killed by a signal gives a violation event and then an exit event with 128+N."""
+    events: list[Event] = []
+    orchestrator(FakeBackend(FakeRun(signal=11))).run(request(), on_event=events.append)
+    assert [e.kind for e in events] == ["violation", "exit"]
+    assert events[0].violation is not None
+    assert events[0].violation.category == "signal"
+    assert events[1].exit_code == 139
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def test_close_closes_the_backends_and_refuses_later_runs() -> None:
+    """close() closes every backend; a run afterwards raises SandboxFailedError."""
+    backend = FakeBackend()
+    orch = orchestrator(backend)
+    orch.close()
+    orch.close()  # idempotent
+    assert backend.closed is True
+    with pytest.raises(SandboxFailedError, match="closed"):
+        orch.run(request())
+    assert backend.requests == []
+
+
+def test_the_orchestrator_is_a_context_manager() -> None:
+    """Leaving a with-block closes the orchestrator and its backends."""
+    backend = FakeBackend()
+    with orchestrator(backend) as orch:
+        orch.run(request())
+    assert backend.closed is True
+
+
+def test_run_errors_are_sandbox_failures_in_the_tree() -> None:
+    """SandboxFailedError from a backend is a RunError and comes back from execute()."""
+    backend = FakeBackend(FakeRun(error=SandboxFailedError("runner lost")))
+    result = orchestrator(backend).execute(request())
+    assert (result.error_type, result.error) == ("SandboxFailedError", "runner lost")
+    assert issubclass(SandboxFailedError, RunError)
+
+
+# --------------------------------------------------------------------------- MemoryAPI
+
+
+@pytest.fixture
+def make_api(tmp_path: Path) -> Iterator[Callable[..., MemoryAPI]]:
+    """Build MemoryAPIs on tmp_path/m.db with a fake backend; close them afterwards."""
+    made: list[MemoryAPI] = []
+
+    def make(backend: FakeBackend | None = None, settings: Settings | None = None) -> MemoryAPI:
+        api = MemoryAPI.create(
+            tmp_path / "m.db",
+            settings=settings,
+            backends=[backend or FakeBackend(FakeRun(stdout="4\n"))],
+        )
+        made.append(api)
+        return api
+
+    yield make
+    for api in made:
+        api.close()
+
+
+def test_memory_api_returns_a_plain_dict_and_records_the_run(
+    make_api: Callable[..., MemoryAPI],
+) -> None:
+    """execute_code returns a JSON-ready dict with every key; the run and its event are stored."""
+    api = make_api()
+    result = api.execute_code("print(2 + 2)")
+    assert type(result) is dict
+    assert set(result) == PUBLIC_KEYS
+    assert (result["success"], result["stdout"], result["language"]) == (True, "4\n", "python")
+    json.dumps(result)
+    executions = api.store.list_executions()
+    assert [e.execution_id for e in executions] == [result["execution_id"]]
+    assert executions[0].code == "print(2 + 2)"
+    events = api.store.list_events()
+    assert [(e.event_type, e.context["execution_id"]) for e in events] == [
+        ("execution", result["execution_id"])
+    ]
+
+
+def test_memory_api_turns_run_errors_into_failed_dicts(
+    make_api: Callable[..., MemoryAPI],
+) -> None:
+    """A run the backend could not do gives success False with error_type, and is recorded."""
+    api = make_api(FakeBackend(FakeRun(error=BackendUnavailableError("down"))))
+    result = api.execute_code("print(1)")
+    assert (result["success"], result["error_type"], result["error"]) == (
+        False,
+        "BackendUnavailableError",
+        "down",
+    )
+    assert [e.execution_id for e in api.store.list_executions()] == [result["execution_id"]]
+
+
+def test_memory_api_record_false_stores_nothing(make_api: Callable[..., MemoryAPI]) -> None:
+    """execute_code(record=False) runs the code but stores nothing."""
+    api = make_api()
+    assert api.execute_code("print(1)", record=False)["success"] is True
+    assert api.store.list_executions() == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"language": "cobol"}, UnknownLanguageError),
+        ({"sandbox_policy": "nosuch"}, PolicyNotFoundError),
+        ({"sandbox_policy": {"limits": {"memory": 5}}}, PolicyError),
+        ({"timeout_seconds": 0}, RequestError),
+        ({"parameters": {"s": {1, 2}}}, RequestError),
+        ({"code": "x = 1  # eleven+"}, RequestError),
+    ],
+)
+def test_memory_api_raises_caller_mistakes_and_records_nothing(
+    kwargs: dict[str, Any], error: type[Exception], make_api: Callable[..., MemoryAPI]
+) -> None:
+    """Bad arguments raise to the caller; nothing runs and nothing is recorded."""
+    backend = FakeBackend()
+    api = make_api(backend, Settings(max_code_bytes=10))
+    arguments = {"code": "print(1)", **kwargs}
+    with pytest.raises(error):
+        api.execute_code(**arguments)
+    assert backend.requests == []
+    assert api.store.list_executions() == []
+    assert api.store.list_events() == []
+
+
+def test_memory_api_accepts_every_policy_form(
+    make_api: Callable[..., MemoryAPI], tmp_path: Path
+) -> None:
+    """sandbox_policy may be a shipped name, a path, a dict or a Policy."""
+    backend = FakeBackend()
+    api = make_api(backend)
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: strict\nlimits: {pids: 99}\n", encoding="utf-8")
+    for spec in ("strict", str(path), {"extends": "strict"}, Policy(name="given")):
+        assert api.execute_code("print(1)", sandbox_policy=spec)["success"] is True
+    assert [r.policy.name for r in backend.requests] == ["strict", "mine", "custom", "given"]

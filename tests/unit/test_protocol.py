@@ -1,0 +1,154 @@
+"""Unit tests of the runner wire protocol: the request, runner frames, Docker's demuxing."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from orchestrator.backends.protocol import (
+    FRAME_BEGIN,
+    FRAME_EXIT,
+    FRAME_READY,
+    FRAME_STDERR,
+    FRAME_STDOUT,
+    MAX_FRAME,
+    PROTOCOL,
+    DockerDemuxer,
+    Frame,
+    FrameDecoder,
+    ProtocolError,
+    encode_request,
+)
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    return kind + struct.pack(">I", len(payload)) + payload
+
+
+def block(stream: int, payload: bytes) -> bytes:
+    return bytes([stream, 0, 0, 0]) + struct.pack(">I", len(payload)) + payload
+
+
+FRAMES = [
+    Frame(FRAME_READY, b""),
+    Frame(FRAME_BEGIN, b""),
+    Frame(FRAME_STDOUT, b"hello\n"),
+    Frame(FRAME_STDERR, b"oops \xc3\xa9\n"),
+    Frame(FRAME_EXIT, b'{"exit_code": 0}'),
+]
+STREAM = b"".join(frame(f.kind, f.payload) for f in FRAMES)
+BLOCKS = [(1, STREAM[:7]), (2, b"runner: warning\n"), (1, STREAM[7:]), (1, b"")]
+MUXED = b"".join(block(stream, payload) for stream, payload in BLOCKS)
+
+
+# --------------------------------------------------------------------------- request
+
+
+def test_encode_request_is_a_header_line_then_code_then_blob() -> None:
+    """The request is 'ATHENA/1 <code len> <blob len> <timeout ms> <max output>\\n' + code + blob."""
+    code = "print('é')".encode()
+    request = encode_request(code, b'{"n": 1}', 30000, 1048576)
+    assert request == b"ATHENA/1 11 8 30000 1048576\nprint('\xc3\xa9'){\"n\": 1}"
+    assert PROTOCOL == "ATHENA/1"
+
+
+def test_encode_request_counts_bytes_of_binary_code() -> None:
+    """Lengths count bytes, so code holding newlines or NUL cannot shift the blob."""
+    request = encode_request(b"a\n\x00b", b"", 1, 1024)
+    assert request == b"ATHENA/1 4 0 1 1024\na\n\x00b"
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def test_frame_decoder_decodes_a_whole_stream() -> None:
+    """Bytes holding several whole frames give every frame, in order, with nothing pending."""
+    decoder = FrameDecoder()
+    assert decoder.feed(STREAM) == FRAMES
+    assert decoder.pending == 0
+
+
+def test_frame_decoder_decodes_byte_by_byte() -> None:
+    """Feeding one byte at a time gives the same frames, each when its last byte arrives."""
+    decoder = FrameDecoder()
+    got: list[Frame] = []
+    for index in range(len(STREAM)):
+        got += decoder.feed(STREAM[index : index + 1])
+    assert got == FRAMES
+    assert decoder.pending == 0
+
+
+def test_frame_decoder_keeps_a_split_frame_pending() -> None:
+    """A frame split across feeds is held (and counted in pending) until it is whole."""
+    decoder = FrameDecoder()
+    whole = frame(FRAME_STDOUT, b"0123456789")
+    assert decoder.feed(whole[:3]) == []
+    assert decoder.pending == 3
+    assert decoder.feed(whole[3:9]) == []
+    assert decoder.pending == 9
+    assert decoder.feed(whole[9:] + whole[:1]) == [Frame(FRAME_STDOUT, b"0123456789")]
+    assert decoder.pending == 1
+
+
+def test_frame_decoder_refuses_an_unknown_frame_type() -> None:
+    """A frame type the runner never sends raises ProtocolError."""
+    with pytest.raises(ProtocolError, match="unexpected frame b'Z'"):
+        FrameDecoder().feed(frame(b"Z", b"x"))
+
+
+def test_frame_decoder_refuses_an_impossible_length() -> None:
+    """A length above MAX_FRAME raises ProtocolError at once, without waiting for the bytes."""
+    with pytest.raises(ProtocolError):
+        FrameDecoder().feed(FRAME_STDOUT + struct.pack(">I", MAX_FRAME + 1))
+
+
+def test_frame_json_decodes_objects_only() -> None:
+    """Frame.json gives a dict and refuses a JSON payload that is not an object."""
+    assert Frame(FRAME_EXIT, b'{"exit_code": 3}').json() == {"exit_code": 3}
+    with pytest.raises(ProtocolError, match="not a JSON object"):
+        Frame(FRAME_EXIT, b"[1, 2]").json()
+
+
+# --------------------------------------------------------------------------- docker stream
+
+
+def test_demuxer_decodes_a_whole_stream() -> None:
+    """A whole attach stream gives each (stream id, payload) block in order."""
+    demuxer = DockerDemuxer()
+    assert demuxer.feed(MUXED) == BLOCKS
+    assert (DockerDemuxer.STDOUT, DockerDemuxer.STDERR) == (1, 2)
+
+
+def test_demuxer_decodes_byte_by_byte() -> None:
+    """Feeding one byte at a time, split headers included, gives the same blocks."""
+    demuxer = DockerDemuxer()
+    got: list[tuple[int, bytes]] = []
+    for index in range(len(MUXED)):
+        got += demuxer.feed(MUXED[index : index + 1])
+    assert got == BLOCKS
+
+
+def test_demuxer_holds_a_split_header_and_payload() -> None:
+    """A header or payload split across feeds yields nothing until the block is whole."""
+    demuxer = DockerDemuxer()
+    whole = block(2, b"abcdef")
+    assert demuxer.feed(whole[:5]) == []
+    assert demuxer.feed(whole[5:10]) == []
+    assert demuxer.feed(whole[10:]) == [(2, b"abcdef")]
+
+
+def test_demuxer_refuses_an_unknown_stream_id() -> None:
+    """A header whose stream id is not 0, 1 or 2 raises ProtocolError."""
+    with pytest.raises(ProtocolError, match="stream id 3"):
+        DockerDemuxer().feed(block(3, b"x"))
+
+
+def test_demuxed_payloads_reassemble_runner_frames() -> None:
+    """Runner frames split across Docker blocks decode whole once the stdout blocks are joined."""
+    decoder = FrameDecoder()
+    frames: list[Frame] = []
+    for stream, payload in DockerDemuxer().feed(MUXED):
+        if stream == DockerDemuxer.STDOUT:
+            frames += decoder.feed(payload)
+    assert frames == FRAMES
