@@ -216,9 +216,19 @@ class ExecutionContext:
         return ((self._t1 or time.perf_counter()) - self._t0) * 1000.0
 
     def emit(self, event: Event) -> None:
-        """Pass an event to the listeners."""
-        for listener in list(self._listeners):
-            listener(event)
+        """Pass an event to the listeners.
+
+        Listeners run with capture off, so a listener that prints what it receives writes to
+        the real stdout instead of feeding the context (and itself) again.
+        """
+        if not self._listeners:
+            return
+        token = _current.set(None)
+        try:
+            for listener in list(self._listeners):
+                listener(event)
+        finally:
+            _current.reset(token)
 
     def feed(self, stream: Stream, data: bytes) -> None:
         """Take a chunk of the code's output as it arrives."""

@@ -134,15 +134,16 @@ def _check_parameters(parameters: Mapping[str, Any] | None, limit: int) -> dict[
             f"parameters must be a dict (a JSON object) or None, not {type(parameters).__name__}"
         )
     try:
-        text = json.dumps(parameters, allow_nan=False)
+        text = json.dumps(parameters, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise RequestError(
             f"parameters must be JSON-serialisable: {exc}. Pass only dicts, lists, strings, "
             "numbers (not NaN or infinity), booleans and None."
         ) from exc
-    if len(text.encode()) > limit:
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > limit:
         raise RequestError(
-            f"parameters are {len(text.encode())} bytes as JSON; the limit is {limit} bytes. "
+            f"parameters are {size} bytes as JSON; the limit is {limit} bytes. "
             "Pass less data, or raise ATHENA_MAX_PARAMETERS_BYTES."
         )
     loaded: dict[str, JsonValue] = json.loads(text)

@@ -135,17 +135,14 @@ class Orchestrator:
             )
             if request.policy.validation.enforce and any(i.severity == "error" for i in issues):
                 failed = validation_failed_result(request, issues, timeout, _since(started))
-                return self._record(request, failed)
+                return self._finish(request, failed, context)
             outcome = self._run_in_sandbox(request, timeout, context)
         except RunError as exc:
             failed = failed_result(request, exc, context, issues, timeout, _since(started))
-            exc.result = self._record(request, failed)
+            exc.result = self._finish(request, failed, context)
             raise
         result = assemble_result(request, outcome, context, issues, timeout, _since(started))
-        context.emit(
-            Event(kind="exit", exit_code=result.exit_code, elapsed_ms=context.elapsed_ms())
-        )
-        return self._record(request, result)
+        return self._finish(request, result, context)
 
     def _run_in_sandbox(
         self, request: ExecutionRequest, timeout: float, context: ExecutionContext
@@ -167,9 +164,19 @@ class Orchestrator:
             f"has only {available}: add docker to the policy's fallback list"
         )
 
-    def _record(self, request: ExecutionRequest, result: ExecutionResult) -> ExecutionResult:
+    def _finish(
+        self, request: ExecutionRequest, result: ExecutionResult, context: ExecutionContext
+    ) -> ExecutionResult:
+        """Record the result, then tell listeners the run is over (every run ends with this)."""
+        self._record(request, result)
+        context.emit(
+            Event(kind="exit", exit_code=result.exit_code, elapsed_ms=context.elapsed_ms())
+        )
+        return result
+
+    def _record(self, request: ExecutionRequest, result: ExecutionResult) -> None:
         if self._recorder is None or not request.record:
-            return result
+            return
         try:
             self._recorder.record_execution(request, result)
         except Exception as exc:  # a lost record must not lose the result the caller waits for
@@ -178,7 +185,6 @@ class Orchestrator:
                 execution_id=request.execution_id,
                 error=f"{type(exc).__name__}: {exc}",
             )
-        return result
 
 
 def _since(started: float) -> float:

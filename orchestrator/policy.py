@@ -4,7 +4,9 @@ A policy is given as a shipped name (``strict``), a path to a YAML file, a dict 
 fields, or a :class:`Policy`. A string containing ``/`` or ending in ``.yaml``/``.yml`` is a path
 (relative to the working directory); anything else is a shipped name. In a file, ``extends`` and
 relative mount sources are relative to that file. ``extends`` merges mappings deeply and replaces
-lists; cycles are an error. Every error names the file, the field and what was expected.
+lists; cycles are an error. A policy without an ``extends`` key extends ``strict``;
+``extends: null`` starts from the schema's defaults. Every error names the file, the field and
+what was expected.
 
 The mount source ``${project_dir}`` stands for the project directory of the settings (default:
 the working directory); :func:`resolve_mounts` expands it and refuses dangerous sources.
@@ -35,8 +37,8 @@ MODE_STRENGTH: tuple[SandboxMode, ...] = ("docker", "srt", "restricted", "inproc
 """Isolation modes, strongest first."""
 
 _HOST = r"(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
-_DOMAIN_RE = re.compile(rf"^{_HOST}(:(?P<port>\d{{1,5}}))?$")
-_USER_RE = re.compile(r"^(?P<uid>\d+)(:(?P<gid>\d+))?$")
+_DOMAIN_RE = re.compile(rf"{_HOST}(:(?P<port>\d{{1,5}}))?")
+_USER_RE = re.compile(r"(?P<uid>\d+)(:(?P<gid>\d+))?")
 # Targets the sandbox itself needs; a mount there would replace the system or the runner.
 _RESERVED_TARGETS = (
     "/",
@@ -82,7 +84,7 @@ class Network(_Model):
     @classmethod
     def _check_domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for entry in value:
-            match = _DOMAIN_RE.match(entry.lower())
+            match = _DOMAIN_RE.fullmatch(entry.lower())
             port = match and match.group("port")
             if not match or (port and not 0 < int(port) < 65536):
                 raise ValueError(
@@ -104,10 +106,13 @@ class Mount(_Model):
         path = PurePosixPath(value)
         if not path.is_absolute() or ".." in path.parts:
             raise ValueError(f"{value!r} must be an absolute path without '..'")
-        normal = str(path)
+        normal = "/" + "/".join(path.parts[1:])  # "//etc" is "/etc" to the kernel
         for reserved in _RESERVED_TARGETS:
             inside = reserved not in {"/", "/workspace"} and normal.startswith(reserved + "/")
-            if normal == reserved or inside:
+            covers = normal != "/" and reserved.startswith(
+                normal + "/"
+            )  # e.g. /opt hides /opt/athena
+            if normal == reserved or inside or covers:
                 raise ValueError(
                     f"{value!r} would cover {reserved}, which the sandbox needs; "
                     "mount under /project, /data, /mnt or /workspace/<name> instead"
@@ -144,7 +149,7 @@ class Runtime(_Model):
     @field_validator("user")
     @classmethod
     def _check_user(cls, value: str) -> str:
-        match = _USER_RE.match(value)
+        match = _USER_RE.fullmatch(value)
         if not match:
             raise ValueError(f"{value!r} is not 'uid' or 'uid:gid' with numeric ids")
         if int(match.group("uid")) == 0 or (match.group("gid") and int(match.group("gid")) == 0):
@@ -288,7 +293,8 @@ def _absolute_mount_sources(raw: dict[str, Any], base_dir: Path) -> dict[str, An
     for mount in filesystem["mounts"]:
         source = mount.get("source") if isinstance(mount, Mapping) else None
         if isinstance(source, str) and not source.startswith(("/", PROJECT_DIR_TOKEN)):
-            mounts.append({**mount, "source": str((base_dir / source).resolve())})
+            absolute = Path(source).expanduser()  # "~/x" is the home's, not the file's
+            mounts.append({**mount, "source": str((base_dir / absolute).resolve())})
         else:
             mounts.append(mount)
     return {**raw, "filesystem": {**filesystem, "mounts": mounts}}
@@ -334,20 +340,22 @@ def _raw_from_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
 def _with_parent(
     raw: dict[str, Any], base_dir: Path, source: str, chain: tuple[Path, ...]
 ) -> dict[str, Any]:
-    parent = raw.get("extends")
+    # A policy that does not say what it extends extends strict: whatever it leaves out is
+    # strict's. `extends: null` starts from the bare schema defaults instead.
+    parent = raw.get("extends", DEFAULT_POLICY)
     if parent is None:
         return raw
     if not isinstance(parent, str) or not parent:
         raise PolicyError(f"{source}: extends: expected a shipped policy name or a path")
-    if _is_path(parent):
-        parent_path = Path(parent) if Path(parent).is_absolute() else base_dir / parent
-    else:
-        parent_path = _shipped_path(parent)
     try:
+        if _is_path(parent):
+            parent_path = Path(parent) if Path(parent).is_absolute() else base_dir / parent
+        else:
+            parent_path = _shipped_path(parent)
         base = _raw_from_file(parent_path, chain)
     except PolicyNotFoundError as exc:
         raise PolicyNotFoundError(f"{source}: extends: {exc}") from exc
-    return _merge(base, raw)
+    return {**_merge(base, raw), "extends": parent}
 
 
 def _validate(raw: dict[str, Any], source: str) -> Policy:
@@ -382,7 +390,7 @@ def load_policy(spec: Policy | Mapping[str, Any] | str | os.PathLike[str] | None
         raw = _absolute_mount_sources(dict(spec), Path.cwd())
         raw.setdefault("name", "custom")
         return _validate(_with_parent(raw, Path.cwd(), "policy dict", ()), "policy dict")
-    if isinstance(spec, os.PathLike) or _is_path(str(spec)):
+    if isinstance(spec, os.PathLike) or (isinstance(spec, str) and _is_path(spec)):
         path = Path(spec)
     elif isinstance(spec, str):
         path = _shipped_path(spec)
@@ -417,6 +425,8 @@ def _refusal(path: Path) -> str | None:
     for tree in _REFUSED_SOURCE_TREES:
         if text == tree or text.startswith(tree + "/"):
             return f"it is inside {tree}"
+        if tree.startswith(text + "/"):
+            return f"it contains {tree}"
     for sock in _DOCKER_SOCKETS:
         if text == sock or sock.startswith(text + "/") or path.name == "docker.sock":
             return "it would expose the Docker socket"
@@ -454,10 +464,13 @@ def resolve_mounts(policy: Policy, project_dir: Path) -> tuple[ResolvedMount, ..
     for index, mount in enumerate(policy.filesystem.mounts):
         field = f"policy {policy.name!r}: filesystem.mounts.{index}.source"
         source = mount.source
+        base = None
         if source.startswith(PROJECT_DIR_TOKEN):
             base = check_project_dir(project_dir)
             source = str(base) + source.removeprefix(PROJECT_DIR_TOKEN)
         path = Path(source).expanduser().resolve()
+        if base is not None and path != base and base not in path.parents:
+            raise PolicyError(f"{field}: {mount.source} leaves the project directory {base}")
         if not path.exists():
             raise PolicyError(f"{field}: {path} does not exist")
         reason = _refusal(path)

@@ -205,6 +205,8 @@ def owner_is_dead(labels: Mapping[str, str]) -> bool:
     """Whether the labelled owner of a container on this host is gone."""
     if labels.get(LABEL_OWNER_HOST) != socket.gethostname():
         return False  # another host's container: not ours to judge
+    if process_start_ticks(os.getpid()) is None:
+        return False  # no readable /proc here: we cannot tell, so we judge nobody dead
     try:
         pid = int(labels.get(LABEL_OWNER_PID, ""))
     except ValueError:
@@ -374,7 +376,7 @@ class DockerBackend:
         payload = encode_request(
             request.code.encode("utf-8", errors="surrogatepass"),
             language.parameters_blob(request.parameters),
-            round(spec.timeout_seconds * 1000),
+            max(1, round(spec.timeout_seconds * 1000)),  # 0 would mean "no deadline"
             request.policy.limits.max_output_bytes,
         )
         isolation = Isolation(mode="docker", runtime=RUNTIME, path="cold", image=image)

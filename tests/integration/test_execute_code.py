@@ -7,28 +7,9 @@ from datetime import datetime
 import pytest
 
 from athena.mcp.memory_api import MemoryAPI
+from tests.contract import ISSUE_RESULT_KEYS
 
 pytestmark = pytest.mark.docker
-
-RESULT_KEYS = {
-    "success",
-    "execution_id",
-    "stdout",
-    "stderr",
-    "exit_code",
-    "execution_time_ms",
-    "violations",
-    "violation_details",
-    "sandbox_id",
-    "language",
-    "timestamp",
-    "sandbox_mode",
-    "isolation",
-    "output",
-    "error",
-    "error_type",
-    "issues",
-}
 
 
 def test_python_prints_and_result_has_every_key(api: MemoryAPI) -> None:
@@ -40,7 +21,7 @@ def test_python_prints_and_result_has_every_key(api: MemoryAPI) -> None:
         timeout_seconds=30,
         sandbox_policy=None,
     )
-    assert r.keys() >= RESULT_KEYS
+    assert r.keys() >= ISSUE_RESULT_KEYS
     assert (r["success"], r["stdout"], r["stderr"], r["exit_code"]) == (True, "4\n", "", 0)
     assert r["sandbox_mode"] == "docker"
     assert r["isolation"]["runtime"] == "runc" and r["isolation"]["path"] == "cold"

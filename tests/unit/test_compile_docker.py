@@ -5,24 +5,34 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestrator.backends.base import RunSpec
 from orchestrator.backends.docker import (
+    IMAGE_PROTOCOL_LABEL,
     LABEL_OWNER_HOST,
     LABEL_OWNER_PID,
     LABEL_OWNER_STARTED,
+    LABEL_RUN,
     LABEL_SANDBOX,
+    DockerBackend,
     compile_docker,
     outcome_from_frames,
     owner_is_dead,
     owner_labels,
     process_start_ticks,
 )
-from orchestrator.models import Resources
+from orchestrator.backends.protocol import PROTOCOL, encode_request
+from orchestrator.context import ExecutionContext
+from orchestrator.languages import get_language
+from orchestrator.models import ExecutionRequest, Resources
 from orchestrator.policy import load_policy, resolve_mounts
+from orchestrator.settings import Settings
 
 MIB = 1024 * 1024
 IMAGE = "athena-sandbox/python:latest"
@@ -335,3 +345,105 @@ def test_another_hosts_container_is_never_judged_dead() -> None:
     }
     assert owner_is_dead(labels) is False
     assert owner_is_dead({LABEL_SANDBOX: "1"}) is False
+
+
+# --------------------------------------------------------------------------- a fake engine
+
+
+def runner_reply(exit_info: dict[str, Any]) -> bytes:
+    """What the runner answers on the attach stream: begin and exit frames in a stdout block."""
+    frames = b"B" + struct.pack(">I", 0)
+    body = json.dumps(exit_info).encode()
+    frames += b"x" + struct.pack(">I", len(body)) + body
+    return bytes([1, 0, 0, 0]) + struct.pack(">I", len(frames)) + frames
+
+
+class FakeAPI:
+    """Just enough of docker-py's APIClient for one run whose runner answers at once."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.created: dict[str, Any] = {}
+
+    def inspect_image(self, image: str) -> dict[str, Any]:
+        return {"Config": {"Labels": {IMAGE_PROTOCOL_LABEL: PROTOCOL}}}
+
+    def create_host_config(self, **kwargs: Any) -> dict[str, Any]:
+        return kwargs
+
+    def create_container(self, **kwargs: Any) -> dict[str, str]:
+        self.created = kwargs
+        return {"Id": "c0ffee" * 10}
+
+    def attach_socket(self, container_id: str, params: dict[str, int]) -> socket.socket:
+        return self.sock
+
+    def start(self, container_id: str) -> None:
+        pass
+
+
+class FakeClient:
+    def __init__(self, api: FakeAPI) -> None:
+        self.api = api
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def engine() -> Iterator[tuple[FakeAPI, socket.socket]]:
+    """A fake engine whose container's runner reports exit 0 at once; yields (api, peer)."""
+    ours, peer = socket.socketpair()
+    peer.sendall(runner_reply({"exit_code": 0, "run_ns": 2_000_000}))
+    yield FakeAPI(ours), peer
+    peer.close()
+    ours.close()
+
+
+def run_on(api: FakeAPI, request: ExecutionRequest, timeout: float) -> dict[str, Any]:
+    backend = DockerBackend(Settings(sweep_on_start=False), client_factory=lambda: FakeClient(api))
+    with backend:
+        outcome = backend.run(request, RunSpec(timeout), ExecutionContext(capture_io=False))
+    return {"exit_code": outcome.exit_code, "run_ms": outcome.run_ms}
+
+
+def sent_request(peer: socket.socket) -> bytes:
+    peer.settimeout(5)
+    data = b""
+    while chunk := peer.recv(65536):
+        data += chunk
+    return data
+
+
+def test_the_backend_sends_the_encoded_request_and_reads_the_exit(
+    engine: tuple[FakeAPI, socket.socket],
+) -> None:
+    """DockerBackend creates the compiled container, sends code, blob, timeout, cap; reads exit."""
+    api, peer = engine
+    request = ExecutionRequest.create("echo $PARAM_N", "bash", {"n": 3}, timeout_seconds=2.5)
+    assert run_on(api, request, 2.5) == {"exit_code": 0, "run_ms": 2.0}
+    blob = get_language("bash").parameters_blob({"n": 3})
+    assert sent_request(peer) == encode_request(b"echo $PARAM_N", blob, 2500, 1048576)
+    assert api.created["image"] == "athena-sandbox/bash:latest"
+    assert api.created["labels"][LABEL_RUN] == request.execution_id
+    assert api.created["host_config"]["network_mode"] == "none"
+
+
+def test_a_tiny_timeout_is_never_sent_as_no_timeout(
+    engine: tuple[FakeAPI, socket.socket],
+) -> None:
+    """A positive timeout below a millisecond reaches the runner as at least 1 ms, never 0."""
+    api, peer = engine
+    run_on(api, ExecutionRequest.create("echo", "bash", timeout_seconds=0.0004), 0.0004)
+    header = sent_request(peer).split(b"\n", 1)[0].split()
+    assert int(header[3]) >= 1
+
+
+def test_without_a_readable_proc_nobody_is_judged_dead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where /proc cannot be read, the sweep removes nothing rather than everything."""
+    import orchestrator.backends.docker as docker_backend
+
+    labels = {**owner_labels(), "athena.owner.pid": "4194305"}
+    assert owner_is_dead(labels) is True
+    monkeypatch.setattr(docker_backend, "process_start_ticks", lambda pid: None)
+    assert owner_is_dead(labels) is False

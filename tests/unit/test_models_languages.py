@@ -20,30 +20,8 @@ from orchestrator.models import (
     Violation,
 )
 from orchestrator.policy import load_policy
+from tests.contract import RESULT_KEYS
 
-PUBLIC_KEYS = {
-    "success",
-    "execution_id",
-    "stdout",
-    "stderr",
-    "exit_code",
-    "execution_time_ms",
-    "violations",
-    "violation_details",
-    "sandbox_id",
-    "language",
-    "timestamp",
-    "sandbox_mode",
-    "isolation",
-    "output",
-    "error",
-    "error_type",
-    "issues",
-    "policy",
-    "timeout_seconds",
-    "resources",
-    "total_time_ms",
-}
 BASH_PARAMETERS = {"name": "x", "n": 3, "flag": True, "nested": {"a": 1}, "bad-key": 1}
 
 
@@ -197,7 +175,7 @@ def test_effective_timeout_is_capped_by_the_policy(asked: float | None, effectiv
 def test_result_to_dict_has_exactly_the_public_keys() -> None:
     """to_dict() always has exactly the documented keys, even for a bare result."""
     result = ExecutionResult(execution_id="e", success=False, language="python")
-    assert set(result.to_dict()) == PUBLIC_KEYS
+    assert set(result.to_dict()) == RESULT_KEYS
     assert result.to_dict()["isolation"] == {}
     assert result.to_dict()["resources"] is None
 

@@ -27,31 +27,7 @@ from orchestrator.orchestrator import Orchestrator
 from orchestrator.policy import Policy, ResolvedMount, load_policy
 from orchestrator.settings import Settings
 from orchestrator.testing import FakeBackend, FakeRun
-
-
-PUBLIC_KEYS = {
-    "success",
-    "execution_id",
-    "stdout",
-    "stderr",
-    "exit_code",
-    "execution_time_ms",
-    "violations",
-    "violation_details",
-    "sandbox_id",
-    "language",
-    "timestamp",
-    "sandbox_mode",
-    "isolation",
-    "output",
-    "error",
-    "error_type",
-    "issues",
-    "policy",
-    "timeout_seconds",
-    "resources",
-    "total_time_ms",
-}
+from tests.contract import RESULT_KEYS
 
 
 @dataclass
@@ -108,7 +84,7 @@ def test_a_run_returns_the_backends_result_and_records_it() -> None:
 
 
 def test_rejected_code_never_reaches_the_backend() -> None:
-    """strict + 'import subprocess' fails validation with issues by line; the backend is not called."""
+    """strict + 'import subprocess' fails validation with issues by line; no backend call."""
     backend, recorder = FakeBackend(), ListRecorder()
     result = orchestrator(backend, recorder).run(request("import os\nimport subprocess\n"))
     assert result.success is False
@@ -292,6 +268,19 @@ def test_on_event_gets_output_then_a_final_exit_event() -> None:
     assert events[-1].exit_code == 3
 
 
+def test_runs_that_never_start_still_end_with_an_exit_event() -> None:
+    """Rejected and failed runs end with an exit event (-1), so a stream consumer knows."""
+    from orchestrator.errors import BackendUnavailableError
+
+    rejected: list[Event] = []
+    orchestrator(FakeBackend()).execute(request("import subprocess"), on_event=rejected.append)
+    failed: list[Event] = []
+    broken = FakeBackend(FakeRun(error=BackendUnavailableError("no engine")))
+    orchestrator(broken).execute(request(), on_event=failed.append)
+    for events in (rejected, failed):
+        assert [e.kind for e in events] == ["exit"] and events[0].exit_code == -1
+
+
 def test_on_event_gets_violations_before_the_exit() -> None:
     """A run killed by a signal gives a violation event and then an exit event with 128+N."""
     events: list[Event] = []
@@ -362,7 +351,7 @@ def test_memory_api_returns_a_plain_dict_and_records_the_run(
     api = make_api()
     result = api.execute_code("print(2 + 2)")
     assert type(result) is dict
-    assert set(result) == PUBLIC_KEYS
+    assert set(result) == RESULT_KEYS
     assert (result["success"], result["stdout"], result["language"]) == (True, "4\n", "python")
     json.dumps(result)
     executions = api.store.list_executions()

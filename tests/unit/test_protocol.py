@@ -46,7 +46,7 @@ MUXED = b"".join(block(stream, payload) for stream, payload in BLOCKS)
 
 
 def test_encode_request_is_a_header_line_then_code_then_blob() -> None:
-    """The request is 'ATHENA/1 <code len> <blob len> <timeout ms> <max output>\\n' + code + blob."""
+    """The request is 'ATHENA/1 <code len> <blob len> <timeout ms> <max out>\\n', code, blob."""
     code = "print('é')".encode()
     request = encode_request(code, b'{"n": 1}', 30000, 1048576)
     assert request == b"ATHENA/1 11 8 30000 1048576\nprint('\xc3\xa9'){\"n\": 1}"

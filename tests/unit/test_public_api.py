@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import __future__
 import importlib
 import inspect
 import pkgutil
@@ -41,7 +40,7 @@ def public_names(module: ModuleType) -> set[str]:
     for name, value in vars(module).items():
         if name.startswith("_") or inspect.ismodule(value):
             continue
-        if isinstance(value, __future__._Feature):
+        if isinstance(value, type(annotations)):  # a __future__ feature, as bound here
             continue
         if getattr(value, "__module__", None) in {"typing", "typing_extensions"}:
             continue
