@@ -23,20 +23,26 @@ if ! command -v dockerd >/dev/null 2>&1; then
 fi
 
 pidfile=/var/run/docker.pid
-if [ -f "$pidfile" ]; then
+# A pid file whose process is gone, is a zombie, or is not dockerd is stale (a killed dockerd
+# leaves it behind, and the pid may since belong to something else).
+dockerd_alive() {
+  local pid
   pid=$(cat "$pidfile" 2>/dev/null || true)
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    log "dockerd (pid $pid) is running but does not answer yet; waiting for it."
-  else
-    log "Removing stale $pidfile (pid ${pid:-?} is not running)."
+  [ -n "$pid" ] || return 1
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ] || return 1
+  ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
+}
+
+if dockerd_alive; then
+  log "dockerd (pid $(cat "$pidfile")) is running but does not answer yet; waiting for it."
+else
+  if [ -f "$pidfile" ]; then
+    log "Removing stale $pidfile (pid $(cat "$pidfile" 2>/dev/null || echo ?) is not a live dockerd)."
     rm -f "$pidfile"
   fi
-fi
-
-if ! { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
   log "Starting dockerd in the background (log: /var/log/athena-dockerd.log)..."
   # setsid: the engine must not die with the shell or make target that started it.
-  setsid nohup dockerd >/var/log/athena-dockerd.log 2>&1 </dev/null &
+  setsid nohup dockerd >>/var/log/athena-dockerd.log 2>&1 </dev/null &
 fi
 
 for _ in $(seq 1 120); do
