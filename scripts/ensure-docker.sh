@@ -23,17 +23,24 @@ if ! command -v dockerd >/dev/null 2>&1; then
 fi
 
 pidfile=/var/run/docker.pid
-# A pid file whose process is gone, is a zombie, or is not dockerd is stale (a killed dockerd
-# leaves it behind, and the pid may since belong to something else).
-dockerd_alive() {
+containerd_pidfile=/var/run/docker/containerd/containerd.pid
+# A pid file whose process is gone, is a zombie, or is another program is stale: a killed
+# dockerd leaves its own and its containerd's behind, and the pids may since be reused.
+alive_as() {  # alive_as PIDFILE NAME
   local pid
-  pid=$(cat "$pidfile" 2>/dev/null || true)
+  pid=$(cat "$1" 2>/dev/null || true)
   [ -n "$pid" ] || return 1
-  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ] || return 1
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] || return 1
   ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
 }
 
-if dockerd_alive; then
+# dockerd reuses the containerd its pid file names: a dead one makes it wait forever.
+if [ -f "$containerd_pidfile" ] && ! alive_as "$containerd_pidfile" containerd; then
+  log "Removing stale $containerd_pidfile."
+  rm -f "$containerd_pidfile"
+fi
+
+if alive_as "$pidfile" dockerd; then
   log "dockerd (pid $(cat "$pidfile")) is running but does not answer yet; waiting for it."
 else
   if [ -f "$pidfile" ]; then
