@@ -14,8 +14,6 @@ use the backend removes containers whose labelled owner process is dead.
 from __future__ import annotations
 
 import atexit
-import json
-import os
 import select
 import socket
 import threading
@@ -32,25 +30,13 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from orchestrator.backends.base import RunOutcome, RunSpec
 from orchestrator.backends.errors import is_transient, map_docker_errors, unavailable
-from orchestrator.backends.protocol import (
-    FRAME_BEGIN,
-    FRAME_CUT,
-    FRAME_EXIT,
-    FRAME_FAILURE,
-    FRAME_STDERR,
-    FRAME_STDOUT,
-    FRAME_VALUE,
-    PROTOCOL,
-    DockerDemuxer,
-    Frame,
-    FrameDecoder,
-    ProtocolError,
-    encode_request,
-)
+from orchestrator.backends.owners import LABEL_RUN, LABEL_SANDBOX, owner_is_dead, owner_labels
+from orchestrator.backends.protocol import PROTOCOL, ProtocolError, encode_request
+from orchestrator.backends.reader import RunReader, outcome_from_frames
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import ImageNotFoundError, SandboxFailedError
 from orchestrator.languages import get_language
-from orchestrator.models import Event, ExecutionRequest, Isolation, Resources
+from orchestrator.models import ExecutionRequest, Isolation
 from orchestrator.policy import Policy
 from orchestrator.settings import Settings
 
@@ -58,11 +44,6 @@ log = structlog.get_logger(__name__)
 
 WORKDIR = "/workspace"
 RUNTIME = "runc"
-LABEL_SANDBOX = "athena.sandbox"
-LABEL_OWNER_HOST = "athena.owner.host"
-LABEL_OWNER_PID = "athena.owner.pid"
-LABEL_OWNER_STARTED = "athena.owner.started"
-LABEL_RUN = "athena.run"
 IMAGE_PROTOCOL_LABEL = "org.athena.protocol"
 # How long past its timeout a run may go before we kill the container ourselves; the runner
 # normally kills the code at the timeout and reports well within this.
@@ -142,122 +123,7 @@ def compile_docker(
     }
 
 
-def outcome_from_frames(
-    exit_info: Mapping[str, Any] | None, value: bytes | None, track_resources: bool
-) -> dict[str, Any]:
-    """Turn the runner's exit frame and value frame into RunOutcome fields (pure)."""
-    info = dict(exit_info or {})
-    notes: list[str] = []
-    output = None
-    if info.get("value_truncated"):
-        notes.append("`output` was larger than the output limit and was dropped")
-    if value:
-        envelope = json.loads(value)
-        if "error" in envelope:
-            notes.append(f"`output` is not JSON-serialisable ({envelope['error']}); it is None")
-        output = envelope.get("value")
-    resources = None
-    if track_resources:
-        peak, cpu = info.get("memory_peak_bytes", -1), info.get("cpu_ns", -1)
-        resources = Resources(
-            peak_memory_bytes=peak if peak >= 0 else None,
-            cpu_time_ms=cpu / 1e6 if cpu >= 0 else None,
-            wall_time_ms=info.get("run_ns", 0) / 1e6,
-        )
-    return {
-        "exit_code": info.get("exit_code"),
-        "signal": info.get("signal"),
-        "timed_out": bool(info.get("timed_out")),
-        "oom_killed": info.get("oom_kills", 0) > 0,
-        "pids_limit_hits": max(info.get("pids_limit_hits", 0), 0),
-        "run_ms": info.get("run_ns", 0) / 1e6,
-        "output": output,
-        "notes": tuple(notes),
-        "resources": resources,
-    }
-
-
-# --------------------------------------------------------------------------- owner identity
-
-
-def process_start_ticks(pid: int) -> str | None:
-    """Return a process's start time in clock ticks since boot (tells a reused pid apart)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields[19] if len(fields) > 19 else None
-
-
-def owner_labels() -> dict[str, str]:
-    """Labels naming this process as the owner of a container."""
-    pid = os.getpid()
-    return {
-        LABEL_SANDBOX: "1",
-        LABEL_OWNER_HOST: socket.gethostname(),
-        LABEL_OWNER_PID: str(pid),
-        LABEL_OWNER_STARTED: process_start_ticks(pid) or "",
-    }
-
-
-def owner_is_dead(labels: Mapping[str, str]) -> bool:
-    """Whether the labelled owner of a container on this host is gone."""
-    if labels.get(LABEL_OWNER_HOST) != socket.gethostname():
-        return False  # another host's container: not ours to judge
-    if process_start_ticks(os.getpid()) is None:
-        return False  # no readable /proc here: we cannot tell, so we judge nobody dead
-    try:
-        pid = int(labels.get(LABEL_OWNER_PID, ""))
-    except ValueError:
-        return True
-    started = process_start_ticks(pid)
-    return started is None or started != labels.get(LABEL_OWNER_STARTED)
-
-
 # --------------------------------------------------------------------------- the backend
-
-
-class _RunReader:
-    """Reads one run's attach stream: demuxes, decodes frames, feeds the context."""
-
-    def __init__(self, context: ExecutionContext) -> None:
-        self.context = context
-        self.demux = DockerDemuxer()
-        self.frames = FrameDecoder()
-        self.begun_at: float | None = None
-        self.exit_info: dict[str, Any] | None = None
-        self.value: bytes | None = None
-        self.runner_stderr = bytearray()
-
-    def take(self, data: bytes) -> None:
-        for stream, payload in self.demux.feed(data):
-            if stream == DockerDemuxer.STDERR:
-                self.runner_stderr += payload[: max(0, 4096 - len(self.runner_stderr))]
-                continue
-            for frame in self.frames.feed(payload):
-                self._handle(frame)
-
-    def _handle(self, frame: Frame) -> None:
-        kind = frame.kind
-        if kind == FRAME_STDOUT:
-            self.context.feed("stdout", frame.payload)
-        elif kind == FRAME_STDERR:
-            self.context.feed("stderr", frame.payload)
-        elif kind == FRAME_BEGIN:
-            self.begun_at = time.monotonic()
-            self.context.emit(Event(kind="begin", elapsed_ms=self.context.elapsed_ms()))
-        elif kind == FRAME_CUT:
-            tag, count = frame.payload.decode().split()
-            self.context.mark_cut("stdout" if tag == "o" else "stderr", int(count))
-        elif kind == FRAME_VALUE:
-            self.value = frame.payload
-        elif kind == FRAME_EXIT:
-            self.exit_info = frame.json()
-        elif kind == FRAME_FAILURE:
-            raise SandboxFailedError(
-                f"the sandbox runner failed: {frame.payload.decode(errors='replace')}"
-            )
 
 
 def _raw_socket(attached: Any) -> socket.socket:
@@ -381,7 +247,7 @@ class DockerBackend:
         )
         isolation = Isolation(mode="docker", runtime=RUNTIME, path="cold", image=image)
         with self._container(api, config, image) as container_id:
-            reader = _RunReader(context)
+            reader = RunReader(context)
 
             def alive() -> bool:
                 return bool(_final_state(api, container_id).get("Running"))
@@ -439,7 +305,7 @@ class DockerBackend:
     def _pump(
         self,
         sock: socket.socket,
-        reader: _RunReader,
+        reader: RunReader,
         timeout: float,
         alive: Callable[[], bool],
     ) -> bool:
@@ -481,7 +347,7 @@ class DockerBackend:
         self,
         api: docker.APIClient,
         container_id: str,
-        reader: _RunReader,
+        reader: RunReader,
         timed_out: bool,
         isolation: Isolation,
         request: ExecutionRequest,

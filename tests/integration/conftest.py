@@ -12,7 +12,7 @@ import docker.errors
 import pytest
 
 from athena.mcp.memory_api import MemoryAPI
-from orchestrator.backends.docker import LABEL_RUN, LABEL_SANDBOX
+from orchestrator.backends.owners import LABEL_RUN, LABEL_SANDBOX
 from orchestrator.images import ImageBuilder
 from orchestrator.settings import Settings
 

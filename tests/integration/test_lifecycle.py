@@ -18,12 +18,12 @@ import docker
 import pytest
 
 from athena.mcp.memory_api import MemoryAPI
-from orchestrator.backends.docker import (
+from orchestrator.backends.docker import DockerBackend
+from orchestrator.backends.owners import (
     LABEL_OWNER_HOST,
     LABEL_OWNER_PID,
     LABEL_OWNER_STARTED,
     LABEL_SANDBOX,
-    DockerBackend,
     owner_labels,
 )
 from orchestrator.settings import Settings

@@ -13,21 +13,19 @@ from typing import Any
 import pytest
 
 from orchestrator.backends.base import RunSpec
-from orchestrator.backends.docker import (
-    IMAGE_PROTOCOL_LABEL,
+from orchestrator.backends.docker import IMAGE_PROTOCOL_LABEL, DockerBackend, compile_docker
+from orchestrator.backends.owners import (
     LABEL_OWNER_HOST,
     LABEL_OWNER_PID,
     LABEL_OWNER_STARTED,
     LABEL_RUN,
     LABEL_SANDBOX,
-    DockerBackend,
-    compile_docker,
-    outcome_from_frames,
     owner_is_dead,
     owner_labels,
     process_start_ticks,
 )
 from orchestrator.backends.protocol import PROTOCOL, encode_request
+from orchestrator.backends.reader import outcome_from_frames
 from orchestrator.context import ExecutionContext
 from orchestrator.languages import get_language
 from orchestrator.models import ExecutionRequest, Resources
@@ -441,9 +439,17 @@ def test_a_tiny_timeout_is_never_sent_as_no_timeout(
 
 def test_without_a_readable_proc_nobody_is_judged_dead(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where /proc cannot be read, the sweep removes nothing rather than everything."""
-    import orchestrator.backends.docker as docker_backend
+    from orchestrator.backends import owners
 
     labels = {**owner_labels(), "athena.owner.pid": "4194305"}
     assert owner_is_dead(labels) is True
-    monkeypatch.setattr(docker_backend, "process_start_ticks", lambda pid: None)
+    monkeypatch.setattr(owners, "process_start_ticks", lambda pid: None)
     assert owner_is_dead(labels) is False
+
+
+def test_garbage_on_the_value_channel_is_a_note_not_a_crash() -> None:
+    """Bytes the code itself wrote to fd 4 give output None and a note, never an exception."""
+    for garbage in (b"not json", b"[1, 2]"):
+        fields = outcome_from_frames({"exit_code": 0}, garbage, track_resources=False)
+        assert fields["output"] is None
+        assert "not JSON-serialisable" in fields["notes"][0]

@@ -1,0 +1,115 @@
+"""Reading a runner: its frames become context feeds as they arrive, and a RunOutcome at the end.
+
+Pure code (no I/O): a backend hands it the bytes of the attach stream.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from orchestrator.backends.protocol import (
+    FRAME_BEGIN,
+    FRAME_CUT,
+    FRAME_EXIT,
+    FRAME_FAILURE,
+    FRAME_STDERR,
+    FRAME_STDOUT,
+    FRAME_VALUE,
+    DockerDemuxer,
+    Frame,
+    FrameDecoder,
+)
+from orchestrator.context import ExecutionContext
+from orchestrator.errors import SandboxFailedError
+from orchestrator.models import Event, Resources
+
+
+def outcome_from_frames(
+    exit_info: Mapping[str, Any] | None, value: bytes | None, track_resources: bool
+) -> dict[str, Any]:
+    """Turn the runner's exit frame and value frame into RunOutcome fields (pure)."""
+    info = dict(exit_info or {})
+    notes: list[str] = []
+    output = None
+    if info.get("value_truncated"):
+        notes.append("`output` was larger than the output limit and was dropped")
+    if value:
+        try:
+            envelope = json.loads(value)
+        except ValueError:  # the code wrote to fd 4 itself
+            envelope = {"error": "what arrived on fd 4 is not the bootstrap's JSON"}
+        if not isinstance(envelope, dict):
+            envelope = {"error": "what arrived on fd 4 is not the bootstrap's JSON"}
+        if "error" in envelope:
+            notes.append(f"`output` is not JSON-serialisable ({envelope['error']}); it is None")
+        output = envelope.get("value")
+    resources = None
+    if track_resources:
+        peak, cpu = info.get("memory_peak_bytes", -1), info.get("cpu_ns", -1)
+        resources = Resources(
+            peak_memory_bytes=peak if peak >= 0 else None,
+            cpu_time_ms=cpu / 1e6 if cpu >= 0 else None,
+            wall_time_ms=info.get("run_ns", 0) / 1e6,
+        )
+    return {
+        "exit_code": info.get("exit_code"),
+        "signal": info.get("signal"),
+        "timed_out": bool(info.get("timed_out")),
+        "oom_killed": info.get("oom_kills", 0) > 0,
+        "pids_limit_hits": max(info.get("pids_limit_hits", 0), 0),
+        "run_ms": info.get("run_ns", 0) / 1e6,
+        "output": output,
+        "notes": tuple(notes),
+        "resources": resources,
+    }
+
+
+class RunReader:
+    """Reads one run's attach stream: demuxes, decodes frames, feeds the context."""
+
+    def __init__(self, context: ExecutionContext) -> None:
+        self.context = context
+        self.demux = DockerDemuxer()
+        self.frames = FrameDecoder()
+        self.begun_at: float | None = None
+        self.exit_info: dict[str, Any] | None = None
+        self.value: bytes | None = None
+        self.runner_stderr = bytearray()
+
+    def take(self, data: bytes) -> None:
+        """Take bytes of the attach stream.
+
+        Raises:
+            ProtocolError: the stream does not follow the protocol.
+            SandboxFailedError: the runner reported that it failed.
+        """
+        for stream, payload in self.demux.feed(data):
+            if stream == DockerDemuxer.STDERR:
+                self.runner_stderr += payload[: max(0, 4096 - len(self.runner_stderr))]
+                continue
+            for frame in self.frames.feed(payload):
+                self._handle(frame)
+
+    def _handle(self, frame: Frame) -> None:
+        kind = frame.kind
+        if kind == FRAME_STDOUT:
+            self.context.feed("stdout", frame.payload)
+        elif kind == FRAME_STDERR:
+            self.context.feed("stderr", frame.payload)
+        elif kind == FRAME_BEGIN:
+            self.begun_at = time.monotonic()
+            self.context.emit(Event(kind="begin", elapsed_ms=self.context.elapsed_ms()))
+        elif kind == FRAME_CUT:
+            tag, count = frame.payload.decode().split()
+            self.context.mark_cut("stdout" if tag == "o" else "stderr", int(count))
+        elif kind == FRAME_VALUE:
+            self.value = frame.payload
+        elif kind == FRAME_EXIT:
+            self.exit_info = frame.json()
+        elif kind == FRAME_FAILURE:
+            raise SandboxFailedError(
+                f"the sandbox runner failed: {frame.payload.decode(errors='replace')}"
+            )
