@@ -3,16 +3,45 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from memory_store.base import Store
 from memory_store.factory import open_store
 from orchestrator.backends.base import Backend
-from orchestrator.models import ExecutionRequest
+from orchestrator.errors import PolicyError, RequestError
+from orchestrator.models import Event, ExecutionRequest
 from orchestrator.orchestrator import Orchestrator
 from orchestrator.policy import Policy, load_policy
 from orchestrator.settings import Settings
+
+PolicySpec = Policy | Mapping[str, Any] | str | os.PathLike[str] | None
+_CALL_KEYS = frozenset(
+    {
+        "code",
+        "language",
+        "parameters",
+        "timeout_seconds",
+        "sandbox_policy",
+        "track_resources",
+        "record",
+    }
+)
+
+
+def _output_listener(
+    on_stdout: Callable[[str], None] | None, on_stderr: Callable[[str], None] | None
+) -> Callable[[Event], None] | None:
+    if on_stdout is None and on_stderr is None:
+        return None
+
+    def listen(event: Event) -> None:
+        if event.kind == "stdout" and on_stdout is not None:
+            on_stdout(event.text)
+        elif event.kind == "stderr" and on_stderr is not None:
+            on_stderr(event.text)
+
+    return listen
 
 
 class MemoryAPI:
@@ -67,20 +96,22 @@ class MemoryAPI:
         language: str = "python",
         parameters: Mapping[str, Any] | None = None,
         timeout_seconds: float | None = None,
-        sandbox_policy: Policy | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        sandbox_policy: PolicySpec = None,
         *,
         track_resources: bool = False,
         record: bool = True,
+        on_stdout: Callable[[str], None] | None = None,
+        on_stderr: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
-        """Run code in a fresh sandbox and return the result as a plain dict.
+        """Run code in a never-used sandbox and return the result as a plain dict.
 
         The dict always has: success, execution_id, stdout, stderr, exit_code,
         execution_time_ms, violations, violation_details, sandbox_id, language, timestamp,
         sandbox_mode, isolation, output, error, error_type, issues (and policy,
         timeout_seconds, resources, total_time_ms). A run that could not happen (no Docker
-        engine, a missing image, NUL bytes the language cannot take) gives ``success: False``
-        with ``error`` and ``error_type``; rejected code gives ``error: "Code validation
-        failed"`` and ``issues``.
+        engine, a missing image, NUL bytes the language cannot take, a full queue) gives
+        ``success: False`` with ``error`` and ``error_type``; rejected code gives
+        ``error: "Code validation failed"`` and ``issues``.
 
         Args:
             code: the source text.
@@ -90,13 +121,106 @@ class MemoryAPI:
             sandbox_policy: a shipped name, a YAML path, a dict or a Policy; None: strict.
             track_resources: add cgroup figures (peak memory, CPU time, wall time).
             record: persist the run in the memory store.
+            on_stdout: called with each chunk of stdout as it arrives.
+            on_stderr: called with each chunk of stderr as it arrives.
 
         Raises:
             RequestError: bad arguments (unknown language, timeout <= 0, parameters that are not
                 JSON-serialisable, code over the size limit).
             PolicyError: an unknown or invalid policy.
         """
-        request = ExecutionRequest.create(
+        request = self._request(
+            code, language, parameters, timeout_seconds, sandbox_policy, track_resources, record
+        )
+        listener = _output_listener(on_stdout, on_stderr)
+        return self._orchestrator.execute(request, on_event=listener).to_dict()
+
+    def execute_code_stream(
+        self,
+        code: str,
+        language: str = "python",
+        parameters: Mapping[str, Any] | None = None,
+        timeout_seconds: float | None = None,
+        sandbox_policy: PolicySpec = None,
+        *,
+        track_resources: bool = False,
+        record: bool = True,
+    ) -> Iterator[dict[str, Any]]:
+        """Run code and yield its events as they happen, as plain dicts.
+
+        Each event has ``type``: ``begin``, ``stdout``/``stderr`` (with ``text``),
+        ``violation`` (with ``violation`` and ``detail``) and, last, ``exit`` (with
+        ``exit_code`` and ``result``, the dict :meth:`execute_code` returns). Closing the
+        iterator early kills the run.
+
+        Raises:
+            RequestError: bad arguments, as :meth:`execute_code` (before anything runs).
+            PolicyError: an unknown or invalid policy.
+        """
+        request = self._request(
+            code, language, parameters, timeout_seconds, sandbox_policy, track_resources, record
+        )
+        return (event.to_dict() for event in self._orchestrator.stream(request))
+
+    async def execute_code_async(
+        self,
+        code: str,
+        language: str = "python",
+        parameters: Mapping[str, Any] | None = None,
+        timeout_seconds: float | None = None,
+        sandbox_policy: PolicySpec = None,
+        *,
+        track_resources: bool = False,
+        record: bool = True,
+    ) -> dict[str, Any]:
+        """Like :meth:`execute_code`, for asyncio; cancelling the awaiting task kills the run.
+
+        Raises:
+            RequestError: bad arguments, as :meth:`execute_code`.
+            PolicyError: an unknown or invalid policy.
+        """
+        request = self._request(
+            code, language, parameters, timeout_seconds, sandbox_policy, track_resources, record
+        )
+        return (await self._orchestrator.aexecute(request)).to_dict()
+
+    def execute_code_batch(
+        self, calls: Sequence[Mapping[str, Any]], concurrency: int = 4
+    ) -> list[dict[str, Any]]:
+        """Run several calls, ``concurrency`` at a time; return their dicts in the same order.
+
+        Each call is a mapping of :meth:`execute_code`'s arguments (``code`` required). Every
+        call is checked before any runs.
+
+        Raises:
+            RequestError: a call has bad arguments (the message names its index).
+            PolicyError: a call names an unknown or invalid policy.
+        """
+        requests = []
+        for index, call in enumerate(calls):
+            try:
+                request = self._request_from_call(call)
+                self._orchestrator.check(request)  # mounts too: nothing runs if any call is bad
+            except (RequestError, PolicyError) as exc:
+                raise type(exc)(f"calls[{index}]: {exc}") from exc
+            requests.append(request)
+        return [r.to_dict() for r in self._orchestrator.run_many(requests, concurrency)]
+
+    def prewarm(self, language: str = "python", sandbox_policy: PolicySpec = None) -> bool:
+        """Fill the warm pool of (language, policy) now, so the next run skips a cold start."""
+        return self._orchestrator.prewarm(language, load_policy(sandbox_policy))
+
+    def _request(
+        self,
+        code: str,
+        language: str,
+        parameters: Mapping[str, Any] | None,
+        timeout_seconds: float | None,
+        sandbox_policy: PolicySpec,
+        track_resources: bool,
+        record: bool,
+    ) -> ExecutionRequest:
+        return ExecutionRequest.create(
             code,
             language,
             parameters,
@@ -107,7 +231,30 @@ class MemoryAPI:
             max_code_bytes=self._settings.max_code_bytes,
             max_parameters_bytes=self._settings.max_parameters_bytes,
         )
-        return self._orchestrator.execute(request).to_dict()
+
+    def _request_from_call(self, call: Mapping[str, Any]) -> ExecutionRequest:
+        if not isinstance(call, Mapping):
+            raise RequestError(
+                f"a call must be a dict of execute_code's arguments, not {type(call).__name__}"
+            )
+        for flag in ("track_resources", "record"):
+            if not isinstance(call.get(flag, False), bool):
+                raise RequestError(f"'{flag}' must be true or false, not {call[flag]!r}")
+        unknown = set(call) - _CALL_KEYS
+        if unknown or "code" not in call:
+            raise RequestError(
+                f"a call needs 'code' and may have {', '.join(sorted(_CALL_KEYS - {'code'}))}"
+                + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else "")
+            )
+        return self._request(
+            call["code"],
+            call.get("language", "python"),
+            call.get("parameters"),
+            call.get("timeout_seconds"),
+            call.get("sandbox_policy"),
+            call.get("track_resources", False),
+            call.get("record", True),
+        )
 
     def close(self) -> None:
         """Kill runs still going and close the store."""

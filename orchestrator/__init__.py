@@ -5,7 +5,7 @@ records every run); this package is for those who want the models, the policies 
 orchestrator themselves.
 """
 
-from orchestrator.backends.base import Backend, RunOutcome, RunSpec
+from orchestrator.backends.base import Backend, CancelToken, RunOutcome, RunSpec
 from orchestrator.backends.docker import DockerBackend, compile_docker
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import (
@@ -15,7 +15,9 @@ from orchestrator.errors import (
     ImageNotFoundError,
     PolicyError,
     PolicyNotFoundError,
+    QueueFullError,
     RequestError,
+    RunCancelledError,
     RunError,
     SandboxError,
     SandboxFailedError,
@@ -40,6 +42,7 @@ __all__ = [
     "LANGUAGES",
     "Backend",
     "BackendUnavailableError",
+    "CancelToken",
     "CodeNotAcceptedError",
     "CodeValidator",
     "DockerBackend",
@@ -55,9 +58,11 @@ __all__ = [
     "Policy",
     "PolicyError",
     "PolicyNotFoundError",
+    "QueueFullError",
     "Recorder",
     "RequestError",
     "Resources",
+    "RunCancelledError",
     "RunError",
     "RunOutcome",
     "RunSpec",

@@ -13,6 +13,8 @@ matching builtin, so ``except ValueError`` keeps working for code that does not 
         ├── CodeNotAcceptedError              the language cannot take this code (NUL bytes)
         ├── BackendUnavailableError (ConnectionError)   no Docker engine answers
         ├── ImageNotFoundError (LookupError)  the language's image is missing: `make images`
+        ├── QueueFullError                    too many runs waiting: the queue stayed full
+        ├── RunCancelledError                 the caller cancelled the run (it was killed)
         └── SandboxFailedError                the sandbox broke before it could report
 
 ``MemoryAPI.execute_code`` raises ``RequestError`` and ``PolicyError`` to its caller and turns a
@@ -72,6 +74,14 @@ class BackendUnavailableError(RunError, ConnectionError):
 
 class ImageNotFoundError(RunError, LookupError):
     """The sandbox image of a language is missing or out of date."""
+
+
+class QueueFullError(RunError):
+    """More runs are waiting than the queue holds, and no place freed up in time."""
+
+
+class RunCancelledError(RunError):
+    """The run was cancelled by its caller; its sandbox was killed."""
 
 
 class SandboxFailedError(RunError):

@@ -89,6 +89,8 @@ class Event(_Frozen):
         violation: the violation, for ``violation`` events.
         exit_code: the exit code, for ``exit`` events.
         elapsed_ms: milliseconds since the run's context started.
+        result: the run's result, on the ``exit`` event that ends every run.
+        sandbox_id: the sandbox the code runs in, on the ``begin`` event.
     """
 
     kind: Literal["begin", "stdout", "stderr", "violation", "exit"]
@@ -96,6 +98,23 @@ class Event(_Frozen):
     violation: Violation | None = None
     exit_code: int | None = None
     elapsed_ms: float = 0.0
+    result: ExecutionResult | None = None
+    sandbox_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the plain dict of the streaming API: ``type`` plus what the kind carries."""
+        event: dict[str, Any] = {"type": self.kind, "elapsed_ms": round(self.elapsed_ms, 3)}
+        if self.kind == "begin":
+            event["sandbox_id"] = self.sandbox_id
+        elif self.kind in {"stdout", "stderr"}:
+            event["text"] = self.text
+        elif self.kind == "violation" and self.violation is not None:
+            event["violation"] = str(self.violation)
+            event["detail"] = self.violation.model_dump(mode="json")
+        elif self.kind == "exit":
+            event["exit_code"] = self.exit_code
+            event["result"] = self.result.to_dict() if self.result else None
+        return event
 
 
 class Resources(_Frozen):

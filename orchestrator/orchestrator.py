@@ -2,19 +2,27 @@
 
 ``run`` is the typed core: it returns an :class:`ExecutionResult` or raises a :class:`RunError`
 (with the recorded failed result attached as ``exc.result``). ``execute`` never raises a
-``RunError``: it returns that failed result instead, which is what the dict API wants.
+``RunError``: it returns that failed result instead, which is what the dict API wants. Around
+them: ``stream`` (events as they happen), ``arun``/``aexecute`` (asyncio; cancelling the task
+kills the run) and ``run_many`` (a batch, results in order). The orchestrator is thread-safe;
+runs beyond ``max_concurrent_runs`` wait in a bounded queue.
 """
 
 from __future__ import annotations
 
+import asyncio
+import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Protocol
 
 import structlog
 
-from orchestrator.backends.base import Backend, RunOutcome, RunSpec
+from orchestrator.admission import Admission
+from orchestrator.backends.base import Backend, CancelToken, RunOutcome, RunSpec
 from orchestrator.context import ExecutionContext, Listener
 from orchestrator.errors import (
     BackendUnavailableError,
@@ -24,7 +32,7 @@ from orchestrator.errors import (
 )
 from orchestrator.languages import get_language
 from orchestrator.models import Event, ExecutionRequest, ExecutionResult, ValidationIssue
-from orchestrator.policy import MODE_STRENGTH, Policy, resolve_mounts
+from orchestrator.policy import MODE_STRENGTH, Policy, load_policy, resolve_mounts
 from orchestrator.results import assemble_result, failed_result, validation_failed_result
 from orchestrator.settings import Settings
 from orchestrator.validator import CodeValidator
@@ -66,7 +74,13 @@ class Orchestrator:
         self._backends = sorted(backends, key=lambda b: _strength(b.name))
         self._recorder = recorder
         self._validator = validator or CodeValidator()
+        self._admission = Admission(
+            self.settings.max_concurrent_runs,
+            self.settings.max_queued_runs,
+            self.settings.queue_wait_seconds,
+        )
         self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -83,13 +97,20 @@ class Orchestrator:
             if self._closed:
                 return
             self._closed = True
+            executor, self._executor = self._executor, None
         for backend in self._backends:
             backend.close()
+        if executor is not None:
+            executor.shutdown(wait=True)
 
     # ------------------------------------------------------------------ running
 
     def execute(
-        self, request: ExecutionRequest, *, on_event: Listener | None = None
+        self,
+        request: ExecutionRequest,
+        *,
+        on_event: Listener | None = None,
+        cancel: CancelToken | None = None,
     ) -> ExecutionResult:
         """Run a request; a run that could not happen gives ``success: False`` with ``error``.
 
@@ -97,23 +118,39 @@ class Orchestrator:
             PolicyError: the policy's mounts or project directory cannot be used.
         """
         try:
-            return self.run(request, on_event=on_event)
+            return self.run(request, on_event=on_event, cancel=cancel)
         except RunError as exc:
             if exc.result is None:  # pragma: no cover - run() always attaches one
                 raise
             return exc.result
 
+    def check(self, request: ExecutionRequest) -> None:
+        """Check what :meth:`run` checks before a sandbox starts, without running anything.
+
+        Raises:
+            PolicyError: the policy's mounts or project directory cannot be used.
+        """
+        self._spec(request.policy, request.effective_timeout())
+
     def run(
-        self, request: ExecutionRequest, *, on_event: Listener | None = None
+        self,
+        request: ExecutionRequest,
+        *,
+        on_event: Listener | None = None,
+        cancel: CancelToken | None = None,
     ) -> ExecutionResult:
         """Validate, run in a sandbox, record, and return the result.
+
+        Args:
+            request: what to run.
+            on_event: called with each event as it happens (output chunks, violations, and
+                an ``exit`` event carrying the result, last).
+            cancel: cancelling it kills the run (the result says so).
 
         Raises:
             RunError: the run could not happen or finish (``exc.result`` is the recorded result).
             PolicyError: the policy's mounts or project directory cannot be used.
         """
-        if self._closed:
-            raise SandboxFailedError("this orchestrator is closed; create a new one")
         started = time.perf_counter()
         timeout = request.effective_timeout()
         context = ExecutionContext(
@@ -129,6 +166,8 @@ class Orchestrator:
             context.subscribe(on_event)
         issues: tuple[ValidationIssue, ...] = ()
         try:
+            if self._closed:
+                raise SandboxFailedError("this orchestrator is closed; create a new one")
             _check_source(request)
             issues = tuple(
                 self._validator.validate(request.code, request.language, request.policy.validation)
@@ -136,7 +175,7 @@ class Orchestrator:
             if request.policy.validation.enforce and any(i.severity == "error" for i in issues):
                 failed = validation_failed_result(request, issues, timeout, _since(started))
                 return self._finish(request, failed, context)
-            outcome = self._run_in_sandbox(request, timeout, context)
+            outcome = self._run_in_sandbox(request, timeout, context, cancel or CancelToken())
         except RunError as exc:
             failed = failed_result(request, exc, context, issues, timeout, _since(started))
             exc.result = self._finish(request, failed, context)
@@ -145,14 +184,120 @@ class Orchestrator:
         return self._finish(request, result, context)
 
     def _run_in_sandbox(
-        self, request: ExecutionRequest, timeout: float, context: ExecutionContext
+        self,
+        request: ExecutionRequest,
+        timeout: float,
+        context: ExecutionContext,
+        cancel: CancelToken,
     ) -> RunOutcome:
-        spec = RunSpec(
-            timeout, resolve_mounts(request.policy, self.settings.resolved_project_dir())
-        )
+        spec = self._spec(request.policy, timeout, cancel)
         backend = self._choose_backend(request.policy)
-        with context:  # records an exception that ends the run, and stops the clock
+        with context, self._admission.slot(cancel):  # the timeout starts with the code, not here
             return backend.run(request, spec, context)
+
+    def _spec(self, policy: Policy, timeout: float, cancel: CancelToken | None = None) -> RunSpec:
+        mounts = resolve_mounts(policy, self.settings.resolved_project_dir())
+        return RunSpec(timeout, mounts, cancel or CancelToken())
+
+    # ------------------------------------------------------------------ streams, async, batches
+
+    def stream(self, request: ExecutionRequest) -> Iterator[Event]:
+        """Run a request and yield its events as they happen; the last is ``exit`` (with result).
+
+        Closing the iterator early cancels the run.
+        """
+        events: queue.SimpleQueue[Event | BaseException | None] = queue.SimpleQueue()
+        cancel = CancelToken()
+
+        def work() -> None:
+            try:
+                self.execute(request, on_event=events.put, cancel=cancel)
+            except BaseException as exc:  # e.g. a PolicyError: the consumer must see it
+                events.put(exc)
+            finally:
+                events.put(None)
+
+        worker = threading.Thread(target=work, name=f"athena-run-{request.execution_id[:8]}")
+        worker.start()
+        try:
+            while (item := events.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if worker.is_alive():
+                cancel.cancel()
+            worker.join()
+
+    async def arun(
+        self, request: ExecutionRequest, *, on_event: Listener | None = None
+    ) -> ExecutionResult:
+        """Like :meth:`run`, for asyncio. Cancelling the awaiting task kills the run.
+
+        Raises:
+            RunError: as :meth:`run`.
+            asyncio.CancelledError: the task was cancelled (the run was killed first).
+        """
+        cancel = CancelToken()
+        call = partial(self.run, request, on_event=on_event, cancel=cancel)
+        future = asyncio.get_running_loop().run_in_executor(self._pool(), call)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancel.cancel()
+            await asyncio.wait([future])  # the run is killed and recorded before we go on
+            if not future.cancelled():
+                future.exception()  # retrieved: asyncio would log it as never retrieved
+            raise
+
+    async def aexecute(
+        self, request: ExecutionRequest, *, on_event: Listener | None = None
+    ) -> ExecutionResult:
+        """Like :meth:`execute`, for asyncio. Cancelling the awaiting task kills the run."""
+        try:
+            return await self.arun(request, on_event=on_event)
+        except RunError as exc:
+            if exc.result is None:  # pragma: no cover - run() always attaches one
+                raise
+            return exc.result
+
+    def run_many(
+        self, requests: Sequence[ExecutionRequest], concurrency: int = 4
+    ) -> list[ExecutionResult]:
+        """Run requests ``concurrency`` at a time; return their results in the same order.
+
+        A run that could not happen gives its failed result, as :meth:`execute` does.
+        """
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="athena-batch") as pool:
+            return list(pool.map(self.execute, requests))
+
+    def prewarm(
+        self, language: str = "python", policy: Policy | None = None, timeout: float = 60.0
+    ) -> bool:
+        """Start the warm pool of (language, policy) and wait for a ready sandbox.
+
+        Returns:
+            True when a warm sandbox is ready; False when the backend has no pool or it did
+            not fill in time.
+        """
+        resolved = policy or load_policy(None)
+        backend = self._choose_backend(resolved)
+        warm = getattr(backend, "prewarm", None)
+        if warm is None:
+            return False
+        spec = self._spec(resolved, resolved.limits.timeout_seconds)
+        return bool(warm(get_language(language).name, resolved, spec, timeout))
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise SandboxFailedError("this orchestrator is closed; create a new one")
+            if self._executor is None:
+                workers = self.settings.max_concurrent_runs + self.settings.max_queued_runs + 1
+                self._executor = ThreadPoolExecutor(workers, thread_name_prefix="athena-async")
+            return self._executor
 
     def _choose_backend(self, policy: Policy) -> Backend:
         for backend in self._backends:
@@ -170,7 +315,12 @@ class Orchestrator:
         """Record the result, then tell listeners the run is over (every run ends with this)."""
         self._record(request, result)
         context.emit(
-            Event(kind="exit", exit_code=result.exit_code, elapsed_ms=context.elapsed_ms())
+            Event(
+                kind="exit",
+                exit_code=result.exit_code,
+                elapsed_ms=context.elapsed_ms(),
+                result=result,
+            )
         )
         return result
 

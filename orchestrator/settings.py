@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from orchestrator.errors import UnknownLanguageError
+from orchestrator.languages import get_language
 from orchestrator.models import DEFAULT_MAX_CODE_BYTES, DEFAULT_MAX_PARAMETERS_BYTES
 
 
@@ -27,6 +30,17 @@ class Settings(BaseSettings):
         docker_api_timeout: seconds a single Docker API call may take.
         startup_timeout: seconds a container may take to become ready before the run fails.
         sweep_on_start: remove containers whose labelled owner process is dead, at first use.
+        pool_size: warm containers kept per (language, policy) in use; 0 disables the pool.
+        pool_sizes: per-language overrides of pool_size, e.g. ``{"javascript": 1}``
+            (``ATHENA_POOL_SIZES`` takes JSON).
+        pool_min_size: warm containers a (language, policy) keeps once idle for the TTL.
+        pool_idle_ttl_seconds: seconds without a run after which a pool shrinks to the minimum.
+        pool_wait_seconds: how long a run waits for a warm container before it starts a cold
+            one (0: never waits; an empty pool means the cold path).
+        max_concurrent_runs: runs in sandboxes at once; more wait in the queue.
+        max_queued_runs: runs that may wait for a free place; more block.
+        queue_wait_seconds: how long a run blocks for a place in a full queue before it returns
+            ``error: queue full``.
     """
 
     model_config = SettingsConfigDict(env_prefix="ATHENA_", frozen=True, extra="forbid")
@@ -41,10 +55,33 @@ class Settings(BaseSettings):
     docker_api_timeout: float = Field(60.0, gt=0)
     startup_timeout: float = Field(30.0, gt=0)
     sweep_on_start: bool = True
+    pool_size: int = Field(2, ge=0, le=64)
+    pool_sizes: dict[str, int] = Field(default_factory=dict)
+    pool_min_size: int = Field(0, ge=0, le=64)
+    pool_idle_ttl_seconds: float = Field(300.0, gt=0)
+    pool_wait_seconds: float = Field(0.0, ge=0)
+    max_concurrent_runs: int = Field(default_factory=lambda: 4 * (os.cpu_count() or 1), ge=1)
+    max_queued_runs: int = Field(256, ge=0)
+    queue_wait_seconds: float = Field(60.0, ge=0)
+
+    @field_validator("pool_sizes")
+    @classmethod
+    def _canonical_languages(cls, sizes: dict[str, int]) -> dict[str, int]:
+        try:
+            canonical = {get_language(name).name: size for name, size in sizes.items()}
+        except UnknownLanguageError as exc:
+            raise ValueError(str(exc)) from exc
+        if any(size < 0 for size in canonical.values()):
+            raise ValueError("pool sizes must be 0 or more")
+        return canonical
 
     def resolved_project_dir(self) -> Path:
         """Return the project directory: the setting, or the current working directory."""
         return self.project_dir if self.project_dir is not None else Path.cwd()
+
+    def pool_size_for(self, language: str) -> int:
+        """Return the warm pool size of a language (its override, or pool_size)."""
+        return self.pool_sizes.get(language, self.pool_size)
 
     def image_ref(self, image: str) -> str:
         """Return a language's image reference, e.g. ``athena-sandbox/python:latest``."""

@@ -7,14 +7,19 @@ orchestrator turns facts into violations and the public result, the same way for
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+import structlog
 from pydantic import JsonValue
 
 from orchestrator.context import ExecutionContext
 from orchestrator.models import ExecutionRequest, Isolation, Resources
 from orchestrator.policy import ResolvedMount
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,12 +56,64 @@ class RunOutcome:
     resources: Resources | None = None
 
 
+class CancelToken:
+    """Lets a caller cancel a run from another thread (or an asyncio task).
+
+    Backends register what stops their run with :meth:`on_cancel`; a callback registered after
+    the cancellation runs at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._cancelled
+
+    def cancel(self) -> None:
+        """Cancel the run: call every registered callback once."""
+        with self._lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception as exc:  # one failing stop must not keep the others from running
+                log.warning("a cancel callback failed", error=f"{type(exc).__name__}: {exc}")
+
+    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` on cancellation; return a function that unregisters it."""
+        with self._lock:
+            if not self._cancelled:
+                self._callbacks.append(callback)
+                return lambda: self._forget(callback)
+        callback()
+        return lambda: None
+
+    def _forget(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+
 @dataclass(frozen=True)
 class RunSpec:
-    """What a backend needs besides the request: the checked mounts and the effective timeout."""
+    """What a backend needs besides the request.
+
+    Attributes:
+        timeout_seconds: the effective timeout (the caller's, capped by the policy).
+        mounts: the policy's mounts, checked and resolved.
+        cancel: cancels the run when the caller gives up on it.
+    """
 
     timeout_seconds: float
     mounts: tuple[ResolvedMount, ...] = ()
+    cancel: CancelToken = field(default_factory=CancelToken)
 
 
 @runtime_checkable

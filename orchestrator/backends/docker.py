@@ -14,30 +14,59 @@ use the backend removes containers whose labelled owner process is dead.
 from __future__ import annotations
 
 import atexit
+import hashlib
+import json
+import os
 import select
 import socket
+import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 import docker
 import docker.errors
 import structlog
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from orchestrator.backends import watchdog
 from orchestrator.backends.base import RunOutcome, RunSpec
-from orchestrator.backends.errors import is_transient, map_docker_errors, unavailable
-from orchestrator.backends.owners import LABEL_RUN, LABEL_SANDBOX, owner_is_dead, owner_labels
-from orchestrator.backends.protocol import PROTOCOL, ProtocolError, encode_request
+from orchestrator.backends.engine import FastEngine
+from orchestrator.backends.errors import (
+    is_transient,
+    map_docker_errors,
+    unavailable,
+    unix_socket_path,
+)
+from orchestrator.backends.owners import (
+    LABEL_OWNER_HOST,
+    LABEL_OWNER_STARTED,
+    LABEL_POOL,
+    LABEL_RUN,
+    LABEL_SANDBOX,
+    owner_is_dead,
+    owner_labels,
+)
+from orchestrator.backends.pool import WarmPool
+from orchestrator.backends.protocol import (
+    FRAME_READY,
+    PROTOCOL,
+    DockerDemuxer,
+    FrameDecoder,
+    ProtocolError,
+    encode_request,
+)
 from orchestrator.backends.reader import RunReader, outcome_from_frames
 from orchestrator.context import ExecutionContext
-from orchestrator.errors import ImageNotFoundError, SandboxFailedError
+from orchestrator.errors import ImageNotFoundError, RunCancelledError, SandboxFailedError
 from orchestrator.languages import get_language
 from orchestrator.models import ExecutionRequest, Isolation
-from orchestrator.policy import Policy
+from orchestrator.policy import Policy, ResolvedMount
 from orchestrator.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -49,6 +78,14 @@ IMAGE_PROTOCOL_LABEL = "org.athena.protocol"
 # normally kills the code at the timeout and reports well within this.
 KILL_GRACE_S = 0.5
 IDLE_CHECK_S = 2.0
+_RETRY_TRANSIENT = Retrying(
+    retry=retry_if_exception(is_transient),
+    stop=stop_after_attempt(3),
+    wait=wait_exponential(multiplier=0.1, max=1.0),
+    reraise=True,
+)
+# Fresh containers a run may go through when each dies before the code starts.
+NEVER_STARTED_ATTEMPTS = 3
 _MIB = 1024 * 1024
 _ENVIRONMENT = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -134,11 +171,76 @@ def _raw_socket(attached: Any) -> socket.socket:
     return raw
 
 
+@dataclass(eq=False)
+class Sandbox:
+    """A started container whose runner waits for one request on the attached stdin.
+
+    Attributes:
+        container_id: the container's id.
+        sock: the attach stream (stdin, and the runner's frames).
+        attached: docker-py's wrapper of the stream, kept so it is closed with it.
+        image: the image reference.
+        path: ``cold`` (started for this run) or ``warm`` (taken from the pool).
+        pending: bytes read before the run (the ready frame), replayed to the run's reader.
+    """
+
+    container_id: str
+    sock: socket.socket
+    attached: Any
+    image: str
+    path: Literal["cold", "warm"]
+    pending: bytes = b""
+
+    def close(self) -> None:
+        """Close the attach stream: the runner sees EOF and ends whatever it was doing."""
+        with suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with suppress(OSError):
+            self.sock.close()
+        with suppress(Exception):
+            self.attached.close()
+
+    def is_idle_and_alive(self) -> bool:
+        """Whether a pooled sandbox can still take a run (nothing arrived since it was ready)."""
+        try:
+            readable = select.select([self.sock], [], [], 0)[0]
+        except (OSError, ValueError):
+            return False
+        return not readable  # EOF or anything unexpected: it is not the fresh runner we left
+
+
+class _NeverStarted(Exception):
+    """The sandbox went away before the code started: the run may go to a fresh one."""
+
+
+PoolKey = tuple[str, str]  # (language, fingerprint of the container settings)
+
+
+@dataclass(frozen=True)
+class _Blueprint:
+    """What every container of one (language, policy, mounts) is created from."""
+
+    key: PoolKey
+    image: str
+    body: dict[str, Any]  # the Engine API's create body, labels without the run's id
+
+
+def _attach(
+    api: docker.APIClient, fast: FastEngine | None, container_id: str
+) -> tuple[socket.socket, Any]:
+    if fast is not None:
+        sock = fast.attach(container_id)
+        return sock, sock
+    params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+    attached = api.attach_socket(container_id, params=params)
+    return _raw_socket(attached), attached
+
+
 class DockerBackend:
-    """Runs each request in a fresh container from its language's image.
+    """Runs each request in a never-used container: a warm one from the pool, or a fresh one.
 
     Args:
-        settings: image names, timeouts, start-up sweep.
+        settings: image names, timeouts, pool sizes, start-up sweep.
         client_factory: builds the docker-py client (default: ``docker.from_env``).
     """
 
@@ -152,11 +254,27 @@ class DockerBackend:
     ) -> None:
         self._settings = settings or Settings()
         self._factory = client_factory or self._default_client
+        # The http.client fast path talks to the socket docker-py found; a caller's own client
+        # (a fake, a remote engine) is used for everything instead.
+        self._fast_allowed = client_factory is None
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
         self._images_ok: set[str] = set()
-        # container id -> its attach socket, for every run in flight (close() ends them all)
-        self._live: dict[str, socket.socket | None] = {}
+        # container id -> its sandbox, for every container we started that is not done yet
+        self._live: dict[str, Sandbox | None] = {}
+        self._blueprints: dict[tuple[str, Policy, tuple[ResolvedMount, ...]], _Blueprint] = {}
+        self._pool_blueprints: dict[PoolKey, _Blueprint] = {}
+        self._fast: FastEngine | Literal[False] | None = None
+        self._pool: WarmPool[PoolKey, Sandbox] = WarmPool(
+            self._launch_pooled,
+            self._discard,
+            Sandbox.is_idle_and_alive,
+            size_for=lambda key: self._settings.pool_size_for(key[0]),
+            min_size=self._settings.pool_min_size,
+            idle_ttl=self._settings.pool_idle_ttl_seconds,
+        )
+        self._reaper = ThreadPoolExecutor(max_workers=2, thread_name_prefix="athena-reaper")
+        self._watchdog: subprocess.Popen[bytes] | None = None
         self._closed = False
         self._swept = False
         atexit.register(_close_at_exit, weakref.ref(self))
@@ -170,23 +288,36 @@ class DockerBackend:
         self.close()
 
     def close(self) -> None:
-        """Kill and remove the containers of runs still going, and drop the client."""
+        """Kill runs still going, let the pooled containers go, and drop the client."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
+        self._pool.close()
+        with self._lock:
             live, self._live = dict(self._live), {}
-            client, self._client = self._client, None
-        for sock in live.values():
-            if sock is not None:  # wakes the run's reader: it sees EOF at once
-                with suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-        if client is None:
-            return
-        for container_id in live:
-            _remove_quietly(client.api, container_id)
-        client.close()
+            client = self._client
+        for sandbox in live.values():
+            if sandbox is not None:  # the run's reader sees EOF at once; the runner too
+                sandbox.close()
+        if client is not None:
+            for container_id in live:
+                self._reaper.submit(_remove_quietly, client.api, container_id)
+        self._reaper.shutdown(wait=True)
+        with self._lock:
+            self._client = None
+        if client is not None:
+            client.close()
+        if self._watchdog is not None:  # its stdin closes: it sweeps (nothing left) and exits
+            with suppress(OSError):
+                self._watchdog.communicate(timeout=30)
 
     def _default_client(self) -> docker.DockerClient:
-        return docker.from_env(timeout=int(self._settings.docker_api_timeout), max_pool_size=32)
+        client = docker.from_env(timeout=int(self._settings.docker_api_timeout), max_pool_size=64)
+        # requests would read proxy variables and .netrc from the environment on every call,
+        # a large share of a warm run's CPU; the engine is reached directly.
+        client.api.trust_env = False
+        return client
 
     def _api(self) -> docker.APIClient:
         with self._lock:
@@ -227,86 +358,223 @@ class DockerBackend:
     def run(
         self, request: ExecutionRequest, spec: RunSpec, context: ExecutionContext
     ) -> RunOutcome:
-        """Run one request in a fresh container; see :class:`Backend`."""
-        language = get_language(request.language)
-        image = self._settings.image_ref(language.image)
+        """Run one request in a never-used container; see :class:`Backend`.
+
+        A container that dies before the code starts (a pooled runner gone, an engine hiccup)
+        is replaced by a fresh one; once the code has started, nothing is retried.
+        """
         api = self._api()
-        self._check_image(api, image)
-        labels = {
-            **owner_labels(),
-            LABEL_RUN: request.execution_id,
-            "athena.language": language.name,
-            "athena.policy": request.policy.name,
-        }
-        config = compile_docker(request.policy, spec, image=image, labels=labels)
+        blueprint = self._configure(api, request.language, request.policy, spec)
         payload = encode_request(
             request.code.encode("utf-8", errors="surrogatepass"),
-            language.parameters_blob(request.parameters),
+            get_language(request.language).parameters_blob(request.parameters),
             max(1, round(spec.timeout_seconds * 1000)),  # 0 would mean "no deadline"
             request.policy.limits.max_output_bytes,
         )
-        isolation = Isolation(mode="docker", runtime=RUNTIME, path="cold", image=image)
-        with self._container(api, config, image) as container_id:
-            reader = RunReader(context)
+        for attempt in range(1, NEVER_STARTED_ATTEMPTS + 1):
+            if spec.cancel.cancelled:
+                raise RunCancelledError("the run was cancelled before it started")
+            sandbox = self._take(api, blueprint, request.execution_id)
+            try:
+                return self._drive(api, sandbox, payload, request, spec, context)
+            except _NeverStarted as exc:
+                log.warning(
+                    "sandbox lost before the code started", attempt=attempt, reason=str(exc)
+                )
+                if attempt == NEVER_STARTED_ATTEMPTS:
+                    raise SandboxFailedError(
+                        f"the sandbox failed before the code started: {exc}"
+                    ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
-            def alive() -> bool:
-                return bool(_final_state(api, container_id).get("Running"))
+    def prewarm(self, language: str, policy: Policy, spec: RunSpec, timeout: float = 60.0) -> bool:
+        """Start the pool of (language, policy) and wait until it holds a ready container."""
+        api = self._api()
+        blueprint = self._configure(api, get_language(language).name, policy, spec)
+        return self._pool.prewarm(blueprint.key, timeout)
 
-            with self._attached(api, container_id) as sock:
-                self._retry(lambda: api.start(container_id), "start the container", image)
-                sock.sendall(payload)
-                timed_out = self._pump(sock, reader, spec.timeout_seconds, alive)
-            return self._outcome(api, container_id, reader, timed_out, isolation, request)
-
-    @contextmanager
-    def _container(
-        self, api: docker.APIClient, config: dict[str, Any], image: str
-    ) -> Iterator[str]:
-        create = config["create"]
-        host_config = api.create_host_config(**config["host_config"])
-        created = self._retry(
-            lambda: api.create_container(**create, host_config=host_config),
-            "create the container",
-            image,
+    def _configure(
+        self, api: docker.APIClient, language: str, policy: Policy, spec: RunSpec
+    ) -> _Blueprint:
+        """Return the container blueprint of (language, policy, mounts), built once."""
+        cache_key = (language, policy, spec.mounts)
+        blueprint = self._blueprints.get(cache_key)
+        if blueprint is not None:
+            return blueprint
+        image = self._settings.image_ref(get_language(language).image)
+        self._check_image(api, image)
+        labels = {**owner_labels(), "athena.language": language, "athena.policy": policy.name}
+        config = compile_docker(policy, spec, image=image, labels=labels)
+        body = api.create_container_config(
+            command=None,
+            **config["create"],
+            host_config=api.create_host_config(**config["host_config"]),
         )
-        container_id: str = created["Id"]
+        fingerprint = hashlib.sha256(
+            json.dumps({**body, "Labels": None}, sort_keys=True).encode()
+        ).hexdigest()[:16]
+        blueprint = _Blueprint((language, fingerprint), image, body)
+        with self._lock:
+            self._blueprints.setdefault(cache_key, blueprint)
+            self._pool_blueprints.setdefault(blueprint.key, blueprint)
+        return blueprint
+
+    def _take(self, api: docker.APIClient, blueprint: _Blueprint, execution_id: str) -> Sandbox:
+        if self._settings.pool_size_for(blueprint.key[0]) > 0:
+            sandbox = self._pool.take(blueprint.key, wait=self._settings.pool_wait_seconds)
+            if sandbox is not None:
+                return sandbox
+        return self._launch(api, blueprint, "cold", {LABEL_RUN: execution_id})
+
+    def _launch(
+        self,
+        api: docker.APIClient,
+        blueprint: _Blueprint,
+        path: Literal["cold", "warm"],
+        labels: Mapping[str, str],
+    ) -> Sandbox:
+        """Create, attach and start a container; its runner then waits for a request."""
+        self._ensure_watchdog()
+        body = {**blueprint.body, "Labels": {**blueprint.body["Labels"], **labels}}
+        image = blueprint.image
+        fast = self._fast_engine(api)
+        create = fast.create if fast else lambda b: api.create_container_from_config(b)["Id"]
+        container_id: str = self._retry(lambda: create(body), "create the container", image)
         with self._lock:
             closing = self._closed
             self._live[container_id] = None
-        finished = False
         try:
             if closing:
                 raise SandboxFailedError("the backend was closed while the run was starting")
-            yield container_id
-            finished = True
-        finally:
+            with map_docker_errors("attach to the container"):
+                sock, attached = _attach(api, fast, container_id)
+            sandbox = Sandbox(container_id, sock, attached, image, path)
             with self._lock:
-                self._live.pop(container_id, None)
-            if not finished:  # the runner did not end the run: make sure the container goes
-                _remove_quietly(api, container_id)
+                self._live[container_id] = sandbox
+            start = fast.start if fast else api.start
+            self._retry(lambda: start(container_id), "start the container", image)
+        except BaseException:
+            self._release(api, container_id, finished=False)
+            raise
+        return sandbox
 
-    @contextmanager
-    def _attached(self, api: docker.APIClient, container_id: str) -> Iterator[socket.socket]:
-        params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-        with map_docker_errors("attach to the container"):
-            attached = api.attach_socket(container_id, params=params)
-        sock = _raw_socket(attached)
+    def _fast_engine(self, api: docker.APIClient) -> FastEngine | None:
+        """The http.client path to a Unix-socket engine (None for TCP or TLS engines)."""
         with self._lock:
-            if container_id in self._live:
-                self._live[container_id] = sock
+            if self._fast is None:
+                path = unix_socket_path() if self._fast_allowed else None
+                self._fast = (
+                    FastEngine(path, api.api_version, self._settings.docker_api_timeout)
+                    if path
+                    else False
+                )
+            return self._fast or None
+
+    def _ensure_watchdog(self) -> None:
+        """Start the watchdog that removes our containers if this process dies (once)."""
+        with self._lock:
+            if self._watchdog is not None or self._closed:
+                return
+            labels = owner_labels()
+            self._watchdog = watchdog.start(
+                os.getpid(), labels[LABEL_OWNER_STARTED], labels[LABEL_OWNER_HOST]
+            )
+
+    def _launch_pooled(self, key: PoolKey) -> Sandbox:
+        """Start a container for the pool and wait until its runner says it is ready."""
+        api = self._api()
+        with self._lock:
+            blueprint = self._pool_blueprints[key]
+        sandbox = self._launch(api, blueprint, "warm", {LABEL_POOL: "1"})
         try:
-            yield sock
+            sandbox.pending = self._await_ready(sandbox)
+        except BaseException:
+            self._release(api, sandbox.container_id, finished=False)
+            raise
+        return sandbox
+
+    def _await_ready(self, sandbox: Sandbox) -> bytes:
+        """Read until the runner's ready frame; return what came with it."""
+        demux, frames, seen = DockerDemuxer(), FrameDecoder(), b""
+        deadline = time.monotonic() + self._settings.startup_timeout
+        while time.monotonic() < deadline:
+            if not select.select([sandbox.sock], [], [], deadline - time.monotonic())[0]:
+                break
+            data = sandbox.sock.recv(65536)
+            if not data:
+                raise SandboxFailedError("a pooled sandbox ended before it was ready")
+            seen += data
+            for stream, payload in demux.feed(data):
+                if stream == DockerDemuxer.STDOUT and any(
+                    f.kind == FRAME_READY for f in frames.feed(payload)
+                ):
+                    return seen
+        raise SandboxFailedError(
+            f"a pooled sandbox was not ready within {self._settings.startup_timeout:g} s"
+        )
+
+    def _discard(self, sandbox: Sandbox) -> None:
+        """Let a pooled sandbox go (expired, surplus, dead, or the pool is closing)."""
+        with self._lock:
+            client = self._client
+        sandbox.close()
+        if client is not None:
+            self._release(client.api, sandbox.container_id, finished=False)
+
+    def _release(self, api: docker.APIClient, container_id: str, *, finished: bool) -> None:
+        """Forget a container; unless its runner ended the run, remove it in the background."""
+        with self._lock:
+            sandbox = self._live.pop(container_id, None)
+            closed = self._closed
+        if sandbox is not None:
+            sandbox.close()
+        if finished:
+            return  # the runner exits after its report and AutoRemove removes the container
+        if not closed:
+            try:
+                self._reaper.submit(_remove_quietly, api, container_id)
+                return
+            except RuntimeError:  # the reaper shut down in between: remove it here
+                pass
+        _remove_quietly(api, container_id)
+
+    def _drive(
+        self,
+        api: docker.APIClient,
+        sandbox: Sandbox,
+        payload: bytes,
+        request: ExecutionRequest,
+        spec: RunSpec,
+        context: ExecutionContext,
+    ) -> RunOutcome:
+        """Send the request to a sandbox's runner and read its report into the context."""
+        reader = RunReader(context, sandbox.container_id[:12])
+        forget = spec.cancel.on_cancel(sandbox.close)  # the reader sees EOF; the runner too
+        try:
+            reader.take(sandbox.pending)
+            try:
+                sandbox.sock.sendall(payload)
+            except OSError as exc:
+                raise _NeverStarted(f"could not send the request: {exc}") from exc
+
+            def alive() -> bool:
+                return bool(_final_state(api, sandbox.container_id).get("Running"))
+
+            timed_out = self._pump(sandbox.sock, reader, spec, alive)
+            if spec.cancel.cancelled and reader.exit_info is None:
+                raise RunCancelledError("the run was cancelled; its sandbox was killed")
+            if reader.begun_at is None and reader.exit_info is None:
+                raise _NeverStarted("the runner ended before it took the request")
+            return self._outcome(api, sandbox, reader, timed_out, request)
         finally:
-            with suppress(OSError):
-                sock.close()
-            with suppress(Exception):
-                attached.close()
+            forget()
+            self._release(api, sandbox.container_id, finished=reader.exit_info is not None)
 
     def _pump(
         self,
         sock: socket.socket,
         reader: RunReader,
-        timeout: float,
+        spec: RunSpec,
         alive: Callable[[], bool],
     ) -> bool:
         """Read frames until the runner reports the exit. Returns True when we had to time out.
@@ -315,7 +583,8 @@ class DockerBackend:
         still runs: an attach stream is not always closed when a container is removed under it.
         """
         ready_by = time.monotonic() + self._settings.startup_timeout
-        while reader.exit_info is None:
+        timeout = spec.timeout_seconds
+        while reader.exit_info is None and not spec.cancel.cancelled:
             limit = (
                 ready_by if reader.begun_at is None else reader.begun_at + timeout + KILL_GRACE_S
             )
@@ -327,14 +596,17 @@ class DockerBackend:
                         f"{self._settings.startup_timeout:g} s"
                     )
                 return True
-            if not select.select([sock], [], [], min(left, IDLE_CHECK_S))[0]:
+            try:
+                readable = select.select([sock], [], [], min(left, IDLE_CHECK_S))[0]
+                data = sock.recv(262144) if readable else None
+            except (OSError, ValueError) as exc:  # ValueError: closed under us by a cancel
+                if spec.cancel.cancelled:
+                    return False
+                raise unavailable(f"the attach stream broke: {exc}") from exc
+            if data is None:
                 if left > IDLE_CHECK_S and not alive():
                     return False
                 continue
-            try:
-                data = sock.recv(262144)
-            except OSError as exc:
-                raise unavailable(f"the attach stream broke: {exc}") from exc
             if not data:
                 return False
             try:
@@ -346,19 +618,21 @@ class DockerBackend:
     def _outcome(
         self,
         api: docker.APIClient,
-        container_id: str,
+        sandbox: Sandbox,
         reader: RunReader,
         timed_out: bool,
-        isolation: Isolation,
         request: ExecutionRequest,
     ) -> RunOutcome:
+        container_id = sandbox.container_id
         sandbox_id = container_id[:12]
+        isolation = Isolation(
+            mode="docker", runtime=RUNTIME, path=sandbox.path, image=sandbox.image
+        )
         started = reader.begun_at is not None
         if reader.exit_info is not None:
             fields = outcome_from_frames(reader.exit_info, reader.value, request.track_resources)
             return RunOutcome(isolation=isolation, started=started, sandbox_id=sandbox_id, **fields)
         if timed_out:
-            _remove_quietly(api, container_id)
             elapsed = (time.monotonic() - (reader.begun_at or time.monotonic())) * 1000
             return RunOutcome(
                 isolation=isolation,
@@ -399,14 +673,8 @@ class DockerBackend:
 
     def _retry(self, call: Callable[[], T], action: str, image: str) -> T:
         # Only Docker API calls made before the code starts are retried, never the code itself.
-        retrying = Retrying(
-            retry=retry_if_exception(is_transient),
-            stop=stop_after_attempt(3),
-            wait=wait_exponential(multiplier=0.1, max=1.0),
-            reraise=True,
-        )
         with map_docker_errors(action, image):
-            return retrying(call)
+            return _RETRY_TRANSIENT(call)
 
 
 def _final_state(api: docker.APIClient, container_id: str) -> dict[str, Any]:

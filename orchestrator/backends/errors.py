@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import docker.errors
 import requests.exceptions
 
+from orchestrator.backends.engine import EngineError
 from orchestrator.errors import (
     BackendUnavailableError,
     ImageNotFoundError,
@@ -32,6 +33,12 @@ def unavailable(detail: object) -> BackendUnavailableError:
     )
 
 
+def unix_socket_path() -> str | None:
+    """Return the engine's Unix socket path, or None when DOCKER_HOST points elsewhere."""
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    return host.removeprefix("unix://") if host.startswith("unix://") else None
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether a Docker API error is worth one more try (never for the user's code).
 
@@ -40,6 +47,8 @@ def is_transient(exc: BaseException) -> bool:
     """
     if isinstance(exc, docker.errors.ImageNotFound):
         return False
+    if isinstance(exc, EngineError):
+        return exc.status_code >= 500
     if isinstance(exc, docker.errors.APIError):
         return exc.status_code is not None and exc.status_code >= 500
     return isinstance(exc, _CONNECTION_ERRORS)
@@ -58,6 +67,17 @@ def map_docker_errors(action: str, image: str | None = None) -> Iterator[None]:
         yield
     except SandboxError:
         raise
+    except EngineError as exc:
+        if exc.status_code == 404 and "image" in exc.explanation.lower():
+            raise ImageNotFoundError(
+                f"the sandbox image {image or ''} is missing: run `make images` "
+                "(or `athena-sandbox images`) to build it"
+            ) from exc
+        raise SandboxFailedError(
+            f"the Docker engine could not {action}: {exc.explanation}"
+        ) from exc
+    except (ConnectionRefusedError, FileNotFoundError) as exc:
+        raise unavailable(f"connection refused while trying to {action}") from exc
     except docker.errors.ImageNotFound as exc:
         raise ImageNotFoundError(
             f"the sandbox image {image or ''} is missing: run `make images` "
@@ -71,3 +91,5 @@ def map_docker_errors(action: str, image: str | None = None) -> Iterator[None]:
         raise unavailable(f"connection lost while trying to {action}") from exc
     except docker.errors.DockerException as exc:
         raise unavailable(exc) from exc
+    except OSError as exc:  # the fast path's socket broke
+        raise unavailable(f"the engine's socket failed while trying to {action}: {exc}") from exc

@@ -16,6 +16,7 @@ LABEL_OWNER_HOST = "athena.owner.host"
 LABEL_OWNER_PID = "athena.owner.pid"
 LABEL_OWNER_STARTED = "athena.owner.started"
 LABEL_RUN = "athena.run"
+LABEL_POOL = "athena.pool"
 
 
 def process_start_ticks(pid: int) -> str | None:

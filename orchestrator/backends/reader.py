@@ -70,8 +70,9 @@ def outcome_from_frames(
 class RunReader:
     """Reads one run's attach stream: demuxes, decodes frames, feeds the context."""
 
-    def __init__(self, context: ExecutionContext) -> None:
+    def __init__(self, context: ExecutionContext, sandbox_id: str | None = None) -> None:
         self.context = context
+        self.sandbox_id = sandbox_id
         self.demux = DockerDemuxer()
         self.frames = FrameDecoder()
         self.begun_at: float | None = None
@@ -101,7 +102,11 @@ class RunReader:
             self.context.feed("stderr", frame.payload)
         elif kind == FRAME_BEGIN:
             self.begun_at = time.monotonic()
-            self.context.emit(Event(kind="begin", elapsed_ms=self.context.elapsed_ms()))
+            self.context.emit(
+                Event(
+                    kind="begin", elapsed_ms=self.context.elapsed_ms(), sandbox_id=self.sandbox_id
+                )
+            )
         elif kind == FRAME_CUT:
             tag, count = frame.payload.decode().split()
             self.context.mark_cut("stdout" if tag == "o" else "stderr", int(count))

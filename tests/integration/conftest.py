@@ -59,27 +59,49 @@ def project_dir(tmp_path: Path) -> Path:
     return project
 
 
-@pytest.fixture
-def settings(project_dir: Path) -> Settings:
-    """Settings with the test's project directory."""
-    return Settings(project_dir=project_dir)
+@pytest.fixture(params=["cold", "warm"])
+def sandbox_path(request: pytest.FixtureRequest) -> str:
+    """Run the test on the cold path (a container per run) and on the warm path (the pool)."""
+    return str(request.param)
 
 
 @pytest.fixture
-def api(tmp_path: Path, settings: Settings) -> Iterator[MemoryAPI]:
-    """A MemoryAPI on a fresh SQLite file and the real Docker engine."""
+def settings(project_dir: Path, sandbox_path: str) -> Settings:
+    """Settings for one path: no pool, or a pool every run waits for (so every run is warm)."""
+    if sandbox_path == "cold":
+        return Settings(project_dir=project_dir, pool_size=0)
+    return Settings(project_dir=project_dir, pool_size=1, pool_wait_seconds=60)
+
+
+@pytest.fixture
+def api(tmp_path: Path, settings: Settings, sandbox_path: str) -> Iterator[MemoryAPI]:
+    """A MemoryAPI on a fresh SQLite file and the real engine; every run takes ``sandbox_path``."""
     with MemoryAPI.create(tmp_path / "memory.db", settings=settings) as memory_api:
+        run = memory_api.execute_code
+
+        def checked(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            result = run(*args, **kwargs)
+            if result["sandbox_mode"] == "docker":
+                assert result["isolation"]["path"] == sandbox_path, result["isolation"]
+            return result
+
+        memory_api.execute_code = checked  # type: ignore[method-assign]
         yield memory_api
 
 
 @pytest.fixture
-def run_containers(docker_client: docker.DockerClient) -> Callable[[str], list[Any]]:
-    """Return a function listing the containers (any state) of one run."""
+def containers_of(docker_client: docker.DockerClient) -> Callable[[dict[str, Any]], list[Any]]:
+    """Return a function listing the containers (any state) a run's result points at."""
 
-    def find(execution_id: str) -> list[Any]:
-        return docker_client.containers.list(
-            all=True, filters={"label": f"{LABEL_RUN}={execution_id}"}
+    def find(result: dict[str, Any]) -> list[Any]:
+        # The low-level list: it does not inspect each container, which races with removal.
+        api = docker_client.api
+        found: list[Any] = api.containers(
+            all=True, filters={"label": f"{LABEL_RUN}={result['execution_id']}"}
         )
+        if result["sandbox_id"]:
+            found += api.containers(all=True, filters={"id": result["sandbox_id"]})
+        return found
 
     return find
 

@@ -12,8 +12,8 @@ from tests.contract import ISSUE_RESULT_KEYS
 pytestmark = pytest.mark.docker
 
 
-def test_python_prints_and_result_has_every_key(api: MemoryAPI) -> None:
-    """print(2 + 2) runs in a cold Docker sandbox and the dict carries every documented key."""
+def test_python_prints_and_result_has_every_key(api: MemoryAPI, sandbox_path: str) -> None:
+    """print(2 + 2) runs in a Docker sandbox and the dict carries every documented key."""
     r = api.execute_code(
         code="print(2 + 2)",
         language="python",
@@ -24,7 +24,7 @@ def test_python_prints_and_result_has_every_key(api: MemoryAPI) -> None:
     assert r.keys() >= ISSUE_RESULT_KEYS
     assert (r["success"], r["stdout"], r["stderr"], r["exit_code"]) == (True, "4\n", "", 0)
     assert r["sandbox_mode"] == "docker"
-    assert r["isolation"]["runtime"] == "runc" and r["isolation"]["path"] == "cold"
+    assert r["isolation"]["runtime"] == "runc" and r["isolation"]["path"] == sandbox_path
     assert r["language"] == "python" and r["policy"] == "strict"
     assert r["violations"] == [] and r["violation_details"] == [] and r["issues"] == []
     assert r["error"] is None and r["output"] is None

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
 from athena.mcp.memory_api import MemoryAPI
-from orchestrator.models import ExecutionRequest, ExecutionResult
+from orchestrator.models import Event, ExecutionRequest, ExecutionResult
 from orchestrator.orchestrator import Orchestrator
 from orchestrator.policy import load_policy
 from orchestrator.settings import Settings
@@ -20,27 +20,35 @@ pytestmark = pytest.mark.docker
 
 
 def _inspect_running(
-    settings: Settings, policy: str, find: Callable[[str], list[Any]]
+    settings: Settings, policy: str, docker_client: docker.DockerClient
 ) -> tuple[dict[str, Any], ExecutionResult]:
     """Start a run that sleeps, read the engine's view of its container, then let it finish."""
     request = ExecutionRequest.create(
         "import time\ntime.sleep(3)", "python", policy=load_policy(policy)
     )
+    sandbox: list[str] = []
     results: list[ExecutionResult] = []
+
+    def listen(event: Event) -> None:
+        if event.kind == "begin" and event.sandbox_id:
+            sandbox.append(event.sandbox_id)
+
     with Orchestrator(settings=settings) as orchestrator:
-        worker = threading.Thread(target=lambda: results.append(orchestrator.execute(request)))
+        worker = threading.Thread(
+            target=lambda: results.append(orchestrator.execute(request, on_event=listen))
+        )
         worker.start()
-        assert wait_until(lambda: bool(find(request.execution_id)), timeout=20)
-        attrs = find(request.execution_id)[0].attrs
+        assert wait_until(lambda: bool(sandbox), timeout=30)
+        attrs = docker_client.containers.get(sandbox[0]).attrs
         worker.join(30)
     return attrs, results[0]
 
 
 def test_strict_container_settings_as_the_engine_sees_them(
-    settings: Settings, run_containers: Callable[[str], list[Any]]
+    settings: Settings, docker_client: docker.DockerClient
 ) -> None:
     """strict maps to no network, read-only root, tmpfs, limits, no capabilities, a non-root user."""
-    attrs, result = _inspect_running(settings, "strict", run_containers)
+    attrs, result = _inspect_running(settings, "strict", docker_client)
     host, config = attrs["HostConfig"], attrs["Config"]
     assert result.success
     assert host["NetworkMode"] == "none"
@@ -63,10 +71,10 @@ def test_strict_container_settings_as_the_engine_sees_them(
 
 
 def test_research_mounts_the_project_read_only(
-    settings: Settings, run_containers: Callable[[str], list[Any]], project_dir: Path
+    settings: Settings, docker_client: docker.DockerClient, project_dir: Path
 ) -> None:
     """research bind-mounts the project directory read-only at /project and nothing else."""
-    attrs, _ = _inspect_running(settings, "research", run_containers)
+    attrs, _ = _inspect_running(settings, "research", docker_client)
     (mount,) = attrs["Mounts"]
     assert (mount["Source"], mount["Destination"], mount["RW"]) == (
         str(project_dir),

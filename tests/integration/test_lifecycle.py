@@ -45,7 +45,7 @@ pytestmark = pytest.mark.docker
 )
 def test_container_is_removed_after_the_run(
     api: MemoryAPI,
-    run_containers: Callable[[str], list[Any]],
+    containers_of: Callable[[dict[str, Any]], list[Any]],
     language: str,
     code: str,
     timeout: float,
@@ -53,7 +53,7 @@ def test_container_is_removed_after_the_run(
     """Whatever way a run ends, its container is gone within a few seconds."""
     r = api.execute_code(code, language, timeout_seconds=timeout)
     assert r["sandbox_id"]
-    assert wait_until(lambda: not run_containers(r["execution_id"]), timeout=5)
+    assert wait_until(lambda: not containers_of(r), timeout=5)
 
 
 OWNER_SCRIPT = textwrap.dedent(
@@ -151,14 +151,14 @@ def test_first_run_sweeps_orphans(api: MemoryAPI, docker_client: docker.DockerCl
 
 
 def test_missing_image_is_a_clear_error(
-    tmp_path: Path, run_containers: Callable[[str], list[Any]]
+    tmp_path: Path, containers_of: Callable[[dict[str, Any]], list[Any]]
 ) -> None:
     """A missing image gives success False with an error that says to run `make images`."""
     with MemoryAPI.create(tmp_path / "m.db", settings=Settings(image_tag="no-such-tag")) as api:
         r = api.execute_code("print(1)")
     assert not r["success"] and r["exit_code"] == -1
     assert r["error_type"] == "ImageNotFoundError" and "make images" in r["error"]
-    assert not run_containers(r["execution_id"])
+    assert not containers_of(r)
 
 
 def test_unreachable_engine_is_a_clear_error_without_a_hang(
@@ -179,24 +179,63 @@ def test_unreachable_engine_is_a_clear_error_without_a_hang(
 def test_closing_the_api_kills_runs_in_flight(
     tmp_path: Path,
     settings: Settings,
-    run_containers: Callable[[str], list[Any]],
-    docker_client: docker.DockerClient,
+    containers_of: Callable[[dict[str, Any]], list[Any]],
 ) -> None:
     """close() while a run is going removes its container and the run returns."""
     import threading
 
     api = MemoryAPI.create(tmp_path / "m.db", settings=settings)
     results: list[dict[str, Any]] = []
+    started = threading.Event()
+    code = "import time\nprint('in', flush=True)\ntime.sleep(60)"
     worker = threading.Thread(
         target=lambda: results.append(
-            api.execute_code("import time\ntime.sleep(60)", timeout_seconds=60)
+            api.execute_code(code, timeout_seconds=60, on_stdout=lambda _text: started.set())
         )
     )
     worker.start()
-    mine = {"label": f"{LABEL_OWNER_PID}={os.getpid()}", "status": "running"}
-    found = wait_until(lambda: bool(docker_client.containers.list(filters=mine)), timeout=20)
+    assert started.wait(30), "the code never started"
     api.close()
     worker.join(15)
-    assert found and not worker.is_alive()
+    assert not worker.is_alive()
     assert results and not results[0]["success"]
-    assert wait_until(lambda: not run_containers(results[0]["execution_id"]), timeout=5)
+    assert wait_until(lambda: not containers_of(results[0]), timeout=5)
+
+
+CREATOR_SCRIPT = textwrap.dedent(
+    """
+    import time, docker
+    from orchestrator.backends.docker import DockerBackend
+    from orchestrator.backends.owners import owner_labels
+    backend = DockerBackend()
+    backend._ensure_watchdog()  # what the first run does
+    client = docker.from_env()
+    created = client.api.create_container(
+        "athena-sandbox/bash:latest", entrypoint=["sleep", "300"], labels=owner_labels()
+    )
+    print(created["Id"], flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_a_created_but_unstarted_container_goes_when_its_owner_dies(
+    docker_client: docker.DockerClient,
+) -> None:
+    """The watchdog removes even a container its SIGKILLed owner created but never started."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", CREATOR_SCRIPT], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert owner.stdout is not None
+        container_id = owner.stdout.readline().strip()
+        assert docker_client.api.inspect_container(container_id)["State"]["Status"] == "created"
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(10)
+        gone = wait_until(
+            lambda: not docker_client.api.containers(all=True, filters={"id": container_id}), 10
+        )
+        assert gone, "a created container outlived its SIGKILLed owner"
+    finally:
+        owner.kill()
+        owner.wait(10)

@@ -369,8 +369,16 @@ class FakeAPI:
     def create_host_config(self, **kwargs: Any) -> dict[str, Any]:
         return kwargs
 
-    def create_container(self, **kwargs: Any) -> dict[str, str]:
-        self.created = kwargs
+    def create_container_config(self, **kwargs: Any) -> dict[str, Any]:
+        # docker-py turns its keyword arguments into the Engine API body; keep the shape.
+        return {
+            "Image": kwargs["image"],
+            "Labels": kwargs["labels"],
+            "HostConfig": kwargs["host_config"],
+        }
+
+    def create_container_from_config(self, config: dict[str, Any]) -> dict[str, str]:
+        self.created = config
         return {"Id": "c0ffee" * 10}
 
     def attach_socket(self, container_id: str, params: dict[str, int]) -> socket.socket:
@@ -399,7 +407,8 @@ def engine() -> Iterator[tuple[FakeAPI, socket.socket]]:
 
 
 def run_on(api: FakeAPI, request: ExecutionRequest, timeout: float) -> dict[str, Any]:
-    backend = DockerBackend(Settings(sweep_on_start=False), client_factory=lambda: FakeClient(api))
+    settings = Settings(sweep_on_start=False, pool_size=0)  # the cold path: one container
+    backend = DockerBackend(settings, client_factory=lambda: FakeClient(api))
     with backend:
         outcome = backend.run(request, RunSpec(timeout), ExecutionContext(capture_io=False))
     return {"exit_code": outcome.exit_code, "run_ms": outcome.run_ms}
@@ -422,9 +431,9 @@ def test_the_backend_sends_the_encoded_request_and_reads_the_exit(
     assert run_on(api, request, 2.5) == {"exit_code": 0, "run_ms": 2.0}
     blob = get_language("bash").parameters_blob({"n": 3})
     assert sent_request(peer) == encode_request(b"echo $PARAM_N", blob, 2500, 1048576)
-    assert api.created["image"] == "athena-sandbox/bash:latest"
-    assert api.created["labels"][LABEL_RUN] == request.execution_id
-    assert api.created["host_config"]["network_mode"] == "none"
+    assert api.created["Image"] == "athena-sandbox/bash:latest"
+    assert api.created["Labels"][LABEL_RUN] == request.execution_id
+    assert api.created["HostConfig"]["network_mode"] == "none"
 
 
 def test_a_tiny_timeout_is_never_sent_as_no_timeout(

@@ -1,0 +1,361 @@
+"""Unit tests of WarmPool with fake sandboxes: laziness, fill, take, TTL, failures, close."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+from structlog.testing import capture_logs
+
+from orchestrator.backends.pool import WarmPool
+
+
+@dataclass(eq=False)
+class FakeSandbox:
+    """A pooled sandbox: an id, the key it was launched for, and whether it still lives."""
+
+    id: int
+    key: str
+    alive: bool = True
+
+
+class Launcher:
+    """Fake launch/discard callables that record every call (thread-safe)."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay  # seconds each launch takes
+        self.fail = False  # raise instead of launching
+        self.gate: threading.Event | None = None  # when set up, each launch waits for it
+        self.entered = threading.Event()  # a launch is in progress
+        self.launched: list[FakeSandbox] = []
+        self.discarded: list[FakeSandbox] = []
+        self.failures = 0
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+
+    def launch(self, key: str) -> FakeSandbox:
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(5)
+        if self.delay:
+            time.sleep(self.delay)
+        with self._lock:
+            if self.fail:
+                self.failures += 1
+                raise RuntimeError("engine down")
+            sandbox = FakeSandbox(next(self._ids), key)
+            self.launched.append(sandbox)
+            return sandbox
+
+    def discard(self, sandbox: FakeSandbox) -> None:
+        with self._lock:
+            self.discarded.append(sandbox)
+
+    def launched_for(self, key: str) -> int:
+        with self._lock:
+            return sum(1 for s in self.launched if s.key == key)
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def is_alive(sandbox: FakeSandbox) -> bool:
+    return sandbox.alive
+
+
+def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return predicate()
+        time.sleep(0.005)
+    return True
+
+
+def pool_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "athena-pool"}
+
+
+PoolFactory = Callable[..., tuple[WarmPool[str, FakeSandbox], Launcher]]
+
+
+@pytest.fixture(autouse=True)
+def _joins_its_threads() -> Iterator[None]:
+    """Fail a test that leaves a thread of its own running."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 2
+    while (left := set(threading.enumerate()) - before) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not left, f"threads left running: {left}"
+
+
+@pytest.fixture
+def make_pool() -> Iterator[PoolFactory]:
+    """Build pools over a fresh Launcher; close them all afterwards."""
+    pools: list[WarmPool[str, FakeSandbox]] = []
+
+    def make(
+        sizes: dict[str, int] | None = None,
+        launcher: Launcher | None = None,
+        **kwargs: object,
+    ) -> tuple[WarmPool[str, FakeSandbox], Launcher]:
+        launcher = launcher or Launcher()
+        table = sizes or {}
+        pool: WarmPool[str, FakeSandbox] = WarmPool(
+            launcher.launch,
+            launcher.discard,
+            is_alive,
+            size_for=lambda key: table.get(key, 2),
+            **kwargs,  # type: ignore[arg-type]
+        )
+        pools.append(pool)
+        return pool, launcher
+
+    yield make
+    for pool in pools:
+        pool.close()
+
+
+# --------------------------------------------------------------------------- demand and fill
+
+
+def test_nothing_is_launched_before_demand(make_pool: PoolFactory) -> None:
+    """A new pool starts no thread and launches nothing until a key is asked for."""
+    before = pool_threads()
+    pool, launcher = make_pool()
+    time.sleep(0.05)
+    assert launcher.launched == []
+    assert pool_threads() == before
+    assert pool.ready_count("a") == 0
+
+
+def test_prewarm_fills_the_key_to_its_size(make_pool: PoolFactory) -> None:
+    """prewarm(key) returns True and the key fills to size_for(key), no more."""
+    pool, launcher = make_pool({"a": 3})
+    assert pool.prewarm("a", timeout=2) is True
+    assert eventually(lambda: pool.ready_count("a") == 3)
+    time.sleep(0.05)
+    assert pool.ready_count("a") == 3
+    assert launcher.launched_for("a") == 3
+
+
+def test_take_never_hands_out_the_same_sandbox_twice(make_pool: PoolFactory) -> None:
+    """Twenty takes in a row give twenty distinct sandboxes, each launched and never discarded."""
+    pool, launcher = make_pool({"a": 2})
+    taken = [pool.take("a", wait=2) for _ in range(20)]
+    assert all(s is not None for s in taken)
+    ids = [s.id for s in taken if s is not None]
+    assert len(set(ids)) == 20
+    launched_ids = {s.id for s in launcher.launched}
+    assert set(ids) <= launched_ids
+    assert not {s.id for s in launcher.discarded} & set(ids)
+
+
+def test_the_pool_refills_after_a_take(make_pool: PoolFactory) -> None:
+    """After a take the key is topped up to its size again with a new sandbox."""
+    pool, launcher = make_pool({"a": 2})
+    pool.prewarm("a", timeout=2)
+    assert eventually(lambda: pool.ready_count("a") == 2)
+    taken = pool.take("a")
+    assert taken is not None
+    assert eventually(lambda: pool.ready_count("a") == 2)
+    assert launcher.launched_for("a") == 3
+
+
+def test_each_key_gets_its_own_size(make_pool: PoolFactory) -> None:
+    """size_for is asked per key: a key of size 1 and one of size 3 fill to 1 and 3."""
+    pool, launcher = make_pool({"a": 1, "b": 3})
+    pool.prewarm("a", timeout=2)
+    pool.prewarm("b", timeout=2)
+    assert eventually(lambda: (pool.ready_count("a"), pool.ready_count("b")) == (1, 3))
+    time.sleep(0.05)
+    assert (pool.ready_count("a"), pool.ready_count("b")) == (1, 3)
+    assert (launcher.launched_for("a"), launcher.launched_for("b")) == (1, 3)
+
+
+def test_take_without_wait_on_an_empty_pool_is_the_cold_path(make_pool: PoolFactory) -> None:
+    """take(wait=0) on an empty pool returns None at once and starts filling the key."""
+    pool, _ = make_pool({"a": 2}, Launcher(delay=0.05))
+    started = time.monotonic()
+    assert pool.take("a", wait=0) is None
+    assert time.monotonic() - started < 0.04
+    assert eventually(lambda: pool.ready_count("a") == 2)
+
+
+def test_take_with_wait_waits_for_the_refill(make_pool: PoolFactory) -> None:
+    """take(wait=...) on an empty pool blocks until the refill thread has a sandbox ready."""
+    pool, launcher = make_pool({"a": 1}, Launcher(delay=0.05))
+    sandbox = pool.take("a", wait=2)
+    assert sandbox is not None
+    assert sandbox is launcher.launched[0]
+
+
+# --------------------------------------------------------------------------- dead and expired
+
+
+def test_dead_sandboxes_are_never_handed_out_and_are_discarded(make_pool: PoolFactory) -> None:
+    """take skips sandboxes whose is_alive is False, discards them and returns a live one."""
+    pool, launcher = make_pool({"a": 2})
+    pool.prewarm("a", timeout=2)
+    assert eventually(lambda: pool.ready_count("a") == 2)
+    dead = list(launcher.launched)
+    for sandbox in dead:
+        sandbox.alive = False
+    taken = pool.take("a", wait=2)
+    assert taken is not None and taken.alive
+    assert taken not in dead
+    assert eventually(lambda: all(s in launcher.discarded for s in dead))
+
+
+def test_the_refill_thread_discards_sandboxes_that_die_while_idle(
+    make_pool: PoolFactory,
+) -> None:
+    """An idle sandbox that dies is discarded and replaced without anyone taking it."""
+    pool, launcher = make_pool({"a": 1})
+    pool.prewarm("a", timeout=2)
+    (first,) = launcher.launched
+    first.alive = False
+    pool.prewarm("a", timeout=0)  # demand wakes the refill thread before its 1 s tick
+    assert eventually(lambda: first in launcher.discarded and launcher.launched_for("a") == 2)
+    assert eventually(lambda: pool.ready_count("a") == 1)
+
+
+def test_an_idle_key_shrinks_to_min_size_after_the_ttl(make_pool: PoolFactory) -> None:
+    """A key without demand for idle_ttl shrinks to min_size; the surplus is discarded."""
+    clock = FakeClock()
+    pool, launcher = make_pool({"a": 3, "b": 1}, min_size=1, idle_ttl=10.0, clock=clock)
+    pool.prewarm("a", timeout=2)
+    assert eventually(lambda: pool.ready_count("a") == 3)
+    clock.advance(10.5)
+    assert pool.take("b", wait=0) is None  # demand elsewhere wakes the refill thread
+    assert eventually(lambda: pool.ready_count("a") == 1 and len(launcher.discarded) == 2)
+    assert {s.key for s in launcher.discarded} == {"a"}
+    time.sleep(0.05)
+    assert pool.ready_count("a") == 1
+    assert launcher.launched_for("a") == 3
+
+
+def test_a_key_within_its_ttl_keeps_its_size(make_pool: PoolFactory) -> None:
+    """Before idle_ttl has passed the key keeps size_for(key) sandboxes."""
+    clock = FakeClock()
+    pool, launcher = make_pool({"a": 3, "b": 1}, min_size=1, idle_ttl=10.0, clock=clock)
+    pool.prewarm("a", timeout=2)
+    assert eventually(lambda: pool.ready_count("a") == 3)
+    clock.advance(9.5)
+    pool.take("b", wait=0)
+    assert eventually(lambda: pool.ready_count("b") == 1)
+    assert pool.ready_count("a") == 3
+    assert launcher.discarded == []
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_a_failing_launch_does_not_stop_the_pool(make_pool: PoolFactory) -> None:
+    """Launch errors are logged, runs go cold (None), and the pool fills once launches work."""
+    launcher = Launcher()
+    launcher.fail = True
+    pool, _ = make_pool({"a": 1}, launcher)
+    with capture_logs() as logs:
+        assert pool.take("a", wait=0) is None
+        assert eventually(lambda: launcher.failures >= 1)
+        assert pool.take("a", wait=0) is None
+    assert {"event": "could not start a pooled sandbox", "log_level": "warning"}.items() <= (
+        logs[0].items()
+    )
+    assert logs[0]["error"] == "RuntimeError: engine down"
+    launcher.fail = False
+    sandbox = pool.take("a", wait=1.9)  # the backoff after one failure is 1 s
+    assert sandbox is not None
+    assert sandbox is launcher.launched[0]
+
+
+def test_demand_does_not_cut_the_launch_backoff_short(make_pool: PoolFactory) -> None:
+    """After a failed launch the pool waits out its backoff even while runs keep taking."""
+    launcher = Launcher()
+    launcher.fail = True
+    pool, _ = make_pool({"a": 1}, launcher)
+    pool.take("a", wait=0)
+    assert eventually(lambda: launcher.failures == 1)
+    deadline = time.monotonic() + 0.4  # well inside the 1 s backoff after one failure
+    while launcher.failures == 1 and time.monotonic() < deadline:
+        pool.take("a", wait=0)
+        time.sleep(0.02)
+    assert launcher.failures == 1
+
+
+def test_take_with_a_fake_clock_still_times_out(make_pool: PoolFactory) -> None:
+    """take(wait=0.2) returns None after about 0.2 s of real time, whatever the clock is."""
+    launcher = Launcher()
+    launcher.fail = True
+    pool, _ = make_pool({"a": 1}, launcher, clock=FakeClock())
+    got: list[FakeSandbox | None] = []
+    taker = threading.Thread(target=lambda: got.append(pool.take("a", wait=0.2)))
+    taker.start()
+    taker.join(0.6)
+    timed_out = not taker.is_alive()
+    pool.close()  # wakes a taker still waiting
+    taker.join(2)
+    assert timed_out
+    assert got == [None]
+
+
+# --------------------------------------------------------------------------- close
+
+
+def test_close_discards_idle_sandboxes_stops_the_thread_and_refuses_takes(
+    make_pool: PoolFactory,
+) -> None:
+    """close() discards every idle sandbox, ends the refill thread; take then returns None."""
+    before = pool_threads()
+    pool, launcher = make_pool({"a": 2, "b": 1})
+    pool.prewarm("a", timeout=2)
+    pool.prewarm("b", timeout=2)
+    assert eventually(lambda: (pool.ready_count("a"), pool.ready_count("b")) == (2, 1))
+    pool.close()
+    assert sorted(s.id for s in launcher.discarded) == sorted(s.id for s in launcher.launched)
+    assert len(launcher.discarded) == 3
+    assert pool_threads() == before
+    started = time.monotonic()
+    assert pool.take("a", wait=1) is None
+    assert pool.prewarm("a", timeout=1) is False
+    assert time.monotonic() - started < 0.5
+    assert (pool.ready_count("a"), pool.ready_count("b")) == (0, 0)
+    assert len(launcher.launched) == 3
+
+
+def test_a_sandbox_launched_while_closing_is_discarded(make_pool: PoolFactory) -> None:
+    """A launch that finishes after close() began is discarded, not kept in the pool."""
+    pool, launcher = make_pool({"idle": 1, "a": 1})
+    pool.prewarm("idle", timeout=2)
+    (idle,) = launcher.launched
+    launcher.gate = threading.Event()
+    launcher.entered.clear()
+    assert pool.take("a", wait=0) is None
+    assert launcher.entered.wait(2)
+    closer = threading.Thread(target=pool.close)
+    closer.start()
+    assert eventually(lambda: idle in launcher.discarded)  # close() has begun
+    launcher.gate.set()
+    closer.join(2)
+    assert not closer.is_alive()
+    late = [s for s in launcher.launched if s.key == "a"]
+    assert len(late) == 1
+    assert late[0] in launcher.discarded
+    assert pool.ready_count("a") == 0
