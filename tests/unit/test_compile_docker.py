@@ -27,6 +27,7 @@ from orchestrator.backends.owners import (
 from orchestrator.backends.protocol import PROTOCOL, encode_request
 from orchestrator.backends.reader import outcome_from_frames
 from orchestrator.context import ExecutionContext
+from orchestrator.errors import SandboxFailedError
 from orchestrator.languages import get_language
 from orchestrator.models import ExecutionRequest, Resources
 from orchestrator.policy import load_policy, resolve_mounts
@@ -362,6 +363,7 @@ class FakeAPI:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.created: dict[str, Any] = {}
+        self.removed: list[str] = []
 
     def inspect_image(self, image: str) -> dict[str, Any]:
         return {"Config": {"Labels": {IMAGE_PROTOCOL_LABEL: PROTOCOL}}}
@@ -386,6 +388,12 @@ class FakeAPI:
 
     def start(self, container_id: str) -> None:
         pass
+
+    def remove_container(self, container_id: str, force: bool = False) -> None:
+        self.removed.append(container_id)
+
+    def inspect_container(self, container_id: str) -> dict[str, Any]:
+        return {"State": {"Running": True}}
 
 
 class FakeClient:
@@ -462,3 +470,19 @@ def test_garbage_on_the_value_channel_is_a_note_not_a_crash() -> None:
         fields = outcome_from_frames({"exit_code": 0}, garbage, track_resources=False)
         assert fields["output"] is None
         assert "not JSON-serialisable" in fields["notes"][0]
+
+
+def test_a_container_that_never_becomes_ready_fails_clearly_and_goes() -> None:
+    """No word from the runner within startup_timeout: a clear error, and the container is removed."""
+    ours, peer = socket.socketpair()  # the peer never answers
+    api = FakeAPI(ours)
+    settings = Settings(sweep_on_start=False, pool_size=0, startup_timeout=0.5)
+    try:
+        with DockerBackend(settings, client_factory=lambda: FakeClient(api)) as backend:
+            request = ExecutionRequest.create("print(1)")
+            with pytest.raises(SandboxFailedError, match=r"did not become ready within 0\.5 s"):
+                backend.run(request, RunSpec(5.0), ExecutionContext(capture_io=False))
+        assert api.removed == ["c0ffee" * 10]
+    finally:
+        peer.close()
+        ours.close()
