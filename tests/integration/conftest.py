@@ -43,11 +43,11 @@ def no_leftover_containers(docker_client: docker.DockerClient) -> Iterator[None]
     yield
     deadline = time.monotonic() + 10
     while True:
-        left = docker_client.containers.list(all=True, filters={"label": LABEL_SANDBOX})
+        left = docker_client.api.containers(all=True, filters={"label": LABEL_SANDBOX})
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert not left, f"sandbox containers left behind: {[c.name for c in left]}"
+    assert not left, f"sandbox containers left behind: {[c['Names'] for c in left]}"
 
 
 @pytest.fixture

@@ -74,7 +74,7 @@ def test_container_dies_with_its_owner_even_on_sigkill(
     label = f"{LABEL_OWNER_PID}={owner.pid}"
 
     def running() -> bool:
-        return bool(docker_client.containers.list(filters={"label": label, "status": "running"}))
+        return bool(docker_client.api.containers(filters={"label": label, "status": "running"}))
 
     try:
         assert wait_until(running, timeout=30), "the owner never started its sandbox"
@@ -82,7 +82,7 @@ def test_container_dies_with_its_owner_even_on_sigkill(
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait(10)
         gone = wait_until(
-            lambda: not docker_client.containers.list(all=True, filters={"label": label}), 10
+            lambda: not docker_client.api.containers(all=True, filters={"label": label}), 10
         )
         assert gone, "the sandbox outlived its SIGKILLed owner"
     finally:
@@ -119,7 +119,8 @@ def test_startup_sweep_removes_containers_of_dead_owners(
         with DockerBackend(Settings(sweep_on_start=False)) as backend:
             removed = backend.sweep()
         remaining = {
-            c.id for c in docker_client.containers.list(all=True, filters={"label": LABEL_SANDBOX})
+            c["Id"]
+            for c in docker_client.api.containers(all=True, filters={"label": LABEL_SANDBOX})
         }
         assert removed == 2
         assert dead.id not in remaining and reused_pid.id not in remaining
