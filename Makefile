@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv docker-up images demo test test-unit test-integration lint bench sweep clean
+.PHONY: help venv docker-up images node-tools demo doctor test test-unit test-integration lint bench sweep clean
 
 help:
 	@echo "make demo              set up everything and run examples under the three policies"
@@ -16,6 +16,7 @@ help:
 	@echo "make images            build the sandbox images (only what changed)"
 	@echo "make bench             latency benchmark, side by side with docker run and the host"
 	@echo "make docker-up         install and start a Docker engine if none answers"
+	@echo "make doctor            which isolation modes work here, and how to enable the others"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,19 +29,28 @@ venv: $(STAMP)
 docker-up:
 	bash scripts/ensure-docker.sh
 
+# The srt fallback: Anthropic's Sandbox Runtime from npm, pinned in package-lock.json.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+
+node-tools: node_modules/.package-lock.json
+
+doctor: venv
+	$(BIN)/athena-sandbox doctor
+
 images: venv docker-up
 	$(BIN)/athena-sandbox images
 
 demo: images
 	$(BIN)/athena-sandbox demo
 
-test: images
+test: images node-tools
 	$(BIN)/pytest -q
 
 test-unit: venv
 	$(BIN)/pytest -q tests/unit
 
-test-integration: images
+test-integration: images node-tools
 	$(BIN)/pytest -q tests/integration
 
 lint: venv
@@ -48,11 +58,11 @@ lint: venv
 	$(BIN)/ruff format --check orchestrator memory_store athena tests benchmarks
 	$(BIN)/mypy
 
-bench: images
+bench: images node-tools
 	$(BIN)/python benchmarks/bench_latency.py
 
 sweep: venv
 	$(BIN)/athena-sandbox sweep
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache benchmarks/results
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache benchmarks/results

@@ -37,6 +37,7 @@ OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 IMAGE = "athena-sandbox/python:latest"
 PRINT_ONE = {"python": "print(1)", "javascript": "console.log(1)", "bash": "echo 1"}
 TARGETS = {
+    "srt mode p50 / srt CLI p50": 1.10,
     "warm python p50 / naive docker run p50": 0.06,
     "warm python p50 / host interpreter start p50": 1.0,
     "burst throughput / raw Docker lifecycle": 0.9,
@@ -99,6 +100,50 @@ def ours(api: MemoryAPI, language: str) -> Callable[[], dict[str, Any]]:
         result = api.execute_code(PRINT_ONE[language], language)
         assert result["success"], result["error"] or result["stderr"]
         return result
+
+    return run
+
+
+def srt_direct(workdir: Path) -> Callable[[], None]:
+    """The srt CLI run by hand: the same settings, uid and limits as our srt mode, no orchestrator."""
+    from orchestrator.backends.srt import compile_srt, find_srt, limits_argv
+    from orchestrator.policy import load_policy
+
+    srt = find_srt(Settings())
+    assert srt is not None, "no srt CLI: run `make node-tools`"
+    policy = load_policy("strict")
+    workdir.chmod(0o711)  # as our srt mode does: the sandbox uid passes through, reads nothing
+    work = workdir / "work"
+    work.mkdir(mode=0o700)
+    as_uid: list[str] = []
+    if os.geteuid() == 0:
+        os.chown(work, 61999, 61999)
+        as_uid = ["setpriv", "--reuid=61999", "--regid=61999", "--clear-groups", "--"]
+    settings = workdir / "srt-settings.json"
+    settings.write_text(
+        json.dumps(
+            compile_srt(
+                policy, workdir=str(work), readable=[str(srt.parent.parent / "vendor")], mounts=()
+            )
+        )
+    )
+    argv = [
+        *as_uid,
+        str(srt),
+        "--settings",
+        str(settings),
+        "--",
+        *limits_argv(policy),
+        "/usr/bin/python3",
+        "-I",
+        "-c",
+        "print(1)",
+    ]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "LANG": "C.UTF-8"}
+
+    def run() -> None:
+        done = subprocess.run(argv, env=env, cwd=work, capture_output=True, check=True)
+        assert done.stdout == b"1\n", done
 
     return run
 
@@ -172,6 +217,14 @@ def measure() -> dict[str, Any]:
                 time.sleep(2)  # a full pool to start from
                 latency[f"ours, warm, back to back, {language}"] = timed(ours(warm, language))
             cpu = cpu_per_warm_run(warm)
+        srt_rows = {}
+        if not os.environ.get("BENCH_NO_SRT"):
+            srt_rows["srt CLI run directly, python"] = timed(srt_direct(Path(tmp)))
+            with MemoryAPI.create(
+                Path(tmp) / "srt.db", settings=Settings(sandbox_backends=("srt",))
+            ) as srt_api:
+                srt_rows["ours, srt mode, python"] = timed(ours(srt_api, "python"))
+        latency.update(srt_rows)
         wait_for_no_containers(client)
         raw_rates, our_rates = [], []
         with MemoryAPI.create(Path(tmp) / "burst.db") as default_api:
@@ -216,6 +269,17 @@ def ratios(figures: dict[str, Any]) -> dict[str, float]:
             rates["ours (default pool)"] / rates["raw Docker create/start/wait/remove"], 3
         ),
         "orchestrator CPU per warm run (ms)": figures["orchestrator_cpu_ms_per_warm_run"],
+        **(
+            {
+                "srt mode p50 / srt CLI p50": round(
+                    latency["ours, srt mode, python"]["p50"]
+                    / latency["srt CLI run directly, python"]["p50"],
+                    3,
+                )
+            }
+            if "ours, srt mode, python" in latency
+            else {}
+        ),
     }
 
 

@@ -184,6 +184,28 @@ def sweep() -> None:
 
 
 @main.command()
+def doctor() -> None:
+    """Say which isolation modes work here and, for each that does not, how to enable it."""
+    from orchestrator.orchestrator import Orchestrator
+
+    settings = Settings()
+    with Orchestrator(settings=settings) as orchestrator:
+        rows = {lang: dict(orchestrator.modes(lang)) for lang in ("python", "javascript", "bash")}
+    names = list(rows["python"])
+    click.echo(f"{'mode':<11} {'python':<7} {'javascript':<11} {'bash':<5}  notes")
+    usable = False
+    for name in names:
+        marks = ["yes" if rows[lang][name] is None else "no" for lang in rows]
+        usable = usable or "yes" in marks
+        reasons = sorted({r for lang in rows if (r := rows[lang][name]) is not None})
+        note = " / ".join(reasons) if reasons else "ready"
+        click.echo(f"{name:<11} {marks[0]:<7} {marks[1]:<11} {marks[2]:<5}  {note}")
+    allowed = ", ".join(settings.sandbox_backends or ()) or "not set: docker, srt, restricted"
+    click.echo(f"\nATHENA_SANDBOX_BACKENDS: {allowed}")
+    sys.exit(0 if usable else 1)
+
+
+@main.command()
 @click.option("--db", default=None, help="Memory store path (default: a temporary file).")
 def demo(db: str | None) -> None:
     """Run python, javascript and bash examples under the three shipped policies."""

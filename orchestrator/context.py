@@ -111,6 +111,11 @@ class _StreamProxy:
         return getattr(self._original, name)
 
 
+def install_capture() -> None:
+    """Put the routing proxies on sys.stdout and sys.stderr now (start() does it on demand)."""
+    _install_proxies()
+
+
 def _install_proxies() -> None:
     with _install_lock:
         if not isinstance(sys.stdout, _StreamProxy):

@@ -45,8 +45,14 @@ def _env_entry(name: str, value: str) -> bytes:
     return data + b"\x00"
 
 
-def _bash_blob(parameters: Mapping[str, JsonValue]) -> bytes:
-    entries = [_env_entry("PARAMETERS", json.dumps(parameters, ensure_ascii=False))]
+def bash_environment(parameters: Mapping[str, JsonValue]) -> dict[str, str]:
+    """The environment variables bash code gets: PARAMETERS and PARAM_<KEY> per scalar.
+
+    Raises:
+        RequestError: two keys collide once upper-cased, a value holds NUL, or one variable
+            is over Linux's limit for a single environment string.
+    """
+    env = {"PARAMETERS": json.dumps(parameters, ensure_ascii=False)}
     seen: dict[str, str] = {}
     for key, value in parameters.items():
         if not _IDENTIFIER.match(key) or isinstance(value, dict | list):
@@ -58,9 +64,14 @@ def _bash_blob(parameters: Mapping[str, JsonValue]) -> bytes:
                 "rename one of them"
             )
         seen[name] = key
-        text = value if isinstance(value, str) else json.dumps(value)
-        entries.append(_env_entry(name, text))
-    return b"".join(entries)
+        env[name] = value if isinstance(value, str) else json.dumps(value)
+    for name, text in env.items():
+        _env_entry(name, text)  # checks NUL and size
+    return env
+
+
+def _bash_blob(parameters: Mapping[str, JsonValue]) -> bytes:
+    return b"".join(_env_entry(name, text) for name, text in bash_environment(parameters).items())
 
 
 @dataclass(frozen=True)

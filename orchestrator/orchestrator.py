@@ -68,10 +68,9 @@ class Orchestrator:
     ) -> None:
         self.settings = settings or Settings()
         if backends is None:
-            from orchestrator.backends.docker import DockerBackend
-
-            backends = [DockerBackend(self.settings)]
+            backends = default_backends(self.settings)
         self._backends = sorted(backends, key=lambda b: _strength(b.name))
+        self._fallbacks_logged: set[str] = set()
         self._recorder = recorder
         self._validator = validator or CodeValidator()
         self._admission = Admission(
@@ -191,7 +190,7 @@ class Orchestrator:
         cancel: CancelToken,
     ) -> RunOutcome:
         spec = self._spec(request.policy, timeout, cancel)
-        backend = self._choose_backend(request.policy)
+        backend = self._choose_backend(request.policy, request.language)
         with context, self._admission.slot(cancel):  # the timeout starts with the code, not here
             return backend.run(request, spec, context)
 
@@ -283,7 +282,7 @@ class Orchestrator:
             not fill in time.
         """
         resolved = policy or load_policy(None)
-        backend = self._choose_backend(resolved)
+        backend = self._choose_backend(resolved, get_language(language).name)
         warm = getattr(backend, "prewarm", None)
         if warm is None:
             return False
@@ -299,15 +298,45 @@ class Orchestrator:
                 self._executor = ThreadPoolExecutor(workers, thread_name_prefix="athena-async")
             return self._executor
 
-    def _choose_backend(self, policy: Policy) -> Backend:
+    def modes(self, language: str = "python") -> list[tuple[str, str | None]]:
+        """Each isolation mode, strongest first, with why it cannot run ``language`` (or None)."""
+        found: list[tuple[str, str | None]] = []
         for backend in self._backends:
-            if backend.name in policy.fallback:
+            if not self.settings.allows_mode(backend.name):
+                found.append((backend.name, _removed(backend.name)))
+            else:
+                found.append((backend.name, backend.unavailable_reason(language)))
+        return found
+
+    def _choose_backend(self, policy: Policy, language: str) -> Backend:
+        """The strongest mode the policy accepts, this process allows, and this machine has."""
+        reasons: list[str] = []
+        refused = [b.name for b in self._backends if b.name not in policy.fallback]
+        for backend in self._backends:
+            if backend.name not in policy.fallback:
+                continue
+            reason = (
+                _removed(backend.name)
+                if not self.settings.allows_mode(backend.name)
+                else backend.unavailable_reason(language)
+            )
+            if reason is None:
+                self._log_fallback(backend.name, reasons)
                 return backend
-        available = ", ".join(b.name for b in self._backends)
+            reasons.append(f"{backend.name}: {reason}")
+        if refused:
+            reasons.append(f"the policy does not accept {', '.join(refused)}")
         raise BackendUnavailableError(
-            f"policy {policy.name!r} accepts {', '.join(policy.fallback)}, but this orchestrator "
-            f"has only {available}: add docker to the policy's fallback list"
+            f"no isolation mode that policy {policy.name!r} accepts "
+            f"({', '.join(policy.fallback)}) can run {language} here: " + " | ".join(reasons)
         )
+
+    def _log_fallback(self, mode: str, reasons: list[str]) -> None:
+        """The first fallback to each mode in a process says why, once."""
+        if not reasons or mode in self._fallbacks_logged:
+            return
+        self._fallbacks_logged.add(mode)
+        log.warning("falling back to a weaker isolation mode", mode=mode, reasons=reasons)
 
     def _finish(
         self, request: ExecutionRequest, result: ExecutionResult, context: ExecutionContext
@@ -348,6 +377,22 @@ def _check_source(request: ExecutionRequest) -> None:
             f"the code contains a NUL character, which {language.name} source cannot hold: "
             "remove it (write '\\0' or chr(0) in a string instead)"
         )
+
+
+def default_backends(settings: Settings) -> list[Backend]:
+    """One backend per isolation mode, strongest first."""
+    from orchestrator.backends.docker import DockerBackend
+    from orchestrator.backends.inprocess import InProcessBackend
+    from orchestrator.backends.restricted import RestrictedBackend
+    from orchestrator.backends.srt import SrtBackend
+
+    return [DockerBackend(settings), SrtBackend(settings), RestrictedBackend(), InProcessBackend()]
+
+
+def _removed(mode: str) -> str:
+    if mode == "inprocess":
+        return "runs trusted code only: name it in ATHENA_SANDBOX_BACKENDS to opt in"
+    return "removed by ATHENA_SANDBOX_BACKENDS"
 
 
 def _strength(name: str) -> int:

@@ -87,7 +87,8 @@ def derive_violations(
         found.append(
             Violation(
                 category="memory",
-                message=f"the run ran out of memory (limit {limits.memory_mb} MiB) and was killed",
+                message=f"the run ran out of memory (limit {limits.memory_mb} MiB)"
+                + (" and was killed" if outcome.signal is not None else ""),
                 detail={"limit_mb": limits.memory_mb},
             )
         )

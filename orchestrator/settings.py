@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from orchestrator.errors import UnknownLanguageError
 from orchestrator.languages import get_language
 from orchestrator.models import DEFAULT_MAX_CODE_BYTES, DEFAULT_MAX_PARAMETERS_BYTES
+from orchestrator.policy import SandboxMode
 
 
 class Settings(BaseSettings):
@@ -41,6 +43,11 @@ class Settings(BaseSettings):
         max_queued_runs: runs that may wait for a free place; more block.
         queue_wait_seconds: how long a run blocks for a place in a full queue before it returns
             ``error: queue full``.
+        sandbox_backends: the isolation modes this process may use, e.g. ``srt,restricted``
+            (``ATHENA_SANDBOX_BACKENDS``, comma-separated). It can only remove modes; and
+            ``inprocess`` is used only when named here. None: docker, srt, restricted.
+        srt_path: the srt CLI (default: PATH, then node_modules/.bin/srt).
+        srt_uid_base: first of the uids srt runs use when we are root, one per concurrent run.
     """
 
     model_config = SettingsConfigDict(env_prefix="ATHENA_", frozen=True, extra="forbid")
@@ -63,6 +70,16 @@ class Settings(BaseSettings):
     max_concurrent_runs: int = Field(default_factory=lambda: 4 * (os.cpu_count() or 1), ge=1)
     max_queued_runs: int = Field(256, ge=0)
     queue_wait_seconds: float = Field(60.0, ge=0)
+    sandbox_backends: Annotated[tuple[SandboxMode, ...] | None, NoDecode] = None
+    srt_path: Path | None = None
+    srt_uid_base: int = Field(61000, ge=1000, le=4_000_000_000)
+
+    @field_validator("sandbox_backends", mode="before")
+    @classmethod
+    def _split_modes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("pool_sizes")
     @classmethod
@@ -78,6 +95,12 @@ class Settings(BaseSettings):
     def resolved_project_dir(self) -> Path:
         """Return the project directory: the setting, or the current working directory."""
         return self.project_dir if self.project_dir is not None else Path.cwd()
+
+    def allows_mode(self, mode: str) -> bool:
+        """Whether this process may use an isolation mode (inprocess only when named)."""
+        if self.sandbox_backends is None:
+            return mode != "inprocess"
+        return mode in self.sandbox_backends
 
     def pool_size_for(self, language: str) -> int:
         """Return the warm pool size of a language (its override, or pool_size)."""

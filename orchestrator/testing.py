@@ -64,9 +64,14 @@ class FakeBackend:
     requests: list[ExecutionRequest] = field(default_factory=list)
     specs: list[RunSpec] = field(default_factory=list)
     closed: bool = False
+    unavailable: str | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+
+    def unavailable_reason(self, language: str) -> str | None:
+        """The scripted ``unavailable`` reason (None: available)."""
+        return self.unavailable
 
     def run(
         self, request: ExecutionRequest, spec: RunSpec, context: ExecutionContext

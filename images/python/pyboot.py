@@ -5,6 +5,9 @@ blocks on fd 3 until the parameters (JSON) arrive. The code sees a global dict `
 and the ``json`` module without importing it. The value of a top-level variable ``output`` is
 sent to the runner on fd 4 as ``{"value": ...}``, or ``{"error": ...}`` when it is not
 JSON-serialisable.
+
+Outside a container (the srt and inprocess modes) there is no runner to hold fds 3 and 4:
+``ATHENA_PARAMS_FILE`` and ``ATHENA_OUTPUT_FILE`` name files to use instead.
 """
 
 import builtins
@@ -25,7 +28,22 @@ def _read_all(fd):
     return b"".join(chunks)
 
 
-def _send_output(namespace):
+def _read_params():
+    path = os.environ.pop("ATHENA_PARAMS_FILE", None)
+    if path is None:
+        return _read_all(3)
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _output_fd():
+    path = os.environ.pop("ATHENA_OUTPUT_FILE", None)
+    if path is None:
+        return 4
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+
+
+def _send_output(namespace, fd):
     if "output" not in namespace:
         return
     try:
@@ -35,14 +53,15 @@ def _send_output(namespace):
     data = text.encode("utf-8", errors="replace")
     try:
         while data:
-            data = data[os.write(4, data) :]
+            data = data[os.write(fd, data) :]
     except OSError:
-        pass  # the code closed fd 4 itself; there is nothing to send then
+        pass  # the code closed the fd itself; there is nothing to send then
 
 
 def _main():
     path = sys.argv[1]
-    raw = _read_all(3)
+    raw = _read_params()
+    output_fd = _output_fd()
     parameters = json.loads(raw) if raw else {}
     with open(path, "rb") as handle:
         source = handle.read()
@@ -70,7 +89,7 @@ def _main():
         sys.stderr.flush()
     except Exception:  # the code may have closed or replaced them
         pass
-    _send_output(namespace)
+    _send_output(namespace, output_fd)
     if ending is not None:
         raise ending
 

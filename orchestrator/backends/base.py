@@ -118,9 +118,16 @@ class RunSpec:
 
 @runtime_checkable
 class Backend(Protocol):
-    """An isolation backend (docker, and later srt, restricted, inprocess)."""
+    """An isolation backend: docker, srt, restricted or inprocess."""
 
     name: str
+
+    def unavailable_reason(self, language: str) -> str | None:
+        """Why this backend cannot run ``language`` on this machine now, with how to fix it.
+
+        None means it can. Called before each run; a backend caches what is costly to check.
+        """
+        ...
 
     def run(
         self, request: ExecutionRequest, spec: RunSpec, context: ExecutionContext

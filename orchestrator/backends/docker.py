@@ -63,7 +63,12 @@ from orchestrator.backends.protocol import (
 )
 from orchestrator.backends.reader import RunReader, outcome_from_frames
 from orchestrator.context import ExecutionContext
-from orchestrator.errors import ImageNotFoundError, RunCancelledError, SandboxFailedError
+from orchestrator.errors import (
+    BackendUnavailableError,
+    ImageNotFoundError,
+    RunCancelledError,
+    SandboxFailedError,
+)
 from orchestrator.languages import get_language
 from orchestrator.models import ExecutionRequest, Isolation
 from orchestrator.policy import Policy, ResolvedMount
@@ -84,6 +89,8 @@ _RETRY_TRANSIENT = Retrying(
     wait=wait_exponential(multiplier=0.1, max=1.0),
     reraise=True,
 )
+# How long "no engine answers" is believed before the engine is asked again.
+UNAVAILABLE_TTL_S = 5.0
 # Fresh containers a run may go through when each dies before the code starts.
 NEVER_STARTED_ATTEMPTS = 3
 _MIB = 1024 * 1024
@@ -277,6 +284,8 @@ class DockerBackend:
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._closed = False
         self._swept = False
+        self._down_until = 0.0
+        self._down_reason: str | None = None
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # ------------------------------------------------------------------ lifecycle
@@ -311,6 +320,25 @@ class DockerBackend:
         if self._watchdog is not None:  # its stdin closes: it sweeps (nothing left) and exits
             with suppress(OSError):
                 self._watchdog.communicate(timeout=30)
+
+    def unavailable_reason(self, language: str) -> str | None:
+        """Why no container can run here (no engine answers), or None.
+
+        An answer is remembered: a working engine for good, a missing one for a few seconds.
+        """
+        with self._lock:
+            if self._client is not None:
+                return None
+            if self._down_until > time.monotonic():
+                return self._down_reason
+        try:
+            self._api()
+        except BackendUnavailableError as exc:
+            with self._lock:
+                self._down_until = time.monotonic() + UNAVAILABLE_TTL_S
+                self._down_reason = str(exc)
+            return str(exc)
+        return None
 
     def _default_client(self) -> docker.DockerClient:
         client = docker.from_env(timeout=int(self._settings.docker_api_timeout), max_pool_size=64)

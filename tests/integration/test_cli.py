@@ -59,3 +59,18 @@ def test_policy_show_merges_extends() -> None:
     )
     assert done.returncode == 0
     assert "mode: open" in done.stdout and "memory_mb: 2048" in done.stdout
+
+
+def test_doctor_lists_the_modes_and_how_to_enable_them(tmp_path: Path) -> None:
+    """`doctor` says which modes work; with no engine it says how to start one."""
+    import os
+
+    done = subprocess.run([*CLI, "doctor"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip()}
+    assert lines["docker"].split()[1] == "yes"
+    assert "opt in" in lines["inprocess"]
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    down = subprocess.run([*CLI, "doctor"], capture_output=True, text=True, timeout=60, env=env)
+    docker_line = next(line for line in down.stdout.splitlines() if line.startswith("docker"))
+    assert docker_line.split()[1] == "no" and "make docker-up" in docker_line

@@ -420,3 +420,61 @@ def test_memory_api_accepts_every_policy_form(
     for spec in ("strict", str(path), {"extends": "strict"}, Policy(name="given")):
         assert api.execute_code("print(1)", sandbox_policy=spec)["success"] is True
     assert [r.policy.name for r in backend.requests] == ["strict", "mine", "custom", "given"]
+
+
+# --------------------------------------------------------------------------- the ladder
+
+
+def ladder(
+    *, down: set[str] = frozenset(), modes: tuple[str, ...] | None = None
+) -> tuple[Orchestrator, dict[str, FakeBackend]]:
+    """An orchestrator over four fake backends, those in ``down`` unavailable."""
+    backends = {
+        name: FakeBackend(name=name, unavailable=f"{name} is down" if name in down else None)
+        for name in ("inprocess", "restricted", "srt", "docker")
+    }
+    settings = Settings(sandbox_backends=modes)  # type: ignore[arg-type]
+    return Orchestrator(settings=settings, backends=list(backends.values())), backends
+
+
+def test_the_strongest_available_mode_the_policy_accepts_runs() -> None:
+    """docker first; when it is down srt; then restricted; never a mode the policy refuses."""
+    orch, _ = ladder(down={"docker"})
+    assert orch.execute(request()).sandbox_mode == "srt"
+    orch, _ = ladder(down={"docker", "srt"})
+    assert orch.execute(request()).sandbox_mode == "restricted"
+    orch, _ = ladder(down={"docker", "srt", "restricted"})
+    result = orch.execute(request())  # strict does not accept inprocess
+    assert result.error_type == "BackendUnavailableError"
+    assert "docker is down" in (result.error or "") and "srt is down" in (result.error or "")
+
+
+def test_settings_can_only_remove_modes() -> None:
+    """ATHENA_SANDBOX_BACKENDS removes modes; it never adds one the policy refuses."""
+    orch, _ = ladder(modes=("srt", "restricted"))
+    assert orch.execute(request()).sandbox_mode == "srt"
+    orch, _ = ladder(modes=("inprocess",))
+    result = orch.execute(request())  # strict refuses inprocess whatever the settings say
+    assert result.error_type == "BackendUnavailableError"
+    assert "removed by ATHENA_SANDBOX_BACKENDS" in (result.error or "")
+
+
+def test_inprocess_needs_the_policy_and_the_opt_in() -> None:
+    """development accepts inprocess, but only a process that named it gets it."""
+    dev = request(policy="development")
+    orch, _ = ladder(down={"docker", "srt", "restricted"})
+    result = orch.execute(dev)
+    assert result.error_type == "BackendUnavailableError" and "opt in" in (result.error or "")
+    orch, _ = ladder(down={"docker", "srt", "restricted"}, modes=("docker", "inprocess"))
+    assert orch.execute(dev).sandbox_mode == "inprocess"
+
+
+def test_modes_lists_every_mode_with_its_reason() -> None:
+    """modes() says, strongest first, which modes can run a language and why not."""
+    orch, _ = ladder(down={"docker"})
+    assert orch.modes("python") == [
+        ("docker", "docker is down"),
+        ("srt", None),
+        ("restricted", None),
+        ("inprocess", "runs trusted code only: name it in ATHENA_SANDBOX_BACKENDS to opt in"),
+    ]

@@ -85,7 +85,7 @@ def test_strict_isolates_and_forbids_dangerous_modules_and_calls() -> None:
     assert strict.validation.enforce is True
     assert set(STRICT_FORBIDDEN_IMPORTS) <= set(strict.validation.forbidden_imports)
     assert {"eval", "exec", "compile", "__import__"} <= set(strict.validation.forbidden_calls)
-    assert strict.fallback == ("docker",)
+    assert strict.fallback == ("docker", "srt", "restricted")
 
 
 @pytest.mark.parametrize("module", ["os", "math", "json"])
@@ -470,6 +470,12 @@ def test_runtime_user_gives_uid_and_gid() -> None:
     assert (load_policy({"runtime": {"user": "1000:2000"}}).runtime.gid) == 2000
     runtime = load_policy({"runtime": {"user": "1234"}}).runtime
     assert (runtime.uid, runtime.gid) == (1234, 1234)
+
+
+def test_shipped_fallbacks_follow_the_issue() -> None:
+    """strict and research accept docker, srt, restricted; development accepts all four."""
+    assert load_policy("research").fallback == ("docker", "srt", "restricted")
+    assert load_policy("development").fallback == ("docker", "srt", "restricted", "inprocess")
 
 
 def test_fallback_is_sorted_strongest_first() -> None:

@@ -55,6 +55,9 @@ class BlockingBackend:
         self._lock = threading.Lock()
         self._wakers: list[threading.Event] = []
 
+    def unavailable_reason(self, language: str) -> str | None:
+        return None
+
     def run(
         self, request: ExecutionRequest, spec: RunSpec, context: ExecutionContext
     ) -> RunOutcome:

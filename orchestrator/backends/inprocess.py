@@ -1,0 +1,175 @@
+"""The inprocess backend: trusted code only, with no isolation but timeouts and output caps.
+
+Python runs with plain ``exec`` in a forked child of this process (so the timeout can kill it),
+its output captured by an :class:`ExecutionContext` and passed up a pipe; JavaScript and bash
+run as a plain subprocess of their interpreter. Only policies that accept ``inprocess`` get
+here, and only when the process opted in by naming it in ``ATHENA_SANDBOX_BACKENDS``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from orchestrator.backends.base import RunOutcome, RunSpec
+from orchestrator.backends.process import Supervised, run_supervised, supervise
+from orchestrator.backends.reader import outcome_from_frames
+from orchestrator.backends.restricted_child import output_envelope
+from orchestrator.context import ExecutionContext, install_capture
+from orchestrator.errors import BackendUnavailableError, SandboxFailedError
+from orchestrator.images import images_dir
+from orchestrator.languages import bash_environment
+from orchestrator.models import Event, ExecutionRequest, Isolation
+
+_PATH = "/usr/local/bin:/usr/bin:/bin"
+_TOOLS = {"javascript": "node", "bash": "bash"}
+
+
+class InProcessBackend:
+    """Runs trusted code on this host with timeouts and output caps, and nothing else."""
+
+    name = "inprocess"
+
+    def unavailable_reason(self, language: str) -> str | None:
+        """Why this backend cannot run ``language`` here (None: it can)."""
+        tool = _TOOLS.get(language)
+        if tool and shutil.which(tool, path=_PATH) is None:
+            return f"{tool} is not installed on this host"
+        return None
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def run(
+        self, request: ExecutionRequest, spec: RunSpec, context: ExecutionContext
+    ) -> RunOutcome:
+        """Run one request on this host; see :class:`Backend`."""
+        reason = self.unavailable_reason(request.language)
+        if reason:
+            raise BackendUnavailableError(reason)
+        workdir = Path(tempfile.mkdtemp(prefix="athena-inprocess-"))
+        try:
+            if request.language == "python":
+                done, path = _fork_python(request, spec, context, workdir), "fork"
+            else:
+                done, path = _subprocess(request, spec, context, workdir), "subprocess"
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        fields = outcome_from_frames(
+            {
+                "exit_code": done.exit_code,
+                "signal": done.signal,
+                "run_ns": int(done.run_ms * 1e6),
+                "value_truncated": done.extra_truncated,
+            },
+            done.extra or None,
+            False,
+        )
+        fields["timed_out"] = done.timed_out
+        if done.timed_out or done.cancelled:
+            fields.update(exit_code=None, signal=9)
+        return RunOutcome(
+            isolation=Isolation(mode="inprocess", runtime=None, path=path),
+            started=True,
+            sandbox_id="inprocess",
+            **fields,
+        )
+
+
+def _subprocess(
+    request: ExecutionRequest, spec: RunSpec, context: ExecutionContext, workdir: Path
+) -> Supervised:
+    env = {"PATH": _PATH, "HOME": str(workdir), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    if request.language == "bash":
+        code = workdir / "main.sh"
+        env.update(bash_environment(request.parameters))
+        argv = ["bash", str(code)]
+    else:
+        code = workdir / "main.js"
+        params = workdir / ".athena-params.json"
+        params.write_text(json.dumps(request.parameters))
+        env["ATHENA_PARAMS_FILE"] = str(params)
+        argv = ["node", "--require", str(images_dir() / "javascript" / "jsboot.js"), str(code)]
+    code.write_text(request.code, encoding="utf-8", errors="surrogatepass")
+    try:
+        return run_supervised(argv, env, str(workdir), spec, context)
+    except OSError as exc:
+        raise SandboxFailedError(f"could not start {argv[0]}: {exc}") from exc
+
+
+def _fork_python(
+    request: ExecutionRequest, spec: RunSpec, context: ExecutionContext, workdir: Path
+) -> Supervised:
+    install_capture()  # before the fork: the child must not need a lock another thread holds
+    pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, value
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        _child(request, workdir, [w for _, w in pipes], [r for r, _ in pipes])
+    for _, write_end in pipes:
+        os.close(write_end)
+    (out_r, _), (err_r, _), (value_r, _) = pipes
+    context.emit(Event(kind="begin", elapsed_ms=context.elapsed_ms()))
+    limit = 2 * request.policy.limits.max_output_bytes
+    return supervise(
+        pid,
+        {out_r: "stdout", err_r: "stderr"},
+        context,
+        spec.timeout_seconds,
+        spec.cancel,
+        extra_fd=value_r,
+        extra_limit=limit,
+    )
+
+
+def _child(request: ExecutionRequest, workdir: Path, writes: list[int], reads: list[int]) -> None:
+    status = 1
+    try:
+        os.setsid()  # its own process group: the timeout kills it and whatever it started
+        for fd in reads:
+            os.close(fd)
+        out, err, value = writes
+        # What bypasses sys.stdout (C extensions, child processes) lands in the pipes too.
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        os.chdir(workdir)
+        status = _exec_captured(request, out, err, value)
+    finally:
+        os._exit(status)
+
+
+def _exec_captured(request: ExecutionRequest, out: int, err: int, value: int) -> int:
+    import traceback
+
+    capture = ExecutionContext(
+        request.execution_id, "python", capture_io=True, parameters=request.parameters
+    )
+    capture.subscribe(lambda e: _forward(e, out, err))
+    status = 0
+    with capture:
+        try:
+            exec(compile(request.code, "<code>", "exec"), capture.exec_globals)
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException as exc:
+            traceback.print_exception(
+                type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None
+            )
+            status = 1
+    envelope = output_envelope(capture.exec_globals)
+    if envelope is not None:
+        _write_all(value, json.dumps(envelope).encode())
+    return status
+
+
+def _forward(event: Event, out: int, err: int) -> None:
+    if event.kind in {"stdout", "stderr"}:
+        _write_all(out if event.kind == "stdout" else err, event.text.encode("utf-8", "replace"))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]

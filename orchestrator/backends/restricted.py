@@ -1,0 +1,121 @@
+"""The restricted backend: Python under RestrictedPython, in a child process with rlimits.
+
+It isolates at the language level only: the child runs as this process's user, with no
+filesystem, network or process isolation of its own; what stops the code is RestrictedPython's
+compile-time checks and guards (see ``restricted_child``), the import allowlist of the policy
+(``validation.allowed_imports``), rlimits on memory and CPU, and the wall-clock kill here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+from orchestrator.backends import restricted_child
+from orchestrator.backends.base import RunOutcome, RunSpec
+from orchestrator.backends.process import run_supervised
+from orchestrator.backends.reader import outcome_from_frames
+from orchestrator.context import ExecutionContext
+from orchestrator.errors import BackendUnavailableError, SandboxFailedError
+from orchestrator.models import ExecutionRequest, Isolation
+
+_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+
+
+def child_request(request: ExecutionRequest, timeout: float) -> dict[str, Any]:
+    """What the child reads on stdin (pure)."""
+    limits = request.policy.limits
+    return {
+        "code": request.code,
+        "parameters": request.parameters,
+        "allowed_imports": list(request.policy.validation.allowed_imports),
+        "limits": {
+            "memory_mb": max(limits.memory_mb, 128),  # the interpreter itself needs some
+            "cpu_seconds": math.ceil(timeout),
+            "file_size_mb": limits.file_size_mb,
+        },
+    }
+
+
+class RestrictedBackend:
+    """Runs Python requests under RestrictedPython in a child process."""
+
+    name = "restricted"
+
+    def unavailable_reason(self, language: str) -> str | None:
+        """Why this backend cannot run ``language`` here (None: it can)."""
+        if language != "python":
+            return f"the restricted mode runs Python only, not {language}"
+        if importlib.util.find_spec("RestrictedPython") is None:
+            return "RestrictedPython is not installed: `pip install RestrictedPython`"
+        return None
+
+    def close(self) -> None:
+        """Nothing to release: every run's child is gone when the run returns."""
+
+    def run(
+        self, request: ExecutionRequest, spec: RunSpec, context: ExecutionContext
+    ) -> RunOutcome:
+        """Run one request under RestrictedPython; see :class:`Backend`."""
+        reason = self.unavailable_reason(request.language)
+        if reason:
+            raise BackendUnavailableError(reason)
+        workdir = tempfile.mkdtemp(prefix="athena-restricted-")
+        try:
+            with tempfile.TemporaryFile() as stdin:
+                stdin.write(json.dumps(child_request(request, spec.timeout_seconds)).encode())
+                stdin.seek(0)
+                argv = [sys.executable, "-I", restricted_child.__file__]
+                try:
+                    done = run_supervised(
+                        argv,
+                        _ENV,
+                        workdir,
+                        spec,
+                        context,
+                        stdin=stdin.fileno(),
+                        extra=True,
+                        extra_limit=2 * request.policy.limits.max_output_bytes,
+                    )
+                except OSError as exc:
+                    raise SandboxFailedError(
+                        f"could not start the restricted child: {exc}"
+                    ) from exc
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        report = _report(done.extra)
+        envelope = report.get("output")
+        value = json.dumps(envelope).encode() if envelope is not None else None
+        fields = outcome_from_frames(
+            {
+                "exit_code": done.exit_code,
+                "signal": done.signal,
+                "run_ns": int(done.run_ms * 1e6),
+                "value_truncated": done.extra_truncated,
+            },
+            value,
+            False,
+        )
+        fields["oom_killed"] = bool(report.get("memory_error"))
+        fields["timed_out"] = done.timed_out
+        if done.timed_out or done.cancelled:
+            fields.update(exit_code=None, signal=9)
+        return RunOutcome(
+            isolation=Isolation(mode="restricted", runtime="RestrictedPython", path="subprocess"),
+            started=True,
+            sandbox_id="restricted",
+            **fields,
+        )
+
+
+def _report(data: bytes) -> dict[str, Any]:
+    try:
+        report = json.loads(data) if data else {}
+    except ValueError:
+        return {}
+    return report if isinstance(report, dict) else {}

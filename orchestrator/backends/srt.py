@@ -1,0 +1,332 @@
+"""The srt backend: Anthropic's Sandbox Runtime (bubblewrap, no network, a read-only view).
+
+:func:`compile_srt` is the pure translation of a policy into srt's own settings JSON: srt reads
+everything not denied, so ``/`` is denied and only the system directories the interpreters need,
+the bootstrap files and the run's fresh work directory (the only writable place) are allowed
+back. :class:`SrtBackend` runs the real ``srt`` CLI per run, as a dedicated non-root uid (when we
+are root), with an environment built from nothing and the policy's limits applied inside with
+``prlimit`` (srt sets none). It keeps its own clock: srt exits 0 when its child dies of SIGTERM,
+so a timeout is killed and recorded here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from orchestrator.backends.base import RunOutcome, RunSpec
+from orchestrator.backends.process import Supervised, run_supervised
+from orchestrator.backends.reader import outcome_from_frames
+from orchestrator.context import ExecutionContext
+from orchestrator.errors import BackendUnavailableError, SandboxFailedError
+from orchestrator.images import images_dir
+from orchestrator.languages import bash_environment, get_language
+from orchestrator.models import ExecutionRequest, Isolation
+from orchestrator.policy import Policy, ResolvedMount
+from orchestrator.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+# What the interpreters need to start, read-only; everything else under / is denied.
+SYSTEM_READ = (
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib64",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/etc/alternatives",
+)
+_PATH = "/usr/local/bin:/usr/bin:/bin"
+# srt, its socat bridges, bubblewrap and the seccomp helper run as the run's uid too, and
+# RLIMIT_NPROC counts their tasks (node's threads included): measured at 22 for a run.
+NPROC_ALLOWANCE = 32
+_MIB = 1024 * 1024
+_INTERPRETERS = {"python": "/usr/bin/python3", "javascript": "/usr/bin/node", "bash": "/bin/bash"}
+_CODE_FILE = {"python": "main.py", "javascript": "main.js", "bash": "main.sh"}
+_MEMORY_MARKERS = re.compile(r"MemoryError|heap out of memory|Cannot allocate memory|xmalloc")
+_FORK_MARKERS = re.compile(
+    r"fork: (retry: )?Resource temporarily unavailable"
+    r"|spawn EAGAIN"
+    r"|\[Errno 11\] Resource temporarily"
+)
+
+
+def compile_srt(
+    policy: Policy, *, workdir: str, readable: Sequence[str], mounts: Sequence[ResolvedMount]
+) -> dict[str, Any]:
+    """Translate a policy into srt's settings JSON (pure).
+
+    The network is off for every policy: srt's proxy takes an allowlist, and ``open`` cannot
+    be expressed as one, so a run here never has more network than the policy gives.
+    """
+    return {
+        "network": {
+            "allowedDomains": list(policy.network.allowed_domains)
+            if policy.network.mode == "allowlist"
+            else [],
+            "deniedDomains": [],
+        },
+        "filesystem": {
+            "denyRead": ["/"],
+            "allowRead": [*SYSTEM_READ, *readable, workdir, *(m.source for m in mounts)],
+            "allowWrite": [workdir, *(m.source for m in mounts if not m.read_only)],
+            "denyWrite": [],
+        },
+    }
+
+
+def limits_argv(policy: Policy) -> list[str]:
+    """``prlimit`` arguments applying the policy's limits to the code (pure).
+
+    Memory is RLIMIT_DATA: Node aborts at start under a small RLIMIT_AS.
+    """
+    limits = policy.limits
+    return [
+        "prlimit",
+        f"--data={limits.memory_mb * _MIB}",
+        f"--nproc={limits.pids + NPROC_ALLOWANCE}",
+        f"--nofile={limits.open_files}",
+        f"--fsize={limits.file_size_mb * _MIB}",
+        "--core=0",
+        "--",
+    ]
+
+
+def find_srt(settings: Settings) -> Path | None:
+    """Find the srt CLI: the configured path, PATH, or a project-local node_modules."""
+    candidates = [settings.srt_path] if settings.srt_path else []
+    on_path = shutil.which("srt")
+    if on_path:
+        candidates.append(Path(on_path))
+    package_root = Path(__file__).resolve().parents[2]
+    for base in {Path.cwd(), package_root}:
+        candidates.append(base / "node_modules" / ".bin" / "srt")
+    for candidate in candidates:
+        if candidate and candidate.exists() and os.access(candidate, os.X_OK):
+            return candidate.resolve()
+    return None
+
+
+def missing_for_srt(settings: Settings) -> list[str]:
+    """What srt needs and this machine lacks, each with how to get it (empty: ready)."""
+    missing = []
+    if find_srt(settings) is None:
+        missing.append(
+            "the srt CLI: `npm install @anthropic-ai/sandbox-runtime` (or set ATHENA_SRT_PATH)"
+        )
+    for tool, package in (
+        ("node", "nodejs"),
+        ("bwrap", "bubblewrap"),
+        ("socat", "socat"),
+        ("rg", "ripgrep"),
+        ("prlimit", "util-linux"),
+    ):
+        if shutil.which(tool, path=_PATH) is None:
+            missing.append(f"{tool}: `apt-get install {package}`")
+    return missing
+
+
+class _UidPool:
+    """Hands each concurrent run its own uid, so limits and signals never cross runs."""
+
+    def __init__(self, base: int, size: int) -> None:
+        self._free = list(range(base, base + size))
+        self._cond = threading.Condition()
+
+    def take(self) -> int:
+        with self._cond:
+            while not self._free:
+                self._cond.wait()
+            return self._free.pop(0)
+
+    def give(self, uid: int) -> None:
+        with self._cond:
+            self._free.append(uid)
+            self._cond.notify()
+
+
+class SrtBackend:
+    """Runs each request under ``srt`` in a fresh work directory on this host."""
+
+    name = "srt"
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._settings = settings or Settings()
+        self._uids = _UidPool(self._settings.srt_uid_base, self._settings.max_concurrent_runs)
+
+    def unavailable_reason(self, language: str) -> str | None:
+        """Why this backend cannot run ``language`` here (None: it can)."""
+        missing = missing_for_srt(self._settings)
+        if missing:
+            return "srt is not usable here; install " + "; ".join(missing)
+        interpreter = _INTERPRETERS[get_language(language).name]
+        if not os.access(interpreter, os.X_OK):
+            return f"srt runs {language} with {interpreter}, which is missing on this host"
+        return None
+
+    def close(self) -> None:
+        """Nothing to release: every run cleans up after itself."""
+
+    def run(
+        self, request: ExecutionRequest, spec: RunSpec, context: ExecutionContext
+    ) -> RunOutcome:
+        """Run one request under srt; see :class:`Backend`."""
+        reason = self.unavailable_reason(request.language)
+        if reason:
+            raise BackendUnavailableError(reason)
+        uid = self._uids.take() if os.geteuid() == 0 else None
+        rundir = Path(tempfile.mkdtemp(prefix="athena-srt-"))
+        try:
+            argv, env, workdir = self._prepare(request, spec, rundir, uid)
+            supervised = self._spawn(argv, env, workdir, spec, context)
+            return self._outcome(request, supervised, workdir, context, uid)
+        finally:
+            shutil.rmtree(rundir, ignore_errors=True)
+            if uid is not None:
+                self._uids.give(uid)
+
+    def _prepare(
+        self, request: ExecutionRequest, spec: RunSpec, rundir: Path, uid: int | None
+    ) -> tuple[list[str], dict[str, str], Path]:
+        language = get_language(request.language).name
+        rundir.chmod(0o711)
+        workdir, srt_tmp = rundir / "work", rundir / "tmp"
+        for directory in (workdir, srt_tmp):
+            directory.mkdir(mode=0o700)
+            if uid is not None:
+                os.chown(directory, uid, uid)
+        code_file = workdir / _CODE_FILE[language]
+        code_file.write_text(request.code, encoding="utf-8", errors="surrogatepass")
+        params_file = workdir / ".athena-params.json"
+        params_file.write_text(json.dumps(request.parameters))
+        for mount in spec.mounts:  # mounts stay at their host path; a link shows them here
+            (workdir / Path(mount.target).name).symlink_to(mount.source)
+        for path in (code_file, params_file):
+            if uid is not None:
+                os.chown(path, uid, uid)
+        boots = [
+            str(images_dir() / "python" / "pyboot.py"),
+            str(images_dir() / "javascript" / "jsboot.js"),
+        ]
+        srt = find_srt(self._settings)
+        assert srt is not None  # checked by unavailable_reason
+        vendor = (
+            srt.parent.parent / "vendor"
+        )  # srt is <package>/dist/cli.js; its helpers sit beside
+        settings = compile_srt(
+            request.policy, workdir=str(workdir), readable=[*boots, str(vendor)], mounts=spec.mounts
+        )
+        settings_file = rundir / "srt-settings.json"
+        settings_file.write_text(json.dumps(settings))
+        settings_file.chmod(0o644)
+        env = {
+            "PATH": _PATH,
+            "HOME": str(workdir),
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "TMPDIR": str(srt_tmp),
+        }
+        env.update(self._parameter_env(language, request, workdir))
+        as_uid = (
+            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+            if uid is not None
+            else []
+        )
+        command = [
+            *as_uid,
+            str(srt),
+            "--settings",
+            str(settings_file),
+            "--",
+            *limits_argv(request.policy),
+            *self._interpreter(language, code_file),
+        ]
+        return command, env, workdir
+
+    @staticmethod
+    def _parameter_env(language: str, request: ExecutionRequest, workdir: Path) -> dict[str, str]:
+        if language == "bash":
+            return bash_environment(request.parameters)
+        return {
+            "ATHENA_PARAMS_FILE": str(workdir / ".athena-params.json"),
+            "ATHENA_OUTPUT_FILE": str(workdir / ".athena-output.json"),
+        }
+
+    @staticmethod
+    def _interpreter(language: str, code_file: Path) -> list[str]:
+        if language == "python":
+            return [
+                _INTERPRETERS["python"],
+                "-I",
+                "-u",
+                str(images_dir() / "python" / "pyboot.py"),
+                str(code_file),
+            ]
+        if language == "javascript":
+            return [
+                _INTERPRETERS["javascript"],
+                "--require",
+                str(images_dir() / "javascript" / "jsboot.js"),
+                str(code_file),
+            ]
+        return [_INTERPRETERS["bash"], str(code_file)]
+
+    def _spawn(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        workdir: Path,
+        spec: RunSpec,
+        context: ExecutionContext,
+    ) -> Supervised:
+        try:
+            return run_supervised(argv, env, str(workdir), spec, context)
+        except OSError as exc:
+            raise SandboxFailedError(f"could not start srt: {exc}") from exc
+
+    def _outcome(
+        self,
+        request: ExecutionRequest,
+        done: Supervised,
+        workdir: Path,
+        context: ExecutionContext,
+        uid: int | None,
+    ) -> RunOutcome:
+        code, sig = done.exit_code, done.signal
+        if code is not None and 128 < code <= 128 + 64:  # srt passes a signal death on as 128+N
+            sig = code - 128
+            code = None
+        tail = context.get_stderr()[-4096:]
+        value_file = workdir / ".athena-output.json"
+        value = (
+            value_file.read_bytes()[: request.policy.limits.max_output_bytes]
+            if value_file.is_file()
+            else None
+        )
+        fields = outcome_from_frames(
+            {"exit_code": code, "signal": sig, "run_ns": int(done.run_ms * 1e6)}, value, False
+        )
+        fields.update(
+            timed_out=done.timed_out,
+            oom_killed=code != 0 and bool(_MEMORY_MARKERS.search(tail)),
+            pids_limit_hits=len(_FORK_MARKERS.findall(tail)),
+        )
+        if done.timed_out or done.cancelled:
+            fields.update(exit_code=None, signal=9)
+        return RunOutcome(
+            isolation=Isolation(mode="srt", runtime="bubblewrap", path="srt", image=None),
+            started=True,
+            sandbox_id=f"srt-uid-{uid}" if uid is not None else "srt",
+            **fields,
+        )
