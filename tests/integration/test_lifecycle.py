@@ -165,10 +165,12 @@ def test_missing_image_is_a_clear_error(
 def test_unreachable_engine_is_a_clear_error_without_a_hang(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With no engine answering, the run fails fast with an error saying how to start one."""
+    """With no engine answering and only docker allowed, the run fails fast and says why."""
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     start = time.monotonic()
-    with MemoryAPI.create(tmp_path / "m.db") as api:
+    with MemoryAPI.create(
+        tmp_path / "m.db", settings=Settings(sandbox_backends=("docker",))
+    ) as api:
         r = api.execute_code("print(1)")
         stored = api.store.get_execution(r["execution_id"])
     assert time.monotonic() - start < 10
