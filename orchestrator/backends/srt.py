@@ -110,7 +110,7 @@ def find_srt(settings: Settings) -> Path | None:
     if on_path:
         candidates.append(Path(on_path))
     package_root = Path(__file__).resolve().parents[2]
-    for base in {Path.cwd(), package_root}:
+    for base in (Path.cwd(), package_root):  # the working directory's project first
         candidates.append(base / "node_modules" / ".bin" / "srt")
     for candidate in candidates:
         if candidate and candidate.exists() and os.access(candidate, os.X_OK):
