@@ -194,6 +194,12 @@ class Validation(_Model):
     bash: BashRules = BashRules()
 
 
+class Records(_Model):
+    """What the memory store keeps of runs under this policy."""
+
+    redact_parameters: bool = False
+
+
 class Policy(_Model):
     """A sandbox policy (schema v1). Field names are a public contract."""
 
@@ -205,6 +211,7 @@ class Policy(_Model):
     limits: Limits = Limits()
     runtime: Runtime = Runtime()
     validation: Validation = Validation()
+    records: Records = Records()
     fallback: tuple[SandboxMode, ...] = ("docker",)
 
     @field_validator("fallback")

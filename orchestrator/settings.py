@@ -48,6 +48,9 @@ class Settings(BaseSettings):
             ``inprocess`` is used only when named here. None: docker, srt, restricted.
         srt_path: the srt CLI (default: PATH, then node_modules/.bin/srt).
         srt_uid_base: first of the uids srt runs use when we are root, one per concurrent run.
+        redact_parameters: keep no parameters in execution records (a policy can ask too).
+        retention_days: execution records older than this are pruned (None: kept).
+        max_memory_bytes: largest content remember() accepts.
     """
 
     model_config = SettingsConfigDict(env_prefix="ATHENA_", frozen=True, extra="forbid")
@@ -73,6 +76,9 @@ class Settings(BaseSettings):
     sandbox_backends: Annotated[tuple[SandboxMode, ...] | None, NoDecode] = None
     srt_path: Path | None = None
     srt_uid_base: int = Field(61000, ge=1000, le=4_000_000_000)
+    redact_parameters: bool = False
+    retention_days: float | None = Field(None, gt=0)
+    max_memory_bytes: int = Field(1024 * 1024, gt=0)
 
     @field_validator("sandbox_backends", mode="before")
     @classmethod
