@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv docker-up images node-tools demo doctor test test-unit test-integration lint bench sweep clean
+.PHONY: help venv docker-up gvisor images node-tools demo doctor test test-unit test-integration lint bench sweep clean
 
 help:
 	@echo "make demo              set up everything and run examples under the three policies"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench             latency benchmark, side by side with docker run and the host"
 	@echo "make docker-up         install and start a Docker engine if none answers"
 	@echo "make doctor            which isolation modes work here, and how to enable the others"
+	@echo "make gvisor            install gVisor's runsc and register it with the Docker engine"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,13 +39,17 @@ node-tools: node_modules/.package-lock.json
 doctor: venv
 	$(BIN)/athena-sandbox doctor
 
+# gVisor: Debian's runsc, registered with dockerd as runsc and runsc-nonet (ptrace platform).
+gvisor: docker-up
+	bash scripts/ensure-runsc.sh
+
 images: venv docker-up
 	$(BIN)/athena-sandbox images
 
 demo: images
 	$(BIN)/athena-sandbox demo
 
-test: images node-tools
+test: images node-tools gvisor
 	$(BIN)/pytest -q
 
 test-unit: venv

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orchestrator.errors import PolicyError, PolicyNotFoundError
 
@@ -222,20 +222,6 @@ class Policy(_Model):
         if len(set(value)) != len(value):
             raise ValueError("each mode may appear once")
         return tuple(sorted(value, key=MODE_STRENGTH.index))
-
-    @model_validator(mode="after")
-    def _check_supported(self) -> Policy:
-        if self.network.mode == "allowlist":
-            raise ValueError(
-                "network.mode 'allowlist' needs the egress proxy, which this version does not "
-                "have yet: use 'none' (no network) or 'open' (Docker's bridge)"
-            )
-        if self.runtime.gvisor != "never":
-            raise ValueError(
-                f"runtime.gvisor '{self.runtime.gvisor}' needs gVisor support, which this "
-                "version does not have yet: use 'never'"
-            )
-        return self
 
 
 # --------------------------------------------------------------------------- loading

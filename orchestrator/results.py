@@ -69,6 +69,25 @@ def _output_violations(context: ExecutionContext) -> list[Violation]:
     return found
 
 
+_READ_ONLY = ("Read-only file system", "EROFS")
+
+
+def _filesystem_violations(context: ExecutionContext) -> list[Violation]:
+    """Writes refused on the read-only root, as far as the code's stderr tells (advisory)."""
+    stderr = context.get_stderr()
+    count = sum(stderr.count(marker) for marker in _READ_ONLY)
+    if not count:
+        return []
+    return [
+        Violation(
+            category="filesystem",
+            message=f"{count} write(s) to the read-only filesystem were refused "
+            "(advisory: seen in the code's stderr)",
+            detail={"refused_writes": count, "source": "stderr"},
+        )
+    ]
+
+
 def derive_violations(
     outcome: RunOutcome, context: ExecutionContext, request: ExecutionRequest, timeout: float
 ) -> list[Violation]:
@@ -110,7 +129,15 @@ def derive_violations(
                 detail={"signal": outcome.signal, "name": name},
             )
         )
-    return found + _output_violations(context)
+    for host, port, reason in outcome.network_refusals:
+        found.append(
+            Violation(
+                category="network",
+                message=f"a connection to {host}:{port} was refused: {reason}",
+                detail={"domain": host, "port": port, "reason": reason},
+            )
+        )
+    return found + _filesystem_violations(context) + _output_violations(context)
 
 
 def assemble_result(

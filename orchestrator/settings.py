@@ -51,6 +51,8 @@ class Settings(BaseSettings):
         redact_parameters: keep no parameters in execution records (a policy can ask too).
         retention_days: execution records older than this are pruned (None: kept).
         max_memory_bytes: largest content remember() accepts.
+        egress_pinned_hosts: names the egress proxy resolves to fixed addresses, skipping DNS
+            and the public-address check. For tests with servers of our own; never in production.
     """
 
     model_config = SettingsConfigDict(env_prefix="ATHENA_", frozen=True, extra="forbid")
@@ -79,6 +81,7 @@ class Settings(BaseSettings):
     redact_parameters: bool = False
     retention_days: float | None = Field(None, gt=0)
     max_memory_bytes: int = Field(1024 * 1024, gt=0)
+    egress_pinned_hosts: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("sandbox_backends", mode="before")
     @classmethod

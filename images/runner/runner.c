@@ -238,6 +238,8 @@ static void start_child(char **argv, const char *workdir, int out_w, int err_w, 
         _exit(126);
     }
     for (int fd = 5; fd < 1024; fd++) close(fd);
+    const char *home = getenv("HOME"); /* e.g. /tmp/home on a fresh tmpfs: pip --user needs it */
+    if (home && home[0] == '/') (void)mkdir(home, 0700);
     if (workdir && chdir(workdir) < 0) {
         dprintf(2, "athena-runner: cannot enter %s: %s\n", workdir, strerror(errno));
         _exit(126);

@@ -40,6 +40,7 @@ class RunOutcome:
         notes: messages for the caller about the run itself (e.g. an ``output`` that is not
             JSON-serialisable), appended to stderr by the orchestrator.
         resources: cgroup figures, when asked for.
+        network_refusals: (host, port, reason) of each connection the egress proxy refused.
     """
 
     isolation: Isolation
@@ -54,6 +55,7 @@ class RunOutcome:
     output: JsonValue = None
     notes: tuple[str, ...] = field(default_factory=tuple)
     resources: Resources | None = None
+    network_refusals: tuple[tuple[str, int, str], ...] = ()
 
 
 class CancelToken:

@@ -14,6 +14,7 @@ use the backend removes containers whose labelled owner process is dead.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ import docker.errors
 import structlog
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from orchestrator.backends import watchdog
+from orchestrator.backends import egress, watchdog
 from orchestrator.backends.base import RunOutcome, RunSpec
 from orchestrator.backends.engine import FastEngine
 from orchestrator.backends.errors import (
@@ -66,6 +67,7 @@ from orchestrator.context import ExecutionContext
 from orchestrator.errors import (
     BackendUnavailableError,
     ImageNotFoundError,
+    PolicyError,
     RunCancelledError,
     SandboxFailedError,
 )
@@ -78,6 +80,12 @@ log = structlog.get_logger(__name__)
 
 WORKDIR = "/workspace"
 RUNTIME = "runc"
+# gVisor's runtimes as scripts/ensure-runsc.sh registers them: ptrace platform (its KVM platform
+# hangs here), and --network=none for runs without a network.
+RUNSC, RUNSC_NONET = "runsc", "runsc-nonet"
+# Under runsc the pids cgroup counts gVisor's own tasks too: 38 for the sentry and its helpers,
+# then about 9 per process of the code (measured: 10 sleeps 128, 40 sleeps 366).
+RUNSC_PIDS_BASE, RUNSC_PIDS_PER_PROCESS = 40, 9
 IMAGE_PROTOCOL_LABEL = "org.athena.protocol"
 # How long past its timeout a run may go before we kill the container ourselves; the runner
 # normally kills the code at the timeout and reports well within this.
@@ -96,7 +104,7 @@ NEVER_STARTED_ATTEMPTS = 3
 _MIB = 1024 * 1024
 _ENVIRONMENT = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
-    "HOME": WORKDIR,
+    "HOME": "/tmp/home",  # created by the runner: `pip install --user` lands on the tmpfs
     "TMPDIR": "/tmp",
     "LANG": "C.UTF-8",
     "LC_ALL": "C.UTF-8",
@@ -107,33 +115,88 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------- pure translation
 
 
+@dataclass(frozen=True)
+class EgressRoute:
+    """How an allowlist sandbox reaches the egress proxy: its network and the proxy's URL."""
+
+    network: str
+    proxy_url: str
+
+
+def _network(policy: Policy, route: EgressRoute | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Host-config network settings and extra environment for a policy's network mode."""
+    if policy.network.mode == "none":
+        return {"network_mode": "none"}, {}
+    if policy.network.mode == "open":
+        return {"network_mode": "bridge"}, {}
+    if route is None:
+        raise PolicyError("network.mode 'allowlist' needs the egress route; none was given")
+    proxy = {
+        name: route.proxy_url for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+    }
+    # 127.0.0.1: Docker's embedded DNS forwards to nothing there, so names resolve only at
+    # the proxy, and only allowed ones.
+    return {"network_mode": route.network, "dns": ["127.0.0.1"]}, proxy
+
+
+def _pids_limit(pids: int, runtime: str) -> int:
+    if runtime.startswith(RUNSC):
+        return RUNSC_PIDS_BASE + RUNSC_PIDS_PER_PROCESS * pids
+    return pids
+
+
+def choose_runtime(policy: Policy, registered: frozenset[str]) -> str | None:
+    """The container runtime a policy gets on an engine with these runtimes (pure).
+
+    Returns None when the policy requires gVisor and the engine has none.
+    """
+    wants = policy.runtime.gvisor
+    if wants == "never" or (wants == "prefer" and RUNSC not in registered):
+        return RUNTIME
+    if RUNSC not in registered:
+        return None
+    if policy.network.mode == "none" and RUNSC_NONET in registered:
+        return RUNSC_NONET
+    return RUNSC
+
+
 def compile_docker(
-    policy: Policy, spec: RunSpec, *, image: str, labels: Mapping[str, str]
+    policy: Policy,
+    spec: RunSpec,
+    *,
+    image: str,
+    labels: Mapping[str, str],
+    route: EgressRoute | None = None,
+    container_runtime: str = RUNTIME,
 ) -> dict[str, dict[str, Any]]:
     """Translate a policy into the arguments of Docker's create-container call.
 
     Returns ``{"create": kwargs of APIClient.create_container (without host_config),
     "host_config": kwargs of APIClient.create_host_config}``.
+
+    Raises:
+        PolicyError: an allowlist policy without an egress route.
     """
     limits, fs, runtime = policy.limits, policy.filesystem, policy.runtime
     tmpfs = f"size={fs.tmpfs_mb}m"
+    network, network_env = _network(policy, route)
     return {
         "create": {
             "image": image,
             "user": runtime.user,
             "working_dir": WORKDIR,
             "hostname": "sandbox",
-            "environment": dict(_ENVIRONMENT),
+            "environment": {**_ENVIRONMENT, **network_env},
             "labels": dict(labels),
             # stdin stays attached (StdinOnce): its EOF tells the runner that we are gone.
             "stdin_open": True,
             "tty": False,
         },
         "host_config": {
-            "network_mode": "none" if policy.network.mode == "none" else "bridge",
+            **network,
             "read_only": fs.read_only_root,
             "tmpfs": {
-                "/tmp": f"rw,noexec,nosuid,nodev,{tmpfs},mode=1777",
+                "/tmp": f"rw,nosuid,nodev,{tmpfs},mode=1777",
                 WORKDIR: f"rw,nosuid,nodev,{tmpfs},uid={runtime.uid},gid={runtime.gid}",
             },
             "mounts": [
@@ -143,7 +206,7 @@ def compile_docker(
             "mem_limit": limits.memory_mb * _MIB,
             "memswap_limit": limits.memory_mb * _MIB,  # swap equal to memory: no swap at all
             "nano_cpus": round(limits.cpus * 1e9),
-            "pids_limit": limits.pids,
+            "pids_limit": _pids_limit(limits.pids, container_runtime),
             "ulimits": [
                 {"name": "nofile", "soft": limits.open_files, "hard": limits.open_files},
                 {
@@ -159,7 +222,7 @@ def compile_docker(
             "privileged": False,
             "ipc_mode": "private",
             "init": False,  # the runner is PID 1: it reaps, and kill(-1) reaches every process
-            "runtime": RUNTIME,
+            "runtime": container_runtime,
             "auto_remove": True,
             # Output reaches us over the attach stream; a log driver would copy floods to disk.
             "log_config": {"type": "none", "config": {}},
@@ -189,6 +252,7 @@ class Sandbox:
         image: the image reference.
         path: ``cold`` (started for this run) or ``warm`` (taken from the pool).
         pending: bytes read before the run (the ready frame), replayed to the run's reader.
+        address: its address on the egress network (allowlist policies only).
     """
 
     container_id: str
@@ -197,6 +261,8 @@ class Sandbox:
     image: str
     path: Literal["cold", "warm"]
     pending: bytes = b""
+    address: str | None = None
+    runtime: str = RUNTIME
 
     def close(self) -> None:
         """Close the attach stream: the runner sees EOF and ends whatever it was doing."""
@@ -230,6 +296,8 @@ class _Blueprint:
     key: PoolKey
     image: str
     body: dict[str, Any]  # the Engine API's create body, labels without the run's id
+    egress: bool = False  # sandboxes sit on the egress network behind the proxy
+    runtime: str = RUNTIME
 
 
 def _attach(
@@ -282,6 +350,8 @@ class DockerBackend:
         )
         self._reaper = ThreadPoolExecutor(max_workers=2, thread_name_prefix="athena-reaper")
         self._watchdog: subprocess.Popen[bytes] | None = None
+        self._egress: tuple[EgressRoute, egress.EgressProxy, bool] | None = None
+        self._registered: frozenset[str] | None = None
         self._closed = False
         self._swept = False
         self._down_until = 0.0
@@ -317,6 +387,12 @@ class DockerBackend:
             self._client = None
         if client is not None:
             client.close()
+        if self._egress is not None:
+            _, proxy, shielded = self._egress
+            proxy.close()
+            if shielded:
+                host, port = proxy.address
+                egress.unshield_host(host, port)
         if self._watchdog is not None:  # its stdin closes: it sweeps (nothing left) and exits
             with suppress(OSError):
                 self._watchdog.communicate(timeout=30)
@@ -432,7 +508,16 @@ class DockerBackend:
         image = self._settings.image_ref(get_language(language).image)
         self._check_image(api, image)
         labels = {**owner_labels(), "athena.language": language, "athena.policy": policy.name}
-        config = compile_docker(policy, spec, image=image, labels=labels)
+        route = self._egress_route(api) if policy.network.mode == "allowlist" else None
+        runtime = choose_runtime(policy, self._runtimes(api))
+        if runtime is None:
+            raise BackendUnavailableError(
+                f"policy {policy.name!r} requires gVisor, and the Docker engine has no runsc "
+                "runtime: run `make gvisor` (installs runsc and registers it with dockerd)"
+            )
+        config = compile_docker(
+            policy, spec, image=image, labels=labels, route=route, container_runtime=runtime
+        )
         body = api.create_container_config(
             command=None,
             **config["create"],
@@ -441,7 +526,7 @@ class DockerBackend:
         fingerprint = hashlib.sha256(
             json.dumps({**body, "Labels": None}, sort_keys=True).encode()
         ).hexdigest()[:16]
-        blueprint = _Blueprint((language, fingerprint), image, body)
+        blueprint = _Blueprint((language, fingerprint), image, body, route is not None, runtime)
         with self._lock:
             self._blueprints.setdefault(cache_key, blueprint)
             self._pool_blueprints.setdefault(blueprint.key, blueprint)
@@ -476,15 +561,52 @@ class DockerBackend:
                 raise SandboxFailedError("the backend was closed while the run was starting")
             with map_docker_errors("attach to the container"):
                 sock, attached = _attach(api, fast, container_id)
-            sandbox = Sandbox(container_id, sock, attached, image, path)
+            sandbox = Sandbox(container_id, sock, attached, image, path, runtime=blueprint.runtime)
             with self._lock:
                 self._live[container_id] = sandbox
             start = fast.start if fast else api.start
             self._retry(lambda: start(container_id), "start the container", image)
+            if blueprint.egress:
+                sandbox.address = self._egress_address(api, container_id)
         except BaseException:
             self._release(api, container_id, finished=False)
             raise
         return sandbox
+
+    def _runtimes(self, api: docker.APIClient) -> frozenset[str]:
+        """The container runtimes the engine has registered (asked once)."""
+        if self._registered is None:
+            with map_docker_errors("ask the engine for its runtimes"):
+                self._registered = frozenset((api.info().get("Runtimes") or {}).keys())
+        return self._registered
+
+    def _egress_route(self, api: docker.APIClient) -> EgressRoute:
+        """The egress network and this process's proxy on its gateway, set up once."""
+        with self._lock:
+            if self._egress is not None:
+                return self._egress[0]
+        with map_docker_errors("set up the egress network"):
+            gateway = egress.ensure_network(api)
+        proxy = egress.EgressProxy(gateway, pinned=self._settings.egress_pinned_hosts)
+        host, port = proxy.address
+        shielded = os.geteuid() == 0 and egress.shield_host(gateway, port)
+        route = EgressRoute(egress.NETWORK, f"http://{host}:{port}")
+        with self._lock:
+            if self._egress is None:
+                self._egress = (route, proxy, shielded)
+                return route
+        proxy.close()  # another thread won the race
+        if shielded:
+            egress.unshield_host(gateway, port)
+        with self._lock:
+            assert self._egress is not None
+            return self._egress[0]
+
+    @staticmethod
+    def _egress_address(api: docker.APIClient, container_id: str) -> str:
+        with map_docker_errors("read the sandbox's address"):
+            networks = api.inspect_container(container_id)["NetworkSettings"]["Networks"]
+        return str(networks[egress.NETWORK]["IPAddress"])
 
     def _fast_engine(self, api: docker.APIClient) -> FastEngine | None:
         """The http.client path to a Unix-socket engine (None for TCP or TLS engines)."""
@@ -578,6 +700,10 @@ class DockerBackend:
         """Send the request to a sandbox's runner and read its report into the context."""
         reader = RunReader(context, sandbox.container_id[:12])
         forget = spec.cancel.on_cancel(sandbox.close)  # the reader sees EOF; the runner too
+        proxy = self._egress[1] if self._egress and sandbox.address else None
+        if proxy is not None and sandbox.address:
+            proxy.admit(sandbox.address, request.policy.network.allowed_domains)
+        refusals: list[egress.Refusal] = []
         try:
             reader.take(sandbox.pending)
             try:
@@ -589,12 +715,19 @@ class DockerBackend:
                 return bool(_final_state(api, sandbox.container_id).get("Running"))
 
             timed_out = self._pump(sandbox.sock, reader, spec, alive)
+            if proxy is not None and sandbox.address:
+                refusals = proxy.release(sandbox.address)
             if spec.cancel.cancelled and reader.exit_info is None:
                 raise RunCancelledError("the run was cancelled; its sandbox was killed")
             if reader.begun_at is None and reader.exit_info is None:
                 raise _NeverStarted("the runner ended before it took the request")
-            return self._outcome(api, sandbox, reader, timed_out, request)
+            outcome = self._outcome(api, sandbox, reader, timed_out, request)
+            return dataclasses.replace(
+                outcome, network_refusals=tuple((r.host, r.port, r.reason) for r in refusals)
+            )
         finally:
+            if proxy is not None and sandbox.address:
+                proxy.release(sandbox.address)
             forget()
             self._release(api, sandbox.container_id, finished=reader.exit_info is not None)
 
@@ -654,7 +787,7 @@ class DockerBackend:
         container_id = sandbox.container_id
         sandbox_id = container_id[:12]
         isolation = Isolation(
-            mode="docker", runtime=RUNTIME, path=sandbox.path, image=sandbox.image
+            mode="docker", runtime=sandbox.runtime, path=sandbox.path, image=sandbox.image
         )
         started = reader.begun_at is not None
         if reader.exit_info is not None:

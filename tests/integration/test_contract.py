@@ -20,10 +20,11 @@ from orchestrator.settings import Settings
 
 pytestmark = pytest.mark.docker
 
-MODES = ["docker-cold", "docker-warm", "srt", "restricted", "inprocess"]
+MODES = ["docker-cold", "docker-warm", "docker-runsc", "srt", "restricted", "inprocess"]
 LANGUAGES = {
     "docker-cold": {"python", "javascript", "bash"},
     "docker-warm": {"python", "javascript", "bash"},
+    "docker-runsc": {"python", "javascript", "bash"},
     "srt": {"python", "javascript", "bash"},
     "restricted": {"python"},
     "inprocess": {"python", "javascript", "bash"},
@@ -35,7 +36,9 @@ class Mode:
 
     def __init__(self, name: str, api: MemoryAPI) -> None:
         self.name, self.api = name, api
-        self.policy = "development" if name == "inprocess" else "strict"
+        self.policy = {"inprocess": "development", "docker-runsc": "strict-gvisor"}.get(
+            name, "strict"
+        )
         self.sandbox_mode = name.split("-", maxsplit=1)[0]
 
     def run(self, code: str, language: str = "python", **kwargs: Any) -> dict[str, Any]:
@@ -62,8 +65,10 @@ def mode(
     """Each isolation mode in turn; the fallback ones with no Docker engine reachable."""
     name = request.param
     if name.startswith("docker"):
-        settings = Settings(project_dir=project_dir, pool_size=0 if name == "docker-cold" else 1,
-                            pool_wait_seconds=0 if name == "docker-cold" else 60)  # fmt: skip
+        warm = name == "docker-warm"
+        settings = Settings(
+            project_dir=project_dir, pool_size=1 if warm else 0, pool_wait_seconds=60 if warm else 0
+        )
     else:
         # Docker stays allowed but cannot be reached, so the ladder falls back past it.
         monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
@@ -142,7 +147,7 @@ def test_output_is_capped_head_and_tail(mode: Mode) -> None:
 
 def test_memory_limit(mode: Mode) -> None:
     """Going over the memory limit fails the run with a memory violation."""
-    mode.needs("docker-cold", "docker-warm", "srt", "restricted")
+    mode.needs("docker-cold", "docker-warm", "docker-runsc", "srt", "restricted")
     code = (
         "hog = 'x' * (2 * 1024 ** 3)"
         if mode.name == "restricted"

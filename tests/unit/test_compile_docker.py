@@ -38,7 +38,7 @@ IMAGE = "athena-sandbox/python:latest"
 LABELS = {"athena.run": "abc123", "athena.policy": "strict"}
 ENVIRONMENT = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
-    "HOME": "/workspace",
+    "HOME": "/tmp/home",
     "TMPDIR": "/tmp",
     "LANG": "C.UTF-8",
     "LC_ALL": "C.UTF-8",
@@ -64,7 +64,7 @@ def test_strict_compiles_to_exact_docker_settings() -> None:
             "network_mode": "none",
             "read_only": True,
             "tmpfs": {
-                "/tmp": "rw,noexec,nosuid,nodev,size=64m,mode=1777",
+                "/tmp": "rw,nosuid,nodev,size=64m,mode=1777",
                 "/workspace": "rw,nosuid,nodev,size=64m,uid=65534,gid=65534",
             },
             "mounts": [],
@@ -114,7 +114,7 @@ def test_development_compiles_with_bridge_network_and_writable_mount(
         "network_mode": "bridge",
         "read_only": True,
         "tmpfs": {
-            "/tmp": "rw,noexec,nosuid,nodev,size=256m,mode=1777",
+            "/tmp": "rw,nosuid,nodev,size=256m,mode=1777",
             "/workspace": "rw,nosuid,nodev,size=256m,uid=65534,gid=65534",
         },
         "mounts": [
@@ -200,7 +200,7 @@ def test_limits_follow_the_policy() -> None:
     assert host["ulimits"][1] == {"name": "fsize", "soft": 3 * MIB, "hard": 3 * MIB}
     assert host["shm_size"] == 32 * MIB
     assert host["read_only"] is False
-    assert host["tmpfs"]["/tmp"] == "rw,noexec,nosuid,nodev,size=32m,mode=1777"
+    assert host["tmpfs"]["/tmp"] == "rw,nosuid,nodev,size=32m,mode=1777"
 
 
 # --------------------------------------------------------------------------- outcome_from_frames
@@ -394,6 +394,9 @@ class FakeAPI:
 
     def inspect_container(self, container_id: str) -> dict[str, Any]:
         return {"State": {"Running": True}}
+
+    def info(self) -> dict[str, Any]:
+        return {"Runtimes": {"runc": {}}}
 
 
 class FakeClient:

@@ -64,7 +64,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_shipped_policy_names_are_the_files_in_policies() -> None:
     """shipped_policy_names() lists exactly the YAML files of policies/, sorted."""
     files = sorted(p.stem for p in REPO_POLICIES.glob("*.yaml"))
-    assert files == ["development", "research", "strict"]
+    assert files == ["development", "research", "strict", "strict-gvisor"]
     assert shipped_policy_names() == files
 
 
@@ -95,14 +95,20 @@ def test_strict_does_not_forbid_everyday_modules(module: str) -> None:
 
 
 def test_research_extends_strict_with_read_only_project_and_more_memory() -> None:
-    """research keeps strict's rules, mounts ${project_dir} read-only, has more memory."""
+    """research keeps strict's rules, mounts ${project_dir} read-only, more memory, the allowlist."""
     strict, research = load_policy("strict"), load_policy("research")
     assert research.extends == "strict"
     assert research.filesystem.mounts == (
         Mount(source=PROJECT_DIR_TOKEN, target="/project", read_only=True),
     )
     assert research.limits.memory_mb > strict.limits.memory_mb
-    assert research.network.mode == "none"
+    assert research.network.mode == "allowlist"
+    assert research.network.allowed_domains == (
+        "pypi.org",
+        "files.pythonhosted.org",
+        "github.com",
+        "api.github.com",
+    )
     assert research.validation == strict.validation
 
 
@@ -402,19 +408,21 @@ def test_policy_errors_belong_to_the_error_tree() -> None:
 # --------------------------------------------------------------------------- unsupported, fields
 
 
-def test_network_allowlist_is_not_available_yet() -> None:
-    """network.mode allowlist is refused with a message that it is not available yet."""
-    with pytest.raises(PolicyError, match="allowlist") as info:
-        load_policy(strict_with(network={"mode": "allowlist"}))
-    assert "yet" in str(info.value)
+def test_network_allowlist_takes_domains() -> None:
+    """network.mode allowlist loads with its domains (lower-cased, ports kept)."""
+    policy = load_policy(
+        strict_with(network={"mode": "allowlist", "allowed_domains": ["PyPI.org", "*.x.io:8443"]})
+    )
+    assert policy.network.mode == "allowlist"
+    assert policy.network.allowed_domains == ("pypi.org", "*.x.io:8443")
 
 
-@pytest.mark.parametrize("mode", ["prefer", "require"])
-def test_gvisor_is_not_available_yet(mode: str) -> None:
-    """runtime.gvisor prefer/require is refused with a message that it is not available yet."""
-    with pytest.raises(PolicyError, match=f"gvisor '{mode}'") as info:
-        load_policy(strict_with(runtime={"gvisor": mode}))
-    assert "yet" in str(info.value)
+@pytest.mark.parametrize("mode", ["never", "prefer", "require"])
+def test_gvisor_modes_load(mode: str) -> None:
+    """runtime.gvisor takes never, prefer and require; strict-gvisor requires it, docker only."""
+    assert load_policy(strict_with(runtime={"gvisor": mode})).runtime.gvisor == mode
+    gvisor = load_policy("strict-gvisor")
+    assert gvisor.runtime.gvisor == "require" and gvisor.fallback == ("docker",)
 
 
 @pytest.mark.parametrize(
