@@ -1,25 +1,87 @@
-"""The memory store: every execution, and the episodic events it gives rise to.
+"""The memory store: executions, events, memories, procedures, entities and their relations.
 
 Open it with :func:`open_store` (a path, ``sqlite:///absolute/path``, ``ATHENA_MEMORY_URL``,
-``ATHENA_MEMORY_DB`` or ``~/.athena/memory.db``); use it through the :class:`Store` protocol.
+``ATHENA_MEMORY_DB`` or ``~/.athena/memory.db``); use it through the :class:`Store` protocol
+with the checked inputs (:class:`NewMemory`, :class:`RecallQuery`, ...), or through
+:class:`MemoryAPI`, which takes and returns plain values.
 """
 
 from memory_store.api import MemoryAPI
-from memory_store.base import Store
-from memory_store.errors import StoreConfigError, StoreError
+from memory_store.base import AnyRecord, Store
+from memory_store.consolidate import STRATEGIES, Strategy
+from memory_store.embeddings import Embedder, EmbeddingsMode, MiniLMEmbedder
+from memory_store.errors import (
+    MissingExtraError,
+    RecordNotFoundError,
+    StoreConfigError,
+    StoreError,
+)
 from memory_store.factory import DEFAULT_DB_PATH, open_store, resolve_store_target
-from memory_store.models import EventRecord, ExecutionRecord
+from memory_store.inputs import (
+    EventQuery,
+    NewEntity,
+    NewEvent,
+    NewMemory,
+    NewProcedure,
+    NewRelation,
+    RecallQuery,
+)
+from memory_store.models import (
+    CodeIssue,
+    CodeValidation,
+    ConsolidationReport,
+    EntityRecord,
+    EventHit,
+    EventRecord,
+    ExecutionRecord,
+    GeneratedCode,
+    MemoryRecord,
+    ProcedureRecord,
+    ProcedureStep,
+    RecallHit,
+    RelationRecord,
+)
+from memory_store.options import StoreOptions
+from memory_store.procedures import CodeGenerator
 from memory_store.sqlite import SQLiteStore
 
 __all__ = [
     "DEFAULT_DB_PATH",
+    "STRATEGIES",
+    "AnyRecord",
+    "CodeGenerator",
+    "CodeIssue",
+    "CodeValidation",
+    "ConsolidationReport",
+    "Embedder",
+    "EmbeddingsMode",
+    "EntityRecord",
+    "EventHit",
+    "EventQuery",
     "EventRecord",
     "ExecutionRecord",
+    "GeneratedCode",
     "MemoryAPI",
+    "MemoryRecord",
+    "MiniLMEmbedder",
+    "MissingExtraError",
+    "NewEntity",
+    "NewEvent",
+    "NewMemory",
+    "NewProcedure",
+    "NewRelation",
+    "ProcedureRecord",
+    "ProcedureStep",
+    "RecallHit",
+    "RecallQuery",
+    "RecordNotFoundError",
+    "RelationRecord",
     "SQLiteStore",
     "Store",
     "StoreConfigError",
     "StoreError",
+    "StoreOptions",
+    "Strategy",
     "open_store",
     "resolve_store_target",
 ]

@@ -1,4 +1,8 @@
-"""MemoryAPI: what an agent calls to run code in a sandbox and have the run remembered."""
+"""MemoryAPI: what an agent calls to run code in a sandbox, remember, recall and learn.
+
+The code-running half is here; the memory half (remember, recall, forget, events,
+procedures, entities, consolidate) is :class:`~memory_store.memory_methods.MemoryMethods`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from memory_store.base import Store
+from memory_store.embeddings import EmbeddingsMode
 from memory_store.factory import open_store
+from memory_store.memory_methods import MemoryMethods
+from memory_store.procedures import CodeGenerator
 from orchestrator.backends.base import Backend
 from orchestrator.errors import PolicyError, RequestError
 from orchestrator.models import Event, ExecutionRequest
@@ -44,17 +51,28 @@ def _output_listener(
     return listen
 
 
-class MemoryAPI:
-    """Runs code in throwaway sandboxes and persists every run in the memory store.
+class MemoryAPI(MemoryMethods):
+    """Runs code in throwaway sandboxes, persists every run, and remembers what agents learn.
 
     Build one with :meth:`create`; close it (or use ``with``) to release the store and kill
-    runs still going.
+    runs still going. The memory methods (remember, recall, forget, remember_event,
+    recall_events, remember_procedure, generate_procedure_code, validate_procedure_code,
+    remember_entity, relate_entities, consolidate) come from
+    :class:`~memory_store.memory_methods.MemoryMethods`.
     """
 
-    def __init__(self, store: Store, orchestrator: Orchestrator, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        orchestrator: Orchestrator,
+        settings: Settings,
+        *,
+        code_generator: CodeGenerator | None = None,
+    ) -> None:
         self._store = store
         self._orchestrator = orchestrator
         self._settings = settings
+        self._code_generator = code_generator
 
     @classmethod
     def create(
@@ -63,6 +81,8 @@ class MemoryAPI:
         *,
         settings: Settings | None = None,
         backends: Sequence[Backend] | None = None,
+        embeddings: EmbeddingsMode | None = None,
+        code_generator: CodeGenerator | None = None,
     ) -> MemoryAPI:
         """Open the memory store and an orchestrator.
 
@@ -71,14 +91,19 @@ class MemoryAPI:
                 ``ATHENA_MEMORY_DB``, then ``~/.athena/memory.db``.
             settings: settings (default: from ``ATHENA_*`` environment variables).
             backends: isolation backends (default: Docker).
+            embeddings: ``auto`` (hybrid ranking when the embeddings extra is installed),
+                ``on`` (required) or ``off``; None: ``ATHENA_MEMORY_EMBEDDINGS``, else auto.
+            code_generator: what ``generate_procedure_code`` uses instead of its template
+                (any callable from a procedure record to Python source).
 
         Raises:
             StoreConfigError: the store path or URL cannot be used.
+            MissingExtraError: embeddings are ``on`` but the embeddings extra is not installed.
         """
         settings = settings or Settings()
-        store = open_store(db_path, settings)
+        store = open_store(db_path, settings, embeddings=embeddings)
         orchestrator = Orchestrator(settings=settings, backends=backends, recorder=store)
-        return cls(store, orchestrator, settings)
+        return cls(store, orchestrator, settings, code_generator=code_generator)
 
     @property
     def store(self) -> Store:

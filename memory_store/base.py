@@ -1,16 +1,47 @@
-"""The ``Store`` protocol: what the orchestrator and the memory API need from a memory store."""
+"""The ``Store`` protocol: what the orchestrator and the memory API need from a memory store.
+
+Every backend takes the checked inputs of :mod:`memory_store.inputs` and returns the models of
+:mod:`memory_store.models`; SQL and ranking stay behind this protocol, so a backend can be
+swapped (SQLite now, PostgreSQL next) without the API noticing.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
-from memory_store.models import EventRecord, ExecutionRecord
+from memory_store.consolidate import Strategy
+from memory_store.inputs import (
+    EventQuery,
+    NewEntity,
+    NewEvent,
+    NewMemory,
+    NewProcedure,
+    NewRelation,
+    RecallQuery,
+)
+from memory_store.models import (
+    ConsolidationReport,
+    EntityRecord,
+    EventHit,
+    EventRecord,
+    ExecutionRecord,
+    MemoryRecord,
+    ProcedureRecord,
+    RecallHit,
+    RelationRecord,
+)
 from orchestrator.models import ExecutionRequest, ExecutionResult
+
+AnyRecord = (
+    MemoryRecord | EventRecord | ExecutionRecord | ProcedureRecord | EntityRecord | RelationRecord
+)
+"""A record of any kind."""
 
 
 @runtime_checkable
 class Store(Protocol):
-    """A memory store: persists every execution and the events it gives rise to."""
+    """A memory store: executions, events, memories, procedures, entities and relations."""
 
     def record_execution(self, request: ExecutionRequest, result: ExecutionResult) -> int:
         """Persist one execution and its ``execution`` event in one transaction.
@@ -51,6 +82,133 @@ class Store(Protocol):
         Raises:
             RequestError: ``limit`` is less than 1.
             StoreError: the store cannot be read.
+
+        """
+        ...
+
+    def add_memory(self, memory: NewMemory) -> int:
+        """Remember a memory; return its id.
+
+        Raises:
+            StoreError: the store cannot write.
+
+        """
+        ...
+
+    def add_memories(self, memories: Iterable[NewMemory]) -> list[int]:
+        """Remember many memories in one transaction; return their ids in order.
+
+        Raises:
+            StoreError: the store cannot write (then none is stored).
+
+        """
+        ...
+
+    def add_event(self, event: NewEvent) -> int:
+        """Remember an episodic event; return its id.
+
+        Raises:
+            StoreError: the store cannot write.
+
+        """
+        ...
+
+    def add_procedure(self, procedure: NewProcedure) -> int:
+        """Remember a procedure; return its id.
+
+        Raises:
+            StoreError: the store cannot write.
+
+        """
+        ...
+
+    def add_entity(self, entity: NewEntity) -> int:
+        """Remember an entity (the same type and name again merges the context); return its id.
+
+        Raises:
+            StoreError: the store cannot write.
+
+        """
+        ...
+
+    def add_relation(self, relation: NewRelation) -> int:
+        """Link two records of any kind; return the relation's id.
+
+        Raises:
+            RecordNotFoundError: the source or the target does not exist.
+            StoreError: the store cannot write.
+
+        """
+        ...
+
+    def get(self, object_id: int) -> AnyRecord | None:
+        """Return the record with this id, whatever its kind, or None.
+
+        Raises:
+            StoreError: the store cannot be read.
+
+        """
+        ...
+
+    def kind_of(self, object_id: int) -> str | None:
+        """Return the kind of the record with this id, or None.
+
+        Raises:
+            StoreError: the store cannot be read.
+
+        """
+        ...
+
+    def relations(self, object_id: int) -> list[RelationRecord]:
+        """Return the relations from or to a record, oldest first.
+
+        Raises:
+            StoreError: the store cannot be read.
+
+        """
+        ...
+
+    def forget(self, object_id: int) -> bool:
+        """Delete a record of any kind and what hangs on it; False when the id is unknown.
+
+        Raises:
+            StoreError: the store cannot write.
+
+        """
+        ...
+
+    def recall(self, query: RecallQuery) -> list[RecallHit]:
+        """Return the records that best match a query, best first, scores in [0, 1].
+
+        Raises:
+            StoreError: the store cannot be read or written.
+
+        """
+        ...
+
+    def recall_events(self, query: EventQuery) -> list[EventHit]:
+        """Return events by words (ranked), type and time; without words, newest first.
+
+        Raises:
+            StoreError: the store cannot be read.
+
+        """
+        ...
+
+    def consolidate(self, strategy: Strategy, days_back: float) -> ConsolidationReport:
+        """Find patterns, merge near-duplicates, decay and prune; return what was done.
+
+        Raises:
+            StoreError: the store cannot be read or written.
+
+        """
+        ...
+
+    def prune_expired(self) -> int:
+        """Remove execution records past the retention setting; return how many.
+
+        Raises:
+            StoreError: the store cannot write.
 
         """
         ...

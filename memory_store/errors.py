@@ -1,10 +1,14 @@
 """Errors of the memory store, part of the one error tree of athena-sandbox.
 
-The branch the store adds::
+The branches the store adds::
 
     SandboxError
-    └── StoreError                        the store cannot be opened, read or written
-        └── StoreConfigError (ValueError) the store path or URL is wrong: fix the setting
+    ├── RequestError (ValueError)            (orchestrator) the call is wrong
+    │   └── RecordNotFoundError (LookupError) no record has this id, or not of the needed kind
+    └── StoreError                            the store cannot be opened, read or written
+        ├── StoreConfigError (ValueError)     the store path or URL is wrong: fix the setting
+        └── MissingExtraError (ImportError)   an optional part is not installed: the message
+                                              names the extra to install
 
 Errors of ``sqlite3`` are translated into this tree where the store talks to SQLite
 (``raise ... from exc``), so callers never see a ``sqlite3`` exception.
@@ -12,7 +16,7 @@ Errors of ``sqlite3`` are translated into this tree where the store talks to SQL
 
 from __future__ import annotations
 
-from orchestrator.errors import SandboxError
+from orchestrator.errors import RequestError, SandboxError
 
 
 class StoreError(SandboxError):
@@ -21,3 +25,11 @@ class StoreError(SandboxError):
 
 class StoreConfigError(StoreError, ValueError):
     """The store path or URL is wrong (unknown scheme, unusable path); the message says the fix."""
+
+
+class MissingExtraError(StoreError, ImportError):
+    """An optional part (embeddings, PostgreSQL) was asked for but its extra is not installed."""
+
+
+class RecordNotFoundError(RequestError, LookupError):
+    """No record has the id given, or the record is not of the kind the call needs."""

@@ -11,7 +11,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from memory_store.base import Store
+from memory_store.embeddings import EmbeddingsMode
 from memory_store.errors import StoreConfigError
+from memory_store.options import StoreOptions
 from memory_store.sqlite import SQLiteStore
 from orchestrator.settings import Settings
 
@@ -76,19 +78,26 @@ def sqlite_path(target: str) -> Path:
 
 
 def open_store(
-    db_path: str | os.PathLike[str] | None = None, settings: Settings | None = None
+    db_path: str | os.PathLike[str] | None = None,
+    settings: Settings | None = None,
+    *,
+    embeddings: EmbeddingsMode | None = None,
 ) -> Store:
     """Open the memory store named by the argument, the settings or the default.
 
     Args:
         db_path: a path or URL; wins over the settings.
-        settings: where ``memory_url`` and ``memory_db`` come from (default: ``Settings()``,
-            i.e. the ``ATHENA_*`` environment).
+        settings: where ``memory_url``, ``memory_db``, redaction, retention and the memory
+            size limit come from (default: ``Settings()``, i.e. the ``ATHENA_*`` environment).
+        embeddings: ``auto``, ``on`` or ``off`` (None: ``ATHENA_MEMORY_EMBEDDINGS``, else auto).
 
     Raises:
         StoreConfigError: the target is not an accepted form, or its file cannot be created.
         StoreError: the file is not a memory store, or is newer than this code knows.
+        MissingExtraError: embeddings are ``on`` but the embeddings extra is not installed.
 
     """
-    target = resolve_store_target(db_path, settings if settings is not None else Settings())
-    return SQLiteStore(sqlite_path(target))
+    settings = settings if settings is not None else Settings()
+    target = resolve_store_target(db_path, settings)
+    options = StoreOptions.from_settings(settings, embeddings)
+    return SQLiteStore(sqlite_path(target), options)

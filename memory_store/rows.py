@@ -11,8 +11,18 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from memory_store.models import EventRecord, ExecutionRecord
+from memory_store.models import (
+    EntityRecord,
+    EventRecord,
+    ExecutionRecord,
+    MemoryRecord,
+    ProcedureRecord,
+    RelationRecord,
+)
 from orchestrator.models import ExecutionRequest, ExecutionResult
+
+REDACTED_PARAMETERS: dict[str, Any] = {}
+"""What a redacted execution keeps of its parameters (``parameters_redacted`` says so)."""
 
 EXECUTION_JSON_COLUMNS = ("policy_config", "parameters", "violations", "result")
 _OWN_COLUMNS = ("stdout", "stderr")
@@ -34,8 +44,15 @@ def json_text(value: Any) -> str:
     return text(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
 
 
-def execution_values(request: ExecutionRequest, result: ExecutionResult) -> dict[str, Any]:
-    """Return the column values of an execution row, without ``id`` and ``created_at``."""
+def execution_values(
+    request: ExecutionRequest, result: ExecutionResult, *, redact_parameters: bool = False
+) -> dict[str, Any]:
+    """Return the column values of an execution row, without ``id`` and ``created_at``.
+
+    With ``redact_parameters`` (or the policy's ``records.redact_parameters``) the parameters
+    are stored as ``{}`` and ``parameters_redacted`` is 1; code and output are kept.
+    """
+    redact = redact_parameters or request.policy.records.redact_parameters
     return {
         "execution_id": result.execution_id,
         "language": request.language,
@@ -43,7 +60,8 @@ def execution_values(request: ExecutionRequest, result: ExecutionResult) -> dict
         # model_dump_json() is model_dump(mode="json") serialised, at a quarter of the cost.
         "policy_config": text(request.policy.model_dump_json()),
         "code": text(request.code),
-        "parameters": json_text(request.parameters),
+        "parameters": json_text(REDACTED_PARAMETERS if redact else request.parameters),
+        "parameters_redacted": int(redact),
         "success": int(result.success),
         "exit_code": result.exit_code,
         "stdout": text(result.stdout),
@@ -65,12 +83,42 @@ def execution_from_row(row: Mapping[str, Any]) -> ExecutionRecord:
     for key in EXECUTION_JSON_COLUMNS:
         data[key] = json.loads(data[key])
     data["success"] = bool(data["success"])
+    data["parameters_redacted"] = bool(data.get("parameters_redacted", 0))
     data["result"].update({key: data[key] for key in _OWN_COLUMNS})
     return ExecutionRecord.model_validate(data)
 
 
+def _loaded(row: Mapping[str, Any], *columns: str) -> dict[str, Any]:
+    data = dict(row)
+    for column in columns:
+        data[column] = json.loads(data[column])
+    return data
+
+
 def event_from_row(row: Mapping[str, Any]) -> EventRecord:
     """Return the record of an ``events`` row (``context`` as JSON text)."""
-    data = dict(row)
-    data["context"] = json.loads(data["context"])
-    return EventRecord.model_validate(data)
+    return EventRecord.model_validate(_loaded(row, "context"))
+
+
+def memory_from_row(row: Mapping[str, Any]) -> MemoryRecord:
+    """Return the record of a ``memories`` row (JSON columns as text)."""
+    data = _loaded(row, "context", "tags", "merged_ids")
+    data.pop("decayed_at", None)
+    return MemoryRecord.model_validate(data)
+
+
+def procedure_from_row(row: Mapping[str, Any]) -> ProcedureRecord:
+    """Return the record of a ``procedures`` row (JSON columns as text)."""
+    return ProcedureRecord.model_validate(_loaded(row, "context", "steps"))
+
+
+def entity_from_row(row: Mapping[str, Any]) -> EntityRecord:
+    """Return the record of an ``entities`` row (JSON columns as text)."""
+    data = _loaded(row, "context")
+    data.pop("name_key", None)
+    return EntityRecord.model_validate(data)
+
+
+def relation_from_row(row: Mapping[str, Any]) -> RelationRecord:
+    """Return the record of a ``relations`` row (JSON columns as text)."""
+    return RelationRecord.model_validate(_loaded(row, "context"))

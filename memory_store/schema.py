@@ -6,21 +6,31 @@ user_version`` so the PostgreSQL store can keep the same bookkeeping). Add a mig
 appending to ``MIGRATIONS``; never edit one that has shipped.
 
 Every record's id comes from ``objects``, the one id sequence of the store: a row there is made
-first, and the kind's own table (``executions``, ``events``, later memories, procedures and
-entities) uses its id as primary key. JSON columns are declared ``TEXT``: a column declared
-``JSON`` would get NUMERIC affinity in SQLite, which converts number-like text.
+first, and the kind's own table (``executions``, ``events``, ``memories``, ``procedures``,
+``entities``, ``relations``) uses its id as primary key. Deleting either row deletes the other
+(a foreign key with ``ON DELETE CASCADE`` one way, a trigger the other), and with them the
+record's full-text row, its embedding, the relations that point at it and, for an execution,
+its event. JSON columns are declared ``TEXT``: a column declared ``JSON`` would get NUMERIC
+affinity in SQLite, which converts number-like text.
+
+Version 2 adds memories, procedures, entities, relations, consolidation's pattern sources,
+embeddings, the full-text index ``search`` (FTS5, ``porter unicode61``: stemming, case and
+accent folding), ``executions.parameters_redacted`` and ``events.ref_id``, and indexes what
+version 1 recorded.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from memory_store.errors import StoreError
 
-Migration = tuple[str, ...]
-"""The statements of one migration, run in order inside one transaction."""
+Step = str | Callable[[sqlite3.Connection], None]
+Migration = tuple[Step, ...]
+"""The steps of one migration (SQL, or a function for data), run in order in one transaction."""
 
 _V1: Migration = (
     """
@@ -68,7 +78,120 @@ _V1: Migration = (
     "CREATE INDEX events_type_created_at ON events (event_type, created_at)",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1,)
+_KIND_TABLES = ("executions", "events", "memories", "procedures", "entities", "relations")
+
+
+def _object_row(table: str) -> str:
+    # The kind's row is gone: its objects row goes too (the other way is ON DELETE CASCADE).
+    return (
+        f"CREATE TRIGGER {table}_forget AFTER DELETE ON {table} "
+        "BEGIN DELETE FROM objects WHERE id = old.id; END"
+    )
+
+
+def _index_v1_records(conn: sqlite3.Connection) -> None:
+    """Put what version 1 recorded (executions and their events) into the full-text index."""
+    from memory_store.sqlite_index import index_existing_records  # it imports this module
+
+    index_existing_records(conn)
+
+
+_RECORD = "id INTEGER PRIMARY KEY REFERENCES objects(id) ON DELETE CASCADE"
+_V2: Migration = (
+    "ALTER TABLE executions ADD COLUMN parameters_redacted INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE events ADD COLUMN ref_id INTEGER REFERENCES objects(id) ON DELETE CASCADE",
+    """
+    UPDATE events SET ref_id = (
+        SELECT x.id FROM executions x
+        WHERE x.execution_id = json_extract(events.context, '$.execution_id')
+    )
+    WHERE event_type = 'execution' AND json_valid(context)
+    """,
+    "CREATE INDEX events_ref_id ON events (ref_id)",
+    f"""
+    CREATE TABLE memories (
+        {_RECORD},
+        memory_type TEXT NOT NULL,
+        content TEXT NOT NULL,
+        context TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        importance REAL NOT NULL DEFAULT 0.5,
+        access_count INTEGER NOT NULL DEFAULT 0,
+        last_accessed_at TEXT,
+        decayed_at TEXT,
+        merged_ids TEXT NOT NULL DEFAULT '[]',
+        pattern_key TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX memories_created_at ON memories (created_at)",
+    "CREATE INDEX memories_type_created_at ON memories (memory_type, created_at)",
+    "CREATE UNIQUE INDEX memories_pattern_key ON memories (pattern_key) "
+    "WHERE pattern_key IS NOT NULL",
+    """
+    CREATE TABLE pattern_sources (
+        pattern_id INTEGER NOT NULL REFERENCES memories(id) ON DELETE CASCADE,
+        source_id INTEGER NOT NULL,
+        PRIMARY KEY (pattern_id, source_id)
+    )
+    """,
+    f"""
+    CREATE TABLE procedures (
+        {_RECORD},
+        name TEXT NOT NULL,
+        category TEXT NOT NULL,
+        steps TEXT NOT NULL,
+        context TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX procedures_category_created_at ON procedures (category, created_at)",
+    f"""
+    CREATE TABLE entities (
+        {_RECORD},
+        name TEXT NOT NULL,
+        name_key TEXT NOT NULL,
+        entity_type TEXT NOT NULL,
+        context TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    )
+    """,
+    "CREATE UNIQUE INDEX entities_type_name ON entities (entity_type, name_key)",
+    f"""
+    CREATE TABLE relations (
+        {_RECORD},
+        source_id INTEGER NOT NULL REFERENCES objects(id) ON DELETE CASCADE,
+        target_id INTEGER NOT NULL REFERENCES objects(id) ON DELETE CASCADE,
+        relation_type TEXT NOT NULL,
+        context TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    )
+    """,
+    "CREATE UNIQUE INDEX relations_link ON relations (source_id, target_id, relation_type)",
+    "CREATE INDEX relations_target ON relations (target_id)",
+    """
+    CREATE TABLE embeddings (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        object_id INTEGER NOT NULL UNIQUE REFERENCES objects(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        model TEXT NOT NULL,
+        vector BLOB NOT NULL
+    )
+    """,
+    """
+    CREATE VIRTUAL TABLE search USING fts5(
+        title, body, tags, kind UNINDEXED, ctx UNINDEXED, created_at UNINDEXED,
+        tokenize = 'porter unicode61 remove_diacritics 2'
+    )
+    """,
+    "CREATE TRIGGER objects_forget AFTER DELETE ON objects "
+    "BEGIN DELETE FROM search WHERE rowid = old.id; END",
+    *(_object_row(table) for table in _KIND_TABLES),
+    _index_v1_records,
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
 """Migration N (1-based) turns a version N-1 database into version N."""
 
 
@@ -140,7 +263,10 @@ def migrate(conn: sqlite3.Connection, path: Path) -> int:
             "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
         )
     for number in range(version + 1, latest_version() + 1):
-        for statement in MIGRATIONS[number - 1]:
-            conn.execute(statement)
+        for step in MIGRATIONS[number - 1]:
+            if callable(step):
+                step(conn)
+            else:
+                conn.execute(step)
         conn.execute("INSERT INTO schema_version VALUES (?, ?)", (number, utc_now()))
     return latest_version()

@@ -1,10 +1,14 @@
 """``SQLiteStore``: the memory store in one SQLite file, safe for threads and processes.
 
-Concurrency: the file is in WAL mode, so readers never block the writer. Every write runs in
-``BEGIN IMMEDIATE``, which takes the write lock up front and waits for it (``busy_timeout``)
-instead of failing half way, as a deferred transaction upgrading to a writer would. Should
-SQLite still answer "locked" or "busy" (WAL recovery, a very long writer), the whole
-transaction is retried with backoff, so the caller never sees "database is locked".
+Concurrency (see :mod:`memory_store.sqlite_connection`): WAL, writes in ``BEGIN IMMEDIATE``
+with a busy timeout, and whole transactions retried while SQLite answers "busy", so nothing is
+lost and "database is locked" never reaches the caller. One connection per store, shared by its
+threads behind a lock.
+
+The SQL lives beside this class: records in :mod:`~memory_store.sqlite_records`, the full-text
+index and vectors in :mod:`~memory_store.sqlite_index`, search in
+:mod:`~memory_store.sqlite_search` and :mod:`~memory_store.sqlite_ranking`, consolidation in
+:mod:`~memory_store.sqlite_consolidate`.
 """
 
 from __future__ import annotations
@@ -12,176 +16,67 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import structlog
-from tenacity import (
-    RetryCallState,
-    retry,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
+from memory_store import options as _options
 from memory_store import schema
-from memory_store.errors import StoreConfigError, StoreError
-from memory_store.models import EventRecord, ExecutionRecord
-from memory_store.rows import event_from_row, execution_from_row, execution_values, json_text, text
+from memory_store import sqlite_consolidate as consolidation
+from memory_store import sqlite_index as index
+from memory_store import sqlite_records as records
+from memory_store.base import AnyRecord
+from memory_store.consolidate import Strategy
+from memory_store.documents import (
+    Document,
+    entity_document,
+    event_document,
+    memory_document,
+    procedure_document,
+)
+from memory_store.embeddings import Embedder, pack, resolve_embedder
+from memory_store.errors import StoreError
+from memory_store.inputs import (
+    EventQuery,
+    NewEntity,
+    NewEvent,
+    NewMemory,
+    NewProcedure,
+    NewRelation,
+    RecallQuery,
+)
+from memory_store.models import (
+    ConsolidationReport,
+    EventHit,
+    EventRecord,
+    ExecutionRecord,
+    RecallHit,
+    RelationRecord,
+)
+from memory_store.options import StoreOptions
+from memory_store.rows import event_from_row, execution_from_row, execution_values, text
+from memory_store.sqlite_connection import Work, connect, create_private_file, read, write
+from memory_store.sqlite_ranking import Ranker
 from memory_store.summary import summarize_execution
+from memory_store.values import iso
 from orchestrator.errors import RequestError
 from orchestrator.models import ExecutionRequest, ExecutionResult
 
 _log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-Work = Callable[[sqlite3.Connection], T]
-
-BUSY_TIMEOUT_MS = 10_000
-_EXECUTION_COLUMNS = (
-    "id",
-    "execution_id",
-    "language",
-    "policy",
-    "policy_config",
-    "code",
-    "parameters",
-    "success",
-    "exit_code",
-    "stdout",
-    "stderr",
-    "error",
-    "error_type",
-    "violations",
-    "result",
-    "sandbox_mode",
-    "execution_time_ms",
-    "created_at",
-)
-_INSERT_EXECUTION = (
-    f"INSERT INTO executions ({', '.join(_EXECUTION_COLUMNS)}) "
-    f"VALUES ({', '.join(':' + c for c in _EXECUTION_COLUMNS)})"
-)
-_INSERT_EVENT = (
-    "INSERT INTO events (id, event_type, content, outcome, context, created_at) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
-)
+_RETENTION_BATCH = 500
 
 
 def _check_limit(limit: int) -> None:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise RequestError(f"limit must be a whole number of at least 1, not {limit!r}")
-
-
-# --------------------------------------------------------------------------- retries
-
-
-def _is_busy(exc: BaseException) -> bool:
-    message = str(exc).lower()
-    return isinstance(exc, sqlite3.OperationalError) and ("locked" in message or "busy" in message)
-
-
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    _log.warning(
-        "the memory store was busy; retrying the transaction",
-        attempt=state.attempt_number,
-        error=str(exc),
-    )
-
-
-_retry_busy = retry(
-    retry=retry_if_exception(_is_busy),
-    stop=stop_after_attempt(5),
-    wait=wait_random_exponential(multiplier=0.05, max=2.0),
-    before_sleep=_log_retry,
-    reraise=True,
-)
-
-
-@_retry_busy
-def _read(conn: sqlite3.Connection, work: Work[T]) -> T:
-    return work(conn)
-
-
-@_retry_busy
-def _write(conn: sqlite3.Connection, work: Work[T]) -> T:
-    """Run ``work`` in one ``BEGIN IMMEDIATE`` transaction; roll back on any error."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        value = work(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return value
-
-
-# --------------------------------------------------------------------------- file and connection
-
-
-def _make_private_dirs(directory: Path) -> None:
-    """Create the missing directories down to ``directory``, each readable by the owner only."""
-    missing = []
-    for candidate in (directory, *directory.parents):
-        if candidate.exists():
-            break
-        missing.append(candidate)
-    for candidate in reversed(missing):
-        candidate.mkdir(mode=0o700, exist_ok=True)  # exist_ok: another process may race us
-
-
-def _create_private_file(path: Path) -> None:
-    """Create the database file 0600 before SQLite does; an existing file keeps its mode.
-
-    SQLite gives the -wal and -shm files the database file's mode, so they are 0600 too.
-
-    Raises:
-        StoreConfigError: the directory or the file cannot be created or opened.
-
-    """
-    try:
-        _make_private_dirs(path.parent)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise StoreConfigError(
-            f"cannot open the memory store file {path}: {exc.strerror}; "
-            "set ATHENA_MEMORY_DB to a writable file path"
-        ) from exc
-    os.close(fd)
-
-
-def _configure(conn: sqlite3.Connection, path: Path) -> None:
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # first: the next pragma may wait
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
-        _log.warning(
-            "SQLite refused WAL mode; concurrent writers will wait longer",
-            path=str(path),
-            journal_mode=mode,
-        )
-    conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: durable across crashes of the app
-    conn.execute("PRAGMA foreign_keys = ON")
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    # One connection shared by the store's threads, behind a lock: SQLite lets one writer in
-    # at a time anyway, and one connection is one thing for close() to release, where
-    # per-thread connections would outlive their threads and escape close().
-    conn = sqlite3.connect(
-        path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-    )
-    conn.row_factory = sqlite3.Row
-    try:
-        _retry_busy(_configure)(conn, path)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
 
 
 # --------------------------------------------------------------------------- the store
@@ -197,24 +92,44 @@ class SQLiteStore:
 
         with SQLiteStore(Path("~/.athena/memory.db").expanduser()) as store:
             store.record_execution(request, result)
+            memory_id = store.add_memory(NewMemory.create("the API rate limit is 100/min"))
+            hits = store.recall(RecallQuery.create("rate limit"))
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        options: StoreOptions | None = None,
+        *,
+        embedder: Embedder | None = None,
+    ) -> None:
         """Open (creating and migrating as needed) the store at ``path``.
+
+        Args:
+            path: the database file.
+            options: redaction, retention, size limit and embeddings (default: all off, auto).
+            embedder: the embedder for hybrid ranking; None: as ``options.embeddings`` says.
 
         Raises:
             StoreConfigError: the file or its directory cannot be created or opened.
             StoreError: the file is not a memory store, or is newer than this code knows.
+            MissingExtraError: ``options.embeddings`` is ``on`` without the embeddings extra.
 
         """
         self._path = Path(path).expanduser()
+        self._options = options or StoreOptions()
+        self._embedder = embedder or resolve_embedder(self._options.embeddings)
+        self._tx = _Transactions(self)
+        self._ranker = Ranker(self._tx, self._embedder)
         self._lock = threading.Lock()
         self._closed = False
-        _create_private_file(self._path)
+        self._last_retention = 0.0
+        create_private_file(self._path)
         with self._translated():
-            self._conn = _connect(self._path)
+            self._conn = connect(self._path)
         try:
             self._version = self._migrate()
+            self.prune_expired()
         except BaseException:
             self._conn.close()
             raise
@@ -229,13 +144,23 @@ class SQLiteStore:
         """The schema version of the database, after migrating."""
         return self._version
 
+    @property
+    def options(self) -> StoreOptions:
+        """The store's options."""
+        return self._options
+
+    @property
+    def ranking(self) -> str:
+        """``hybrid`` (keyword and vectors) or ``keyword``."""
+        return "keyword" if self._embedder is None else "hybrid"
+
     def _migrate(self) -> int:
         with self._translated():
-            version = _read(self._conn, schema.current_version)
+            version = read(self._conn, schema.current_version)
             schema.check_known(version, self._path)
             if version == schema.latest_version():
                 return version  # the common case: no write lock taken just to open
-            return _write(self._conn, lambda conn: schema.migrate(conn, self._path))
+            return write(self._conn, lambda conn: schema.migrate(conn, self._path))
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
@@ -251,8 +176,20 @@ class SQLiteStore:
                 raise StoreError(f"{self._path}: the memory store is closed")
             yield self._conn
 
+    def _reading(self, work: Work[T]) -> T:
+        with self._connection() as conn:
+            return read(conn, work)
+
+    def _writing(self, work: Work[T]) -> T:
+        with self._connection() as conn:
+            return write(conn, work)
+
+    # ----------------------------------------------------------------------- executions
+
     def record_execution(self, request: ExecutionRequest, result: ExecutionResult) -> int:
         """Persist one execution and its ``execution`` event in one transaction.
+
+        Parameters are redacted (stored as ``{}``) when the options or the request's policy ask.
 
         Returns:
             The id of the execution record.
@@ -268,15 +205,16 @@ class SQLiteStore:
                 f"the request of {request.execution_id}"
             )
         # Serialised before the lock: the write lock is held only for the inserts.
-        values = execution_values(request, result)
+        values = execution_values(
+            request, result, redact_parameters=self._options.redact_parameters
+        )
         summary = text(summarize_execution(request, result))
         outcome = "success" if result.success else "failure"
-
-        def work(conn: sqlite3.Connection) -> int:
-            return _insert_execution(conn, values, summary, outcome)
-
-        with self._connection() as conn:
-            return _write(conn, work)
+        execution_ref = self._writing(
+            lambda conn: records.insert_execution(conn, values, summary, outcome)
+        )
+        self._afterwrite()
+        return execution_ref
 
     def get_execution(self, execution_id: str) -> ExecutionRecord | None:
         """Return the record of one execution, or None when it is not recorded.
@@ -286,8 +224,7 @@ class SQLiteStore:
 
         """
         sql = "SELECT * FROM executions WHERE execution_id = ?"
-        with self._connection() as conn:
-            row = _read(conn, lambda c: c.execute(sql, (execution_id,)).fetchone())
+        row = self._reading(lambda c: c.execute(sql, (execution_id,)).fetchone())
         return None if row is None else execution_from_row(dict(row))
 
     def list_executions(
@@ -319,8 +256,222 @@ class SQLiteStore:
         where, args = ("", ()) if value is None else (f"WHERE {column} = ?", (value,))
         # id breaks ties: it grows with commit order, and writers take the time after BEGIN.
         sql = f"SELECT * FROM {table} {where} ORDER BY created_at DESC, id DESC LIMIT ?"
-        with self._connection() as conn:
-            return _read(conn, lambda c: c.execute(sql, (*args, limit)).fetchall())
+        return self._reading(lambda c: c.execute(sql, (*args, limit)).fetchall())
+
+    def prune_expired(self) -> int:
+        """Remove execution records (and their events) older than ``retention_days``.
+
+        Runs when the store opens and, after writes, at most once a minute; call it to run it
+        now. Deletes in batches, so other writers wait little.
+
+        Returns:
+            How many executions were removed (0 without a retention setting).
+
+        Raises:
+            StoreError: the store cannot write.
+
+        """
+        self._last_retention = time.monotonic()
+        if self._options.retention_days is None:
+            return 0
+        cutoff = iso(datetime.now(UTC) - timedelta(days=self._options.retention_days))
+
+        def batch(conn: sqlite3.Connection) -> int:
+            ids = conn.execute(
+                "SELECT id FROM executions WHERE created_at < ? LIMIT ?",
+                (cutoff, _RETENTION_BATCH),
+            ).fetchall()
+            conn.executemany("DELETE FROM objects WHERE id = ?", [(r[0],) for r in ids])
+            return len(ids)
+
+        removed = done = self._writing(batch)
+        while done == _RETENTION_BATCH:
+            done = self._writing(batch)
+            removed += done
+        if removed:
+            _log.info("pruned execution records past retention", removed=removed)
+        return removed
+
+    def _afterwrite(self) -> None:
+        if time.monotonic() - self._last_retention >= _options.RETENTION_CHECK_SECONDS:
+            self.prune_expired()
+
+    # ----------------------------------------------------------------------- writing
+
+    def _vector_of(self, doc: Document) -> bytes | None:
+        if self._embedder is None:
+            return None
+        return pack(self._embedder.embed([doc.embedding_text()])[0])
+
+    def _insert(self, kind: str, doc: Document, insert: Work[int]) -> int:
+        vector = self._vector_of(doc)  # before the lock: the model takes milliseconds
+
+        def work(conn: sqlite3.Connection) -> int:
+            object_id = insert(conn)
+            if vector is not None and self._embedder is not None:
+                index.put_vector(conn, object_id, kind, self._embedder.name, vector)
+            return object_id
+
+        object_id = self._writing(work)
+        self._afterwrite()
+        return object_id
+
+    def add_memory(self, memory: NewMemory) -> int:
+        """Remember a memory; return its id.
+
+        Raises:
+            StoreError: the store cannot write.
+
+        """
+        return self._insert(
+            "memory", memory_document(memory), lambda c: records.insert_memory(c, memory)
+        )
+
+    def add_memories(self, memories: Iterable[NewMemory]) -> list[int]:
+        """Remember many memories in one transaction (fast: for imports and benchmarks).
+
+        Vectors are not made here; hybrid ranking embeds them later, a batch per recall.
+
+        Returns:
+            Their ids, in order.
+
+        Raises:
+            StoreError: the store cannot write (then none is stored).
+
+        """
+        items = list(memories)
+
+        def work(conn: sqlite3.Connection) -> list[int]:
+            now = schema.utc_now()
+            return [records.insert_memory(conn, m, now=now) for m in items]
+
+        ids = self._writing(work)
+        self._afterwrite()
+        return ids
+
+    def add_event(self, event: NewEvent) -> int:
+        """Remember an episodic event; return its id.
+
+        Raises:
+            StoreError: the store cannot write.
+
+        """
+        return self._insert(
+            "event", event_document(event), lambda c: records.insert_event(c, event)
+        )
+
+    def add_procedure(self, procedure: NewProcedure) -> int:
+        """Remember a procedure; return its id.
+
+        Raises:
+            StoreError: the store cannot write.
+
+        """
+        doc = procedure_document(procedure)
+        return self._insert("procedure", doc, lambda c: records.insert_procedure(c, procedure))
+
+    def add_entity(self, entity: NewEntity) -> int:
+        """Remember an entity, or merge the context into the one of the same type and name.
+
+        Returns:
+            The entity's id (the existing one when it was known).
+
+        Raises:
+            StoreError: the store cannot write.
+
+        """
+        return self._insert(
+            "entity", entity_document(entity), lambda c: records.upsert_entity(c, entity)[0]
+        )
+
+    def add_relation(self, relation: NewRelation) -> int:
+        """Link two records of any kind; the same link again updates its context.
+
+        Returns:
+            The relation's id.
+
+        Raises:
+            RecordNotFoundError: the source or the target does not exist.
+            StoreError: the store cannot write.
+
+        """
+        return self._writing(lambda c: records.upsert_relation(c, relation))
+
+    # ----------------------------------------------------------------------- reading by id
+
+    def get(self, object_id: int) -> AnyRecord | None:
+        """Return the record with this id, whatever its kind, or None.
+
+        Raises:
+            StoreError: the store cannot be read.
+
+        """
+        return self._reading(lambda c: records.get_record(c, object_id))
+
+    def kind_of(self, object_id: int) -> str | None:
+        """Return the kind of the record with this id, or None.
+
+        Raises:
+            StoreError: the store cannot be read.
+
+        """
+        return self._reading(lambda c: records.kind_of(c, object_id))
+
+    def relations(self, object_id: int) -> list[RelationRecord]:
+        """Return the relations from or to a record, oldest first.
+
+        Raises:
+            StoreError: the store cannot be read.
+
+        """
+        return self._reading(lambda c: records.relations_of(c, object_id))
+
+    def forget(self, object_id: int) -> bool:
+        """Delete a record of any kind, with its index rows, vector and relations.
+
+        Forgetting an execution forgets its event too.
+
+        Returns:
+            False when no record has this id.
+
+        Raises:
+            StoreError: the store cannot write.
+
+        """
+        return self._writing(lambda c: records.delete_record(c, object_id))
+
+    # ----------------------------------------------------------------------- searching
+
+    def recall(self, query: RecallQuery) -> list[RecallHit]:
+        """Return the records that best match a query, best first, scores in [0, 1].
+
+        See :mod:`memory_store.sqlite_ranking` for the ranking.
+
+        Raises:
+            StoreError: the store cannot be read or written.
+
+        """
+        return self._ranker.recall(query)
+
+    def recall_events(self, query: EventQuery) -> list[EventHit]:
+        """Return events by words (ranked), type and time; without words, newest first.
+
+        Raises:
+            StoreError: the store cannot be read.
+
+        """
+        return self._ranker.recall_events(query)
+
+    def consolidate(self, strategy: Strategy, days_back: float) -> ConsolidationReport:
+        """Find patterns, merge near-duplicates, decay and prune (see :mod:`consolidate`).
+
+        Raises:
+            StoreError: the store cannot be read or written.
+
+        """
+        return consolidation.run(self._tx, self._ranker, strategy, days_back)
+
+    # ----------------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
         """Close the connection; closing twice is harmless."""
@@ -342,31 +493,17 @@ class SQLiteStore:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<SQLiteStore {str(self._path)!r} {state}>"
+        return f"<SQLiteStore {str(self._path)!r} {state} {self.ranking}>"
 
 
-def _new_object(conn: sqlite3.Connection, kind: str, created_at: str) -> int:
-    cursor = conn.execute(
-        "INSERT INTO objects (kind, created_at) VALUES (?, ?)", (kind, created_at)
-    )
-    assert cursor.lastrowid is not None  # an INSERT into a rowid table always sets it
-    return cursor.lastrowid
+class _Transactions:
+    """The store's reads and writes, for the ranking and consolidation helpers."""
 
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
 
-def _insert_execution(
-    conn: sqlite3.Connection, values: dict[str, Any], summary: str, outcome: str
-) -> int:
-    """Insert an execution and its event; the caller holds the transaction."""
-    # The time is taken inside the transaction, so created_at follows commit order.
-    now = schema.utc_now()
-    execution_ref = _new_object(conn, "execution", now)
-    try:
-        conn.execute(_INSERT_EXECUTION, {**values, "id": execution_ref, "created_at": now})
-    except sqlite3.IntegrityError as exc:
-        if "execution_id" not in str(exc):
-            raise
-        raise StoreError(f"execution {values['execution_id']} is already recorded") from exc
-    context = json_text({"execution_id": values["execution_id"], "execution_ref": execution_ref})
-    event_id = _new_object(conn, "event", now)
-    conn.execute(_INSERT_EVENT, (event_id, "execution", summary, outcome, context, now))
-    return execution_ref
+    def read(self, work: Work[T]) -> T:
+        return self._store._reading(work)
+
+    def write(self, work: Work[T]) -> T:
+        return self._store._writing(work)
