@@ -93,11 +93,11 @@ def raw_lifecycle(client: docker.DockerClient) -> None:
     api.remove_container(container["Id"], force=True)
 
 
-def ours(api: MemoryAPI, language: str) -> Callable[[], dict[str, Any]]:
+def ours(api: MemoryAPI, language: str, policy: str | None = None) -> Callable[[], dict[str, Any]]:
     """One of our runs through the public API (recorded in the store, as users run)."""
 
     def run() -> dict[str, Any]:
-        result = api.execute_code(PRINT_ONE[language], language)
+        result = api.execute_code(PRINT_ONE[language], language, sandbox_policy=policy)
         assert result["success"], result["error"] or result["stderr"]
         return result
 
@@ -217,6 +217,20 @@ def measure() -> dict[str, Any]:
                 time.sleep(2)  # a full pool to start from
                 latency[f"ours, warm, back to back, {language}"] = timed(ours(warm, language))
             cpu = cpu_per_warm_run(warm)
+        if "runsc" in (client.info().get("Runtimes") or {}):
+            with MemoryAPI.create(
+                Path(tmp) / "gvisor.db", settings=Settings(pool_size=0)
+            ) as gvisor:
+                latency["ours, cold, gVisor (strict-gvisor), python"] = timed(
+                    ours(gvisor, "python", "strict-gvisor")
+                )
+            with MemoryAPI.create(
+                Path(tmp) / "gvisor-warm.db", settings=Settings(pool_size=2)
+            ) as gvisor:
+                gvisor.prewarm("python", "strict-gvisor")
+                latency["ours, warm, 1 run / 500 ms, gVisor, python"] = timed(
+                    ours(gvisor, "python", "strict-gvisor"), pace=0.5
+                )
         srt_rows = {}
         if not os.environ.get("BENCH_NO_SRT"):
             srt_rows["srt CLI run directly, python"] = timed(srt_direct(Path(tmp)))

@@ -168,6 +168,7 @@ class _PythonChecker:
         self.imports = rules.forbidden_imports
         self.calls = frozenset(rules.forbidden_calls)
         self.last_parts = frozenset(c.rsplit(".", 1)[-1] for c in self.calls)
+        self.call_modules = frozenset(c.rsplit(".", 1)[0] for c in self.calls if "." in c)
         self.aliases = _import_aliases(tree, frozenset(c for c in self.calls if "." in c))
         # A bare name the user binds (def compile, eval = 1) is theirs, not the builtin.
         self.shadowed = _bound_names(tree) - self.aliases.keys()
@@ -239,9 +240,13 @@ class _PythonChecker:
             yield from self._use(self._resolve(node), node)
 
     def _subscript(self, node: ast.Subscript) -> Iterator[ValidationIssue]:
+        if self._resolve(node.value) not in _BUILTINS_OBJECTS:
+            return
         key = _literal_str(node.slice)
-        if key and self._resolve(node.value) in _BUILTINS_OBJECTS:
+        if key:
             yield from self._use(key, node)
+        elif self.calls:
+            yield self._dynamic_call(node, node.slice)
 
     def _call(self, node: ast.Call) -> Iterator[ValidationIssue]:
         func = _strip_builtins(self._resolve(node.func) or "")
@@ -280,9 +285,24 @@ class _PythonChecker:
     ) -> Iterator[ValidationIssue]:
         if attr in _INTROSPECTION:
             yield _introspection(attr, node.lineno)
-        target = self._getattr_target(obj, attr) if attr else None
+        if attr is None:
+            # getattr(os, "sys" + "tem"): a computed name on a module with forbidden calls (or
+            # on the builtins) cannot be checked, so it is refused. Elsewhere it is ordinary.
+            base = self._resolve(obj)
+            if base and (base in _BUILTINS_OBJECTS or base in self.call_modules):
+                yield self._dynamic_call(node, node.args[1])
+            return
+        target = self._getattr_target(obj, attr)
         if target:
             yield self._call_issue(target, node)
+
+    def _dynamic_call(self, node: ast.expr, name: ast.expr) -> ValidationIssue:
+        message = (
+            f"{_unparse(node)} reaches a callable by a name computed at run time "
+            f"({_unparse(name)}), which cannot be checked against the policy's forbidden_calls, "
+            "so it is refused"
+        )
+        return _issue("error", "dynamic_call", node.lineno, message)
 
     def _getattr_target(self, obj: ast.expr, attr: str) -> str | None:
         base = self._resolve(obj)

@@ -567,3 +567,25 @@ def test_forbidden_commands_follow_the_rules_given() -> None:
     """Only the commands the rules list are findings."""
     assert issues("curl x", "bash", only_commands("wget")) == []
     assert found("wget x", "bash", only_commands("wget")) == [(1, "error", "forbidden_command")]
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        '__builtins__["ev" + "al"]("1")',
+        'import os\ngetattr(os, "sys" + "tem")("id")',
+        "import os as o\nf = getattr(o, name)",
+    ],
+)
+def test_computed_names_on_builtins_or_guarded_modules_are_refused(code: str) -> None:
+    """A callable reached by a computed name on the builtins or on os cannot hide: dynamic_call."""
+    issues = CodeValidator().validate(code, "python", load_policy("strict").validation)
+    assert any(i.rule == "dynamic_call" and i.severity == "error" for i in issues), issues
+
+
+def test_computed_getattr_on_ordinary_objects_is_fine() -> None:
+    """getattr(self, name) with a computed name is ordinary code and is not flagged."""
+    issues = CodeValidator().validate(
+        "getattr(handler, 'on_' + event)()", "python", load_policy("strict").validation
+    )
+    assert issues == []
