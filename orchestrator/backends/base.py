@@ -16,6 +16,7 @@ import structlog
 from pydantic import JsonValue
 
 from orchestrator.context import ExecutionContext
+from orchestrator.errors import BackendUnavailableError
 from orchestrator.models import ExecutionRequest, Isolation, Resources
 from orchestrator.policy import ResolvedMount
 
@@ -144,3 +145,14 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release everything the backend holds; kill runs still going."""
         ...
+
+
+def ensure_available(backend: Backend, language: str) -> None:
+    """Raise when ``backend`` cannot run ``language`` here.
+
+    Raises:
+        BackendUnavailableError: with the backend's reason and how to fix it.
+    """
+    reason = backend.unavailable_reason(language)
+    if reason:
+        raise BackendUnavailableError(reason)

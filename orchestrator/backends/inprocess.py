@@ -14,12 +14,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from orchestrator.backends.base import RunOutcome, RunSpec
+from orchestrator.backends.base import RunOutcome, RunSpec, ensure_available
 from orchestrator.backends.process import Supervised, run_supervised, supervise
 from orchestrator.backends.reader import outcome_from_frames
 from orchestrator.backends.restricted_child import output_envelope
 from orchestrator.context import ExecutionContext, install_capture
-from orchestrator.errors import BackendUnavailableError, SandboxFailedError
+from orchestrator.errors import SandboxFailedError
 from orchestrator.images import images_dir
 from orchestrator.languages import bash_environment
 from orchestrator.models import Event, ExecutionRequest, Isolation
@@ -47,9 +47,7 @@ class InProcessBackend:
         self, request: ExecutionRequest, spec: RunSpec, context: ExecutionContext
     ) -> RunOutcome:
         """Run one request on this host; see :class:`Backend`."""
-        reason = self.unavailable_reason(request.language)
-        if reason:
-            raise BackendUnavailableError(reason)
+        ensure_available(self, request.language)
         workdir = Path(tempfile.mkdtemp(prefix="athena-inprocess-"))
         try:
             if request.language == "python":

@@ -17,11 +17,11 @@ import tempfile
 from typing import Any
 
 from orchestrator.backends import restricted_child
-from orchestrator.backends.base import RunOutcome, RunSpec
+from orchestrator.backends.base import RunOutcome, RunSpec, ensure_available
 from orchestrator.backends.process import run_supervised
 from orchestrator.backends.reader import outcome_from_frames
 from orchestrator.context import ExecutionContext
-from orchestrator.errors import BackendUnavailableError, SandboxFailedError
+from orchestrator.errors import SandboxFailedError
 from orchestrator.models import ExecutionRequest, Isolation
 
 _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
@@ -62,9 +62,7 @@ class RestrictedBackend:
         self, request: ExecutionRequest, spec: RunSpec, context: ExecutionContext
     ) -> RunOutcome:
         """Run one request under RestrictedPython; see :class:`Backend`."""
-        reason = self.unavailable_reason(request.language)
-        if reason:
-            raise BackendUnavailableError(reason)
+        ensure_available(self, request.language)
         workdir = tempfile.mkdtemp(prefix="athena-restricted-")
         try:
             with tempfile.TemporaryFile() as stdin:

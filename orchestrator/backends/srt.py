@@ -23,11 +23,11 @@ from typing import Any
 
 import structlog
 
-from orchestrator.backends.base import RunOutcome, RunSpec
+from orchestrator.backends.base import RunOutcome, RunSpec, ensure_available
 from orchestrator.backends.process import Supervised, run_supervised
 from orchestrator.backends.reader import outcome_from_frames
 from orchestrator.context import ExecutionContext
-from orchestrator.errors import BackendUnavailableError, SandboxFailedError
+from orchestrator.errors import SandboxFailedError
 from orchestrator.images import images_dir
 from orchestrator.languages import bash_environment, get_language
 from orchestrator.models import ExecutionRequest, Isolation
@@ -182,9 +182,7 @@ class SrtBackend:
         self, request: ExecutionRequest, spec: RunSpec, context: ExecutionContext
     ) -> RunOutcome:
         """Run one request under srt; see :class:`Backend`."""
-        reason = self.unavailable_reason(request.language)
-        if reason:
-            raise BackendUnavailableError(reason)
+        ensure_available(self, request.language)
         uid = self._uids.take() if os.geteuid() == 0 else None
         rundir = Path(tempfile.mkdtemp(prefix="athena-srt-"))
         try:
