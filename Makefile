@@ -49,7 +49,12 @@ images: venv docker-up
 demo: images
 	$(BIN)/athena-sandbox demo
 
-test: images node-tools gvisor
+# The embeddings extra (torch, CPU build from local files) so the hybrid recall is tested too.
+$(VENV)/.embeddings: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,embeddings]'
+	touch $(VENV)/.embeddings
+
+test: images node-tools gvisor $(VENV)/.embeddings
 	$(BIN)/pytest -q
 
 test-unit: venv
@@ -58,6 +63,16 @@ test-unit: venv
 test-integration: images node-tools
 	$(BIN)/pytest -q tests/integration
 
+# Hostile code judged by the state of the host (tests/security); prints the case x mode table
+# and writes benchmarks/results/security.md. ci: the whole RedCode-Exec corpus on runc, two
+# snippets per scenario on the other modes; full: everything on every mode.
+.PHONY: security security-full
+security: images node-tools
+	ATHENA_SECURITY_SCOPE=ci $(BIN)/pytest -q -m security tests/security
+
+security-full: images node-tools
+	ATHENA_SECURITY_SCOPE=full $(BIN)/pytest -q -m security tests/security
+
 lint: venv
 	$(BIN)/ruff check orchestrator memory_store athena tests benchmarks
 	$(BIN)/ruff format --check orchestrator memory_store athena tests benchmarks
@@ -65,6 +80,7 @@ lint: venv
 
 bench: images node-tools
 	$(BIN)/python benchmarks/bench_latency.py
+	$(BIN)/python benchmarks/bench_memory.py
 
 sweep: venv
 	$(BIN)/athena-sandbox sweep

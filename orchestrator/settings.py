@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -51,6 +51,9 @@ class Settings(BaseSettings):
         redact_parameters: keep no parameters in execution records (a policy can ask too).
         retention_days: execution records older than this are pruned (None: kept).
         max_memory_bytes: largest content remember() accepts.
+        memory_embeddings: hybrid recall with sentence vectors: ``auto`` (when the embeddings
+            extra is installed), ``on`` (required: an error names the extra when it is missing)
+            or ``off``.
         egress_pinned_hosts: names the egress proxy resolves to fixed addresses, skipping DNS
             and the public-address check. For tests with servers of our own; never in production.
     """
@@ -81,6 +84,7 @@ class Settings(BaseSettings):
     redact_parameters: bool = False
     retention_days: float | None = Field(None, gt=0)
     max_memory_bytes: int = Field(1024 * 1024, gt=0)
+    memory_embeddings: Literal["auto", "on", "off"] = "auto"
     egress_pinned_hosts: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("sandbox_backends", mode="before")

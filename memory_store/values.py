@@ -1,0 +1,210 @@
+"""Checks and normalisation of what callers hand the memory store (pure).
+
+Every function raises :class:`~orchestrator.errors.RequestError` with a message that says what
+to change. Labels (memory, event, entity and relation types, outcomes, categories, tags) are
+free-form: trimmed, lower case, runs of whitespace made one space, at most 100 characters.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from pydantic import JsonValue
+
+from orchestrator.errors import RequestError
+
+DEFAULT_MAX_MEMORY_BYTES = 1024 * 1024
+"""The default largest content, as UTF-8 bytes (``ATHENA_MAX_MEMORY_BYTES``)."""
+
+MAX_LABEL_CHARS = 100
+MAX_TAGS = 50
+MAX_LIMIT = 1000
+
+
+def label(value: object, field: str) -> str:
+    """Return a label normalised: trimmed, lower case, inner whitespace collapsed.
+
+    Raises:
+        RequestError: the value is not a string, is empty, or is over 100 characters.
+
+    """
+    if not isinstance(value, str):
+        raise RequestError(f"{field} must be a string, not {type(value).__name__}")
+    normal = " ".join(value.split()).lower()
+    if not normal:
+        raise RequestError(f"{field} is empty: give a word such as 'semantic' or 'error'")
+    if len(normal) > MAX_LABEL_CHARS:
+        raise RequestError(
+            f"{field} is {len(normal)} characters; the limit is {MAX_LABEL_CHARS}. "
+            "Use a short word and put details in the content or the context."
+        )
+    return normal
+
+
+def optional_label(value: object, field: str) -> str | None:
+    """Return :func:`label` of the value, or None for None.
+
+    Raises:
+        RequestError: as :func:`label`.
+
+    """
+    return None if value is None else label(value, field)
+
+
+def utf8_size(value: str) -> int:
+    """Return the size of a string as UTF-8 bytes (lone surrogates counted as 3 bytes)."""
+    return len(value.encode("utf-8", errors="surrogatepass"))
+
+
+def content(value: object, field: str, max_bytes: int) -> str:
+    """Return text content with its outer whitespace trimmed.
+
+    Raises:
+        RequestError: the value is not a string, is empty or blank, or is over ``max_bytes``.
+
+    """
+    if not isinstance(value, str):
+        raise RequestError(f"{field} must be a string, not {type(value).__name__}")
+    stripped = value.strip()
+    if not stripped:
+        raise RequestError(f"{field} is empty: give the text to remember")
+    size = utf8_size(stripped)
+    if size > max_bytes:
+        raise RequestError(
+            f"{field} is {size} bytes; the limit is {max_bytes} bytes. Store a summary (or "
+            "split it into several memories), or raise ATHENA_MAX_MEMORY_BYTES."
+        )
+    return stripped
+
+
+def context(value: object, max_bytes: int = DEFAULT_MAX_MEMORY_BYTES) -> dict[str, JsonValue]:
+    """Return a context dict as plain JSON data (None gives an empty dict).
+
+    Raises:
+        RequestError: not a dict with string keys, not JSON-serialisable, or over ``max_bytes``.
+
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise RequestError(f"context must be a dict or None, not {type(value).__name__}")
+    if not all(isinstance(key, str) for key in value):
+        raise RequestError("context keys must be strings")
+    try:
+        text = json.dumps(dict(value), allow_nan=False, ensure_ascii=False, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise RequestError(
+            f"context must be JSON-serialisable: {exc}. Use dicts, lists, strings, numbers, "
+            "booleans and None."
+        ) from exc
+    if utf8_size(text) > max_bytes:
+        raise RequestError(
+            f"context is {utf8_size(text)} bytes as JSON; the limit is {max_bytes} bytes"
+        )
+    loaded: dict[str, JsonValue] = json.loads(text)
+    return loaded
+
+
+def tags(value: object) -> tuple[str, ...]:
+    """Return tags as normalised labels, duplicates and blanks dropped, order kept.
+
+    A single string is one tag. None gives no tags.
+
+    Raises:
+        RequestError: not a string or a list of strings, or more than 50 tags.
+
+    """
+    if value is None:
+        return ()
+    items: Iterable[object] = [value] if isinstance(value, str) else _iterable(value, "tags")
+    found: dict[str, None] = {}
+    for item in items:
+        if not isinstance(item, str):
+            raise RequestError(f"tags must be strings, not {type(item).__name__}")
+        if item.strip():
+            found[label(item, "a tag")] = None
+    if len(found) > MAX_TAGS:
+        raise RequestError(f"{len(found)} tags; the limit is {MAX_TAGS}")
+    return tuple(found)
+
+
+def _iterable(value: object, field: str) -> Iterable[object]:
+    if isinstance(value, Mapping | bytes) or not isinstance(value, Iterable):
+        raise RequestError(f"{field} must be a list of strings, not {type(value).__name__}")
+    return value
+
+
+def object_id(value: object, field: str = "id") -> int:
+    """Return a store id: an int, or a string of digits (as JSON clients send them).
+
+    Raises:
+        RequestError: anything else, or an id below 1.
+
+    """
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"{field} must be a whole number, not {value!r}")
+    if value < 1:
+        raise RequestError(f"{field} must be 1 or more, not {value}")
+    return value
+
+
+def limit(value: object, field: str = "limit") -> int:
+    """Return a result limit between 1 and 1000.
+
+    Raises:
+        RequestError: not a whole number in that range.
+
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
+        raise RequestError(f"{field} must be a whole number from 1 to {MAX_LIMIT}, not {value!r}")
+    return value
+
+
+def moment(value: object, field: str, *, end_of_day: bool = False) -> datetime | None:
+    """Return a point in time (UTC) from a datetime, a date or an ISO 8601 string.
+
+    A naive datetime is taken as UTC. A bare date means its first instant, or with
+    ``end_of_day`` the first instant of the next day (so an end date includes that day).
+
+    Raises:
+        RequestError: the value is of another type or not ISO 8601.
+
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = _parse_iso(value.strip(), field)
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, date):
+        start = datetime.combine(value, time(), tzinfo=UTC)
+        return start + timedelta(days=1) if end_of_day else start
+    raise RequestError(
+        f"{field} must be a datetime, a date or an ISO 8601 string, not {type(value).__name__}"
+    )
+
+
+def _parse_iso(text: str, field: str) -> date | datetime:
+    try:
+        if len(text) == 10:
+            return date.fromisoformat(text)
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise RequestError(
+            f"{field} {text!r} is not ISO 8601: write e.g. 2026-11-26 or 2026-11-26T14:30:00Z"
+        ) from exc
+
+
+def iso(moment_: datetime) -> str:
+    """Return a UTC time as the store writes it (fixed width, so text order is time order)."""
+    return moment_.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def json_object(value: Any) -> dict[str, JsonValue]:
+    """Return ``value`` if it is a dict, else an empty dict (for JSON read back from a row)."""
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,499 @@
+"""The store contract: what every backend must do, through the Store protocol only.
+
+The ``store`` fixture returns a SQLiteStore on a fresh file; parametrise it over backends when a
+second one ships. No mocks: real SQLite files in tmp_path.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.synchronize
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from memory_store import (
+    EntityRecord,
+    EventQuery,
+    ExecutionRecord,
+    MemoryRecord,
+    NewEntity,
+    NewEvent,
+    NewMemory,
+    NewProcedure,
+    NewRelation,
+    ProcedureRecord,
+    RecallQuery,
+    RecordNotFoundError,
+    RelationRecord,
+    SQLiteStore,
+    Store,
+    StoreOptions,
+)
+from orchestrator.models import ExecutionRequest, ExecutionResult
+from orchestrator.policy import load_policy
+
+KEYWORD = StoreOptions(embeddings="off")
+HOSTILE_QUERIES = [
+    "'; DROP TABLE memories; --",
+    '"unbalanced quote',
+    "NEAR(deploy staging, 2)",
+    "deploy AND OR NOT staging",
+    "* ^ : ( ) - + \" ' ` \\ ;",
+    "title:deploy OR body:x",
+    "-deploy",
+    "deploy*",
+    "^staging",
+    "1' OR '1'='1",
+    "SELECT * FROM objects; DELETE FROM objects",
+    "\x00 nul \u202e rtl",
+    "deploy " * 500,
+]
+
+
+def make_run(
+    code: str = "print(2 + 2)",
+    *,
+    success: bool = True,
+    stderr: str = "",
+    parameters: dict[str, object] | None = None,
+    policy: str | dict[str, object] = "strict",
+) -> tuple[ExecutionRequest, ExecutionResult]:
+    request = ExecutionRequest.create(code=code, parameters=parameters, policy=load_policy(policy))
+    result = ExecutionResult(
+        execution_id=request.execution_id,
+        success=success,
+        language="python",
+        exit_code=0 if success else 1,
+        stdout="4\n" if success else "",
+        stderr=stderr,
+        sandbox_mode="docker",
+        execution_time_ms=3.0,
+    )
+    return request, result
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "memory.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    """A store on a fresh file, keyword ranking (a backend parameter goes here later)."""
+    with SQLiteStore(db_path, KEYWORD) as opened:
+        yield opened
+
+
+def remember(store: Store, content: str, **kwargs: object) -> int:
+    return store.add_memory(NewMemory.create(content, **kwargs))  # type: ignore[arg-type]
+
+
+def recall(store: Store, query: str, **kwargs: object) -> list[int]:
+    return [h.id for h in store.recall(RecallQuery.create(query, **kwargs))]  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- every kind
+
+
+def test_each_kind_reads_back_by_id(store: Store) -> None:
+    """A memory, event, procedure, entity and relation read back with their normalised values."""
+    memory = remember(
+        store,
+        "  The API limit is 100 requests  ",
+        memory_type=" Semantic ",
+        tags=["API", "api", " Limits "],
+    )
+    event = store.add_event(
+        NewEvent.create("Decision", "chose SQLite", " Success ", {"why": "embedded"})
+    )
+    procedure = store.add_procedure(
+        NewProcedure.create("Release", ["tag", {"action": "push"}], "Deploy")
+    )
+    entity = store.add_entity(NewEntity.create("Billing  Service", "Process"))
+    relation = store.add_relation(NewRelation.create(entity, procedure, "Runs"))
+
+    got = store.get(memory)
+    assert isinstance(got, MemoryRecord)
+    assert (got.content, got.memory_type, got.tags) == (
+        "The API limit is 100 requests",
+        "semantic",
+        ("api", "limits"),
+    )
+    assert (got.importance, got.access_count, got.merged_ids) == (0.5, 0, ())
+    ev = store.get(event)
+    assert (ev.event_type, ev.outcome, ev.context) == ("decision", "success", {"why": "embedded"})  # type: ignore[union-attr]
+    proc = store.get(procedure)
+    assert isinstance(proc, ProcedureRecord)
+    assert proc.category == "deploy" and [s.description for s in proc.steps] == ["tag", "push"]
+    ent = store.get(entity)
+    assert isinstance(ent, EntityRecord) and (ent.name, ent.entity_type) == (
+        "Billing Service",
+        "process",
+    )
+    rel = store.get(relation)
+    assert isinstance(rel, RelationRecord)
+    assert (rel.source_id, rel.target_id, rel.relation_type) == (entity, procedure, "runs")
+    assert [store.kind_of(i) for i in (memory, event, procedure, entity, relation)] == [
+        "memory", "event", "procedure", "entity", "relation",
+    ]  # fmt: skip
+
+
+def test_ids_are_one_sequence_across_kinds(store: Store) -> None:
+    """Ids of every kind come from one sequence: all distinct and increasing."""
+    ids = [
+        remember(store, "a fact"),
+        store.record_execution(*make_run()),
+        store.add_event(NewEvent.create("action", "did it")),
+        store.add_procedure(NewProcedure.create("p", ["s"])),
+        store.add_entity(NewEntity.create("e", "thing")),
+    ]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert ids[2] > ids[1] + 1  # the execution's own event took the id in between
+
+
+def test_forget_any_kind_and_unknown_ids(store: Store) -> None:
+    """forget removes a record of each kind and returns False for an unknown id or twice."""
+    ids = {
+        "memory": remember(store, "a fact"),
+        "event": store.add_event(NewEvent.create("action", "did it")),
+        "execution": store.record_execution(*make_run()),
+        "procedure": store.add_procedure(NewProcedure.create("p", ["s"])),
+        "entity": store.add_entity(NewEntity.create("e", "thing")),
+    }
+    ids["relation"] = store.add_relation(NewRelation.create(ids["entity"], ids["memory"], "knows"))
+    for object_id in reversed(ids.values()):  # the relation first: forgetting its ends takes it
+        assert store.forget(object_id) is True
+        assert store.get(object_id) is None
+        assert store.forget(object_id) is False
+    assert store.forget(999_999) is False
+
+
+def test_forgetting_cascades_to_index_relations_and_events(store: Store, db_path: Path) -> None:
+    """Forgetting removes the full-text row, relations of the record and an execution's event."""
+    fact = remember(store, "alpine lakes are cold")
+    person = store.add_entity(NewEntity.create("Ada", "person"))
+    link = store.add_relation(NewRelation.create(person, fact, "wrote"))
+    run = store.record_execution(*make_run("print('alpine')"))
+
+    assert recall(store, "alpine") and store.relations(fact)
+    store.forget(fact)
+    store.forget(run)
+
+    assert recall(store, "alpine") == []
+    assert store.get(link) is None and store.relations(person) == []
+    assert store.list_events(event_type="execution") == []
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM search").fetchone() == (1,)  # the entity
+        assert conn.execute("SELECT COUNT(*) FROM objects").fetchone() == (1,)
+
+
+def test_deleting_a_kind_row_directly_removes_its_object(store: Store, db_path: Path) -> None:
+    """A row deleted from its kind's table by hand takes its objects and search rows along."""
+    fact = remember(store, "zebra crossings")
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("DELETE FROM memories WHERE id = ?", (fact,))
+    assert store.kind_of(fact) is None
+    assert recall(store, "zebra") == []
+
+
+def test_entities_with_the_same_type_and_name_merge(store: Store) -> None:
+    """remember_entity of a known (type, name) returns its id and merges the context."""
+    first = store.add_entity(NewEntity.create("Billing Service", "service", {"owner": "ada"}))
+    again = store.add_entity(NewEntity.create("billing   service", "SERVICE", {"tier": 1}))
+    other = store.add_entity(NewEntity.create("Billing Service", "team"))
+
+    assert again == first != other
+    got = store.get(first)
+    assert isinstance(got, EntityRecord)
+    assert got.context == {"owner": "ada", "tier": 1} and got.name == "Billing Service"
+
+
+def test_relations_need_existing_ends_and_are_unique(store: Store) -> None:
+    """A relation to an unknown id raises RecordNotFoundError; the same link twice is one."""
+    a = store.add_entity(NewEntity.create("a", "thing"))
+    b = store.add_entity(NewEntity.create("b", "thing"))
+    with pytest.raises(RecordNotFoundError, match="target_id 4242"):
+        store.add_relation(NewRelation.create(a, 4242, "uses"))
+    first = store.add_relation(NewRelation.create(a, b, "uses", {"since": 1}))
+    assert store.add_relation(NewRelation.create(a, b, "Uses", {"since": 2})) == first
+    assert store.get(first).context == {"since": 2}  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- recall
+
+
+def test_recall_ranks_the_best_match_first_with_scores_in_range(store: Store) -> None:
+    """The record matching all query words ranks first; scores are in [0, 1], best first."""
+    remember(store, "The staging deploy needs the AWS_REGION variable")
+    best = remember(store, "Deploying to staging failed because the staging database was down")
+    remember(store, "Lunch is at noon")
+    hits = store.recall(RecallQuery.create("why did the staging deployment fail", limit=5))
+
+    assert hits[0].id == best
+    assert all(0.0 <= h.score <= 1.0 for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert all("Lunch" not in h.content for h in hits)
+
+
+def test_recall_stems_and_splits_identifiers(store: Store) -> None:
+    """Inflections match (deployment/deploy, configuring/configuration) and camel case splits."""
+    deploy = remember(store, "deploy with blue green switching")
+    config = remember(store, "configuration lives in settings.yaml")
+    zero = remember(store, "the weekly report raised ZeroDivisionError on empty data")
+
+    assert recall(store, "deployment")[0] == deploy
+    assert recall(store, "configuring")[0] == config
+    assert recall(store, "division by zero")[0] == zero
+    assert recall(store, "ZeroDivisionError")[0] == zero
+
+
+def test_recall_searches_every_kind_and_kinds_narrows(store: Store) -> None:
+    """One query finds memories, events, executions, procedures and entities; kinds narrows."""
+    ids = {
+        "memory": remember(store, "kraken tentacles"),
+        "event": store.add_event(NewEvent.create("observation", "saw a kraken")),
+        "execution": store.record_execution(*make_run("kraken = 1\nprint(kraken)")),
+        "procedure": store.add_procedure(NewProcedure.create("Feed the kraken", ["fish"])),
+        "entity": store.add_entity(NewEntity.create("Kraken", "creature")),
+    }
+    hits = store.recall(RecallQuery.create("kraken", limit=20))
+    assert set(ids.values()) <= {h.id for h in hits}  # the run's own event is found too
+    assert {h.kind for h in hits} == set(ids)
+
+    narrowed = store.recall(RecallQuery.create("kraken", limit=20, kinds=["Executions", "entity"]))
+    assert {h.kind for h in narrowed} == {"execution", "entity"}
+
+
+def test_recall_hit_shape(store: Store) -> None:
+    """A hit has id, kind, content, tags, score, created_at, type and context."""
+    remember(store, "octopus ink", memory_type="episodic", context={"project": "sea"}, tags=["ink"])
+    run = store.record_execution(*make_run("print('octopus')"))
+    hits = store.recall(RecallQuery.create("octopus", kinds=["memory", "execution"]))
+    memory_hit, run_hit = sorted(hits, key=lambda h: h.kind, reverse=True)
+
+    data = memory_hit.to_dict()
+    assert set(data) == {"id", "kind", "content", "tags", "score", "created_at", "type", "context"}
+    assert (data["kind"], data["content"], data["tags"], data["type"]) == (
+        "memory",
+        "octopus ink",
+        ["ink"],
+        "episodic",
+    )
+    assert data["context"] == {"project": "sea", "memory_type": "episodic"}
+    assert datetime.fromisoformat(data["created_at"]) <= datetime.now(UTC)
+    assert run_hit.id == run and run_hit.type == "python"
+    assert run_hit.content.startswith(
+        "python run succeeded (exit 0) under strict: print('octopus')"
+    )
+    assert run_hit.context["language"] == "python" and run_hit.context["success"] is True
+
+
+def test_context_filters_on_own_and_given_fields(store: Store) -> None:
+    """context filters: the caller's keys and the record's own fields (language, memory_type)."""
+    sea = remember(store, "tide tables", context={"project": "sea", "year": 2026, "ok": True})
+    remember(store, "tide pools", context={"project": "land"})
+    run = store.record_execution(*make_run("print('tide')"))
+
+    assert recall(store, "tide", context={"project": "sea"}) == [sea]
+    assert recall(store, "tide", context={"year": 2026, "ok": True}) == [sea]
+    assert recall(store, "tide", context={"language": "python"}) == [run]
+    assert recall(store, "tide", context={"memory_type": "semantic", "project": "sea"}) == [sea]
+    assert recall(store, "tide", context={"project": "mars"}) == []
+    assert recall(store, "tide", context={"it's": 'a "quoted" key'}) == []
+
+
+@pytest.mark.parametrize("query", HOSTILE_QUERIES)
+def test_hostile_queries_never_raise_and_match_as_words(store: Store, query: str) -> None:
+    """Quotes, FTS operators and SQL are words or nothing: no error, sensible results."""
+    deploy = remember(store, "deploy to staging every Tuesday")
+    hits = recall(store, query, limit=10)
+    assert hits in ([], [deploy])
+
+
+def test_drop_table_in_a_query_is_only_words(store: Store, db_path: Path) -> None:
+    """'; DROP TABLE memories; -- finds memories about tables and drops nothing."""
+    about = remember(store, "drop the table of contents from the memories book")
+    assert recall(store, "'; DROP TABLE memories; --") == [about]
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM memories").fetchone() == (1,)
+
+
+def test_recall_counts_use_of_memories(store: Store) -> None:
+    """Memories returned by recall have their access count and time updated."""
+    fact = remember(store, "ravens remember faces")
+    recall(store, "ravens")
+    recall(store, "ravens faces")
+    got = store.get(fact)
+    assert isinstance(got, MemoryRecord)
+    assert got.access_count == 2 and got.last_accessed_at is not None
+
+
+def test_recency_breaks_ties_mildly(store: Store, db_path: Path) -> None:
+    """Of two equal matches the newer ranks first, and the older still scores above 0.85 of it."""
+    old = remember(store, "pelican migration notes")
+    new = remember(store, "pelican migration notes")
+    year_ago = (datetime.now(UTC) - timedelta(days=365)).isoformat(timespec="microseconds")
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE search SET created_at = ? WHERE rowid = ?", (year_ago, old))
+    hits = store.recall(RecallQuery.create("pelican migration"))
+    assert [h.id for h in hits] == [new, old]
+    assert hits[1].score >= 0.85 * hits[0].score
+
+
+def test_recall_events_filters_by_words_type_and_dates(store: Store, db_path: Path) -> None:
+    """recall_events ranks by words, filters by type and date range, newest first without words."""
+    deploy = store.add_event(NewEvent.create("error", "deploy to staging timed out", "failure"))
+    lunch = store.add_event(NewEvent.create("action", "ordered lunch"))
+    old = store.add_event(NewEvent.create("error", "disk full on staging"))
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(
+            "UPDATE events SET created_at = '2020-01-15T10:00:00.000000+00:00' WHERE id = ?", (old,)
+        )
+
+    def ids(**kwargs: object) -> list[int]:
+        return [h.event.id for h in store.recall_events(EventQuery.create(**kwargs))]  # type: ignore[arg-type]
+
+    assert ids() == [lunch, deploy, old]
+    assert ids(query="staging") == [deploy, old] or ids(query="staging") == [old, deploy]
+    assert ids(event_type="Error") == [deploy, old]
+    assert ids(start_date="2020-01-15", end_date="2020-01-15") == [old]
+    assert ids(start_date=datetime(2021, 1, 1)) == [lunch, deploy]
+    assert ids(query="'\"*") == []
+    scored = store.recall_events(EventQuery.create(query="deploy staging"))
+    assert scored[0].event.id == deploy and scored[0].score == 1.0
+
+
+# --------------------------------------------------------------------------- bulk and concurrency
+
+
+def test_add_memories_is_one_transaction(store: Store) -> None:
+    """add_memories stores many at once, ids in order, all searchable."""
+    ids = store.add_memories(
+        NewMemory.create(f"bulk note number {i} about herons") for i in range(300)
+    )
+    assert len(ids) == 300 and ids == sorted(ids)
+    assert len(store.recall(RecallQuery.create("herons", limit=1000))) == 300
+
+
+def _remember_many(
+    path: str, worker: int, count: int, start: multiprocessing.synchronize.Event
+) -> None:
+    """Child process: wait for the start signal, then remember ``count`` memories one by one."""
+    start.wait(60)
+    with SQLiteStore(Path(path), KEYWORD) as child:
+        for index in range(count):
+            child.add_memory(NewMemory.create(f"worker {worker} memory {index} about otters"))
+
+
+def test_concurrent_processes_remember_without_loss(db_path: Path) -> None:
+    """Four processes remembering 50 memories each at once store all 200, all searchable."""
+    SQLiteStore(db_path, KEYWORD).close()
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    workers = [
+        ctx.Process(target=_remember_many, args=(str(db_path), w, 50, start)) for w in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    start.set()
+    for worker in workers:
+        worker.join(120)
+
+    assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM memories").fetchone() == (200,)
+        assert conn.execute("SELECT COUNT(*) FROM search").fetchone() == (200,)
+    with SQLiteStore(db_path, KEYWORD) as reader:
+        assert len(reader.recall(RecallQuery.create("otters", limit=1000))) == 200
+
+
+def test_concurrent_threads_remember_and_recall(store: Store) -> None:
+    """Threads remembering and recalling through one store at once lose nothing and never fail."""
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            for index in range(25):
+                store.add_memory(NewMemory.create(f"thread {worker} note {index} on beavers"))
+                store.recall(RecallQuery.create("beavers"))
+        except BaseException as exc:  # collected: an exception in a thread is otherwise lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(store.recall(RecallQuery.create("beavers", limit=1000))) == 150
+
+
+# --------------------------------------------------------------------------- privacy and retention
+
+
+def test_parameters_are_redacted_by_option(db_path: Path) -> None:
+    """With redact_parameters the record keeps {} and says so; code and output are kept."""
+    with SQLiteStore(db_path, StoreOptions(embeddings="off", redact_parameters=True)) as redacting:
+        request, result = make_run("print(parameters['token'])", parameters={"token": "s3cret"})
+        redacting.record_execution(request, result)
+        record = redacting.get_execution(request.execution_id)
+    assert isinstance(record, ExecutionRecord)
+    assert record.parameters == {} and record.parameters_redacted is True
+    assert record.code == "print(parameters['token'])" and record.stdout == "4\n"
+    assert b"s3cret" not in db_path.read_bytes()
+
+
+def test_parameters_are_redacted_by_policy(store: Store) -> None:
+    """A policy with records.redact_parameters redacts too; other runs keep their parameters."""
+    private = make_run(
+        parameters={"token": "s3cret"}, policy={"records": {"redact_parameters": True}}
+    )
+    public = make_run(parameters={"n": 1})
+    store.record_execution(*private)
+    store.record_execution(*public)
+    assert store.get_execution(private[0].execution_id).parameters_redacted  # type: ignore[union-attr]
+    kept = store.get_execution(public[0].execution_id)
+    assert kept is not None and kept.parameters == {"n": 1} and not kept.parameters_redacted
+
+
+def _age_executions(db_path: Path, days: float) -> None:
+    old = (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="microseconds")
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE executions SET created_at = ?", (old,))
+
+
+def test_retention_prunes_old_executions_on_open(db_path: Path) -> None:
+    """Executions older than retention_days (and their events) are removed when a store opens."""
+    with SQLiteStore(db_path, KEYWORD) as first:
+        for index in range(3):
+            first.record_execution(*make_run(f"print({index})"))
+        fact = first.add_memory(NewMemory.create("memories are not execution records"))
+    _age_executions(db_path, 10)
+
+    with SQLiteStore(db_path, StoreOptions(embeddings="off", retention_days=7)) as again:
+        assert again.list_executions() == [] and again.list_events() == []
+        assert again.get(fact) is not None
+        kept = again.record_execution(*make_run())
+        assert again.get(kept) is not None  # new records are kept
+
+
+def test_retention_runs_after_writes_at_most_once_a_minute(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After writes, retention runs again once its interval has passed, not before."""
+    import memory_store.options as options_module
+
+    with SQLiteStore(db_path, StoreOptions(embeddings="off", retention_days=1)) as opened:
+        opened.record_execution(*make_run())
+        _age_executions(db_path, 2)
+        opened.record_execution(*make_run())  # within the minute: the aged one stays
+        assert len(opened.list_executions()) == 2
+        monkeypatch.setattr(options_module, "RETENTION_CHECK_SECONDS", 0.0)
+        opened.record_execution(*make_run())
+        assert len(opened.list_executions()) == 2  # the aged one went, the two new stay
