@@ -6,18 +6,21 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv docker-up gvisor images node-tools demo doctor test test-unit test-integration lint bench sweep clean
+.PHONY: help venv docker-up gvisor postgres-up images node-tools demo doctor test test-unit test-integration test-postgres lint bench sweep clean
 
 help:
 	@echo "make demo              set up everything and run examples under the three policies"
 	@echo "make test              all tests, integration tests against the real Docker engine included"
-	@echo "make test-unit         unit tests only (no Docker)"
+	@echo "make test-unit         unit tests only (no Docker, no PostgreSQL)"
+	@echo "make test-postgres     the memory store tests on PostgreSQL (starts it on 127.0.0.1)"
+	@echo "make security          hostile code (RedCode-Exec and more) judged by the host's state"
 	@echo "make lint              ruff and mypy"
 	@echo "make images            build the sandbox images (only what changed)"
-	@echo "make bench             latency benchmark, side by side with docker run and the host"
+	@echo "make bench             latency and memory benchmarks, side by side with docker run and the host"
 	@echo "make docker-up         install and start a Docker engine if none answers"
 	@echo "make doctor            which isolation modes work here, and how to enable the others"
 	@echo "make gvisor            install gVisor's runsc and register it with the Docker engine"
+	@echo "make postgres-up       install and start PostgreSQL on 127.0.0.1 for the store tests"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,11 +57,18 @@ $(VENV)/.embeddings: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,embeddings]'
 	touch $(VENV)/.embeddings
 
-test: images node-tools gvisor $(VENV)/.embeddings
+# PostgreSQL on 127.0.0.1 for the memory store tests (role athena, database athena_test); root.
+postgres-up:
+	bash scripts/ensure-postgres.sh
+
+test: images node-tools gvisor $(VENV)/.embeddings postgres-up
 	$(BIN)/pytest -q
 
 test-unit: venv
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q -m "not postgres" tests/unit
+
+test-postgres: venv postgres-up
+	$(BIN)/pytest -q -m postgres tests/unit tests/integration/test_memory_records.py
 
 test-integration: images node-tools
 	$(BIN)/pytest -q tests/integration
@@ -78,7 +88,7 @@ lint: venv
 	$(BIN)/ruff format --check orchestrator memory_store athena tests benchmarks
 	$(BIN)/mypy
 
-bench: images node-tools
+bench: images node-tools postgres-up
 	$(BIN)/python benchmarks/bench_latency.py
 	$(BIN)/python benchmarks/bench_memory.py
 

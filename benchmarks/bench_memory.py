@@ -2,10 +2,15 @@
 
 Rows: remember() one call at a time (one transaction each) and the bulk helper
 (``store.add_memories``, one transaction); recall() p50/p95 at 10,000 and 100,000 memories with
-keyword ranking (SQLite FTS5), for queries of typical words and of the corpus's most common
-words (the worst case); and the top-3 hit rate of a small labelled set (50 memories, 30
-queries, most of them paraphrases, a third sharing no word with their answer) with keyword
-ranking and, when the embeddings extra is installed, hybrid ranking.
+keyword ranking, for queries of typical words and of the corpus's most common words (the
+worst case); and the top-3 hit rate of a small labelled set (50 memories, 30 queries, most of
+them paraphrases, a third sharing no word with their answer) with keyword ranking and, when
+the embeddings extra is installed, hybrid ranking.
+
+Both backends: SQLite (FTS5) always; PostgreSQL (tsvector, ts_rank_cd) when a server answers at
+ATHENA_TEST_POSTGRES_URL (default: the one scripts/ensure-postgres.sh sets up), each store in
+a schema of its own, dropped afterwards. The server is on this machine (loopback), so its
+figures include a client round trip per statement but no network.
 
 No Docker is needed: runs are not measured here (see bench_latency.py). Prints a Markdown
 table and writes benchmarks/results/memory.json.
@@ -22,7 +27,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,10 +37,15 @@ from typing import Any
 from athena.mcp.memory_api import MemoryAPI
 from memory_store import NewMemory
 from memory_store.embeddings import extra_installed
+from memory_store.postgres_connection import PostgresTarget
 from orchestrator.settings import Settings
 from orchestrator.testing import FakeBackend
 
 OUT = Path(__file__).resolve().parent / "results" / "memory.json"
+POSTGRES_URL = (
+    os.environ.get("ATHENA_TEST_POSTGRES_URL")
+    or "postgresql://athena:athena@127.0.0.1:5432/athena_test"
+)
 SIZES = tuple(int(n) for n in os.environ.get("BENCH_MEMORY_SIZES", "10000,100000").split(","))
 QUERIES = int(os.environ.get("BENCH_MEMORY_QUERIES", "200"))
 SINGLE_REMEMBERS = 500
@@ -143,9 +155,90 @@ def hit_rate(api: MemoryAPI, ids: Sequence[int]) -> dict[str, Any]:
     return {"top1": round(top1 / n, 3), "top3": round(top3 / n, 3), "n": n, "misses": misses}
 
 
-def recall_quality(tmp: Path, mode: str) -> dict[str, Any]:
+# --------------------------------------------------------------------------- where stores live
+
+
+class SQLitePlace:
+    """Stores as files in a temporary directory."""
+
+    name = "SQLite"
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+
+    @contextmanager
+    def target(self, label: str) -> Iterator[str]:
+        """A fresh store location."""
+        yield str(self.tmp / f"{label}.db")
+
+    def memories(self, target: str) -> int:
+        with sqlite3.connect(target) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM memories").fetchone()[0])
+
+    def size_mb(self, target: str) -> float:
+        return round(Path(target).stat().st_size / 2**20, 1)
+
+
+class PostgresPlace:
+    """Stores as schemas of the test database, each dropped when done."""
+
+    name = "PostgreSQL"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def problem(self) -> str | None:
+        """Why the server cannot be used, or None."""
+        try:
+            import psycopg
+        except ImportError:
+            return "the postgres extra is not installed"
+        try:
+            with psycopg.connect(self.url, connect_timeout=5) as conn:
+                self.version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+        except psycopg.Error as exc:
+            return PostgresTarget.parse(self.url).scrub(str(exc).strip())
+        return None
+
+    def _sql(self, statement: str) -> Any:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            cursor = conn.execute(statement)  # type: ignore[arg-type]
+            row = cursor.fetchone() if cursor.description else None
+            return None if row is None else row[0]
+
+    @contextmanager
+    def target(self, label: str) -> Iterator[str]:
+        """A fresh schema; dropped afterwards."""
+        schema = f"athena_bench_{label.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+        self._sql(f"CREATE SCHEMA {schema}")
+        try:
+            yield f"{self.url}{'&' if '?' in self.url else '?'}options=-csearch_path%3D{schema}"
+        finally:
+            self._sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+    def _schema(self, target: str) -> str:
+        return target.rsplit("%3D", 1)[1]
+
+    def memories(self, target: str) -> int:
+        return int(self._sql(f"SELECT COUNT(*) FROM {self._schema(target)}.memories"))
+
+    def size_mb(self, target: str) -> float:
+        schema = self._schema(target)
+        total = self._sql(
+            "SELECT SUM(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n "
+            f"ON n.oid = c.relnamespace WHERE n.nspname = '{schema}' AND c.relkind = 'r'"
+        )
+        return round(int(total) / 2**20, 1)
+
+
+Place = SQLitePlace | PostgresPlace
+
+
+def recall_quality(place: Place, mode: str) -> dict[str, Any]:
     """Load the labelled memories into a fresh store, score the queries, time both calls."""
-    with open_api(tmp / f"quality-{mode}.db", mode) as api:
+    with place.target(f"quality-{mode}") as target, open_api(target, mode) as api:
         api.recall("warm up")  # hybrid: the model loads here, once per process
         ids: list[int] = []
         remember_ms = timed_each(lambda text: ids.append(api.remember(text)), MEMORIES, warm_up=0)
@@ -158,10 +251,10 @@ def recall_quality(tmp: Path, mode: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- scale
 
 
-def open_api(path: Path, embeddings: str = "off") -> MemoryAPI:
-    """A MemoryAPI on a fresh file; no runs happen here, so the backend is a fake."""
+def open_api(target: str, embeddings: str = "off") -> MemoryAPI:
+    """A MemoryAPI on a fresh store; no runs happen here, so the backend is a fake."""
     return MemoryAPI.create(
-        path,
+        target,
         settings=Settings(pool_size=0),
         backends=[FakeBackend()],
         embeddings=embeddings,  # type: ignore[arg-type]
@@ -214,33 +307,31 @@ def timed_each(
     return percentiles(samples)
 
 
-def at_scale(tmp: Path, size: int) -> dict[str, Any]:
+def at_scale(place: Place, size: int) -> dict[str, Any]:
     """Bulk-load ``size`` memories, then time remember() and recall() through MemoryAPI."""
     corpus = Corpus()
     texts = [corpus.text() for _ in range(size)]
-    path = tmp / f"scale-{size}.db"
-    with open_api(path) as api:
-        start = time.perf_counter()
-        memories = [NewMemory.create(t) for t in texts]
-        api.store.add_memories(memories)
-        bulk_seconds = time.perf_counter() - start
-        singles = [corpus.text() for _ in range(SINGLE_REMEMBERS)]
-        start = time.perf_counter()
-        for text in singles:
-            api.remember(text)
-        single_seconds = time.perf_counter() - start
-        typical = timed_each(api.recall, corpus.queries(QUERIES))
-        common = timed_each(api.recall, corpus.queries(QUERIES, top=50))
-    with sqlite3.connect(path) as conn:
-        count = conn.execute("SELECT COUNT(*) FROM memories").fetchone()[0]
-    return {
-        "memories": count,
-        "bulk_per_s": round(size / bulk_seconds),
-        "remember_per_s": round(SINGLE_REMEMBERS / single_seconds),
-        "recall_typical_ms": typical,
-        "recall_common_words_ms": common,
-        "file_mb": round(path.stat().st_size / 2**20, 1),
-    }
+    with place.target(f"scale-{size}") as target:
+        with open_api(target) as api:
+            start = time.perf_counter()
+            memories = [NewMemory.create(t) for t in texts]
+            api.store.add_memories(memories)
+            bulk_seconds = time.perf_counter() - start
+            singles = [corpus.text() for _ in range(SINGLE_REMEMBERS)]
+            start = time.perf_counter()
+            for text in singles:
+                api.remember(text)
+            single_seconds = time.perf_counter() - start
+            typical = timed_each(api.recall, corpus.queries(QUERIES))
+            common = timed_each(api.recall, corpus.queries(QUERIES, top=50))
+        return {
+            "memories": place.memories(target),
+            "bulk_per_s": round(size / bulk_seconds),
+            "remember_per_s": round(SINGLE_REMEMBERS / single_seconds),
+            "recall_typical_ms": typical,
+            "recall_common_words_ms": common,
+            "file_mb": place.size_mb(target),
+        }
 
 
 # --------------------------------------------------------------------------- report
@@ -257,47 +348,83 @@ def measure() -> dict[str, Any]:
         "quality": {},
     }
     with tempfile.TemporaryDirectory(prefix="athena-bench-memory-") as tmp:
-        figures["quality"]["keyword"] = recall_quality(Path(tmp), "off")
+        sqlite = SQLitePlace(Path(tmp))
+        figures["quality"]["keyword"] = recall_quality(sqlite, "off")
         if extra_installed():
-            figures["quality"]["hybrid"] = recall_quality(Path(tmp), "on")
+            figures["quality"]["hybrid"] = recall_quality(sqlite, "on")
         for size in SIZES:
-            figures["scale"][str(size)] = at_scale(Path(tmp), size)
+            figures["scale"][str(size)] = at_scale(sqlite, size)
+    figures["postgres"] = measure_postgres()
     return figures
+
+
+def measure_postgres() -> dict[str, Any]:
+    """The same figures on PostgreSQL (keyword ranking), or why there are none."""
+    place = PostgresPlace(POSTGRES_URL)
+    problem = place.problem()
+    shown = PostgresTarget.parse(POSTGRES_URL).shown
+    if problem is not None:
+        return {"skipped": f"no PostgreSQL server answers at {shown}: {problem}"}
+    figures: dict[str, Any] = {"server": f"PostgreSQL {place.version} at {shown}"}
+    figures["quality"] = {"keyword": recall_quality(place, "off")}
+    figures["scale"] = {str(size): at_scale(place, size) for size in SIZES}
+    return figures
+
+
+def scale_rows(name: str, scale: dict[str, Any]) -> list[str]:
+    """One table row per size of one backend."""
+    lines = []
+    for row in scale.values():
+        typical, common = row["recall_typical_ms"], row["recall_common_words_ms"]
+        lines.append(
+            f"| {name} | {row['memories']:,} | {row['bulk_per_s']:,} | {row['remember_per_s']:,} | "
+            f"{typical['p50']} | {typical['p95']} | {common['p50']} | {common['p95']} | {row['file_mb']} |"
+        )
+    return lines
+
+
+def quality_row(name: str, mode: str, row: dict[str, Any]) -> str:
+    """One row of the labelled-set table."""
+    return (
+        f"| {name} | {mode} | {row['top1']:.0%} | {row['top3']:.0%} | {row['n']} | "
+        f"{row['remember_ms']['p50']} | {row['recall_ms']['p50']} |"
+    )
 
 
 def table(figures: dict[str, Any]) -> str:
     """Render the figures as Markdown."""
+    postgres = figures.get("postgres", {})
     lines = [
-        "| memories | bulk load /s | remember() /s | recall p50 ms | recall p95 ms | common words p50 ms | common words p95 ms | file MB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| store | memories | bulk load /s | remember() /s | recall p50 ms | recall p95 ms | common words p50 ms | common words p95 ms | size MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *scale_rows("SQLite", figures["scale"]),
+        *scale_rows("PostgreSQL", postgres.get("scale", {})),
     ]
-    for row in figures["scale"].values():
-        typical, common = row["recall_typical_ms"], row["recall_common_words_ms"]
-        lines.append(
-            f"| {row['memories']:,} | {row['bulk_per_s']:,} | {row['remember_per_s']:,} | "
-            f"{typical['p50']} | {typical['p95']} | {common['p50']} | {common['p95']} | {row['file_mb']} |"
-        )
+    if "skipped" in postgres:
+        lines.append(f"| PostgreSQL | ({postgres['skipped']}) | | | | | | | |")
     lines += [
         "",
-        "| ranking (labelled set) | top-1 | top-3 | queries | remember() p50 ms | recall() p50 ms |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| store | ranking (labelled set) | top-1 | top-3 | queries | remember() p50 ms | recall() p50 ms |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for mode, row in figures["quality"].items():
-        lines.append(
-            f"| {mode} | {row['top1']:.0%} | {row['top3']:.0%} | {row['n']} | "
-            f"{row['remember_ms']['p50']} | {row['recall_ms']['p50']} |"
-        )
+    lines += [quality_row("SQLite", mode, row) for mode, row in figures["quality"].items()]
     if "hybrid" not in figures["quality"]:
-        lines.append("| hybrid | (embeddings extra not installed) | | | | |")
+        lines.append("| SQLite | hybrid | (embeddings extra not installed) | | | | |")
+    lines += [
+        quality_row("PostgreSQL", mode, row) for mode, row in postgres.get("quality", {}).items()
+    ]
     lines += ["", "| target | measured | goal | met |", "|---|---:|---:|---|"]
     largest = figures["scale"].get("100000")
     if largest:
         p50 = largest["recall_typical_ms"]["p50"]
         met = "yes" if p50 <= TARGET_P50_MS else "NO"
         lines.append(
-            f"| recall p50 at 100k memories, keyword (ms) | {p50} | <= {TARGET_P50_MS} | {met} |"
+            f"| recall p50 at 100k memories, SQLite, keyword (ms) | {p50} | <= {TARGET_P50_MS} | {met} |"
         )
-    lines += ["", f"Measured {figures['when']} on {figures['machine']}."]
+    machine = figures["machine"]
+    if "server" in postgres:
+        machine += f"; {postgres['server']} on the same machine"
+    lines += ["", f"Measured {figures['when']} on {machine}."]
     return "\n".join(lines)
 
 

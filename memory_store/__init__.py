@@ -1,7 +1,9 @@
 """The memory store: executions, events, memories, procedures, entities and their relations.
 
-Open it with :func:`open_store` (a path, ``sqlite:///absolute/path``, ``ATHENA_MEMORY_URL``,
-``ATHENA_MEMORY_DB`` or ``~/.athena/memory.db``); use it through the :class:`Store` protocol
+Open it with :func:`open_store` (a path, ``sqlite:///absolute/path``,
+``postgresql://user:password@host/database``, ``ATHENA_MEMORY_URL``, ``ATHENA_MEMORY_DB`` or
+``~/.athena/memory.db``): a :class:`SQLiteStore` or, for shared deployments, a
+:class:`PostgresStore` (the ``postgres`` extra). Use it through the :class:`Store` protocol
 with the checked inputs (:class:`NewMemory`, :class:`RecallQuery`, ...), or through
 :class:`MemoryAPI`, which takes and returns plain values.
 """
@@ -42,6 +44,7 @@ from memory_store.models import (
     RelationRecord,
 )
 from memory_store.options import StoreOptions
+from memory_store.postgres import PostgresStore
 from memory_store.procedures import CodeGenerator
 from memory_store.sqlite import SQLiteStore
 
@@ -70,6 +73,7 @@ __all__ = [
     "NewMemory",
     "NewProcedure",
     "NewRelation",
+    "PostgresStore",
     "ProcedureRecord",
     "ProcedureStep",
     "RecallHit",

@@ -87,8 +87,10 @@ class MemoryAPI(MemoryMethods):
         """Open the memory store and an orchestrator.
 
         Args:
-            db_path: the store: a SQLite path or URL. None: ``ATHENA_MEMORY_URL``, then
-                ``ATHENA_MEMORY_DB``, then ``~/.athena/memory.db``.
+            db_path: the store: a SQLite path or ``sqlite:///`` URL, or a
+                ``postgresql://user:password@host/database`` URL (the ``postgres`` extra).
+                None: ``ATHENA_MEMORY_URL``, then ``ATHENA_MEMORY_DB``, then
+                ``~/.athena/memory.db``.
             settings: settings (default: from ``ATHENA_*`` environment variables).
             backends: isolation backends (default: Docker).
             embeddings: ``auto`` (hybrid ranking when the embeddings extra is installed),
@@ -98,7 +100,9 @@ class MemoryAPI(MemoryMethods):
 
         Raises:
             StoreConfigError: the store path or URL cannot be used.
-            MissingExtraError: embeddings are ``on`` but the embeddings extra is not installed.
+            StoreError: the store cannot be opened (e.g. the PostgreSQL server refuses).
+            MissingExtraError: embeddings are ``on`` but the embeddings extra is not installed,
+                or a PostgreSQL URL is given without the postgres extra.
         """
         settings = settings or Settings()
         store = open_store(db_path, settings, embeddings=embeddings)

@@ -1,8 +1,8 @@
 """The ``Store`` protocol: what the orchestrator and the memory API need from a memory store.
 
 Every backend takes the checked inputs of :mod:`memory_store.inputs` and returns the models of
-:mod:`memory_store.models`; SQL and ranking stay behind this protocol, so a backend can be
-swapped (SQLite now, PostgreSQL next) without the API noticing.
+:mod:`memory_store.models`; SQL and ranking stay behind this protocol, so the backend (SQLite
+or PostgreSQL) can be swapped without the API noticing.
 """
 
 from __future__ import annotations

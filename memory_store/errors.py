@@ -10,8 +10,9 @@ The branches the store adds::
         └── MissingExtraError (ImportError)   an optional part is not installed: the message
                                               names the extra to install
 
-Errors of ``sqlite3`` are translated into this tree where the store talks to SQLite
-(``raise ... from exc``), so callers never see a ``sqlite3`` exception.
+Errors of ``sqlite3`` and of psycopg are translated into this tree where the store talks to
+the database (``raise ... from exc``), so callers never see a driver's exception; a PostgreSQL
+error names the URL with its password masked.
 """
 
 from __future__ import annotations

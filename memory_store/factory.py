@@ -1,7 +1,9 @@
 """Where the memory store lives, and opening it: ``resolve_store_target`` and ``open_store``.
 
-Accepted targets: a plain path (``~`` is expanded) and ``sqlite:///absolute/path``. PostgreSQL
-URLs are recognised and refused until the PostgreSQL store ships.
+Accepted targets: a plain path (``~`` is expanded), ``sqlite:///absolute/path`` and
+``postgresql://user:password@host:port/database`` (or ``postgres://``), which opens a
+:class:`~memory_store.postgres.PostgresStore` (the ``postgres`` extra). A URL is never echoed
+in an error: it may hold a password.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from memory_store.base import Store
 from memory_store.embeddings import EmbeddingsMode
 from memory_store.errors import StoreConfigError
 from memory_store.options import StoreOptions
+from memory_store.postgres import PostgresStore
 from memory_store.sqlite import SQLiteStore
 from orchestrator.settings import Settings
 
 DEFAULT_DB_PATH = Path("~/.athena/memory.db")
 """The store used when nothing else is set; ``~`` is expanded when the store is opened."""
 
-_ACCEPTED = "a file path (e.g. ~/.athena/memory.db) or sqlite:///absolute/path"
+_ACCEPTED = (
+    "a file path (e.g. ~/.athena/memory.db), sqlite:///absolute/path or "
+    "postgresql://user:password@host:port/database"
+)
 _POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
 
 
@@ -49,12 +55,17 @@ def _sqlite_url_path(target: str) -> str:
     return unquote(parts.path)
 
 
+def is_postgres_url(target: str) -> bool:
+    """Tell whether a target is a PostgreSQL URL (``postgresql://``, ``postgres://``)."""
+    scheme, found, _ = target.strip().partition("://")
+    return bool(found) and scheme.lower().partition("+")[0] in _POSTGRES_SCHEMES
+
+
 def sqlite_path(target: str) -> Path:
     """Return the SQLite file a target names.
 
     Raises:
-        StoreConfigError: the target is empty, in-memory, a PostgreSQL URL (not available
-            yet) or a URL of another scheme.
+        StoreConfigError: the target is empty, in-memory or a URL of another scheme.
 
     """
     if not target.strip():
@@ -62,11 +73,6 @@ def sqlite_path(target: str) -> Path:
     path = target
     if "://" in target:
         scheme = target.partition("://")[0].lower()
-        if scheme.partition("+")[0] in _POSTGRES_SCHEMES:
-            # The URL itself is not echoed: it may hold a password.
-            raise StoreConfigError(
-                "the PostgreSQL store is not available in this version yet; use a SQLite path"
-            )
         if scheme != "sqlite":
             raise StoreConfigError(f"unsupported memory store scheme {scheme!r}: give {_ACCEPTED}")
         path = _sqlite_url_path(target)
@@ -93,11 +99,15 @@ def open_store(
 
     Raises:
         StoreConfigError: the target is not an accepted form, or its file cannot be created.
-        StoreError: the file is not a memory store, or is newer than this code knows.
-        MissingExtraError: embeddings are ``on`` but the embeddings extra is not installed.
+        StoreError: the file or database is not a memory store, is newer than this code
+            knows, or (PostgreSQL) cannot be reached or refuses the login.
+        MissingExtraError: embeddings are ``on`` but the embeddings extra is not installed,
+            or the target is a PostgreSQL URL and the postgres extra is not installed.
 
     """
     settings = settings if settings is not None else Settings()
     target = resolve_store_target(db_path, settings)
     options = StoreOptions.from_settings(settings, embeddings)
+    if is_postgres_url(target):
+        return PostgresStore(target.strip(), options)
     return SQLiteStore(sqlite_path(target), options)

@@ -50,7 +50,7 @@ def execution_values(
     """Return the column values of an execution row, without ``id`` and ``created_at``.
 
     With ``redact_parameters`` (or the policy's ``records.redact_parameters``) the parameters
-    are stored as ``{}`` and ``parameters_redacted`` is 1; code and output are kept.
+    are stored as ``{}`` and ``parameters_redacted`` is true; code and output are kept.
     """
     redact = redact_parameters or request.policy.records.redact_parameters
     return {
@@ -61,8 +61,8 @@ def execution_values(
         "policy_config": text(request.policy.model_dump_json()),
         "code": text(request.code),
         "parameters": json_text(REDACTED_PARAMETERS if redact else request.parameters),
-        "parameters_redacted": int(redact),
-        "success": int(result.success),
+        "parameters_redacted": redact,
+        "success": result.success,
         "exit_code": result.exit_code,
         "stdout": text(result.stdout),
         "stderr": text(result.stderr),

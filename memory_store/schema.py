@@ -2,7 +2,8 @@
 
 Schema version N is what applying ``MIGRATIONS[:N]`` in order gives; the table
 ``schema_version`` holds one row per applied version (a table rather than ``PRAGMA
-user_version`` so the PostgreSQL store can keep the same bookkeeping). Add a migration by
+user_version`` so the PostgreSQL store keeps the same bookkeeping, with the same version
+numbers: see :mod:`memory_store.postgres_schema`). Add a migration by
 appending to ``MIGRATIONS``; never edit one that has shipped.
 
 Every record's id comes from ``objects``, the one id sequence of the store: a row there is made
@@ -91,9 +92,10 @@ def _object_row(table: str) -> str:
 
 def _index_v1_records(conn: sqlite3.Connection) -> None:
     """Put what version 1 recorded (executions and their events) into the full-text index."""
-    from memory_store.sqlite_index import index_existing_records  # it imports this module
+    from memory_store.index import index_existing_records  # they import this module
+    from memory_store.sqlite_db import SQLiteDb
 
-    index_existing_records(conn)
+    index_existing_records(SQLiteDb(conn))
 
 
 _RECORD = "id INTEGER PRIMARY KEY REFERENCES objects(id) ON DELETE CASCADE"
@@ -216,8 +218,8 @@ def current_version(conn: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
-def check_known(version: int, path: Path) -> None:
-    """Refuse a database written by a newer athena-sandbox.
+def check_known(version: int, path: str | Path) -> None:
+    """Refuse a database written by a newer athena-sandbox (``path``: where, for the message).
 
     Raises:
         StoreError: the database's schema version is newer than this code knows.

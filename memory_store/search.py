@@ -8,7 +8,12 @@ suffix comes off (``deployment`` also searches ``deploy``). So quotes, ``AND``/`
 ``NEAR``, ``*``, ``^``, ``:``, parentheses, ``-`` and SQL fragments are only words, or
 nothing: they can neither break the query syntax nor inject.
 
-Scores: keyword relevance is BM25 relative to the best hit of the query (the best is 1.0);
+The same terms feed both backends: SQLite's FTS5 gets quoted terms
+(:func:`match_expression`), PostgreSQL one bound ``plainto_tsquery`` per term
+(:mod:`memory_store.postgres_db`).
+
+Scores: keyword relevance is the backend's score (BM25, ``ts_rank_cd``) relative to the best
+hit of the query (the best is 1.0);
 hybrid relevance is reciprocal rank fusion (RRF, k=60) of the keyword and vector rankings,
 divided by its maximum (first in both lists gives 1.0). Either is then weighted mildly by
 recency and importance: ``relevance * (0.85 + 0.10 * recency + 0.05 * importance)``, where
@@ -18,10 +23,12 @@ recency halves every 30 days. Scores are in [0, 1], higher is better.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
 RRF_K = 60
+BROAD_MATCHES = 2000
+"""A term matching more records than this is too common to score every match of."""
 RECENCY_HALF_LIFE_DAYS = 30.0
 MAX_QUERY_TERMS = 24
 MAX_TERM_CHARS = 64
@@ -125,6 +132,33 @@ def match_expression(terms: Sequence[str]) -> str | None:
     word sharing the prefix.
     """
     return " OR ".join(term_expression(t) for t in terms) or None
+
+
+def plan_scoring(terms: Sequence[str], count: Callable[[str], int]) -> tuple[list[str], bool]:
+    """Choose the terms worth scoring, given ``count`` (a term's matches, capped past BROAD).
+
+    Scoring (BM25, ts_rank_cd) costs about a microsecond per matching record, too much for a
+    word found in most of 100,000 records. So a term matching more than
+    :data:`BROAD_MATCHES` records is *broad*: it is left out when narrower terms exist (it
+    would add little to their scores); the narrowest are kept within a budget of scored rows.
+
+    Returns:
+        The terms to score, in query order, and whether they are all broad (then only the
+        :data:`BROAD_MATCHES` newest matches should be scored). No terms: nothing matches.
+
+    """
+    counts = {t: count(t) for t in terms}
+    narrow = sorted((t for t in terms if counts[t] <= BROAD_MATCHES), key=counts.__getitem__)
+    if not narrow:
+        return list(terms), bool(terms)
+    chosen: set[str] = set()
+    budget = 0
+    for term in narrow:  # the narrowest first, within a budget of scored rows
+        if chosen and budget + counts[term] > 2 * BROAD_MATCHES:
+            break
+        chosen.add(term)
+        budget += counts[term]
+    return [t for t in terms if t in chosen and counts[t]], False
 
 
 def relative(scores: Sequence[float]) -> list[float]:

@@ -5,10 +5,9 @@ with a busy timeout, and whole transactions retried while SQLite answers "busy",
 lost and "database is locked" never reaches the caller. One connection per store, shared by its
 threads behind a lock.
 
-The SQL lives beside this class: records in :mod:`~memory_store.sqlite_records`, the full-text
-index and vectors in :mod:`~memory_store.sqlite_index`, search in
-:mod:`~memory_store.sqlite_search` and :mod:`~memory_store.sqlite_ranking`, consolidation in
-:mod:`~memory_store.sqlite_consolidate`.
+What the store does is shared with the PostgreSQL store (:class:`~memory_store.sql_store.SqlStore`);
+this module adds the file and its connection, :mod:`~memory_store.sqlite_db` the FTS5 dialect
+and :mod:`~memory_store.schema` the migrations.
 """
 
 from __future__ import annotations
@@ -16,73 +15,25 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-import structlog
-
-from memory_store import options as _options
 from memory_store import schema
-from memory_store import sqlite_consolidate as consolidation
-from memory_store import sqlite_index as index
-from memory_store import sqlite_records as records
-from memory_store.base import AnyRecord
-from memory_store.consolidate import Strategy
-from memory_store.documents import (
-    Document,
-    entity_document,
-    event_document,
-    memory_document,
-    procedure_document,
-)
-from memory_store.embeddings import Embedder, pack, resolve_embedder
+from memory_store.embeddings import Embedder
 from memory_store.errors import StoreError
-from memory_store.inputs import (
-    EventQuery,
-    NewEntity,
-    NewEvent,
-    NewMemory,
-    NewProcedure,
-    NewRelation,
-    RecallQuery,
-)
-from memory_store.models import (
-    ConsolidationReport,
-    EventHit,
-    EventRecord,
-    ExecutionRecord,
-    RecallHit,
-    RelationRecord,
-)
 from memory_store.options import StoreOptions
-from memory_store.rows import event_from_row, execution_from_row, execution_values, text
-from memory_store.sqlite_connection import Work, connect, create_private_file, read, write
-from memory_store.sqlite_ranking import Ranker
-from memory_store.summary import summarize_execution
-from memory_store.values import iso
-from orchestrator.errors import RequestError
-from orchestrator.models import ExecutionRequest, ExecutionResult
-
-_log = structlog.get_logger(__name__)
+from memory_store.sql import Work
+from memory_store.sql_store import SqlStore
+from memory_store.sqlite_connection import connect, create_private_file, read, write
+from memory_store.sqlite_db import SQLiteDb
 
 T = TypeVar("T")
-_RETENTION_BATCH = 500
 
 
-def _check_limit(limit: int) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise RequestError(f"limit must be a whole number of at least 1, not {limit!r}")
-
-
-# --------------------------------------------------------------------------- the store
-
-
-class SQLiteStore:
+class SQLiteStore(SqlStore):
     """The memory store in one SQLite file.
 
     A context manager; ``close()`` releases the connection. One store may be used by many
@@ -116,17 +67,14 @@ class SQLiteStore:
             MissingExtraError: ``options.embeddings`` is ``on`` without the embeddings extra.
 
         """
+        super().__init__(options, embedder)
         self._path = Path(path).expanduser()
-        self._options = options or StoreOptions()
-        self._embedder = embedder or resolve_embedder(self._options.embeddings)
-        self._tx = _Transactions(self)
-        self._ranker = Ranker(self._tx, self._embedder)
         self._lock = threading.Lock()
         self._closed = False
-        self._last_retention = 0.0
         create_private_file(self._path)
         with self._translated():
             self._conn = connect(self._path)
+        self._db = SQLiteDb(self._conn)
         try:
             self._version = self._migrate()
             self.prune_expired()
@@ -143,16 +91,6 @@ class SQLiteStore:
     def schema_version(self) -> int:
         """The schema version of the database, after migrating."""
         return self._version
-
-    @property
-    def options(self) -> StoreOptions:
-        """The store's options."""
-        return self._options
-
-    @property
-    def ranking(self) -> str:
-        """``hybrid`` (keyword and vectors) or ``keyword``."""
-        return "keyword" if self._embedder is None else "hybrid"
 
     def _migrate(self) -> int:
         with self._translated():
@@ -178,298 +116,11 @@ class SQLiteStore:
 
     def _reading(self, work: Work[T]) -> T:
         with self._connection() as conn:
-            return read(conn, work)
+            return read(conn, lambda _: work(self._db))
 
     def _writing(self, work: Work[T]) -> T:
         with self._connection() as conn:
-            return write(conn, work)
-
-    # ----------------------------------------------------------------------- executions
-
-    def record_execution(self, request: ExecutionRequest, result: ExecutionResult) -> int:
-        """Persist one execution and its ``execution`` event in one transaction.
-
-        Parameters are redacted (stored as ``{}``) when the options or the request's policy ask.
-
-        Returns:
-            The id of the execution record.
-
-        Raises:
-            RequestError: the result belongs to another request.
-            StoreError: the store cannot write, or this execution is already recorded.
-
-        """
-        if request.execution_id != result.execution_id:
-            raise RequestError(
-                f"the result is of execution {result.execution_id}, "
-                f"the request of {request.execution_id}"
-            )
-        # Serialised before the lock: the write lock is held only for the inserts.
-        values = execution_values(
-            request, result, redact_parameters=self._options.redact_parameters
-        )
-        summary = text(summarize_execution(request, result))
-        outcome = "success" if result.success else "failure"
-        execution_ref = self._writing(
-            lambda conn: records.insert_execution(conn, values, summary, outcome)
-        )
-        self._afterwrite()
-        return execution_ref
-
-    def get_execution(self, execution_id: str) -> ExecutionRecord | None:
-        """Return the record of one execution, or None when it is not recorded.
-
-        Raises:
-            StoreError: the store cannot be read.
-
-        """
-        sql = "SELECT * FROM executions WHERE execution_id = ?"
-        row = self._reading(lambda c: c.execute(sql, (execution_id,)).fetchone())
-        return None if row is None else execution_from_row(dict(row))
-
-    def list_executions(
-        self, limit: int = 50, language: str | None = None
-    ) -> list[ExecutionRecord]:
-        """Return up to ``limit`` executions, newest first, optionally of one language.
-
-        Raises:
-            RequestError: ``limit`` is less than 1.
-            StoreError: the store cannot be read.
-
-        """
-        rows = self._newest("executions", "language", language, limit)
-        return [execution_from_row(dict(row)) for row in rows]
-
-    def list_events(self, limit: int = 50, event_type: str | None = None) -> list[EventRecord]:
-        """Return up to ``limit`` events, newest first, optionally of one type.
-
-        Raises:
-            RequestError: ``limit`` is less than 1.
-            StoreError: the store cannot be read.
-
-        """
-        rows = self._newest("events", "event_type", event_type, limit)
-        return [event_from_row(dict(row)) for row in rows]
-
-    def _newest(self, table: str, column: str, value: str | None, limit: int) -> list[sqlite3.Row]:
-        _check_limit(limit)
-        where, args = ("", ()) if value is None else (f"WHERE {column} = ?", (value,))
-        # id breaks ties: it grows with commit order, and writers take the time after BEGIN.
-        sql = f"SELECT * FROM {table} {where} ORDER BY created_at DESC, id DESC LIMIT ?"
-        return self._reading(lambda c: c.execute(sql, (*args, limit)).fetchall())
-
-    def prune_expired(self) -> int:
-        """Remove execution records (and their events) older than ``retention_days``.
-
-        Runs when the store opens and, after writes, at most once a minute; call it to run it
-        now. Deletes in batches, so other writers wait little.
-
-        Returns:
-            How many executions were removed (0 without a retention setting).
-
-        Raises:
-            StoreError: the store cannot write.
-
-        """
-        self._last_retention = time.monotonic()
-        if self._options.retention_days is None:
-            return 0
-        cutoff = iso(datetime.now(UTC) - timedelta(days=self._options.retention_days))
-
-        def batch(conn: sqlite3.Connection) -> int:
-            ids = conn.execute(
-                "SELECT id FROM executions WHERE created_at < ? LIMIT ?",
-                (cutoff, _RETENTION_BATCH),
-            ).fetchall()
-            conn.executemany("DELETE FROM objects WHERE id = ?", [(r[0],) for r in ids])
-            return len(ids)
-
-        removed = done = self._writing(batch)
-        while done == _RETENTION_BATCH:
-            done = self._writing(batch)
-            removed += done
-        if removed:
-            _log.info("pruned execution records past retention", removed=removed)
-        return removed
-
-    def _afterwrite(self) -> None:
-        if time.monotonic() - self._last_retention >= _options.RETENTION_CHECK_SECONDS:
-            self.prune_expired()
-
-    # ----------------------------------------------------------------------- writing
-
-    def _vector_of(self, doc: Document) -> bytes | None:
-        if self._embedder is None:
-            return None
-        return pack(self._embedder.embed([doc.embedding_text()])[0])
-
-    def _insert(self, kind: str, doc: Document, insert: Work[int]) -> int:
-        vector = self._vector_of(doc)  # before the lock: the model takes milliseconds
-
-        def work(conn: sqlite3.Connection) -> int:
-            object_id = insert(conn)
-            if vector is not None and self._embedder is not None:
-                index.put_vector(conn, object_id, kind, self._embedder.name, vector)
-            return object_id
-
-        object_id = self._writing(work)
-        self._afterwrite()
-        return object_id
-
-    def add_memory(self, memory: NewMemory) -> int:
-        """Remember a memory; return its id.
-
-        Raises:
-            StoreError: the store cannot write.
-
-        """
-        return self._insert(
-            "memory", memory_document(memory), lambda c: records.insert_memory(c, memory)
-        )
-
-    def add_memories(self, memories: Iterable[NewMemory]) -> list[int]:
-        """Remember many memories in one transaction (fast: for imports and benchmarks).
-
-        Vectors are not made here; hybrid ranking embeds them later, a batch per recall.
-
-        Returns:
-            Their ids, in order.
-
-        Raises:
-            StoreError: the store cannot write (then none is stored).
-
-        """
-        items = list(memories)
-
-        def work(conn: sqlite3.Connection) -> list[int]:
-            now = schema.utc_now()
-            return [records.insert_memory(conn, m, now=now) for m in items]
-
-        ids = self._writing(work)
-        self._afterwrite()
-        return ids
-
-    def add_event(self, event: NewEvent) -> int:
-        """Remember an episodic event; return its id.
-
-        Raises:
-            StoreError: the store cannot write.
-
-        """
-        return self._insert(
-            "event", event_document(event), lambda c: records.insert_event(c, event)
-        )
-
-    def add_procedure(self, procedure: NewProcedure) -> int:
-        """Remember a procedure; return its id.
-
-        Raises:
-            StoreError: the store cannot write.
-
-        """
-        doc = procedure_document(procedure)
-        return self._insert("procedure", doc, lambda c: records.insert_procedure(c, procedure))
-
-    def add_entity(self, entity: NewEntity) -> int:
-        """Remember an entity, or merge the context into the one of the same type and name.
-
-        Returns:
-            The entity's id (the existing one when it was known).
-
-        Raises:
-            StoreError: the store cannot write.
-
-        """
-        return self._insert(
-            "entity", entity_document(entity), lambda c: records.upsert_entity(c, entity)[0]
-        )
-
-    def add_relation(self, relation: NewRelation) -> int:
-        """Link two records of any kind; the same link again updates its context.
-
-        Returns:
-            The relation's id.
-
-        Raises:
-            RecordNotFoundError: the source or the target does not exist.
-            StoreError: the store cannot write.
-
-        """
-        return self._writing(lambda c: records.upsert_relation(c, relation))
-
-    # ----------------------------------------------------------------------- reading by id
-
-    def get(self, object_id: int) -> AnyRecord | None:
-        """Return the record with this id, whatever its kind, or None.
-
-        Raises:
-            StoreError: the store cannot be read.
-
-        """
-        return self._reading(lambda c: records.get_record(c, object_id))
-
-    def kind_of(self, object_id: int) -> str | None:
-        """Return the kind of the record with this id, or None.
-
-        Raises:
-            StoreError: the store cannot be read.
-
-        """
-        return self._reading(lambda c: records.kind_of(c, object_id))
-
-    def relations(self, object_id: int) -> list[RelationRecord]:
-        """Return the relations from or to a record, oldest first.
-
-        Raises:
-            StoreError: the store cannot be read.
-
-        """
-        return self._reading(lambda c: records.relations_of(c, object_id))
-
-    def forget(self, object_id: int) -> bool:
-        """Delete a record of any kind, with its index rows, vector and relations.
-
-        Forgetting an execution forgets its event too.
-
-        Returns:
-            False when no record has this id.
-
-        Raises:
-            StoreError: the store cannot write.
-
-        """
-        return self._writing(lambda c: records.delete_record(c, object_id))
-
-    # ----------------------------------------------------------------------- searching
-
-    def recall(self, query: RecallQuery) -> list[RecallHit]:
-        """Return the records that best match a query, best first, scores in [0, 1].
-
-        See :mod:`memory_store.sqlite_ranking` for the ranking.
-
-        Raises:
-            StoreError: the store cannot be read or written.
-
-        """
-        return self._ranker.recall(query)
-
-    def recall_events(self, query: EventQuery) -> list[EventHit]:
-        """Return events by words (ranked), type and time; without words, newest first.
-
-        Raises:
-            StoreError: the store cannot be read.
-
-        """
-        return self._ranker.recall_events(query)
-
-    def consolidate(self, strategy: Strategy, days_back: float) -> ConsolidationReport:
-        """Find patterns, merge near-duplicates, decay and prune (see :mod:`consolidate`).
-
-        Raises:
-            StoreError: the store cannot be read or written.
-
-        """
-        return consolidation.run(self._tx, self._ranker, strategy, days_back)
+            return write(conn, lambda _: work(self._db))
 
     # ----------------------------------------------------------------------- lifecycle
 
@@ -494,16 +145,3 @@ class SQLiteStore:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<SQLiteStore {str(self._path)!r} {state} {self.ranking}>"
-
-
-class _Transactions:
-    """The store's reads and writes, for the ranking and consolidation helpers."""
-
-    def __init__(self, store: SQLiteStore) -> None:
-        self._store = store
-
-    def read(self, work: Work[T]) -> T:
-        return self._store._reading(work)
-
-    def write(self, work: Work[T]) -> T:
-        return self._store._writing(work)

@@ -74,9 +74,15 @@ def settings(project_dir: Path, sandbox_path: str) -> Settings:
 
 
 @pytest.fixture
-def api(tmp_path: Path, settings: Settings, sandbox_path: str) -> Iterator[MemoryAPI]:
-    """A MemoryAPI on a fresh SQLite file and the real engine; every run takes ``sandbox_path``."""
-    with MemoryAPI.create(tmp_path / "memory.db", settings=settings) as memory_api:
+def memory_target(tmp_path: Path) -> str:
+    """Where the ``api`` fixture's store lives: a fresh SQLite file (a module may override it)."""
+    return str(tmp_path / "memory.db")
+
+
+@pytest.fixture
+def api(memory_target: str, settings: Settings, sandbox_path: str) -> Iterator[MemoryAPI]:
+    """A MemoryAPI on a fresh store and the real engine; every run takes ``sandbox_path``."""
+    with MemoryAPI.create(memory_target, settings=settings) as memory_api:
         run = memory_api.execute_code
 
         def checked(*args: Any, **kwargs: Any) -> dict[str, Any]:

@@ -1,12 +1,24 @@
-"""What real runs leave in the memory: recallable records, patterns, redaction, forgetting."""
+"""What real runs leave in the memory: recallable records, patterns, redaction, forgetting.
+
+Each test runs with the store on each backend: a SQLite file, and a PostgreSQL schema (marked
+``postgres``), on the cold and the warm path.
+"""
 
 from __future__ import annotations
 
 import pytest
 
 from athena.mcp.memory_api import MemoryAPI
+from tests.memory_backends import Backend
 
 pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def memory_target(backend: Backend) -> str:
+    """The ``api`` fixture's store: a fresh one on each backend."""
+    return backend.target
+
 
 REPORT = "rows = parameters['rows']\naverage = sum(rows) / len(rows)\nprint(average)"
 

@@ -1,11 +1,11 @@
 """MemoryAPI's memory methods: plain values in and out, normalisation, clear errors.
 
-Runs go through a FakeBackend (no Docker); the store is a real SQLite file.
+Runs go through a FakeBackend (no Docker); the store is real: a SQLite file, and a PostgreSQL
+schema for the tests on the ``backend`` fixture (marked ``postgres``).
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,13 +16,14 @@ from memory_store import MemoryAPI, MissingExtraError, RecordNotFoundError
 from orchestrator.errors import RequestError
 from orchestrator.settings import Settings
 from orchestrator.testing import FakeBackend, FakeRun
+from tests.memory_backends import Backend
 
 ZERO = "Traceback (most recent call last):\n  ...\nZeroDivisionError: division by zero\n"
 
 
-def create(tmp_path: Path, **settings: object) -> MemoryAPI:
+def create(backend: Backend, **settings: object) -> MemoryAPI:
     return MemoryAPI.create(
-        tmp_path / "memory.db",
+        backend.target,
         settings=Settings(**settings),  # type: ignore[arg-type]
         backends=[FakeBackend(FakeRun(stdout="ok\n"))],
         embeddings="off",
@@ -30,8 +31,9 @@ def create(tmp_path: Path, **settings: object) -> MemoryAPI:
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[MemoryAPI]:
-    with create(tmp_path) as opened:
+def api(backend: Backend) -> Iterator[MemoryAPI]:
+    """A MemoryAPI on a fresh store of each backend, keyword ranking, a fake sandbox."""
+    with create(backend) as opened:
         yield opened
 
 
@@ -108,9 +110,9 @@ def test_bad_arguments_raise_request_error_saying_what_to_change(
         call(api)  # type: ignore[operator]
 
 
-def test_content_over_the_size_limit_is_refused(tmp_path: Path) -> None:
+def test_content_over_the_size_limit_is_refused(backend: Backend) -> None:
     """Content over max_memory_bytes raises RequestError naming the limit and the setting."""
-    with create(tmp_path, max_memory_bytes=100) as small:
+    with create(backend, max_memory_bytes=100) as small:
         small.remember("x" * 100)
         with pytest.raises(
             RequestError, match=r"101 bytes; the limit is 100 bytes\..*ATHENA_MAX_MEMORY_BYTES"
@@ -201,14 +203,14 @@ def test_procedure_ids_must_name_procedures(api: MemoryAPI) -> None:
         api.validate_procedure_code("x = 1", procedure_id=memory)
 
 
-def test_a_code_generator_given_to_create_is_used(tmp_path: Path) -> None:
+def test_a_code_generator_given_to_create_is_used(backend: Backend) -> None:
     """MemoryAPI.create(code_generator=...) replaces the template; a per-call one wins."""
 
     def mine(record: object) -> str:
         return '"""Mine."""\n'
 
     with MemoryAPI.create(
-        tmp_path / "m.db", backends=[FakeBackend()], embeddings="off", code_generator=mine
+        backend.target, backends=[FakeBackend()], embeddings="off", code_generator=mine
     ) as api:
         procedure = api.remember_procedure("p", ["s"])
         assert api.generate_procedure_code(procedure)["generator"] == "mine"
@@ -238,10 +240,10 @@ def test_entities_and_relations(api: MemoryAPI) -> None:
 # --------------------------------------------------------------------------- consolidate
 
 
-def test_consolidate_learns_from_failed_runs(tmp_path: Path) -> None:
+def test_consolidate_learns_from_failed_runs(backend: Backend) -> None:
     """Six failing runs through execute_code become one pattern, found by 'division by zero'."""
-    backend = FakeBackend(FakeRun(stderr=ZERO, exit_code=1))
-    with MemoryAPI.create(tmp_path / "m.db", backends=[backend], embeddings="off") as api:
+    failing = FakeBackend(FakeRun(stderr=ZERO, exit_code=1))
+    with MemoryAPI.create(backend.target, backends=[failing], embeddings="off") as api:
         for day in range(6):
             api.execute_code(f"report = build(day={day})")
         report = api.consolidate()
@@ -255,21 +257,20 @@ def test_consolidate_learns_from_failed_runs(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- settings
 
 
-def test_settings_redact_parameters(tmp_path: Path) -> None:
+def test_settings_redact_parameters(backend: Backend) -> None:
     """Settings(redact_parameters=True) keeps parameters out of records."""
-    with create(tmp_path, redact_parameters=True) as api:
+    with create(backend, redact_parameters=True) as api:
         run = api.execute_code("print(parameters)", parameters={"token": "s3cret"})
         record = api.store.get_execution(run["execution_id"])
     assert record is not None and record.parameters == {} and record.parameters_redacted
 
 
-def test_settings_retention_prunes_on_open(tmp_path: Path) -> None:
+def test_settings_retention_prunes_on_open(backend: Backend) -> None:
     """Settings(retention_days=...) removes older runs when the API opens the store."""
-    with create(tmp_path) as api:
+    with create(backend) as api:
         api.execute_code("print(1)")
-    with sqlite3.connect(tmp_path / "memory.db") as conn:
-        conn.execute("UPDATE executions SET created_at = '2001-01-01T00:00:00.000000+00:00'")
-    with create(tmp_path, retention_days=30) as api:
+    backend.sql("UPDATE executions SET created_at = '2001-01-01T00:00:00.000000+00:00'")
+    with create(backend, retention_days=30) as api:
         assert api.store.list_executions() == []
 
 

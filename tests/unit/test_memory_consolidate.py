@@ -1,11 +1,12 @@
-"""consolidate: pattern memories from runs and events, merging, decay and pruning."""
+"""consolidate: pattern memories from runs and events, merging, decay and pruning.
+
+The store tests run on each backend (SQLite, and PostgreSQL marked ``postgres``).
+"""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,6 @@ from memory_store import (
     NewEvent,
     NewMemory,
     RecallQuery,
-    SQLiteStore,
     Store,
     StoreOptions,
 )
@@ -29,6 +29,7 @@ from memory_store.consolidate import (
 )
 from orchestrator.errors import RequestError
 from orchestrator.models import ExecutionRequest, ExecutionResult
+from tests.memory_backends import Backend
 
 ZERO = (
     "Traceback (most recent call last):\n"
@@ -54,13 +55,9 @@ def run(
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "memory.db"
-
-
-@pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
-    with SQLiteStore(db_path, StoreOptions(embeddings="off")) as opened:
+def store(backend: Backend) -> Iterator[Store]:
+    """A fresh store on each backend, keyword ranking."""
+    with backend.open(StoreOptions(embeddings="off")) as opened:
         yield opened
 
 
@@ -135,30 +132,28 @@ def test_different_failures_and_successes_make_different_patterns(store: Store) 
     assert contents[2].endswith("Code: `report = build_report('2026-11-15')` (6).")
 
 
-def test_minimal_ignores_successes_and_events(db_path: Path) -> None:
+def test_minimal_ignores_successes_and_events(store: Store) -> None:
     """minimal writes failure patterns only; quality also groups pairs of events."""
-    with SQLiteStore(db_path, StoreOptions(embeddings="off")) as opened:
-        for _ in range(3):
-            opened.record_execution(*run("import json\nprint(1)", success=True))
-        for seconds in (30, 45):
-            opened.add_event(
-                NewEvent.create("error", f"staging deploy timed out after {seconds}s", "failure")
-            )
-        assert opened.consolidate(STRATEGIES["minimal"], 7).patterns_created == 0
-        quality = opened.consolidate(STRATEGIES["quality"], 7)
-        assert quality.patterns_created == 2 and quality.events_scanned == 2
-        event_pattern = opened.recall(
-            RecallQuery.create("staging deploy timed out", kinds=["memory"])
-        )[0]
-        assert "2 times" in event_pattern.content and "pattern" in event_pattern.tags
+    for _ in range(3):
+        store.record_execution(*run("import json\nprint(1)", success=True))
+    for seconds in (30, 45):
+        store.add_event(
+            NewEvent.create("error", f"staging deploy timed out after {seconds}s", "failure")
+        )
+    assert store.consolidate(STRATEGIES["minimal"], 7).patterns_created == 0
+    quality = store.consolidate(STRATEGIES["quality"], 7)
+    assert quality.patterns_created == 2 and quality.events_scanned == 2
+    event_pattern = store.recall(RecallQuery.create("staging deploy timed out", kinds=["memory"]))[
+        0
+    ]
+    assert "2 times" in event_pattern.content and "pattern" in event_pattern.tags
 
 
-def test_the_window_limits_what_is_scanned(store: Store, db_path: Path) -> None:
+def test_the_window_limits_what_is_scanned(store: Store, backend: Backend) -> None:
     """Runs older than days_back are not grouped."""
     six_failed_reports(store)
     old = (datetime.now(UTC) - timedelta(days=30)).isoformat(timespec="microseconds")
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("UPDATE executions SET created_at = ?", (old,))
+    backend.sql("UPDATE executions SET created_at = ?", (old,))
     report = store.consolidate(STRATEGIES["balanced"], 7)
     assert (report.executions_scanned, report.patterns_created) == (0, 0)
 
@@ -209,36 +204,33 @@ def test_near_duplicates_merge_into_the_older(store: Store) -> None:
     assert [h.id for h in store.recall(RecallQuery.create("ops", kinds=["memory"]))] == [older]
 
 
-def test_merge_thresholds_differ_per_strategy(db_path: Path) -> None:
+def test_merge_thresholds_differ_per_strategy(store: Store) -> None:
     """A pair with Jaccard 0.75 merges under quality (0.7) but not under balanced (0.8)."""
-    with SQLiteStore(db_path, StoreOptions(embeddings="off")) as opened:
-        opened.add_memory(NewMemory.create("alpha beta gamma delta epsilon zeta"))
-        opened.add_memory(NewMemory.create("alpha beta gamma delta epsilon zeta eta theta"))
-        assert opened.consolidate(STRATEGIES["balanced"], 7).memories_merged == 0
-        assert opened.consolidate(STRATEGIES["quality"], 7).memories_merged == 1
+    store.add_memory(NewMemory.create("alpha beta gamma delta epsilon zeta"))
+    store.add_memory(NewMemory.create("alpha beta gamma delta epsilon zeta eta theta"))
+    assert store.consolidate(STRATEGIES["balanced"], 7).memories_merged == 0
+    assert store.consolidate(STRATEGIES["quality"], 7).memories_merged == 1
 
 
 # --------------------------------------------------------------------------- decay and pruning
 
 
-def age(db_path: Path, memory_id: int, days: float) -> None:
+def age(backend: Backend, memory_id: int, days: float) -> None:
     then = (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="microseconds")
-    with sqlite3.connect(db_path) as conn:
-        conn.execute(
-            "UPDATE memories SET created_at = ?, updated_at = ? WHERE id = ?",
-            (then, then, memory_id),
-        )
+    backend.sql(
+        "UPDATE memories SET created_at = ?, updated_at = ? WHERE id = ?", (then, then, memory_id)
+    )
 
 
-def test_unused_memories_decay_and_the_lowest_are_pruned(store: Store, db_path: Path) -> None:
+def test_unused_memories_decay_and_the_lowest_are_pruned(store: Store, backend: Backend) -> None:
     """Idle memories lose importance; one idle for long enough falls below the floor and goes."""
     fresh = store.add_memory(NewMemory.create("fresh fact about kites"))
     idle = store.add_memory(NewMemory.create("idle fact about kites"))
     ancient = store.add_memory(NewMemory.create("ancient fact about kites"))
     pinned = store.add_memory(NewMemory.create("pinned fact about kites", tags=["pinned"]))
-    age(db_path, idle, 40)
-    age(db_path, ancient, 400)
-    age(db_path, pinned, 400)
+    age(backend, idle, 40)
+    age(backend, ancient, 400)
+    age(backend, pinned, 400)
 
     report = store.consolidate(STRATEGIES["balanced"], 7)
 
@@ -251,19 +243,19 @@ def test_unused_memories_decay_and_the_lowest_are_pruned(store: Store, db_path: 
     assert again.memories_pruned == 0  # decay is by elapsed time: a rerun barely changes it
 
 
-def test_minimal_neither_decays_nor_prunes(store: Store, db_path: Path) -> None:
+def test_minimal_neither_decays_nor_prunes(store: Store, backend: Backend) -> None:
     """minimal leaves importance alone."""
     ancient = store.add_memory(NewMemory.create("ancient fact"))
-    age(db_path, ancient, 400)
+    age(backend, ancient, 400)
     report = store.consolidate(STRATEGIES["minimal"], 7)
     assert (report.memories_decayed, report.memories_pruned) == (0, 0)
     assert store.get(ancient).importance == 0.5  # type: ignore[union-attr]
 
 
-def test_recalled_memories_do_not_decay(store: Store, db_path: Path) -> None:
+def test_recalled_memories_do_not_decay(store: Store, backend: Backend) -> None:
     """A memory recall returned lately is not idle, however old."""
     used = store.add_memory(NewMemory.create("old but useful fact about gliders"))
-    age(db_path, used, 400)
+    age(backend, used, 400)
     store.recall(RecallQuery.create("gliders"))
     assert store.consolidate(STRATEGIES["quality"], 7).memories_decayed == 0
 

@@ -1,18 +1,17 @@
 """The store contract: what every backend must do, through the Store protocol only.
 
-The ``store`` fixture returns a SQLiteStore on a fresh file; parametrise it over backends when a
-second one ships. No mocks: real SQLite files in tmp_path.
+Every test runs on each backend (the ``backend`` fixture): a fresh SQLite file in tmp_path, and
+a fresh schema on a real PostgreSQL server (marked ``postgres``). No mocks. Tests that change
+rows by hand (to age them) use ``backend.sql``.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.synchronize
-import sqlite3
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -30,12 +29,12 @@ from memory_store import (
     RecallQuery,
     RecordNotFoundError,
     RelationRecord,
-    SQLiteStore,
     Store,
     StoreOptions,
 )
 from orchestrator.models import ExecutionRequest, ExecutionResult
 from orchestrator.policy import load_policy
+from tests.memory_backends import Backend
 
 KEYWORD = StoreOptions(embeddings="off")
 HOSTILE_QUERIES = [
@@ -78,14 +77,9 @@ def make_run(
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "memory.db"
-
-
-@pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
-    """A store on a fresh file, keyword ranking (a backend parameter goes here later)."""
-    with SQLiteStore(db_path, KEYWORD) as opened:
+def store(backend: Backend) -> Iterator[Store]:
+    """A fresh store on each backend, keyword ranking."""
+    with backend.open(KEYWORD) as opened:
         yield opened
 
 
@@ -173,7 +167,7 @@ def test_forget_any_kind_and_unknown_ids(store: Store) -> None:
     assert store.forget(999_999) is False
 
 
-def test_forgetting_cascades_to_index_relations_and_events(store: Store, db_path: Path) -> None:
+def test_forgetting_cascades_to_index_relations_and_events(store: Store, backend: Backend) -> None:
     """Forgetting removes the full-text row, relations of the record and an execution's event."""
     fact = remember(store, "alpine lakes are cold")
     person = store.add_entity(NewEntity.create("Ada", "person"))
@@ -187,17 +181,14 @@ def test_forgetting_cascades_to_index_relations_and_events(store: Store, db_path
     assert recall(store, "alpine") == []
     assert store.get(link) is None and store.relations(person) == []
     assert store.list_events(event_type="execution") == []
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM search").fetchone() == (1,)  # the entity
-        assert conn.execute("SELECT COUNT(*) FROM objects").fetchone() == (1,)
+    assert backend.sql("SELECT COUNT(*) FROM search") == [(1,)]  # the entity
+    assert backend.sql("SELECT COUNT(*) FROM objects") == [(1,)]
 
 
-def test_deleting_a_kind_row_directly_removes_its_object(store: Store, db_path: Path) -> None:
+def test_deleting_a_kind_row_directly_removes_its_object(store: Store, backend: Backend) -> None:
     """A row deleted from its kind's table by hand takes its objects and search rows along."""
     fact = remember(store, "zebra crossings")
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("DELETE FROM memories WHERE id = ?", (fact,))
+    backend.sql("DELETE FROM memories WHERE id = ?", (fact,))
     assert store.kind_of(fact) is None
     assert recall(store, "zebra") == []
 
@@ -316,12 +307,11 @@ def test_hostile_queries_never_raise_and_match_as_words(store: Store, query: str
     assert hits in ([], [deploy])
 
 
-def test_drop_table_in_a_query_is_only_words(store: Store, db_path: Path) -> None:
+def test_drop_table_in_a_query_is_only_words(store: Store, backend: Backend) -> None:
     """'; DROP TABLE memories; -- finds memories about tables and drops nothing."""
     about = remember(store, "drop the table of contents from the memories book")
     assert recall(store, "'; DROP TABLE memories; --") == [about]
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM memories").fetchone() == (1,)
+    assert backend.sql("SELECT COUNT(*) FROM memories") == [(1,)]
 
 
 def test_recall_counts_use_of_memories(store: Store) -> None:
@@ -334,27 +324,25 @@ def test_recall_counts_use_of_memories(store: Store) -> None:
     assert got.access_count == 2 and got.last_accessed_at is not None
 
 
-def test_recency_breaks_ties_mildly(store: Store, db_path: Path) -> None:
+def test_recency_breaks_ties_mildly(store: Store, backend: Backend) -> None:
     """Of two equal matches the newer ranks first, and the older still scores above 0.85 of it."""
     old = remember(store, "pelican migration notes")
     new = remember(store, "pelican migration notes")
     year_ago = (datetime.now(UTC) - timedelta(days=365)).isoformat(timespec="microseconds")
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("UPDATE search SET created_at = ? WHERE rowid = ?", (year_ago, old))
+    backend.sql(f"UPDATE search SET created_at = ? WHERE {backend.search_id} = ?", (year_ago, old))
     hits = store.recall(RecallQuery.create("pelican migration"))
     assert [h.id for h in hits] == [new, old]
     assert hits[1].score >= 0.85 * hits[0].score
 
 
-def test_recall_events_filters_by_words_type_and_dates(store: Store, db_path: Path) -> None:
+def test_recall_events_filters_by_words_type_and_dates(store: Store, backend: Backend) -> None:
     """recall_events ranks by words, filters by type and date range, newest first without words."""
     deploy = store.add_event(NewEvent.create("error", "deploy to staging timed out", "failure"))
     lunch = store.add_event(NewEvent.create("action", "ordered lunch"))
     old = store.add_event(NewEvent.create("error", "disk full on staging"))
-    with sqlite3.connect(db_path) as conn:
-        conn.execute(
-            "UPDATE events SET created_at = '2020-01-15T10:00:00.000000+00:00' WHERE id = ?", (old,)
-        )
+    backend.sql(
+        "UPDATE events SET created_at = '2020-01-15T10:00:00.000000+00:00' WHERE id = ?", (old,)
+    )
 
     def ids(**kwargs: object) -> list[int]:
         return [h.event.id for h in store.recall_events(EventQuery.create(**kwargs))]  # type: ignore[arg-type]
@@ -382,23 +370,21 @@ def test_add_memories_is_one_transaction(store: Store) -> None:
 
 
 def _remember_many(
-    path: str, worker: int, count: int, start: multiprocessing.synchronize.Event
+    backend: Backend, worker: int, count: int, start: multiprocessing.synchronize.Event
 ) -> None:
     """Child process: wait for the start signal, then remember ``count`` memories one by one."""
     start.wait(60)
-    with SQLiteStore(Path(path), KEYWORD) as child:
+    with backend.open(KEYWORD) as child:
         for index in range(count):
             child.add_memory(NewMemory.create(f"worker {worker} memory {index} about otters"))
 
 
-def test_concurrent_processes_remember_without_loss(db_path: Path) -> None:
+def test_concurrent_processes_remember_without_loss(backend: Backend) -> None:
     """Four processes remembering 50 memories each at once store all 200, all searchable."""
-    SQLiteStore(db_path, KEYWORD).close()
+    backend.open(KEYWORD).close()
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Event()
-    workers = [
-        ctx.Process(target=_remember_many, args=(str(db_path), w, 50, start)) for w in range(4)
-    ]
+    workers = [ctx.Process(target=_remember_many, args=(backend, w, 50, start)) for w in range(4)]
     for worker in workers:
         worker.start()
     start.set()
@@ -406,11 +392,46 @@ def test_concurrent_processes_remember_without_loss(db_path: Path) -> None:
         worker.join(120)
 
     assert [w.exitcode for w in workers] == [0, 0, 0, 0]
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM memories").fetchone() == (200,)
-        assert conn.execute("SELECT COUNT(*) FROM search").fetchone() == (200,)
-    with SQLiteStore(db_path, KEYWORD) as reader:
+    assert backend.sql("SELECT COUNT(*) FROM memories") == [(200,)]
+    assert backend.sql("SELECT COUNT(*) FROM search") == [(200,)]
+    with backend.open(KEYWORD) as reader:
         assert len(reader.recall(RecallQuery.create("otters", limit=1000))) == 200
+
+
+def _upsert_the_same(
+    backend: Backend, worker: int, start: multiprocessing.synchronize.Event
+) -> None:
+    """Child process: wait for the start signal, then remember one entity and link, 20 times."""
+    start.wait(60)
+    with backend.open(KEYWORD) as child:
+        for index in range(20):
+            billing = child.add_entity(
+                NewEntity.create("Billing", "service", {f"w{worker}": index})
+            )
+            team = child.add_entity(NewEntity.create("Payments", "team"))
+            child.add_relation(NewRelation.create(team, billing, "owns"))
+
+
+def test_concurrent_processes_upsert_one_entity_and_relation(backend: Backend) -> None:
+    """Four processes remembering the same entities and link at once make one of each."""
+    backend.open(KEYWORD).close()
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    workers = [ctx.Process(target=_upsert_the_same, args=(backend, w, start)) for w in range(4)]
+    for worker in workers:
+        worker.start()
+    start.set()
+    for worker in workers:
+        worker.join(120)
+
+    assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+    assert backend.sql("SELECT COUNT(*) FROM entities") == [(2,)]
+    assert backend.sql("SELECT COUNT(*) FROM relations") == [(1,)]
+    with backend.open(KEYWORD) as reader:
+        (hit,) = reader.recall(RecallQuery.create("billing", kinds=["entity"]))
+        billing = reader.get(hit.id)
+        assert isinstance(billing, EntityRecord)
+        assert billing.context == {f"w{w}": 19 for w in range(4)}
 
 
 def test_concurrent_threads_remember_and_recall(store: Store) -> None:
@@ -437,16 +458,16 @@ def test_concurrent_threads_remember_and_recall(store: Store) -> None:
 # --------------------------------------------------------------------------- privacy and retention
 
 
-def test_parameters_are_redacted_by_option(db_path: Path) -> None:
+def test_parameters_are_redacted_by_option(backend: Backend) -> None:
     """With redact_parameters the record keeps {} and says so; code and output are kept."""
-    with SQLiteStore(db_path, StoreOptions(embeddings="off", redact_parameters=True)) as redacting:
+    with backend.open(StoreOptions(embeddings="off", redact_parameters=True)) as redacting:
         request, result = make_run("print(parameters['token'])", parameters={"token": "s3cret"})
         redacting.record_execution(request, result)
         record = redacting.get_execution(request.execution_id)
     assert isinstance(record, ExecutionRecord)
     assert record.parameters == {} and record.parameters_redacted is True
     assert record.code == "print(parameters['token'])" and record.stdout == "4\n"
-    assert b"s3cret" not in db_path.read_bytes()
+    assert not backend.holds("s3cret") and backend.holds("print(parameters")
 
 
 def test_parameters_are_redacted_by_policy(store: Store) -> None:
@@ -462,21 +483,20 @@ def test_parameters_are_redacted_by_policy(store: Store) -> None:
     assert kept is not None and kept.parameters == {"n": 1} and not kept.parameters_redacted
 
 
-def _age_executions(db_path: Path, days: float) -> None:
+def _age_executions(backend: Backend, days: float) -> None:
     old = (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="microseconds")
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("UPDATE executions SET created_at = ?", (old,))
+    backend.sql("UPDATE executions SET created_at = ?", (old,))
 
 
-def test_retention_prunes_old_executions_on_open(db_path: Path) -> None:
+def test_retention_prunes_old_executions_on_open(backend: Backend) -> None:
     """Executions older than retention_days (and their events) are removed when a store opens."""
-    with SQLiteStore(db_path, KEYWORD) as first:
+    with backend.open(KEYWORD) as first:
         for index in range(3):
             first.record_execution(*make_run(f"print({index})"))
         fact = first.add_memory(NewMemory.create("memories are not execution records"))
-    _age_executions(db_path, 10)
+    _age_executions(backend, 10)
 
-    with SQLiteStore(db_path, StoreOptions(embeddings="off", retention_days=7)) as again:
+    with backend.open(StoreOptions(embeddings="off", retention_days=7)) as again:
         assert again.list_executions() == [] and again.list_events() == []
         assert again.get(fact) is not None
         kept = again.record_execution(*make_run())
@@ -484,14 +504,14 @@ def test_retention_prunes_old_executions_on_open(db_path: Path) -> None:
 
 
 def test_retention_runs_after_writes_at_most_once_a_minute(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After writes, retention runs again once its interval has passed, not before."""
     import memory_store.options as options_module
 
-    with SQLiteStore(db_path, StoreOptions(embeddings="off", retention_days=1)) as opened:
+    with backend.open(StoreOptions(embeddings="off", retention_days=1)) as opened:
         opened.record_execution(*make_run())
-        _age_executions(db_path, 2)
+        _age_executions(backend, 2)
         opened.record_execution(*make_run())  # within the minute: the aged one stays
         assert len(opened.list_executions()) == 2
         monkeypatch.setattr(options_module, "RETENTION_CHECK_SECONDS", 0.0)

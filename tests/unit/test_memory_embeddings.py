@@ -1,10 +1,11 @@
-"""Hybrid ranking plumbing, with the fake HashingEmbedder (no model, no extra needed)."""
+"""Hybrid ranking plumbing, with the fake HashingEmbedder (no model, no extra needed).
+
+The store tests run on each backend (SQLite, and PostgreSQL marked ``postgres``).
+"""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -13,12 +14,13 @@ from memory_store import (
     Embedder,
     NewMemory,
     RecallQuery,
-    SQLiteStore,
     StoreOptions,
 )
 from memory_store.embeddings import VectorIndex, pack, resolve_embedder
+from memory_store.sql_store import SqlStore
 from memory_store.testing import HashingEmbedder
 from orchestrator.models import ExecutionRequest, ExecutionResult
+from tests.memory_backends import Backend
 
 
 @pytest.fixture
@@ -27,19 +29,14 @@ def embedder() -> HashingEmbedder:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "memory.db"
-
-
-@pytest.fixture
-def store(db_path: Path, embedder: HashingEmbedder) -> Iterator[SQLiteStore]:
-    with SQLiteStore(db_path, StoreOptions(embeddings="off"), embedder=embedder) as opened:
+def store(backend: Backend, embedder: HashingEmbedder) -> Iterator[SqlStore]:
+    """A fresh hybrid store on each backend, with the fake embedder."""
+    with backend.open(StoreOptions(embeddings="off"), embedder=embedder) as opened:
         yield opened
 
 
-def vectors(db_path: Path) -> int:
-    with sqlite3.connect(db_path) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
+def vectors(backend: Backend) -> int:
+    return int(backend.sql("SELECT COUNT(*) FROM embeddings")[0][0])
 
 
 def test_the_fake_is_an_embedder(embedder: HashingEmbedder) -> None:
@@ -49,15 +46,15 @@ def test_the_fake_is_an_embedder(embedder: HashingEmbedder) -> None:
     assert sum(v * v for v in vector) == pytest.approx(1.0)
 
 
-def test_remember_stores_a_vector_and_forget_removes_it(store: SQLiteStore, db_path: Path) -> None:
+def test_remember_stores_a_vector_and_forget_removes_it(store: SqlStore, backend: Backend) -> None:
     """Each remembered record gets a vector at once; forgetting removes it."""
     fact = store.add_memory(NewMemory.create("herons nest in colonies"))
-    assert store.ranking == "hybrid" and vectors(db_path) == 1
+    assert store.ranking == "hybrid" and vectors(backend) == 1
     store.forget(fact)
-    assert vectors(db_path) == 0
+    assert vectors(backend) == 0
 
 
-def test_hybrid_fuses_keyword_and_vector_rankings(store: SQLiteStore) -> None:
+def test_hybrid_fuses_keyword_and_vector_rankings(store: SqlStore) -> None:
     """With an embedder, a record first by vector and keyword ranks first with full relevance."""
     both = store.add_memory(NewMemory.create("staging deploy failed on Tuesday"))
     store.add_memory(NewMemory.create("production is stable"))
@@ -66,7 +63,7 @@ def test_hybrid_fuses_keyword_and_vector_rankings(store: SQLiteStore) -> None:
     assert all(0 <= h.score <= 1 for h in hits)
 
 
-def test_vectors_find_what_keywords_miss(db_path: Path) -> None:
+def test_vectors_find_what_keywords_miss(backend: Backend) -> None:
     """A record reachable only by vector similarity is still returned in hybrid mode."""
 
     class Synonyms(HashingEmbedder):
@@ -75,27 +72,27 @@ def test_vectors_find_what_keywords_miss(db_path: Path) -> None:
         def embed(self, texts: list[str]) -> list[list[float]]:  # type: ignore[override]
             return [self._one(t.replace("automobile", "car")) for t in texts]
 
-    with SQLiteStore(db_path, StoreOptions(embeddings="off"), embedder=Synonyms()) as hybrid:
+    with backend.open(StoreOptions(embeddings="off"), embedder=Synonyms()) as hybrid:
         car = hybrid.add_memory(NewMemory.create("the car needs new tyres"))
         assert [h.id for h in hybrid.recall(RecallQuery.create("automobile"))] == [car]
-    with SQLiteStore(db_path, StoreOptions(embeddings="off")) as keyword:
+    with backend.open(StoreOptions(embeddings="off")) as keyword:
         assert keyword.recall(RecallQuery.create("automobile")) == []
 
 
 def test_runs_are_embedded_lazily_by_recall(
-    store: SQLiteStore, db_path: Path, embedder: HashingEmbedder
+    store: SqlStore, backend: Backend, embedder: HashingEmbedder
 ) -> None:
     """Recording a run never embeds; a later recall embeds what is missing, in a batch."""
     request = ExecutionRequest.create("print('lazy heron')")
     result = ExecutionResult(execution_id=request.execution_id, success=True, language="python")
     store.record_execution(request, result)
-    assert embedder.calls == 0 and vectors(db_path) == 0
+    assert embedder.calls == 0 and vectors(backend) == 0
     hits = store.recall(RecallQuery.create("heron"))
-    assert vectors(db_path) == 2  # the execution and its event
+    assert vectors(backend) == 2  # the execution and its event
     assert {h.kind for h in hits} == {"execution", "event"}
 
 
-def test_kinds_and_context_filter_vector_hits(store: SQLiteStore) -> None:
+def test_kinds_and_context_filter_vector_hits(store: SqlStore) -> None:
     """Vector candidates obey kinds and context like keyword ones."""
     store.add_memory(NewMemory.create("otters hold hands", context={"zoo": "north"}))
     store.add_memory(NewMemory.create("otters hold hands", context={"zoo": "south"}))
@@ -105,13 +102,13 @@ def test_kinds_and_context_filter_vector_hits(store: SQLiteStore) -> None:
 
 
 def test_consolidation_embeds_patterns_and_pending_records(
-    store: SQLiteStore, db_path: Path
+    store: SqlStore, backend: Backend
 ) -> None:
     """consolidate embeds the patterns it writes and records still without a vector."""
     store.add_memories([NewMemory.create(f"imported note {i}") for i in range(5)])
-    assert vectors(db_path) == 0
+    assert vectors(backend) == 0
     report = store.consolidate(STRATEGIES["balanced"], 7)
-    assert report.vectors_added == 5 and vectors(db_path) == 5
+    assert report.vectors_added == 5 and vectors(backend) == 5
 
 
 def test_vector_index_ranks_and_replaces(embedder: HashingEmbedder) -> None:

@@ -1,4 +1,9 @@
-"""Unit tests of the memory store: real SQLite files in tmp_path, no mocks."""
+"""Unit tests of the memory store: real SQLite files in tmp_path and a real PostgreSQL server.
+
+Tests on the ``store`` fixture run on each backend (PostgreSQL ones marked ``postgres``); the
+file, WAL, target and migration tests are SQLite's own (PostgreSQL's are in
+test_memory_postgres.py). No mocks.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from memory_store import (
     Store,
     StoreConfigError,
     StoreError,
+    StoreOptions,
     open_store,
     resolve_store_target,
     schema,
@@ -31,6 +37,7 @@ from orchestrator.errors import RequestError, SandboxError
 from orchestrator.models import ExecutionRequest, ExecutionResult, Violation
 from orchestrator.policy import Policy, load_policy
 from orchestrator.settings import Settings
+from tests.memory_backends import Backend
 
 STRICT = load_policy("strict")
 
@@ -89,8 +96,9 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db_path: Path) -> Iterator[SQLiteStore]:
-    with SQLiteStore(db_path) as opened:
+def store(backend: Backend) -> Iterator[Store]:
+    """A fresh store on each backend."""
+    with backend.open(StoreOptions(embeddings="off")) as opened:
         yield opened
 
 
@@ -118,8 +126,8 @@ def test_all_is_sorted_and_complete() -> None:
         assert hasattr(memory_store, name)
 
 
-def test_sqlite_store_satisfies_the_protocol(store: SQLiteStore) -> None:
-    """SQLiteStore is a Store."""
+def test_each_store_satisfies_the_protocol(store: Store) -> None:
+    """SQLiteStore and PostgresStore are Stores."""
     assert isinstance(store, Store)
 
 
@@ -133,7 +141,7 @@ def test_store_errors_join_the_error_tree() -> None:
 # --------------------------------------------------------------------------- record and read
 
 
-def test_record_and_read_back_every_field(store: SQLiteStore) -> None:
+def test_record_and_read_back_every_field(store: Store) -> None:
     """A recorded execution reads back with every field, the result dict and violations."""
     request, result = make_run(
         parameters={"n": 3, "names": ["a", "b"]},
@@ -165,7 +173,7 @@ def test_record_and_read_back_every_field(store: SQLiteStore) -> None:
     assert record.created_at.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
 
 
-def test_failure_fields_read_back(store: SQLiteStore) -> None:
+def test_failure_fields_read_back(store: Store) -> None:
     """A failed run keeps its error, error type, exit code and stderr."""
     request, result = make_run(
         "import socket",
@@ -185,12 +193,12 @@ def test_failure_fields_read_back(store: SQLiteStore) -> None:
     assert record.error_type == "ValidationError"
 
 
-def test_unknown_execution_reads_as_none(store: SQLiteStore) -> None:
+def test_unknown_execution_reads_as_none(store: Store) -> None:
     """get_execution of an id never recorded returns None."""
     assert store.get_execution("no-such-run") is None
 
 
-def test_recording_twice_raises_store_error(store: SQLiteStore) -> None:
+def test_recording_twice_raises_store_error(store: Store) -> None:
     """Recording the same execution_id twice raises StoreError and leaves one record."""
     request, result = make_run()
     store.record_execution(request, result)
@@ -202,7 +210,7 @@ def test_recording_twice_raises_store_error(store: SQLiteStore) -> None:
     assert len(store.list_events()) == 1
 
 
-def test_mismatched_request_and_result_are_refused(store: SQLiteStore) -> None:
+def test_mismatched_request_and_result_are_refused(store: Store) -> None:
     """A result of another execution is refused with RequestError."""
     request, _ = make_run()
     _, other = make_run()
@@ -211,7 +219,7 @@ def test_mismatched_request_and_result_are_refused(store: SQLiteStore) -> None:
         store.record_execution(request, other)
 
 
-def test_lone_surrogates_are_stored(store: SQLiteStore) -> None:
+def test_lone_surrogates_are_stored(store: Store) -> None:
     """Code and output with lone surrogates are stored, the surrogates replaced."""
     request, result = make_run("print('\udcff')", stdout="bad \udcff byte\n")
     store.record_execution(request, result)
@@ -226,7 +234,7 @@ def test_lone_surrogates_are_stored(store: SQLiteStore) -> None:
 # --------------------------------------------------------------------------- events
 
 
-def test_one_event_per_execution_with_summary(store: SQLiteStore) -> None:
+def test_one_event_per_execution_with_summary(store: Store) -> None:
     """Each execution writes one 'execution' event with its summary, outcome and references."""
     request, result = make_run()
     ref = store.record_execution(request, result)
@@ -243,7 +251,7 @@ def test_one_event_per_execution_with_summary(store: SQLiteStore) -> None:
     assert event.created_at.utcoffset() is not None
 
 
-def test_failure_event_names_violations_and_exception(store: SQLiteStore) -> None:
+def test_failure_event_names_violations_and_exception(store: Store) -> None:
     """A failed run's event has outcome failure and names the violations and last stderr line."""
     request, result = failing_run()
     store.record_execution(request, result)
@@ -279,7 +287,7 @@ def test_summary_clips_long_code_and_names_errors() -> None:
     assert "\n" not in summary
 
 
-def test_list_events_filters_by_type(store: SQLiteStore) -> None:
+def test_list_events_filters_by_type(store: Store) -> None:
     """list_events with an event type returns only events of that type."""
     store.record_execution(*make_run())
 
@@ -290,16 +298,15 @@ def test_list_events_filters_by_type(store: SQLiteStore) -> None:
 # --------------------------------------------------------------------------- ids
 
 
-def test_ids_come_from_one_sequence(store: SQLiteStore, db_path: Path) -> None:
+def test_ids_come_from_one_sequence(store: Store, backend: Backend) -> None:
     """Execution and event ids come from objects and are never shared between the two tables."""
     for _ in range(5):
         store.record_execution(*make_run())
     store.record_execution(*failing_run())
 
-    with raw(db_path) as conn:
-        executions = {r[0] for r in conn.execute("SELECT id FROM executions")}
-        events = {r[0] for r in conn.execute("SELECT id FROM events")}
-        objects = dict(conn.execute("SELECT id, kind FROM objects").fetchall())
+    executions = {r[0] for r in backend.sql("SELECT id FROM executions")}
+    events = {r[0] for r in backend.sql("SELECT id FROM events")}
+    objects = dict(backend.sql("SELECT id, kind FROM objects"))
 
     assert len(executions) == len(events) == 6
     assert executions.isdisjoint(events)
@@ -339,8 +346,9 @@ def test_existing_file_keeps_its_mode(db_path: Path) -> None:
     assert mode_of(db_path) == 0o644
 
 
-def test_wal_mode_is_on(store: SQLiteStore, db_path: Path) -> None:
+def test_wal_mode_is_on(db_path: Path) -> None:
     """The database is in WAL journal mode."""
+    SQLiteStore(db_path).close()
     with raw(db_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -371,9 +379,9 @@ def test_another_apps_database_is_refused(db_path: Path) -> None:
 # --------------------------------------------------------------------------- lifecycle
 
 
-def test_closed_store_refuses_work(db_path: Path) -> None:
+def test_closed_store_refuses_work(backend: Backend) -> None:
     """After close() every call raises StoreError, and closing again is harmless."""
-    opened = SQLiteStore(db_path)
+    opened = backend.open()
     opened.close()
     opened.close()
 
@@ -381,7 +389,7 @@ def test_closed_store_refuses_work(db_path: Path) -> None:
         opened.list_executions()
 
 
-def test_limit_must_be_positive(store: SQLiteStore) -> None:
+def test_limit_must_be_positive(store: Store) -> None:
     """A limit below 1 raises RequestError."""
     with pytest.raises(RequestError, match="limit"):
         store.list_executions(limit=0)
@@ -390,7 +398,7 @@ def test_limit_must_be_positive(store: SQLiteStore) -> None:
 # --------------------------------------------------------------------------- listing
 
 
-def test_list_executions_newest_first_and_by_language(store: SQLiteStore) -> None:
+def test_list_executions_newest_first_and_by_language(store: Store) -> None:
     """list_executions returns newest first, honours limit and filters by language."""
     ids = []
     for index in range(3):
@@ -459,12 +467,14 @@ def test_open_store_sqlite_url(clean_env: pytest.MonkeyPatch, tmp_path: Path) ->
     assert (tmp_path / "url.db").is_file()
 
 
-@pytest.mark.parametrize("url", ["postgresql://u:secret@db/athena", "postgres://db/athena"])
-def test_postgres_url_is_not_available_yet(url: str) -> None:
-    """A PostgreSQL URL raises StoreConfigError without echoing the URL."""
-    with pytest.raises(StoreConfigError, match="PostgreSQL store is not available") as info:
+@pytest.mark.parametrize(
+    "url", ["postgresql://u:s3cr%3At@127.0.0.1:1/athena", "postgres://u:s3cr%3At@127.0.0.1:1/x"]
+)
+def test_postgres_urls_open_the_postgres_store(url: str) -> None:
+    """A PostgreSQL URL is tried as one; a server that is not there is a StoreError, password masked."""
+    with pytest.raises(StoreError, match=r"postgresql://u:\*\*\*@127\.0\.0\.1:1/") as info:
         open_store(url)
-    assert "secret" not in str(info.value)
+    assert "s3cr" not in str(info.value) and "s3cr" not in repr(info.value.__cause__)
 
 
 @pytest.mark.parametrize(
@@ -531,19 +541,19 @@ def test_future_version_raises(db_path: Path) -> None:
 # --------------------------------------------------------------------------- concurrency
 
 
-def _write_records(path: str, count: int, start: multiprocessing.synchronize.Event) -> None:
+def _write_records(backend: Backend, count: int, start: multiprocessing.synchronize.Event) -> None:
     """Child process: wait for the start signal, then record ``count`` executions."""
     start.wait(60)
-    with SQLiteStore(Path(path)) as child:
+    with backend.open() as child:
         for index in range(count):
             child.record_execution(*make_run(f"print({index})"))
 
 
-def test_concurrent_processes_lose_nothing(db_path: Path) -> None:
+def test_concurrent_processes_lose_nothing(backend: Backend) -> None:
     """Four processes writing 50 records each at once give exactly 200 executions and events."""
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Event()
-    workers = [ctx.Process(target=_write_records, args=(str(db_path), 50, start)) for _ in range(4)]
+    workers = [ctx.Process(target=_write_records, args=(backend, 50, start)) for _ in range(4)]
     for worker in workers:
         worker.start()
     start.set()
@@ -551,13 +561,12 @@ def test_concurrent_processes_lose_nothing(db_path: Path) -> None:
         worker.join(120)
 
     assert [w.exitcode for w in workers] == [0, 0, 0, 0]
-    with raw(db_path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM executions").fetchone() == (200,)
-        assert conn.execute("SELECT COUNT(*) FROM events").fetchone() == (200,)
-        assert conn.execute("SELECT COUNT(*) FROM objects").fetchone() == (400,)
+    assert backend.sql("SELECT COUNT(*) FROM executions") == [(200,)]
+    assert backend.sql("SELECT COUNT(*) FROM events") == [(200,)]
+    assert backend.sql("SELECT COUNT(*) FROM objects") == [(400,)]
 
 
-def test_concurrent_threads_lose_nothing(store: SQLiteStore) -> None:
+def test_concurrent_threads_lose_nothing(store: Store) -> None:
     """Eight threads writing through one store at once lose no record."""
     errors: list[BaseException] = []
 

@@ -1,16 +1,17 @@
-"""The SQLite side of consolidation: reading the window, writing patterns, merging, decay.
+"""Consolidation against a store, for every backend: reading the window, patterns, merging, decay.
 
-The decisions are in :mod:`memory_store.consolidate` (pure); these functions read and write.
-Each writing function runs inside one transaction the caller holds.
+The decisions are in :mod:`memory_store.consolidate` (pure); these functions read and write
+through :class:`~memory_store.sql.Db`. Each writing function runs inside one transaction the
+caller holds.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Any
 
 from memory_store import schema
 from memory_store.consolidate import (
@@ -26,17 +27,22 @@ from memory_store.consolidate import (
     pattern_text,
 )
 from memory_store.documents import memory_document
+from memory_store.index import replace_document
 from memory_store.inputs import NewMemory
 from memory_store.models import ConsolidationReport, MemoryRecord
+from memory_store.ranking import Ranker
+from memory_store.records import delete_record, insert_memory, update_memory
 from memory_store.rows import json_text, memory_from_row
 from memory_store.search import jaccard, query_terms, words
-from memory_store.sqlite_index import replace_document
-from memory_store.sqlite_ranking import Ranker, Transactions
-from memory_store.sqlite_records import delete_record, insert_memory, update_memory
-from memory_store.sqlite_search import keyword_ranking
+from memory_store.sql import Db, Transactions
 from memory_store.values import iso
 
 _STDERR_TAIL = 2000
+# The last characters of stderr, in the SQL both dialects speak (SQLite's substr(x, -n) is not).
+_TAIL = (
+    f"CASE WHEN length(stderr) > {_STDERR_TAIL} "
+    f"THEN substr(stderr, length(stderr) - {_STDERR_TAIL - 1}) ELSE stderr END"
+)
 
 
 def run(
@@ -49,14 +55,14 @@ def run(
     started = time.perf_counter()
     now = datetime.now(UTC)
     since = iso(now - timedelta(days=days_back))
-    runs = tx.read(lambda c: executions_since(c, since))
-    events = tx.read(lambda c: events_since(c, since))
+    runs = tx.read(lambda db: executions_since(db, since))
+    events = tx.read(lambda db: events_since(db, since))
     groups = group_executions(runs, strategy) + group_events(events, strategy)
-    outcomes = tx.write(lambda c: [upsert_pattern(c, g) for g in groups])
+    outcomes = tx.write(lambda db: [upsert_pattern(db, g) for g in groups])
     ranker.embed_ids([i for what, i in outcomes if what != "unchanged"])
     merged = _merge_window(tx, strategy, since)
-    decayed_count = tx.write(lambda c: decay(c, strategy, now))
-    pruned = tx.write(lambda c: prune(c, strategy, now))
+    decayed_count = tx.write(lambda db: decay(db, strategy, now))
+    pruned = tx.write(lambda db: prune(db, strategy, now))
     vectors = ranker.embed_pending(strategy.embed_limit)
     return ConsolidationReport(
         strategy=strategy.name,
@@ -75,7 +81,7 @@ def run(
 
 def _merge_window(tx: Transactions, strategy: Strategy, since: str) -> int:
     """Find near-duplicates with reads, then merge them in one short write."""
-    window = tx.read(lambda c: memories_since(c, since, strategy.max_memories_scanned))
+    window = tx.read(lambda db: memories_since(db, since, strategy.max_memories_scanned))
     pairs: list[tuple[int, int]] = []
     for memory in window:
         if PINNED in memory.tags:
@@ -84,15 +90,15 @@ def _merge_window(tx: Transactions, strategy: Strategy, since: str) -> int:
         if other is not None:
             pairs.append((other.id, memory.id))
 
-    def apply(conn: sqlite3.Connection) -> int:
+    def apply(db: Db) -> int:
         kept_by: dict[int, int] = {}
         done = 0
         for older_id, newer_id in pairs:
             keep_id = kept_by.get(older_id, older_id)
-            keep, newer = _memory(conn, keep_id), _memory(conn, newer_id)
+            keep, newer = _memory(db, keep_id), _memory(db, newer_id)
             if keep is None or newer is None or keep.id == newer.id:
                 continue
-            merge(conn, keep, newer)
+            merge(db, keep, newer)
             kept_by[newer_id] = keep_id
             done += 1
         return done
@@ -100,16 +106,16 @@ def _merge_window(tx: Transactions, strategy: Strategy, since: str) -> int:
     return tx.write(apply) if pairs else 0
 
 
-def _memory(conn: sqlite3.Connection, memory_id: int) -> MemoryRecord | None:
-    row = conn.execute("SELECT * FROM memories WHERE id = ?", (memory_id,)).fetchone()
+def _memory(db: Db, memory_id: int) -> MemoryRecord | None:
+    row = db.execute("SELECT * FROM memories WHERE id = ?", (memory_id,)).fetchone()
     return None if row is None else memory_from_row(dict(row))
 
 
-def executions_since(conn: sqlite3.Connection, since: str) -> list[ExecutionFacts]:
+def executions_since(db: Db, since: str) -> list[ExecutionFacts]:
     """Return the executions recorded since ``since``, oldest first."""
-    rows = conn.execute(
-        "SELECT id, language, success, substr(code, 1, 500), "
-        f"substr(stderr, -{_STDERR_TAIL}), error, error_type, violations, created_at "
+    rows = db.execute(
+        f"SELECT id, language, success, substr(code, 1, 500), {_TAIL}, "
+        "error, error_type, violations, created_at "
         "FROM executions WHERE created_at >= ? ORDER BY created_at, id",
         (since,),
     )
@@ -129,9 +135,9 @@ def executions_since(conn: sqlite3.Connection, since: str) -> list[ExecutionFact
     ]
 
 
-def events_since(conn: sqlite3.Connection, since: str) -> list[EventFacts]:
+def events_since(db: Db, since: str) -> list[EventFacts]:
     """Return the events (not those mirroring executions) since ``since``, oldest first."""
-    rows = conn.execute(
+    rows = db.execute(
         "SELECT id, event_type, outcome, substr(content, 1, 1000), created_at FROM events "
         "WHERE created_at >= ? AND event_type != 'execution' ORDER BY created_at, id",
         (since,),
@@ -141,42 +147,42 @@ def events_since(conn: sqlite3.Connection, since: str) -> list[EventFacts]:
     ]
 
 
-def upsert_pattern(conn: sqlite3.Connection, group: Group) -> tuple[str, int]:
+def upsert_pattern(db: Db, group: Group) -> tuple[str, int]:
     """Write or update the pattern memory of a group.
 
     Returns:
         ``("created" | "updated" | "unchanged", memory id)``.
 
     """
-    found = conn.execute(
+    db.lock_writes()  # select-then-insert: two consolidations must not both create the pattern
+    found = db.execute(
         "SELECT id, context FROM memories WHERE pattern_key = ?", (group.key,)
     ).fetchone()
     if found is None:
         first, last, count = min(group.times), max(group.times), len(set(group.ids))
         memory = _pattern_memory(group, count, first, last)
-        memory_id = insert_memory(conn, memory, pattern_key=group.key)
-        _add_sources(conn, memory_id, group.ids)
+        memory_id = insert_memory(db, memory, pattern_key=group.key)
+        _add_sources(db, memory_id, group.ids)
         return "created", memory_id
     memory_id, old_context = found[0], json.loads(found[1])
-    if not _add_sources(conn, memory_id, group.ids):
+    if not _add_sources(db, memory_id, group.ids):
         return "unchanged", memory_id
-    count = conn.execute(
+    count = db.execute(
         "SELECT COUNT(*) FROM pattern_sources WHERE pattern_id = ?", (memory_id,)
     ).fetchone()[0]
     first = min(datetime.fromisoformat(str(old_context.get("first_seen"))), *group.times)
     last = max(datetime.fromisoformat(str(old_context.get("last_seen"))), *group.times)
-    update_memory(conn, memory_id, _pattern_memory(group, count, first, last))
+    update_memory(db, memory_id, _pattern_memory(group, count, first, last))
     return "updated", memory_id
 
 
-def _add_sources(conn: sqlite3.Connection, memory_id: int, ids: list[int]) -> int:
+def _add_sources(db: Db, memory_id: int, ids: list[int]) -> int:
     """Record which records a pattern counts; return how many were new to it."""
-    before = conn.total_changes
-    conn.executemany(
-        "INSERT OR IGNORE INTO pattern_sources (pattern_id, source_id) VALUES (?, ?)",
+    cursor = db.executemany(
+        "INSERT INTO pattern_sources (pattern_id, source_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
         [(memory_id, i) for i in ids],
     )
-    return conn.total_changes - before
+    return cursor.rowcount
 
 
 def _pattern_memory(group: Group, count: int, first: datetime, last: datetime) -> NewMemory:
@@ -203,9 +209,9 @@ def _pattern_memory(group: Group, count: int, first: datetime, last: datetime) -
 # --------------------------------------------------------------------------- merging
 
 
-def memories_since(conn: sqlite3.Connection, since: str, limit: int) -> list[MemoryRecord]:
+def memories_since(db: Db, since: str, limit: int) -> list[MemoryRecord]:
     """Return up to ``limit`` memories (patterns aside) made since ``since``, oldest first."""
-    rows = conn.execute(
+    rows = db.execute(
         "SELECT * FROM memories WHERE created_at >= ? AND pattern_key IS NULL "
         "ORDER BY created_at, id LIMIT ?",
         (since, limit),
@@ -213,19 +219,17 @@ def memories_since(conn: sqlite3.Connection, since: str, limit: int) -> list[Mem
     return [memory_from_row(dict(r)) for r in rows.fetchall()]
 
 
-def duplicate_of(
-    conn: sqlite3.Connection, memory: MemoryRecord, strategy: Strategy
-) -> MemoryRecord | None:
+def duplicate_of(db: Db, memory: MemoryRecord, strategy: Strategy) -> MemoryRecord | None:
     """Return an older memory near-identical to ``memory`` (same type and context), if any."""
     terms = query_terms(memory.content)
-    candidates = keyword_ranking(
-        conn, terms, ["memory"], {"memory_type": memory.memory_type}, strategy.merge_candidates + 1
+    candidates = db.keyword_ranking(
+        terms, ["memory"], {"memory_type": memory.memory_type}, strategy.merge_candidates + 1
     )
     mine = set(words(memory.content))
     for candidate_id, _score in candidates:
         if candidate_id >= memory.id:
             continue  # only into an older one: the older id is kept
-        row = conn.execute("SELECT * FROM memories WHERE id = ?", (candidate_id,)).fetchone()
+        row = db.execute("SELECT * FROM memories WHERE id = ?", (candidate_id,)).fetchone()
         if row is None or row["pattern_key"] is not None:
             continue
         other = memory_from_row(dict(row))
@@ -236,12 +240,12 @@ def duplicate_of(
     return None
 
 
-def merge(conn: sqlite3.Connection, keep: MemoryRecord, newer: MemoryRecord) -> None:
+def merge(db: Db, keep: MemoryRecord, newer: MemoryRecord) -> None:
     """Merge ``newer`` into ``keep`` (the older): tags, importance, use, merged ids."""
     tags = list(dict.fromkeys([*keep.tags, *newer.tags]))
     merged_ids = [*keep.merged_ids, newer.id, *newer.merged_ids]
     accessed = [t for t in (keep.last_accessed_at, newer.last_accessed_at) if t is not None]
-    conn.execute(
+    db.execute(
         "UPDATE memories SET tags = ?, merged_ids = ?, importance = ?, access_count = ?, "
         "last_accessed_at = ?, updated_at = ? WHERE id = ?",
         (
@@ -262,28 +266,28 @@ def merge(conn: sqlite3.Connection, keep: MemoryRecord, newer: MemoryRecord) -> 
             tags=tuple(tags),
             importance=keep.importance,
         )
-        replace_document(conn, keep.id, memory_document(memory), iso(keep.created_at))
-    delete_record(conn, newer.id)
+        replace_document(db, keep.id, memory_document(memory), iso(keep.created_at))
+    delete_record(db, newer.id)
 
 
 # --------------------------------------------------------------------------- decay and pruning
 
 
-def _idle_rows(conn: sqlite3.Connection, before: str) -> list[sqlite3.Row]:
-    return conn.execute(
+def _idle_rows(db: Db, before: str) -> list[Any]:
+    return db.execute(
         "SELECT id, importance, tags, COALESCE(last_accessed_at, created_at) AS idle_since, "
         "decayed_at FROM memories WHERE COALESCE(last_accessed_at, created_at) < ?",
         (before,),
     ).fetchall()
 
 
-def decay(conn: sqlite3.Connection, strategy: Strategy, now: datetime) -> int:
+def decay(db: Db, strategy: Strategy, now: datetime) -> int:
     """Decay the importance of memories idle past the grace period; return how many."""
     if strategy.half_life_days is None:
         return 0
     grace = timedelta(days=strategy.idle_days)
     updates = []
-    for row in _idle_rows(conn, iso(now - grace)):
+    for row in _idle_rows(db, iso(now - grace)):
         if PINNED in json.loads(row["tags"]):
             continue
         start = datetime.fromisoformat(row["idle_since"]) + grace
@@ -293,20 +297,20 @@ def decay(conn: sqlite3.Connection, strategy: Strategy, now: datetime) -> int:
         new = decayed(row["importance"], idle_days, strategy)
         if row["importance"] - new > 1e-6:
             updates.append((new, iso(now), row["id"]))
-    conn.executemany("UPDATE memories SET importance = ?, decayed_at = ? WHERE id = ?", updates)
+    db.executemany("UPDATE memories SET importance = ?, decayed_at = ? WHERE id = ?", updates)
     return len(updates)
 
 
-def prune(conn: sqlite3.Connection, strategy: Strategy, now: datetime) -> int:
+def prune(db: Db, strategy: Strategy, now: datetime) -> int:
     """Remove idle memories whose importance fell below the floor; return how many."""
     if strategy.prune_below is None:
         return 0
-    rows = _idle_rows(conn, iso(now - timedelta(days=strategy.idle_days)))
+    rows = _idle_rows(db, iso(now - timedelta(days=strategy.idle_days)))
     doomed = [
         r["id"]
         for r in rows
         if r["importance"] < strategy.prune_below and PINNED not in json.loads(r["tags"])
     ]
     for memory_id in doomed:
-        delete_record(conn, memory_id)
+        delete_record(db, memory_id)
     return len(doomed)

@@ -1,0 +1,416 @@
+"""``SqlStore``: the Store protocol written once over SQL; the backends add only a connection.
+
+A backend subclasses :class:`SqlStore` and implements :meth:`SqlStore._reading` and
+:meth:`SqlStore._writing` (run work on a :class:`~memory_store.sql.Db`, the latter in one
+transaction retried whole when the database asks), ``close`` and its lifecycle. Everything
+else (what each call writes and reads, ranking, consolidation, retention, redaction) is here
+and in the shared modules :mod:`~memory_store.records`, :mod:`~memory_store.index`,
+:mod:`~memory_store.hits`, :mod:`~memory_store.ranking` and
+:mod:`~memory_store.consolidate_run`.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import structlog
+
+from memory_store import consolidate_run as consolidation
+from memory_store import index, records, schema
+from memory_store import options as _options
+from memory_store.base import AnyRecord
+from memory_store.consolidate import Strategy
+from memory_store.documents import (
+    Document,
+    entity_document,
+    event_document,
+    memory_document,
+    procedure_document,
+)
+from memory_store.embeddings import Embedder, pack, resolve_embedder
+from memory_store.inputs import (
+    EventQuery,
+    NewEntity,
+    NewEvent,
+    NewMemory,
+    NewProcedure,
+    NewRelation,
+    RecallQuery,
+)
+from memory_store.models import (
+    ConsolidationReport,
+    EventHit,
+    EventRecord,
+    ExecutionRecord,
+    RecallHit,
+    RelationRecord,
+)
+from memory_store.options import StoreOptions
+from memory_store.ranking import Ranker
+from memory_store.rows import event_from_row, execution_from_row, execution_values, text
+from memory_store.sql import Db, Work
+from memory_store.summary import summarize_execution
+from memory_store.values import iso
+from orchestrator.errors import RequestError
+from orchestrator.models import ExecutionRequest, ExecutionResult
+
+_log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+_RETENTION_BATCH = 500
+
+
+def _check_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise RequestError(f"limit must be a whole number of at least 1, not {limit!r}")
+
+
+class SqlStore(ABC):
+    """What every SQL backend of the memory store does the same way.
+
+    Args:
+        options: redaction, retention, size limit and embeddings (default: all off, auto).
+        embedder: the embedder for hybrid ranking; None: as ``options.embeddings`` says.
+
+    Raises:
+        MissingExtraError: ``options.embeddings`` is ``on`` without the embeddings extra.
+
+    """
+
+    def __init__(self, options: StoreOptions | None, embedder: Embedder | None) -> None:
+        self._options = options or StoreOptions()
+        self._embedder = embedder or resolve_embedder(self._options.embeddings)
+        self._tx = _Transactions(self)
+        self._ranker = Ranker(self._tx, self._embedder)
+        self._last_retention = 0.0
+
+    @abstractmethod
+    def _reading(self, work: Work[T]) -> T:
+        """Run reads on a connection and return their value."""
+
+    @abstractmethod
+    def _writing(self, work: Work[T]) -> T:
+        """Run ``work`` in one write transaction (retried whole) and return its value."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the store's connections; closing twice is harmless."""
+
+    @property
+    def options(self) -> StoreOptions:
+        """The store's options."""
+        return self._options
+
+    @property
+    def ranking(self) -> str:
+        """``hybrid`` (keyword and vectors) or ``keyword``."""
+        return "keyword" if self._embedder is None else "hybrid"
+
+    # ----------------------------------------------------------------------- executions
+
+    def record_execution(self, request: ExecutionRequest, result: ExecutionResult) -> int:
+        """Persist one execution and its ``execution`` event in one transaction.
+
+        Parameters are redacted (stored as ``{}``) when the options or the request's policy ask.
+
+        Returns:
+            The id of the execution record.
+
+        Raises:
+            RequestError: the result belongs to another request.
+            StoreError: the store cannot write, or this execution is already recorded.
+
+        """
+        if request.execution_id != result.execution_id:
+            raise RequestError(
+                f"the result is of execution {result.execution_id}, "
+                f"the request of {request.execution_id}"
+            )
+        # Serialised before the transaction: it is held only for the inserts.
+        values = execution_values(
+            request, result, redact_parameters=self._options.redact_parameters
+        )
+        summary = text(summarize_execution(request, result))
+        outcome = "success" if result.success else "failure"
+        execution_ref = self._writing(
+            lambda db: records.insert_execution(db, values, summary, outcome)
+        )
+        self._afterwrite()
+        return execution_ref
+
+    def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        """Return the record of one execution, or None when it is not recorded.
+
+        Raises:
+            StoreError: the store cannot be read.
+
+        """
+        sql = "SELECT * FROM executions WHERE execution_id = ?"
+        row = self._reading(lambda db: db.execute(sql, (execution_id,)).fetchone())
+        return None if row is None else execution_from_row(dict(row))
+
+    def list_executions(
+        self, limit: int = 50, language: str | None = None
+    ) -> list[ExecutionRecord]:
+        """Return up to ``limit`` executions, newest first, optionally of one language.
+
+        Raises:
+            RequestError: ``limit`` is less than 1.
+            StoreError: the store cannot be read.
+
+        """
+        rows = self._newest("executions", "language", language, limit)
+        return [execution_from_row(dict(row)) for row in rows]
+
+    def list_events(self, limit: int = 50, event_type: str | None = None) -> list[EventRecord]:
+        """Return up to ``limit`` events, newest first, optionally of one type.
+
+        Raises:
+            RequestError: ``limit`` is less than 1.
+            StoreError: the store cannot be read.
+
+        """
+        rows = self._newest("events", "event_type", event_type, limit)
+        return [event_from_row(dict(row)) for row in rows]
+
+    def _newest(self, table: str, column: str, value: str | None, limit: int) -> list[Any]:
+        _check_limit(limit)
+        where, args = ("", ()) if value is None else (f"WHERE {column} = ?", (value,))
+        # id breaks ties: writers take the time inside their transaction.
+        sql = f"SELECT * FROM {table} {where} ORDER BY created_at DESC, id DESC LIMIT ?"
+        return self._reading(lambda db: db.execute(sql, (*args, limit)).fetchall())
+
+    def prune_expired(self) -> int:
+        """Remove execution records (and their events) older than ``retention_days``.
+
+        Runs when the store opens and, after writes, at most once a minute; call it to run it
+        now. Deletes in batches, so other writers wait little.
+
+        Returns:
+            How many executions were removed (0 without a retention setting).
+
+        Raises:
+            StoreError: the store cannot write.
+
+        """
+        self._last_retention = time.monotonic()
+        if self._options.retention_days is None:
+            return 0
+        cutoff = iso(datetime.now(UTC) - timedelta(days=self._options.retention_days))
+
+        def batch(db: Db) -> int:
+            ids = db.execute(
+                "SELECT id FROM executions WHERE created_at < ? ORDER BY id LIMIT ?",
+                (cutoff, _RETENTION_BATCH),
+            ).fetchall()
+            db.executemany("DELETE FROM objects WHERE id = ?", [(r[0],) for r in ids])
+            return len(ids)
+
+        removed = done = self._writing(batch)
+        while done == _RETENTION_BATCH:
+            done = self._writing(batch)
+            removed += done
+        if removed:
+            _log.info("pruned execution records past retention", removed=removed)
+        return removed
+
+    def _afterwrite(self) -> None:
+        if time.monotonic() - self._last_retention >= _options.RETENTION_CHECK_SECONDS:
+            self.prune_expired()
+
+    # ----------------------------------------------------------------------- writing
+
+    def _vector_of(self, doc: Document) -> bytes | None:
+        if self._embedder is None:
+            return None
+        return pack(self._embedder.embed([doc.embedding_text()])[0])
+
+    def _insert(self, kind: str, doc: Document, insert: Work[int]) -> int:
+        vector = self._vector_of(doc)  # before the transaction: the model takes milliseconds
+
+        def work(db: Db) -> int:
+            object_id = insert(db)
+            if vector is not None and self._embedder is not None:
+                index.put_vector(db, object_id, kind, self._embedder.name, vector)
+            return object_id
+
+        object_id = self._writing(work)
+        self._afterwrite()
+        return object_id
+
+    def add_memory(self, memory: NewMemory) -> int:
+        """Remember a memory; return its id.
+
+        Raises:
+            StoreError: the store cannot write.
+
+        """
+        return self._insert(
+            "memory", memory_document(memory), lambda db: records.insert_memory(db, memory)
+        )
+
+    def add_memories(self, memories: Iterable[NewMemory]) -> list[int]:
+        """Remember many memories in one transaction (fast: for imports and benchmarks).
+
+        Vectors are not made here; hybrid ranking embeds them later, a batch per recall.
+
+        Returns:
+            Their ids, in order.
+
+        Raises:
+            StoreError: the store cannot write (then none is stored).
+
+        """
+        items = list(memories)
+
+        def work(db: Db) -> list[int]:
+            now = schema.utc_now()
+            return [records.insert_memory(db, m, now=now) for m in items]
+
+        ids = self._writing(work)
+        self._after_bulk(len(ids))
+        self._afterwrite()
+        return ids
+
+    def _after_bulk(self, count: int) -> None:
+        """Called after ``add_memories`` stored ``count`` memories (a backend may tidy up)."""
+        del count  # nothing to do by default
+
+    def add_event(self, event: NewEvent) -> int:
+        """Remember an episodic event; return its id.
+
+        Raises:
+            StoreError: the store cannot write.
+
+        """
+        return self._insert(
+            "event", event_document(event), lambda db: records.insert_event(db, event)
+        )
+
+    def add_procedure(self, procedure: NewProcedure) -> int:
+        """Remember a procedure; return its id.
+
+        Raises:
+            StoreError: the store cannot write.
+
+        """
+        doc = procedure_document(procedure)
+        return self._insert("procedure", doc, lambda db: records.insert_procedure(db, procedure))
+
+    def add_entity(self, entity: NewEntity) -> int:
+        """Remember an entity, or merge the context into the one of the same type and name.
+
+        Returns:
+            The entity's id (the existing one when it was known).
+
+        Raises:
+            StoreError: the store cannot write.
+
+        """
+        return self._insert(
+            "entity", entity_document(entity), lambda db: records.upsert_entity(db, entity)[0]
+        )
+
+    def add_relation(self, relation: NewRelation) -> int:
+        """Link two records of any kind; the same link again updates its context.
+
+        Returns:
+            The relation's id.
+
+        Raises:
+            RecordNotFoundError: the source or the target does not exist.
+            StoreError: the store cannot write.
+
+        """
+        return self._writing(lambda db: records.upsert_relation(db, relation))
+
+    # ----------------------------------------------------------------------- reading by id
+
+    def get(self, object_id: int) -> AnyRecord | None:
+        """Return the record with this id, whatever its kind, or None.
+
+        Raises:
+            StoreError: the store cannot be read.
+
+        """
+        return self._reading(lambda db: records.get_record(db, object_id))
+
+    def kind_of(self, object_id: int) -> str | None:
+        """Return the kind of the record with this id, or None.
+
+        Raises:
+            StoreError: the store cannot be read.
+
+        """
+        return self._reading(lambda db: records.kind_of(db, object_id))
+
+    def relations(self, object_id: int) -> list[RelationRecord]:
+        """Return the relations from or to a record, oldest first.
+
+        Raises:
+            StoreError: the store cannot be read.
+
+        """
+        return self._reading(lambda db: records.relations_of(db, object_id))
+
+    def forget(self, object_id: int) -> bool:
+        """Delete a record of any kind, with its index rows, vector and relations.
+
+        Forgetting an execution forgets its event too.
+
+        Returns:
+            False when no record has this id.
+
+        Raises:
+            StoreError: the store cannot write.
+
+        """
+        return self._writing(lambda db: records.delete_record(db, object_id))
+
+    # ----------------------------------------------------------------------- searching
+
+    def recall(self, query: RecallQuery) -> list[RecallHit]:
+        """Return the records that best match a query, best first, scores in [0, 1].
+
+        See :mod:`memory_store.ranking` for the ranking.
+
+        Raises:
+            StoreError: the store cannot be read or written.
+
+        """
+        return self._ranker.recall(query)
+
+    def recall_events(self, query: EventQuery) -> list[EventHit]:
+        """Return events by words (ranked), type and time; without words, newest first.
+
+        Raises:
+            StoreError: the store cannot be read.
+
+        """
+        return self._ranker.recall_events(query)
+
+    def consolidate(self, strategy: Strategy, days_back: float) -> ConsolidationReport:
+        """Find patterns, merge near-duplicates, decay and prune (see :mod:`consolidate`).
+
+        Raises:
+            StoreError: the store cannot be read or written.
+
+        """
+        return consolidation.run(self._tx, self._ranker, strategy, days_back)
+
+
+class _Transactions:
+    """The store's reads and writes, for the ranking and consolidation helpers."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+
+    def read(self, work: Work[T]) -> T:
+        return self._store._reading(work)
+
+    def write(self, work: Work[T]) -> T:
+        return self._store._writing(work)
