@@ -26,6 +26,39 @@ from typing import Any
 
 _MIB = 1024 * 1024
 _SCALARS = (int, float, complex, str, bytes, bool, type(None))
+# Modules whose public functions read attributes, evaluate strings or reach the interpreter
+# without RestrictedPython's guards: never handed out, whatever a policy's allowlist says.
+NEVER_IMPORTED = frozenset(
+    [
+        "operator",
+        "typing",
+        "string",
+        "dataclasses",
+        "inspect",
+        "types",
+        "importlib",
+        "sys",
+        "os",
+        "builtins",
+        "gc",
+        "ctypes",
+        "pickle",
+        "marshal",
+        "code",
+        "codeop",
+        "ast",
+        "dis",
+        "runpy",
+        "pathlib",
+        "io",
+        "subprocess",
+        "socket",
+        "threading",
+        "multiprocessing",
+        "signal",
+        "posix",
+    ]
+)
 
 
 def _apply_limits(limits: dict[str, Any]) -> None:
@@ -78,6 +111,8 @@ def _guarded_import(allowed: frozenset[str]) -> Any:
     def guarded(
         name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0
     ) -> ModuleProxy:
+        if name.partition(".")[0] in NEVER_IMPORTED:
+            raise ImportError(f"import of {name!r} is never allowed in the restricted mode")
         if level != 0 or name not in allowed:
             raise ImportError(
                 f"import of {name!r} is not allowed here; allowed: {', '.join(sorted(allowed))}"

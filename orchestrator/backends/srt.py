@@ -15,22 +15,25 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from orchestrator.backends.base import RunOutcome, RunSpec, ensure_available
+from orchestrator.backends.hostlimits import RunCgroup, tmpfs_dir
 from orchestrator.backends.process import Supervised, run_supervised
 from orchestrator.backends.reader import outcome_from_frames
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import SandboxFailedError
 from orchestrator.images import images_dir
 from orchestrator.languages import bash_environment, get_language
-from orchestrator.models import ExecutionRequest, Isolation
+from orchestrator.models import ExecutionRequest, Isolation, Resources
 from orchestrator.policy import Policy, ResolvedMount
 from orchestrator.settings import Settings
 
@@ -51,6 +54,9 @@ _PATH = "/usr/local/bin:/usr/bin:/bin"
 # srt, its socat bridges, bubblewrap and the seccomp helper run as the run's uid too, and
 # RLIMIT_NPROC counts their tasks (node's threads included): measured at 22 for a run.
 NPROC_ALLOWANCE = 32
+# srt's own node process and helpers share the run's cgroup with the code: their memory on top
+# of the policy's memory_mb (measured: about 60 MiB for srt and its proxies).
+SRT_MEMORY_ALLOWANCE_MB = 128
 _MIB = 1024 * 1024
 _INTERPRETERS = {"python": "/usr/bin/python3", "javascript": "/usr/bin/node", "bash": "/bin/bash"}
 _CODE_FILE = {"python": "main.py", "javascript": "main.js", "bash": "main.sh"}
@@ -137,6 +143,26 @@ def missing_for_srt(settings: Settings) -> list[str]:
     return missing
 
 
+def read_sandbox_file(path: Path, limit: int) -> bytes | None:
+    """Read a file the code could have tampered with, without trusting it.
+
+    We are root and the code wrote the directory: the name may be a symlink to a host file, a
+    FIFO that never ends, or huge. So: no symlink is followed, only a regular file is read, and
+    no more than ``limit`` bytes of it (a longer one is dropped: its JSON would be cut anyway).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
 class _UidPool:
     """Hands each concurrent run its own uid, so limits and signals never cross runs."""
 
@@ -183,16 +209,31 @@ class SrtBackend:
     ) -> RunOutcome:
         """Run one request under srt; see :class:`Backend`."""
         ensure_available(self, request.language)
-        uid = self._uids.take() if os.geteuid() == 0 else None
-        rundir = Path(tempfile.mkdtemp(prefix="athena-srt-"))
-        try:
-            argv, env, workdir = self._prepare(request, spec, rundir, uid)
-            supervised = self._spawn(argv, env, workdir, spec, context)
-            return self._outcome(request, supervised, workdir, context, uid)
-        finally:
-            shutil.rmtree(rundir, ignore_errors=True)
+        limits = request.policy.limits
+        with ExitStack() as cleanup:  # undone in reverse: cgroup, tmpfs, uid, directory
+            rundir = Path(tempfile.mkdtemp(prefix="athena-srt-"))
+            cleanup.callback(shutil.rmtree, rundir, ignore_errors=True)
+            uid = self._uids.take() if os.geteuid() == 0 else None
             if uid is not None:
-                self._uids.give(uid)
+                cleanup.callback(self._uids.give, uid)
+            # As root, the run directory is a tmpfs sized like the container's /workspace and
+            # /tmp together (the code's files, its TMPDIR), and every process of the run lives
+            # in one cgroup.
+            tmpfs_mb = request.policy.filesystem.tmpfs_mb
+            cleanup.enter_context(tmpfs_dir(rundir, 2 * tmpfs_mb + 1))
+            cgroup = RunCgroup.create(
+                rundir.name,
+                (limits.memory_mb + SRT_MEMORY_ALLOWANCE_MB) * _MIB,
+                limits.pids + NPROC_ALLOWANCE,
+            )
+            if cgroup is not None:
+                cleanup.callback(cgroup.destroy)
+            argv, env, workdir = self._prepare(request, spec, rundir, uid)
+            if cgroup is not None:
+                argv = cgroup.wrap(argv)
+            supervised = self._spawn(argv, env, workdir, spec, context)
+            return self._outcome(request, supervised, workdir, context, uid, cgroup)
+        raise AssertionError("unreachable")  # pragma: no cover (mypy: ExitStack may swallow)
 
     def _prepare(
         self, request: ExecutionRequest, spec: RunSpec, rundir: Path, uid: int | None
@@ -300,26 +341,35 @@ class SrtBackend:
         workdir: Path,
         context: ExecutionContext,
         uid: int | None,
+        cgroup: RunCgroup | None,
     ) -> RunOutcome:
         code, sig = done.exit_code, done.signal
         if code is not None and 128 < code <= 128 + 64:  # srt passes a signal death on as 128+N
             sig = code - 128
             code = None
         tail = context.get_stderr()[-4096:]
-        value_file = workdir / ".athena-output.json"
-        value = (
-            value_file.read_bytes()[: request.policy.limits.max_output_bytes]
-            if value_file.is_file()
-            else None
+        value = read_sandbox_file(
+            workdir / ".athena-output.json", request.policy.limits.max_output_bytes
         )
         fields = outcome_from_frames(
             {"exit_code": code, "signal": sig, "run_ns": int(done.run_ms * 1e6)}, value, False
         )
+        # The cgroup's counters when there is one; what the interpreters print otherwise (an
+        # rlimit refusal shows only there, so both count).
+        counters = cgroup.stats() if cgroup is not None else {}
         fields.update(
             timed_out=done.timed_out,
-            oom_killed=code != 0 and bool(_MEMORY_MARKERS.search(tail)),
-            pids_limit_hits=len(_FORK_MARKERS.findall(tail)),
+            oom_killed=counters.get("oom_kills", 0) > 0
+            or (code != 0 and bool(_MEMORY_MARKERS.search(tail))),
+            pids_limit_hits=max(
+                len(_FORK_MARKERS.findall(tail)), counters.get("pids_limit_hits", 0)
+            ),
         )
+        if request.track_resources:
+            peak = counters.get("memory_peak_bytes", -1)
+            fields["resources"] = Resources(
+                peak_memory_bytes=peak if peak >= 0 else None, wall_time_ms=done.run_ms
+            )
         if done.timed_out or done.cancelled:
             fields.update(exit_code=None, signal=9)
         return RunOutcome(

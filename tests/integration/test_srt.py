@@ -157,3 +157,58 @@ def test_the_project_mount_is_readable_through_a_link(
         assert not (project / "new").exists()
     finally:
         shutil.rmtree(project)
+
+
+def test_the_output_file_is_read_without_following_links_or_blocking(api: MemoryAPI) -> None:
+    """We read .athena-output.json as root: a symlink to a host file or a FIFO yields no value."""
+    linked = run(api, "ln -s /etc/shadow .athena-output.json")
+    assert linked["output"] is None and "root:" not in str(linked), linked
+    fifo = run(api, "mkfifo .athena-output.json", timeout_seconds=10)
+    assert fifo["success"] and fifo["output"] is None, fifo
+    assert "timeout" not in [v["category"] for v in fifo["violation_details"]]
+
+
+def _run_cgroups() -> list[str]:
+    return glob.glob("/sys/fs/cgroup/*/athena-srt/athena-srt-*") + glob.glob(
+        "/sys/fs/cgroup/athena-srt/athena-srt-*"
+    )
+
+
+def test_memory_is_capped_for_the_whole_run_not_per_process(api: MemoryAPI) -> None:
+    """Four processes of 200 MiB each under a 256 MiB policy: the run's cgroup kills some."""
+    hog = "python3 -c 'b = bytearray(200 << 20); b[::4096] = bytes(len(b[::4096])); import time; time.sleep(2)'"
+    r = run(api, f"for i in 1 2 3 4; do {hog} & done; wait", track_resources=True)
+    assert "memory" in [v["category"] for v in r["violation_details"]], r
+    assert r["stderr"].count("Killed") >= 2, r["stderr"]
+    peak = r["resources"]["peak_memory_bytes"]
+    assert peak is not None and peak <= (256 + 128) << 20, r["resources"]
+    assert wait_until(lambda: not _run_cgroups(), timeout=5), _run_cgroups()
+
+
+def test_the_work_directory_is_a_tmpfs_of_the_policy_size(api: MemoryAPI) -> None:
+    """Files written in the work directory fill a tmpfs of 2 x tmpfs_mb, not the host's disk."""
+    policy = {
+        "extends": "strict",
+        "validation": {"enforce": False},
+        "filesystem": {"tmpfs_mb": 8},
+        "limits": {"file_size_mb": 64},
+    }
+    r = run(
+        api,
+        "for i in 1 2 3; do head -c 8M /dev/zero > f$i || echo full; done; df -m .",
+        sandbox_policy=policy,
+    )
+    assert "full" in r["stdout"] and "No space left" in r["stderr"], r
+    assert "athena-srt" in r["stdout"], r["stdout"]  # df names our tmpfs
+    assert not [
+        line for line in Path("/proc/mounts").read_text().splitlines() if "athena-srt" in line
+    ]
+
+
+def test_shared_memory_stays_in_the_run_ipc_namespace(api: MemoryAPI) -> None:
+    """A SysV segment the code makes is neither visible on the host nor left behind."""
+    before = subprocess.run(["ipcs", "-m"], capture_output=True, text=True, check=True).stdout
+    r = run(api, "ipcmk -M 65536 && ipcs -m | grep -c 65536")
+    assert r["success"] and r["stdout"].strip().endswith("1"), r
+    after = subprocess.run(["ipcs", "-m"], capture_output=True, text=True, check=True).stdout
+    assert after.count("65536") == before.count("65536"), after

@@ -76,6 +76,30 @@ def test_escapes_fail(api: MemoryAPI, code: str) -> None:
     assert "<module" not in r["stdout"]
 
 
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import operator\nprint(operator.attrgetter('__class__.__mro__')(1))",
+        "from typing import get_type_hints\nprint(get_type_hints)",
+        "import string\nprint(string.Formatter().vformat('{0.__class__.__mro__}', [1], {}))",
+        "import dataclasses\nprint(dataclasses.make_dataclass)",
+        "import os.path\nprint(os.path)",
+    ],
+    ids=["operator-attrgetter", "typing-hints", "string-formatter", "dataclasses", "os-path"],
+)
+def test_modules_that_bypass_the_guards_are_refused_even_when_a_policy_allows_them(
+    api: MemoryAPI, code: str
+) -> None:
+    """A policy listing operator, typing, string, dataclasses or os does not hand them out."""
+    allowed = ["math", "operator", "typing", "string", "dataclasses", "os"]
+    policy = {"extends": "strict", "validation": {"enforce": False, "allowed_imports": allowed}}
+    r = api.execute_code(code, sandbox_policy=policy)
+    assert r["sandbox_mode"] == "restricted", r
+    assert not r["success"], r
+    assert "never allowed in the restricted mode" in r["stderr"], r["stderr"]
+    assert "<class" not in r["stdout"] and "<function" not in r["stdout"], r["stdout"]
+
+
 def test_system_exit_is_a_failure(api: MemoryAPI) -> None:
     """Raising SystemExit(0) does not pass for success."""
     r = run(api, "raise SystemExit(0)")
