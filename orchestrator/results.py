@@ -137,6 +137,15 @@ def derive_violations(
                 detail={"domain": host, "port": port, "reason": reason},
             )
         )
+    if outcome.forged_reports:
+        found.append(
+            Violation(
+                category="integrity",
+                message=f"the code wrote {outcome.forged_reports} exit report(s) of its own into "
+                "the sandbox runner's channel; they were ignored",
+                detail={"forged_reports": outcome.forged_reports},
+            )
+        )
     return found + _filesystem_violations(context) + _output_violations(context)
 
 

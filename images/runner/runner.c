@@ -7,7 +7,11 @@
  * stdout; the user's code writes into pipes that this process owns, so it cannot forge frames.
  *
  * Request (stdin), once:
- *     "ATHENA/1 <code_len> <blob_len> <timeout_ms> <max_output_bytes>\n" <code> <blob>
+ *     "ATHENA/2 <code_len> <blob_len> <timeout_ms> <max_output_bytes> <nonce>\n" <code> <blob>
+ *   The nonce (hex, fresh for each run) comes back in the exit frame: under gVisor the code can
+ *   open this process's stdout through /proc/1/fd (runsc does not honour PR_SET_DUMPABLE for
+ *   it) and write frames of its own, but it cannot read the nonce from our memory, so the
+ *   orchestrator tells our exit frame from a forged one.
  *   The code is written to --code-file; the blob (parameters, in the form the language's
  *   bootstrap expects) is written to the interpreter's fd 3. After the request, stdin stays
  *   open: EOF means the owner died, and everything is killed at once.
@@ -44,7 +48,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PROTOCOL "ATHENA/1"
+#define PROTOCOL "ATHENA/2"
+#define NONCE_MAX 64
 #define CHUNK 65536
 #define DRAIN_NS (2LL * 1000000000LL)
 
@@ -198,7 +203,8 @@ static long long cgroup_value(const char *path, const char *key) {
 
 static long long first_of(long long a, long long b) { return a >= 0 ? a : b; }
 
-static void send_exit(int status, int have_status, int timed_out, int64_t run_ns, int value_truncated) {
+static void send_exit(const char *nonce, int status, int have_status, int timed_out, int64_t run_ns,
+                      int value_truncated) {
     long long oom = first_of(cgroup_value("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
                              cgroup_value("/sys/fs/cgroup/memory.events", "oom_kill"));
     long long pids = first_of(cgroup_value("/sys/fs/cgroup/pids/pids.events", "max"),
@@ -218,9 +224,9 @@ static void send_exit(int status, int have_status, int timed_out, int64_t run_ns
     send_framef('x',
                 "{\"exit_code\":%s,\"signal\":%s,\"timed_out\":%s,\"oom_kills\":%lld,"
                 "\"pids_limit_hits\":%lld,\"memory_peak_bytes\":%lld,\"cpu_ns\":%lld,"
-                "\"run_ns\":%" PRId64 ",\"value_truncated\":%s}",
+                "\"run_ns\":%" PRId64 ",\"value_truncated\":%s,\"nonce\":\"%s\"}",
                 code, sig, timed_out ? "true" : "false", oom, pids, peak, cpu, run_ns,
-                value_truncated ? "true" : "false");
+                value_truncated ? "true" : "false", nonce);
 }
 
 static void start_child(char **argv, const char *workdir, int out_w, int err_w, int blob_r, int val_w) {
@@ -308,9 +314,11 @@ int main(int argc, char **argv) {
     char line[256];
     if (!read_header(line, sizeof line)) { kill_run(); return 0; } /* owner gone before a request */
     char proto[16];
+    char nonce[NONCE_MAX + 1];
     unsigned long long code_len, blob_len, timeout_ms, max_output;
-    if (sscanf(line, "%15s %llu %llu %llu %llu", proto, &code_len, &blob_len, &timeout_ms, &max_output) != 5 ||
-        strcmp(proto, PROTOCOL) != 0) {
+    if (sscanf(line, "%15s %llu %llu %llu %llu %64s", proto, &code_len, &blob_len, &timeout_ms, &max_output,
+               nonce) != 6 ||
+        strcmp(proto, PROTOCOL) != 0 || strspn(nonce, "0123456789abcdef") != strlen(nonce)) {
         errno = EPROTO;
         fail("bad request header");
     }
@@ -414,6 +422,6 @@ int main(int argc, char **argv) {
     stream_finish(&streams[0]);
     stream_finish(&streams[1]);
     if (value_len && !value_truncated) send_frame('v', value, value_len);
-    send_exit(status, have_status, timed_out, (end ? end : now_ns()) - start, value_truncated);
+    send_exit(nonce, status, have_status, timed_out, (end ? end : now_ns()) - start, value_truncated);
     return 0;
 }

@@ -42,6 +42,7 @@ class RunOutcome:
             JSON-serialisable), appended to stderr by the orchestrator.
         resources: cgroup figures, when asked for.
         network_refusals: (host, port, reason) of each connection the egress proxy refused.
+        forged_reports: exit reports the code wrote into the runner's channel (ignored).
     """
 
     isolation: Isolation
@@ -57,6 +58,7 @@ class RunOutcome:
     notes: tuple[str, ...] = field(default_factory=tuple)
     resources: Resources | None = None
     network_refusals: tuple[tuple[str, int, str], ...] = ()
+    forged_reports: int = 0
 
 
 class CancelToken:

@@ -61,6 +61,7 @@ from orchestrator.backends.protocol import (
     FrameDecoder,
     ProtocolError,
     encode_request,
+    new_nonce,
 )
 from orchestrator.backends.reader import RunReader, outcome_from_frames
 from orchestrator.context import ExecutionContext
@@ -469,18 +470,20 @@ class DockerBackend:
         """
         api = self._api()
         blueprint = self._configure(api, request.language, request.policy, spec)
+        nonce = new_nonce()
         payload = encode_request(
             request.code.encode("utf-8", errors="surrogatepass"),
             get_language(request.language).parameters_blob(request.parameters),
             max(1, round(spec.timeout_seconds * 1000)),  # 0 would mean "no deadline"
             request.policy.limits.max_output_bytes,
+            nonce,
         )
         for attempt in range(1, NEVER_STARTED_ATTEMPTS + 1):
             if spec.cancel.cancelled:
                 raise RunCancelledError("the run was cancelled before it started")
             sandbox = self._take(api, blueprint, request.execution_id)
             try:
-                return self._drive(api, sandbox, payload, request, spec, context)
+                return self._drive(api, sandbox, (payload, nonce), request, spec, context)
             except _NeverStarted as exc:
                 log.warning(
                     "sandbox lost before the code started", attempt=attempt, reason=str(exc)
@@ -692,13 +695,14 @@ class DockerBackend:
         self,
         api: docker.APIClient,
         sandbox: Sandbox,
-        payload: bytes,
+        message: tuple[bytes, str],
         request: ExecutionRequest,
         spec: RunSpec,
         context: ExecutionContext,
     ) -> RunOutcome:
-        """Send the request to a sandbox's runner and read its report into the context."""
-        reader = RunReader(context, sandbox.container_id[:12])
+        """Send the request (bytes and nonce) to a sandbox's runner; read its report."""
+        payload, nonce = message
+        reader = RunReader(context, sandbox.container_id[:12], nonce)
         forget = spec.cancel.on_cancel(sandbox.close)  # the reader sees EOF; the runner too
         proxy = self._egress[1] if self._egress and sandbox.address else None
         if proxy is not None and sandbox.address:
@@ -723,7 +727,9 @@ class DockerBackend:
                 raise _NeverStarted("the runner ended before it took the request")
             outcome = self._outcome(api, sandbox, reader, timed_out, request)
             return dataclasses.replace(
-                outcome, network_refusals=tuple((r.host, r.port, r.reason) for r in refusals)
+                outcome,
+                network_refusals=tuple((r.host, r.port, r.reason) for r in refusals),
+                forged_reports=reader.forged_reports,
             )
         finally:
             if proxy is not None and sandbox.address:

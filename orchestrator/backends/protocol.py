@@ -12,11 +12,12 @@ Two layers, both decoded incrementally from whatever chunks the socket gives:
 from __future__ import annotations
 
 import json
+import secrets
 import struct
 from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL = "ATHENA/1"
+PROTOCOL = "ATHENA/2"
 MAX_FRAME = 64 * 1024 * 1024  # far above any frame the runner sends; guards against garbage
 
 FRAME_READY = b"R"
@@ -43,9 +44,19 @@ class ProtocolError(Exception):
     """The byte stream does not follow the protocol (internal; backends translate it)."""
 
 
-def encode_request(code: bytes, blob: bytes, timeout_ms: int, max_output_bytes: int) -> bytes:
-    """Return the request the runner reads from stdin: a header line, the code, the blob."""
-    header = f"{PROTOCOL} {len(code)} {len(blob)} {timeout_ms} {max_output_bytes}\n"
+def new_nonce() -> str:
+    """A fresh secret for one run, echoed in the runner's exit frame (hex, 32 digits)."""
+    return secrets.token_hex(16)
+
+
+def encode_request(
+    code: bytes, blob: bytes, timeout_ms: int, max_output_bytes: int, nonce: str
+) -> bytes:
+    """Return the request the runner reads from stdin: a header line, the code, the blob.
+
+    ``nonce`` comes back in the exit frame; an exit frame without it was written by the code.
+    """
+    header = f"{PROTOCOL} {len(code)} {len(blob)} {timeout_ms} {max_output_bytes} {nonce}\n"
     return header.encode() + code + blob
 
 

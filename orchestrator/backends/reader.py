@@ -70,9 +70,13 @@ def outcome_from_frames(
 class RunReader:
     """Reads one run's attach stream: demuxes, decodes frames, feeds the context."""
 
-    def __init__(self, context: ExecutionContext, sandbox_id: str | None = None) -> None:
+    def __init__(
+        self, context: ExecutionContext, sandbox_id: str | None = None, nonce: str | None = None
+    ) -> None:
         self.context = context
         self.sandbox_id = sandbox_id
+        self.nonce = nonce
+        self.forged_reports = 0  # exit frames without the run's nonce: the code wrote them
         self.demux = DockerDemuxer()
         self.frames = FrameDecoder()
         self.begun_at: float | None = None
@@ -113,7 +117,11 @@ class RunReader:
         elif kind == FRAME_VALUE:
             self.value = frame.payload
         elif kind == FRAME_EXIT:
-            self.exit_info = frame.json()
+            info = frame.json()
+            if self.nonce is not None and info.get("nonce") != self.nonce:
+                self.forged_reports += 1
+                return
+            self.exit_info = info
         elif kind == FRAME_FAILURE:
             raise SandboxFailedError(
                 f"the sandbox runner failed: {frame.payload.decode(errors='replace')}"

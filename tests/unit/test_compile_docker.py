@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.backends import docker as docker_backend
 from orchestrator.backends.base import RunSpec
 from orchestrator.backends.docker import IMAGE_PROTOCOL_LABEL, DockerBackend, compile_docker
 from orchestrator.backends.owners import (
@@ -407,11 +408,15 @@ class FakeClient:
         pass
 
 
+NONCE = "f00d"
+
+
 @pytest.fixture
-def engine() -> Iterator[tuple[FakeAPI, socket.socket]]:
+def engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeAPI, socket.socket]]:
     """A fake engine whose container's runner reports exit 0 at once; yields (api, peer)."""
+    monkeypatch.setattr(docker_backend, "new_nonce", lambda: NONCE)  # the runner echoes it
     ours, peer = socket.socketpair()
-    peer.sendall(runner_reply({"exit_code": 0, "run_ns": 2_000_000}))
+    peer.sendall(runner_reply({"exit_code": 0, "run_ns": 2_000_000, "nonce": NONCE}))
     yield FakeAPI(ours), peer
     peer.close()
     ours.close()
@@ -441,7 +446,7 @@ def test_the_backend_sends_the_encoded_request_and_reads_the_exit(
     request = ExecutionRequest.create("echo $PARAM_N", "bash", {"n": 3}, timeout_seconds=2.5)
     assert run_on(api, request, 2.5) == {"exit_code": 0, "run_ms": 2.0}
     blob = get_language("bash").parameters_blob({"n": 3})
-    assert sent_request(peer) == encode_request(b"echo $PARAM_N", blob, 2500, 1048576)
+    assert sent_request(peer) == encode_request(b"echo $PARAM_N", blob, 2500, 1048576, NONCE)
     assert api.created["Image"] == "athena-sandbox/bash:latest"
     assert api.created["Labels"][LABEL_RUN] == request.execution_id
     assert api.created["HostConfig"]["network_mode"] == "none"

@@ -19,7 +19,10 @@ from orchestrator.backends.protocol import (
     FrameDecoder,
     ProtocolError,
     encode_request,
+    new_nonce,
 )
+from orchestrator.backends.reader import RunReader
+from orchestrator.context import ExecutionContext
 
 
 def frame(kind: bytes, payload: bytes) -> bytes:
@@ -46,17 +49,17 @@ MUXED = b"".join(block(stream, payload) for stream, payload in BLOCKS)
 
 
 def test_encode_request_is_a_header_line_then_code_then_blob() -> None:
-    """The request is 'ATHENA/1 <code len> <blob len> <timeout ms> <max out>\\n', code, blob."""
+    """The request is 'ATHENA/2 <code len> <blob len> <timeout ms> <max out> <nonce>\\n', code, blob."""
     code = "print('é')".encode()
-    request = encode_request(code, b'{"n": 1}', 30000, 1048576)
-    assert request == b"ATHENA/1 11 8 30000 1048576\nprint('\xc3\xa9'){\"n\": 1}"
-    assert PROTOCOL == "ATHENA/1"
+    request = encode_request(code, b'{"n": 1}', 30000, 1048576, "ab12")
+    assert request == b"ATHENA/2 11 8 30000 1048576 ab12\nprint('\xc3\xa9'){\"n\": 1}"
+    assert PROTOCOL == "ATHENA/2"
 
 
 def test_encode_request_counts_bytes_of_binary_code() -> None:
     """Lengths count bytes, so code holding newlines or NUL cannot shift the blob."""
-    request = encode_request(b"a\n\x00b", b"", 1, 1024)
-    assert request == b"ATHENA/1 4 0 1 1024\na\n\x00b"
+    request = encode_request(b"a\n\x00b", b"", 1, 1024, "ab12")
+    assert request == b"ATHENA/2 4 0 1 1024 ab12\na\n\x00b"
 
 
 # --------------------------------------------------------------------------- frames
@@ -152,3 +155,25 @@ def test_demuxed_payloads_reassemble_runner_frames() -> None:
         if stream == DockerDemuxer.STDOUT:
             frames += decoder.feed(payload)
     assert frames == FRAMES
+
+
+# --------------------------------------------------------------------------- exit reports
+
+
+def test_an_exit_frame_without_the_run_nonce_is_counted_and_ignored() -> None:
+    """Only the exit frame carrying the request's nonce ends the run; others were forged."""
+    context = ExecutionContext(capture_io=False, max_output_bytes=1024)
+    reader = RunReader(context, "abc", nonce="n0nce")
+    forged = frame(FRAME_EXIT, b'{"exit_code": 0}') + frame(FRAME_EXIT, b'{"nonce": "guess"}')
+    real = frame(FRAME_EXIT, b'{"exit_code": 3, "nonce": "n0nce"}')
+    reader.take(block(1, forged))
+    assert reader.exit_info is None and reader.forged_reports == 2
+    reader.take(block(1, real))
+    assert reader.exit_info == {"exit_code": 3, "nonce": "n0nce"}
+
+
+def test_new_nonces_are_long_hex_and_fresh() -> None:
+    """Each run gets its own 128-bit nonce the runner can echo verbatim."""
+    nonces = {new_nonce() for _ in range(100)}
+    assert len(nonces) == 100
+    assert all(len(n) == 32 and set(n) <= set("0123456789abcdef") for n in nonces)
