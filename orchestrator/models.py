@@ -21,13 +21,11 @@ from orchestrator.languages import get_language
 from orchestrator.policy import Policy, load_policy
 
 ViolationCategory = Literal[
-    "timeout", "memory", "processes", "filesystem", "network", "output", "signal", "integrity"
+    "timeout", "memory", "processes", "filesystem", "network", "output", "signal"
 ]
 """What a violation is about; the text before the colon in the dict's ``violations``."""
 
-FAILING_CATEGORIES: frozenset[str] = frozenset(
-    {"timeout", "memory", "processes", "signal", "integrity"}
-)
+FAILING_CATEGORIES: frozenset[str] = frozenset({"timeout", "memory", "processes", "signal"})
 """Violations that make a run unsuccessful even when the code exited 0."""
 
 DEFAULT_MAX_CODE_BYTES = 1024 * 1024
@@ -42,8 +40,7 @@ class Violation(_Frozen):
     """Something the run did that the policy does not allow, or a limit it hit.
 
     Attributes:
-        category: one of timeout, memory, processes, filesystem, network, output, signal,
-            integrity.
+        category: one of timeout, memory, processes, filesystem, network, output, signal.
         message: a sentence for people and agents.
         detail: machine-readable figures (limits, counts, signal numbers).
     """

@@ -140,9 +140,9 @@ def derive_violations(
     if outcome.forged_reports:
         found.append(
             Violation(
-                category="integrity",
+                category="output",
                 message=f"the code wrote {outcome.forged_reports} exit report(s) of its own into "
-                "the sandbox runner's channel; they were ignored",
+                "the sandbox runner's channel; they were ignored (the exit status is the real one)",
                 detail={"forged_reports": outcome.forged_reports},
             )
         )

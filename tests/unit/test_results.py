@@ -181,14 +181,15 @@ def test_exit_zero_with_a_processes_violation_fails() -> None:
     assert [v.category for v in result.violations] == ["processes"]
 
 
-def test_a_forged_exit_report_is_an_integrity_violation_that_fails() -> None:
-    """Exit reports the code wrote into the runner's channel fail the run and are reported."""
+def test_a_forged_exit_report_is_an_output_violation() -> None:
+    """Exit reports the code wrote into the runner's channel are reported; the real status counts."""
     result = assemble_result(
-        request(), outcome(exit_code=0, forged_reports=2), context(), (), 30.0, 1.0
+        request(), outcome(exit_code=3, forged_reports=2), context(), (), 30.0, 1.0
     )
-    assert result.success is False
-    assert [v.category for v in result.violations] == ["integrity"]
+    assert (result.success, result.exit_code) == (False, 3)
+    assert [v.category for v in result.violations] == ["output"]
     assert result.violations[0].detail == {"forged_reports": 2}
+    assert "exit report(s) of its own" in result.violations[0].message
 
 
 def test_an_output_violation_alone_keeps_success() -> None:
