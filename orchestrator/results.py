@@ -141,7 +141,7 @@ def derive_violations(
         found.append(
             Violation(
                 category="output",
-                message=f"the code wrote {outcome.forged_reports} exit report(s) of its own into "
+                message=f"the code wrote {outcome.forged_reports} report(s) of its own into "
                 "the sandbox runner's channel; they were ignored (the exit status is the real one)",
                 detail={"forged_reports": outcome.forged_reports},
             )

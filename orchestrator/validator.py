@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from typing import Literal
@@ -87,9 +88,16 @@ def _check_python(code: str, rules: Validation) -> list[ValidationIssue]:
     return list(_PythonChecker(tree, rules).issues())
 
 
+# CPython 3.11's ast.parse is not thread-safe: parses in parallel threads can fail with
+# "SystemError: AST constructor recursion depth mismatch" (cpython gh-106905). Runs validate in
+# the caller's threads (run_many, async), so parses take turns; one takes well under a millisecond.
+_PARSE_LOCK = threading.Lock()
+
+
 def _parse_python(code: str) -> ast.Module | ValidationIssue:
     try:
-        return ast.parse(code)
+        with _PARSE_LOCK:
+            return ast.parse(code)
     except SyntaxError as exc:
         return _issue("error", "syntax", exc.lineno or _nul_line(code), f"SyntaxError: {exc.msg}")
     except ValueError as exc:  # NUL characters before Python 3.12, lone surrogates

@@ -8,10 +8,11 @@
  *
  * Request (stdin), once:
  *     "ATHENA/2 <code_len> <blob_len> <timeout_ms> <max_output_bytes> <nonce>\n" <code> <blob>
- *   The nonce (hex, fresh for each run) comes back in the exit frame: under gVisor the code can
- *   open this process's stdout through /proc/1/fd (runsc does not honour PR_SET_DUMPABLE for
- *   it) and write frames of its own, but it cannot read the nonce from our memory, so the
- *   orchestrator tells our exit frame from a forged one.
+ *   The nonce (hex, fresh for each run) comes back in the exit frame and first in every failure
+ *   frame once it is known: under gVisor the code can open this process's stdout through
+ *   /proc/1/fd (runsc does not honour PR_SET_DUMPABLE for it) and write frames of its own, but
+ *   it cannot read the nonce from our memory, so the orchestrator tells our reports from forged
+ *   ones.
  *   The code is written to --code-file; the blob (parameters, in the form the language's
  *   bootstrap expects) is written to the interpreter's fd 3. After the request, stdin stays
  *   open: EOF means the owner died, and everything is killed at once.
@@ -23,7 +24,8 @@
  *   'c' cut             "<o|e> <bytes>": that many bytes of the stream were dropped here
  *   'v' value           bytes the interpreter wrote on fd 4 (Python's `output`, as JSON)
  *   'x' exit            JSON status: exit code or signal, timeout, cgroup figures
- *   'f' failure         the runner could not do its job (message)
+ *   'f' failure         the runner could not do its job ("<nonce> message" once the request
+ *                       is read, "message" before)
  *
  * Output caps: each stream is forwarded live up to max_output bytes; after that only the last
  * max_output/2 bytes are kept and sent at the end after a 'c' frame, so whatever the code prints,
@@ -116,8 +118,11 @@ static void kill_run(void) {
     }
 }
 
+static char run_nonce[NONCE_MAX + 1]; /* empty until the request header is read */
+
 static void fail(const char *what) {
-    send_framef('f', "%s: %s", what, strerror(errno));
+    if (run_nonce[0]) send_framef('f', "%s %s: %s", run_nonce, what, strerror(errno));
+    else send_framef('f', "%s: %s", what, strerror(errno));
     kill_run();
     exit(2);
 }
@@ -322,6 +327,7 @@ int main(int argc, char **argv) {
         errno = EPROTO;
         fail("bad request header");
     }
+    memcpy(run_nonce, nonce, sizeof run_nonce);
     int cf = open(code_file, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (cf < 0) fail("cannot create the code file");
     if (copy_exact(STDIN_FILENO, cf, (size_t)code_len) < 0) { kill_run(); return 0; }

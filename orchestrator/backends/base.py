@@ -42,7 +42,8 @@ class RunOutcome:
             JSON-serialisable), appended to stderr by the orchestrator.
         resources: cgroup figures, when asked for.
         network_refusals: (host, port, reason) of each connection the egress proxy refused.
-        forged_reports: exit reports the code wrote into the runner's channel (ignored).
+        forged_reports: exit or failure reports the code wrote into the runner's channel
+            (ignored).
     """
 
     isolation: Isolation

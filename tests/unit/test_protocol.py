@@ -9,6 +9,7 @@ import pytest
 from orchestrator.backends.protocol import (
     FRAME_BEGIN,
     FRAME_EXIT,
+    FRAME_FAILURE,
     FRAME_READY,
     FRAME_STDERR,
     FRAME_STDOUT,
@@ -23,6 +24,7 @@ from orchestrator.backends.protocol import (
 )
 from orchestrator.backends.reader import RunReader
 from orchestrator.context import ExecutionContext
+from orchestrator.errors import SandboxFailedError
 
 
 def frame(kind: bytes, payload: bytes) -> bytes:
@@ -177,3 +179,21 @@ def test_new_nonces_are_long_hex_and_fresh() -> None:
     nonces = {new_nonce() for _ in range(100)}
     assert len(nonces) == 100
     assert all(len(n) == 32 and set(n) <= set("0123456789abcdef") for n in nonces)
+
+
+def test_a_failure_frame_after_the_start_needs_the_nonce() -> None:
+    """Once the code runs, a failure report without the nonce is the code's, and ignored."""
+    context = ExecutionContext(capture_io=False, max_output_bytes=1024)
+    reader = RunReader(context, "abc", nonce="n0nce")
+    reader.take(block(1, frame(FRAME_BEGIN, b"") + frame(FRAME_FAILURE, b"fake: disk on fire")))
+    assert reader.forged_reports == 1
+    with pytest.raises(SandboxFailedError, match=r"runner failed: poll: EINTR$"):
+        reader.take(block(1, frame(FRAME_FAILURE, b"n0nce poll: EINTR")))
+
+
+def test_a_failure_frame_before_the_start_is_the_runner_s() -> None:
+    """Before 'B' no code of the run executes: the runner's own failure needs no nonce."""
+    context = ExecutionContext(capture_io=False, max_output_bytes=1024)
+    reader = RunReader(context, "abc", nonce="n0nce")
+    with pytest.raises(SandboxFailedError, match="bad request header"):
+        reader.take(block(1, frame(FRAME_FAILURE, b"bad request header: Protocol error")))

@@ -189,7 +189,7 @@ def test_a_forged_exit_report_is_an_output_violation() -> None:
     assert (result.success, result.exit_code) == (False, 3)
     assert [v.category for v in result.violations] == ["output"]
     assert result.violations[0].detail == {"forged_reports": 2}
-    assert "exit report(s) of its own" in result.violations[0].message
+    assert "report(s) of its own" in result.violations[0].message
 
 
 def test_an_output_violation_alone_keeps_success() -> None:
