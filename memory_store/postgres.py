@@ -19,7 +19,6 @@ Open it with ``open_store("postgresql://user:password@host:5432/database")``, wi
 from __future__ import annotations
 
 import threading
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from memory_store import postgres_schema
@@ -161,17 +160,6 @@ class PostgresStore(SqlStore):
                 return
             self._closed = True
         self._pool.close()
-
-    def __enter__(self) -> PostgresStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
