@@ -103,7 +103,13 @@ def test_environment_carries_nothing_from_the_host(
         "import os\nprint(sorted(os.environ))\nprint(open('/proc/1/environ', 'rb').read())"
     )
     assert "canary-7f3a" not in r["stdout"] and "ATHENA_CANARY" not in r["stdout"]
-    assert r["stdout"].splitlines()[0] == "['HOME', 'HOSTNAME', 'LANG', 'LC_ALL', 'PATH', 'TMPDIR']"
+    # Only what the image declares (pip's two settings for `pip install --user` under an
+    # allowlist policy) and what the runner sets; nothing of the orchestrator's own.
+    names = (
+        "['HOME', 'HOSTNAME', 'LANG', 'LC_ALL', 'PATH', 'PIP_BREAK_SYSTEM_PACKAGES',"
+        " 'PIP_DISABLE_PIP_VERSION_CHECK', 'TMPDIR']"
+    )
+    assert r["stdout"].splitlines()[0] == names
 
 
 def test_javascript_sees_no_host_environment(
