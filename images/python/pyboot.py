@@ -10,7 +10,9 @@ Outside a container (the srt and inprocess modes) there is no runner to hold fds
 ``ATHENA_PARAMS_FILE`` and ``ATHENA_OUTPUT_FILE`` name files to use instead.
 """
 
+import atexit
 import builtins
+import gc
 import json
 import os
 import sys
@@ -60,6 +62,7 @@ def _send_output(namespace, fd):
 
 def _main():
     path = sys.argv[1]
+    gc.freeze()  # what the bootstrap made so far: the collection at the end skips it (0.8 ms)
     raw = _read_params()
     output_fd = _output_fd()
     parameters = json.loads(raw) if raw else {}
@@ -73,7 +76,8 @@ def _main():
         "json": json,
     }
     sys.argv = [path]
-    sys.path.insert(0, os.path.dirname(path))  # modules the code writes beside itself
+    code_dir = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, code_dir)  # modules the code writes beside itself
     ending = None
     try:
         exec(compile(source, path, "exec"), namespace)
@@ -84,14 +88,52 @@ def _main():
         # Show the code's traceback, not this bootstrap's frame.
         traceback.print_exception(kind, value, trace.tb_next if trace else None)
         ending = SystemExit(1)
+    _flush()
+    _send_output(namespace, output_fd)
+    _finish(namespace, ending, code_dir)
+
+
+def _flush():
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     except Exception:  # the code may have closed or replaced them
         pass
-    _send_output(namespace, output_fd)
-    if ending is not None:
+
+
+def _exit_status(ending):
+    """The status the interpreter would exit with, or None when it would print the code first."""
+    if ending is None or ending.code is None:
+        return 0
+    if isinstance(ending.code, int):
+        return ending.code & 0xFF
+    return None
+
+
+def _finish(namespace, ending, code_dir):
+    """End as interpreter shutdown would, without its module teardown.
+
+    Tearing down the modules costs 2 to 3 ms, a third of a warm run. Everything of shutdown that
+    a run can observe still happens, in the same order: waiting for non-daemon threads, atexit
+    handlers (logging, multiprocessing and weakref.finalize among them), then the code's objects
+    released, so that files it left open are flushed and closed and ``__del__`` methods run.
+    """
+    status = _exit_status(ending)
+    if status is None:  # sys.exit("message"): let Python print it and exit 1
         raise ending
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        threading._shutdown()
+    atexit._run_exitfuncs()
+    namespace.clear()
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str) and os.path.abspath(path).startswith(code_dir + os.sep):
+            module.__dict__.clear()  # modules the code wrote beside itself and imported
+            del sys.modules[name]
+    gc.collect()
+    _flush()
+    os._exit(status)
 
 
 _main()

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
+from typing import TextIO
 
 from orchestrator.backends.base import RunOutcome, RunSpec, ensure_available
 from orchestrator.backends.process import Supervised, run_supervised, supervise
@@ -133,15 +135,22 @@ def _child(request: ExecutionRequest, workdir: Path, writes: list[int], reads: l
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         os.dup2(out, 1)
         os.dup2(err, 2)
+        # What escapes the capture (threads the code starts) goes to the pipes as well.
+        streams = sys.stdout, sys.stderr = _line_buffered(1), _line_buffered(2)
+        install_capture()
         os.chdir(workdir)
-        status = _exec_captured(request, out, err, value)
+        status = _exec_captured(request, out, err, value, streams)
     finally:
         os._exit(status)
 
 
-def _exec_captured(request: ExecutionRequest, out: int, err: int, value: int) -> int:
+def _exec_captured(
+    request: ExecutionRequest, out: int, err: int, value: int, streams: tuple[TextIO, TextIO]
+) -> int:
+    import atexit
     import traceback
 
+    atexit._clear()  # this process's own handlers belong to the parent, not to the code
     capture = ExecutionContext(
         request.execution_id, "python", capture_io=True, parameters=request.parameters
     )
@@ -151,16 +160,51 @@ def _exec_captured(request: ExecutionRequest, out: int, err: int, value: int) ->
         try:
             exec(compile(request.code, "<code>", "exec"), capture.exec_globals)
         except SystemExit as exc:
-            status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            status = _exit_status(exc.code)
         except BaseException as exc:
             traceback.print_exception(
                 type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None
             )
             status = 1
-    envelope = output_envelope(capture.exec_globals)
-    if envelope is not None:
-        _write_all(value, json.dumps(envelope).encode())
+        envelope = output_envelope(capture.exec_globals)
+        if envelope is not None:
+            _write_all(value, json.dumps(envelope).encode())
+        _shut_down(capture.exec_globals, streams)
     return status
+
+
+def _exit_status(code: object) -> int:
+    """The status SystemExit(code) ends Python with; a message is printed as Python does."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _shut_down(namespace: dict[str, object], streams: tuple[TextIO, TextIO]) -> None:
+    """What interpreter shutdown does that the code can see, as the docker image's pyboot does.
+
+    The code's non-daemon threads are joined, its atexit handlers run, then its objects are
+    released so that ``__del__`` methods run and files it left open are flushed.
+    """
+    import atexit
+    import gc
+    import threading
+
+    threading._shutdown()  # type: ignore[attr-defined]  # what Py_Finalize calls first
+    for stream in streams:
+        stream.flush()  # what the code's threads wrote past the capture, before what follows
+    atexit._run_exitfuncs()
+    namespace.clear()
+    gc.collect()
+    for stream in streams:
+        stream.flush()
+
+
+def _line_buffered(fd: int) -> TextIO:
+    return open(fd, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
 
 
 def _forward(event: Event, out: int, err: int) -> None:

@@ -102,6 +102,50 @@ def test_explicit_exit_codes(mode: Mode) -> None:
     assert (r["success"], r["exit_code"]) == (False, 3)
 
 
+SHUTDOWN = """
+import atexit, threading, time, sys
+
+class Noisy:
+    def __init__(self, name):
+        self.name = name
+    def __del__(self):
+        print("released", self.name)
+
+plain = Noisy("plain")
+looped = Noisy("looped")
+looped.me = looped  # only the cycle collector frees this one
+
+def late():
+    time.sleep(0.3)
+    print("thread done")
+
+threading.Thread(target=late).start()
+atexit.register(lambda: print("atexit ran"))
+print("main done")
+"""
+
+
+def test_python_shutdown_still_happens(mode: Mode) -> None:
+    """What the interpreter does at exit is seen: threads joined, atexit, objects released."""
+    mode.needs("docker-cold", "docker-warm", "docker-runsc", "srt", "inprocess")
+    r = mode.run(SHUTDOWN)
+    assert r["success"], r["stderr"]
+    lines = r["stdout"].splitlines()
+    assert lines[:3] == ["main done", "thread done", "atexit ran"], r["stdout"]
+    assert sorted(lines[3:]) == ["released looped", "released plain"], r["stdout"]
+
+
+@pytest.mark.parametrize(
+    ("ending", "exit_code", "stderr"),
+    [("sys.exit('bad input')", 1, "bad input\n"), ("sys.exit(-1)", 255, ""), ("sys.exit()", 0, "")],
+)
+def test_python_exit_statuses(mode: Mode, ending: str, exit_code: int, stderr: str) -> None:
+    """sys.exit with a message prints it and exits 1; a number is the status, mod 256."""
+    mode.needs("docker-cold", "docker-warm", "docker-runsc", "srt", "inprocess")
+    r = mode.run(f"import sys\nprint('before')\n{ending}")
+    assert (r["exit_code"], r["stdout"], r["stderr"]) == (exit_code, "before\n", stderr)
+
+
 @pytest.mark.parametrize("language", ["python", "javascript", "bash"])
 def test_parameters_arrive_as_data(mode: Mode, language: str) -> None:
     """Parameters reach the code as data in every language the mode runs."""

@@ -192,6 +192,15 @@ def test_development_writes_the_project(api: MemoryAPI, project_dir: Path) -> No
     assert (project_dir / "out.txt").read_text() == "from-sandbox\n"
 
 
+def test_a_file_left_open_is_flushed_at_exit(api: MemoryAPI, project_dir: Path) -> None:
+    """Python code that never closes a file still leaves its whole content in the mount."""
+    project_dir.chmod(0o777)
+    code = "log = open('/project/left-open.txt', 'w')\nlog.write('kept ' * 1000)"
+    r = api.execute_code(code, sandbox_policy="development")
+    assert r["success"], r["stderr"]
+    assert (project_dir / "left-open.txt").read_text() == "kept " * 1000
+
+
 def test_strict_sees_no_project(api: MemoryAPI) -> None:
     """strict mounts nothing: /project does not exist."""
     r = api.execute_code("test -e /project && echo present || echo absent", "bash")
