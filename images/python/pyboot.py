@@ -78,19 +78,20 @@ def _main():
     sys.argv = [path]
     code_dir = os.path.dirname(os.path.abspath(path))
     sys.path.insert(0, code_dir)  # modules the code writes beside itself
-    ending = None
+    status = 0
     try:
         exec(compile(source, path, "exec"), namespace)
     except SystemExit as exc:
-        ending = exc
+        status = exit_status(exc.code)
     except BaseException:
         kind, value, trace = sys.exc_info()
         # Show the code's traceback, not this bootstrap's frame.
         traceback.print_exception(kind, value, trace.tb_next if trace else None)
-        ending = SystemExit(1)
+        status = 1
     _flush()
     _send_output(namespace, output_fd)
-    _finish(namespace, ending, code_dir)
+    shut_down(namespace, code_dir, _flush)
+    os._exit(status)
 
 
 def _flush():
@@ -101,39 +102,41 @@ def _flush():
         pass
 
 
-def _exit_status(ending):
-    """The status the interpreter would exit with, or None when it would print the code first."""
-    if ending is None or ending.code is None:
+def exit_status(code):
+    """The status ``SystemExit(code)`` ends Python with; a message is printed, as Python does."""
+    if code is None:
         return 0
-    if isinstance(ending.code, int):
-        return ending.code & 0xFF
-    return None
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
 
 
-def _finish(namespace, ending, code_dir):
-    """End as interpreter shutdown would, without its module teardown.
+def shut_down(namespace, code_dir, flush):
+    """Do what interpreter shutdown does that a run can observe, without its module teardown.
 
-    Tearing down the modules costs 2 to 3 ms, a third of a warm run. Everything of shutdown that
-    a run can observe still happens, in the same order: waiting for non-daemon threads, atexit
-    handlers (logging, multiprocessing and weakref.finalize among them), then the code's objects
-    released, so that files it left open are flushed and closed and ``__del__`` methods run.
+    Tearing down the modules costs 2 to 3 ms, a third of a warm run, so a run ends with
+    ``os._exit`` after this. Still done, in shutdown's order: the code's non-daemon threads
+    joined, its atexit handlers run (logging, multiprocessing and weakref.finalize among them),
+    then its globals and the modules it wrote under ``code_dir`` released, so that ``__del__``
+    methods run and files it left open are flushed and closed. ``flush`` writes out what the
+    code's threads printed before the atexit handlers print. The inprocess backend loads this
+    file as a module to end its runs the same way.
     """
-    status = _exit_status(ending)
-    if status is None:  # sys.exit("message"): let Python print it and exit 1
-        raise ending
     threading = sys.modules.get("threading")
     if threading is not None:
         threading._shutdown()
+    flush()
     atexit._run_exitfuncs()
     namespace.clear()
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)
         if isinstance(path, str) and os.path.abspath(path).startswith(code_dir + os.sep):
-            module.__dict__.clear()  # modules the code wrote beside itself and imported
+            module.__dict__.clear()
             del sys.modules[name]
     gc.collect()
-    _flush()
-    os._exit(status)
+    flush()
 
 
-_main()
+if __name__ == "__main__":
+    _main()

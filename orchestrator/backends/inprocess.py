@@ -8,12 +8,15 @@ here, and only when the process opted in by naming it in ``ATHENA_SANDBOX_BACKEN
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import TextIO
 
 from orchestrator.backends.base import RunOutcome, RunSpec, ensure_available
@@ -104,6 +107,7 @@ def _fork_python(
     request: ExecutionRequest, spec: RunSpec, context: ExecutionContext, workdir: Path
 ) -> Supervised:
     install_capture()  # before the fork: the child must not need a lock another thread holds
+    _pyboot()  # loaded once, here, where a failure to load is reported
     pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, value
     pid = os.fork()
     if pid == 0:  # the child: never returns
@@ -148,19 +152,27 @@ def _exec_captured(
     request: ExecutionRequest, out: int, err: int, value: int, streams: tuple[TextIO, TextIO]
 ) -> int:
     import atexit
+    import gc
     import traceback
 
+    pyboot = _pyboot()
     atexit._clear()  # this process's own handlers belong to the parent, not to the code
+    gc.freeze()  # the parent's objects: the collection at the end looks at the code's only
     capture = ExecutionContext(
         request.execution_id, "python", capture_io=True, parameters=request.parameters
     )
     capture.subscribe(lambda e: _forward(e, out, err))
+
+    def flush() -> None:  # what the code's threads printed past the capture
+        for stream in streams:
+            stream.flush()
+
     status = 0
     with capture:
         try:
             exec(compile(request.code, "<code>", "exec"), capture.exec_globals)
         except SystemExit as exc:
-            status = _exit_status(exc.code)
+            status = pyboot.exit_status(exc.code)
         except BaseException as exc:
             traceback.print_exception(
                 type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None
@@ -169,38 +181,20 @@ def _exec_captured(
         envelope = output_envelope(capture.exec_globals)
         if envelope is not None:
             _write_all(value, json.dumps(envelope).encode())
-        _shut_down(capture.exec_globals, streams)
-    return status
+        pyboot.shut_down(capture.exec_globals, os.getcwd(), flush)  # the cwd is the run's dir
+    return int(status)
 
 
-def _exit_status(code: object) -> int:
-    """The status SystemExit(code) ends Python with; a message is printed as Python does."""
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    print(code, file=sys.stderr)
-    return 1
-
-
-def _shut_down(namespace: dict[str, object], streams: tuple[TextIO, TextIO]) -> None:
-    """What interpreter shutdown does that the code can see, as the docker image's pyboot does.
-
-    The code's non-daemon threads are joined, its atexit handlers run, then its objects are
-    released so that ``__del__`` methods run and files it left open are flushed.
-    """
-    import atexit
-    import gc
-    import threading
-
-    threading._shutdown()  # type: ignore[attr-defined]  # what Py_Finalize calls first
-    for stream in streams:
-        stream.flush()  # what the code's threads wrote past the capture, before what follows
-    atexit._run_exitfuncs()
-    namespace.clear()
-    gc.collect()
-    for stream in streams:
-        stream.flush()
+@functools.cache
+def _pyboot() -> ModuleType:
+    """The docker and srt modes' Python bootstrap, as a module: runs end the same way here."""
+    path = images_dir() / "python" / "pyboot.py"
+    spec = importlib.util.spec_from_file_location("athena_pyboot", path)
+    if spec is None or spec.loader is None:
+        raise SandboxFailedError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _line_buffered(fd: int) -> TextIO:
