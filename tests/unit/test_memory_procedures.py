@@ -169,3 +169,63 @@ def test_validation_result_shape() -> None:
         "success", "procedure_id", "quality_score", "checks", "issues", "duration_seconds", "timestamp",
     }  # fmt: skip
     assert set(data["issues"][0]) == {"severity", "message", "line", "rule"}
+
+
+NOT_COMPILING = {
+    "return outside a function": ("return 1\n", 1, "'return' outside function"),
+    "late future import": (
+        '"""Doc."""\nx = 1\nfrom __future__ import annotations\n',
+        3,
+        "beginning",
+    ),
+    "duplicate argument": ("def f(a, a) -> None:\n    pass\n", 1, "duplicate argument 'a'"),
+    "break outside a loop": ("x = 1\nbreak\n", 2, "'break' outside loop"),
+    "nonlocal at module level": ("nonlocal x\n", 1, "nonlocal declaration not allowed"),
+    "NUL byte": ("x = 1\ny = 2\x00\n", 2, "null bytes"),
+    "lone surrogate": ("x = '\ud800'\n", None, "surrogates not allowed"),
+}
+
+
+@pytest.mark.parametrize(
+    ("code", "line", "why"), NOT_COMPILING.values(), ids=NOT_COMPILING.keys()
+)  # fmt: skip
+def test_code_that_parses_but_does_not_compile_fails(code: str, line: int | None, why: str) -> None:
+    """Validation compiles: what parses but cannot run fails every check, scores 0, says where."""
+    checked = validate_code(code, procedure_id=42)
+    assert not checked.success and checked.quality_score == 0.0
+    assert set(checked.checks.values()) == {False} and len(checked.issues) == 1
+    issue = checked.issues[0]
+    assert (issue.rule, issue.severity, issue.line) == ("syntax", "error", line)
+    assert issue.message.startswith("the code does not compile: ") and why in issue.message
+
+
+@pytest.mark.parametrize(
+    ("code", "line", "why"), NOT_COMPILING.values(), ids=NOT_COMPILING.keys()
+)  # fmt: skip
+def test_a_generator_whose_code_does_not_compile_fails(
+    code: str, line: int | None, why: str
+) -> None:
+    """A custom generator's module that does not compile is success False, confidence 0."""
+    made = generate(REPORT, lambda record: code)
+    assert not made.success and made.confidence == 0.0 and made.code == code
+    assert made.validation is not None and made.validation.quality_score == 0.0
+    assert [(i.rule, i.line) for i in made.issues] == [("syntax", line)]
+    assert why in made.issues[0].message
+
+
+def test_too_deeply_nested_code_fails_without_raising() -> None:
+    """Code too deep for the parser is reported, not raised."""
+    checked = validate_code("x = " + "-" * 200_000 + "1\n")
+    assert not checked.success and checked.quality_score == 0.0
+    assert checked.issues[0].rule == "syntax"
+
+
+def test_a_broken_step_is_reported_not_generated() -> None:
+    """A step whose code does not parse: no module, success False, confidence 0, the step named."""
+    broken = procedure("fine", ProcedureStep(description="half", code="total = (1 +\n"))
+    made = generate(broken)
+    assert not made.success and made.confidence == 0.0 and made.code == ""
+    assert [(i.rule, i.severity) for i in made.issues] == [("syntax", "error")]
+    assert made.issues[0].message == (
+        "step 2's code does not parse: '(' was never closed (line 1 of that code)"
+    )
