@@ -243,9 +243,9 @@ def test_extends_replaces_lists(tmp_path: Path) -> None:
 def test_extends_is_relative_to_the_file_not_cwd(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A relative extends is looked up beside the file that says it."""
-    write(tmp_path / "base" / "parent.yaml", "limits: {memory_mb: 777}\n")
-    child = write(tmp_path / "children" / "child.yaml", "extends: ../base/parent.yaml\n")
+    """A relative extends is looked up beside the file that says it (here: below it)."""
+    write(tmp_path / "children" / "base" / "parent.yaml", "limits: {memory_mb: 777}\n")
+    child = write(tmp_path / "children" / "child.yaml", "extends: base/parent.yaml\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -275,12 +275,12 @@ def test_mount_sources_are_relative_to_their_file(
 def test_an_inherited_relative_mount_keeps_its_own_base(tmp_path: Path) -> None:
     """A relative source in a parent file stays relative to the parent's directory."""
     write(
-        tmp_path / "base" / "parent.yaml",
+        tmp_path / "child" / "base" / "parent.yaml",
         "filesystem: {mounts: [{source: data, target: /data}]}\n",
     )
-    child = write(tmp_path / "child" / "c.yaml", "extends: ../base/parent.yaml\n")
+    child = write(tmp_path / "child" / "c.yaml", "extends: base/parent.yaml\n")
     mount = load_policy(child).filesystem.mounts[0]
-    assert mount.source == str((tmp_path / "base" / "data").resolve())
+    assert mount.source == str((tmp_path / "child" / "base" / "data").resolve())
 
 
 def test_a_dict_mount_source_is_relative_to_cwd(
@@ -630,9 +630,10 @@ def test_resolve_mounts_expands_the_project_dir(home: Path, tmp_path: Path) -> N
             }
         )
     )
+    top, sub = project.stat(), (project / "sub").stat()
     assert resolve_mounts(policy, project) == (
-        ResolvedMount(str(project.resolve()), "/project", True),
-        ResolvedMount(str((project / "sub").resolve()), "/data", False),
+        ResolvedMount(str(project.resolve()), "/project", True, top.st_dev, top.st_ino),
+        ResolvedMount(str((project / "sub").resolve()), "/data", False, sub.st_dev, sub.st_ino),
     )
 
 
@@ -640,8 +641,9 @@ def test_resolve_mounts_of_research_mounts_the_project(home: Path, tmp_path: Pat
     """The shipped research policy mounts the given project directory read-only."""
     project = tmp_path / "proj"
     project.mkdir()
+    info = project.stat()
     assert resolve_mounts(load_policy("research"), project) == (
-        ResolvedMount(str(project.resolve()), "/project", True),
+        ResolvedMount(str(project.resolve()), "/project", True, info.st_dev, info.st_ino),
     )
 
 
@@ -706,7 +708,10 @@ def test_resolve_mounts_gives_the_resolved_source(home: Path, tmp_path: Path) ->
     data.mkdir()
     (tmp_path / "alias").symlink_to(data)
     policy = load_policy(with_mount(str(tmp_path / "alias"), "/data", read_only=False))
-    assert resolve_mounts(policy, tmp_path) == (ResolvedMount(str(data.resolve()), "/data", False),)
+    info = data.stat()
+    assert resolve_mounts(policy, tmp_path) == (
+        ResolvedMount(str(data.resolve()), "/data", False, info.st_dev, info.st_ino),
+    )
 
 
 # --------------------------------------------------------------------------- cache
@@ -759,3 +764,23 @@ def test_a_project_dir_mount_may_not_leave_the_project(tmp_path: Path) -> None:
     (project / "sub").mkdir()
     (mount,) = resolve_mounts(load_policy(with_mount(f"{PROJECT_DIR_TOKEN}/sub")), project)
     assert mount.source == str(project / "sub")
+
+
+def test_resolve_mounts_records_what_it_checked_and_refuses_a_link(
+    home: Path, tmp_path: Path
+) -> None:
+    """A checked source keeps its identity; one that is a link to elsewhere is refused."""
+    project = tmp_path / "proj"
+    (project / "sub").mkdir(parents=True)
+    policy = load_policy(
+        strict_with(filesystem={"mounts": [{"source": f"{PROJECT_DIR_TOKEN}/sub", "target": "/d"}]})
+    )
+    (mount,) = resolve_mounts(policy, project)
+    info = (project / "sub").stat()
+    assert (mount.device, mount.inode) == (info.st_dev, info.st_ino)
+    (project / "sub").rename(project / "old")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (project / "sub").symlink_to(outside)  # resolves out of the project: refused
+    with pytest.raises(PolicyError, match="leaves the project directory"):
+        resolve_mounts(policy, project)
