@@ -545,15 +545,27 @@ def test_read_write_tcp_redirection_is_forbidden() -> None:
     [
         ("x=1\n$cmd a", 2),
         ('x=1\n"$(echo curl)" x', 2),
-        ('x=1\neval "curl x"', 2),
-        ('x=1\nbash -c "ls"', 2),
+        ('x=1\neval "$cmd"', 2),
+        ('x=1\nbash -c "$script"', 2),
         ("x=1\nenv $tool x", 2),
     ],
 )
-def test_computed_commands_are_dynamic_command_warnings(code: str, line: int) -> None:
-    """Command names computed at run time and eval are warnings: too common to block."""
-    assert found(code, "bash") == [(line, "warning", "dynamic_command")]
+def test_computed_commands_are_computed_command_errors(code: str, line: int) -> None:
+    """Command names and scripts computed at run time cannot be checked: errors under a list."""
+    assert found(code, "bash") == [(line, "error", "computed_command")]
     assert issues(code, "bash", NOTHING) == []
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ('x=1\neval "curl x"', [(2, "error", "forbidden_command")]),
+        ('x=1\nbash -c "ls"', []),
+    ],
+)
+def test_literal_scripts_are_parsed_not_guessed(code: str, expected: list[object]) -> None:
+    """eval and bash -c with literal strings are checked as the scripts they are."""
+    assert found(code, "bash") == expected
 
 
 def test_bash_syntax_error_is_one_warning() -> None:
