@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from memory_store import values
 from memory_store.models import ProcedureStep
 from orchestrator.errors import RequestError
+from orchestrator.models import check_text
 
 SearchKind = Literal["memory", "event", "execution", "procedure", "entity"]
 """The kinds ``recall`` searches (relations are links, not text)."""
@@ -164,7 +165,7 @@ def _step(item: object, index: int, max_bytes: int) -> ProcedureStep:
         return ProcedureStep(description=values.content(item, field, max_bytes))
     if not isinstance(item, Mapping):
         raise RequestError(f"{field} must be a string or a dict, not {type(item).__name__}")
-    data = values.context(item, max_bytes)
+    data = values.context(item, max_bytes, field=field)
     key = next((k for k in _DESCRIPTION_KEYS if isinstance(data.get(k), str) and data[k]), None)
     if key is None:
         raise RequestError(
@@ -266,11 +267,13 @@ class RecallQuery(_Frozen):
         """Check a recall query.
 
         Raises:
-            RequestError: an empty query, a bad limit, an unknown kind, a bad context.
+            RequestError: an empty query or one with a lone surrogate, a bad limit, an unknown
+                kind, a bad context.
 
         """
         if not isinstance(query, str):
             raise RequestError(f"query must be a string, not {type(query).__name__}")
+        check_text(query, "query")
         if not query.strip():
             raise RequestError("query is empty: give words to search for")
         return cls(
@@ -290,7 +293,7 @@ def search_kinds(kinds: object) -> tuple[SearchKind, ...]:
     """
     if kinds is None:
         return SEARCH_KINDS
-    wanted = {_KIND_ALIASES.get(k, k) for k in values.tags(kinds)}
+    wanted = {_KIND_ALIASES.get(k, k) for k in values.tags(kinds, "kinds")}
     unknown = wanted - set(SEARCH_KINDS)
     if unknown or not wanted:
         what = f"unknown kinds {sorted(unknown)}" if unknown else "kinds is empty"
@@ -319,11 +322,14 @@ class EventQuery(_Frozen):
         """Check an event query; a bare end date includes that whole day.
 
         Raises:
-            RequestError: a bad query, type, date or limit, or an end before the start.
+            RequestError: a bad query (a lone surrogate in it, say), type, date or limit, or an
+                end before the start.
 
         """
         if query is not None and not isinstance(query, str):
             raise RequestError(f"query must be a string or None, not {type(query).__name__}")
+        if query is not None:
+            check_text(query, "query")
         start = values.moment(start_date, "start_date")
         end = values.moment(end_date, "end_date", end_of_day=True)
         if start is not None and end is not None and end < start:

@@ -1,9 +1,11 @@
-"""The memory half of ``MemoryAPI``: remember, recall, forget, procedures, entities, consolidate.
+r"""The memory half of ``MemoryAPI``: remember, recall, forget, procedures, entities, consolidate.
 
 Every method checks its arguments (``RequestError`` saying what to change), works through the
 :class:`~memory_store.base.Store` protocol, and returns plain ints, bools, dicts and lists.
 Values such as memory types, event types, outcomes, categories, entity and relation types are
-free-form: trimmed and lower-cased (``"Failure "`` is stored as ``"failure"``).
+free-form: trimmed and lower-cased (``"Failure "`` is stored as ``"failure"``). Every text
+argument must be valid Unicode (a lone surrogate such as ``"\ud800"`` is a ``RequestError``
+naming the argument), and contexts nest at most 64 levels of dicts and lists.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from memory_store.inputs import (
 from memory_store.models import ProcedureRecord
 from memory_store.procedures import CodeGenerator
 from orchestrator.errors import RequestError
+from orchestrator.models import check_text
 from orchestrator.settings import Settings
 
 
@@ -200,6 +203,8 @@ class MemoryMethods:
         Returns:
             ``{success, procedure_id, code, confidence, validation, issues, generator,
             duration_seconds, timestamp}``; ``confidence`` is the validation's quality score.
+            A generator that fails, or returns text with a lone surrogate, gives ``success:
+            False`` with the reason in ``issues``.
 
         Raises:
             RequestError: the id is not a positive whole number.
@@ -207,7 +212,8 @@ class MemoryMethods:
             StoreError: the store cannot be read.
         """
         procedure = self._procedure(procedure_id)
-        made = procedures.generate(procedure, generator or self._code_generator)
+        custom = generator or self._code_generator
+        made = procedures.generate(procedure, None if custom is None else _checked(custom))
         return made.to_dict()
 
     def validate_procedure_code(self, code: str, procedure_id: int | None = None) -> dict[str, Any]:
@@ -219,12 +225,13 @@ class MemoryMethods:
             means it parses and breaks no strict rule; ``quality_score`` is in [0, 1].
 
         Raises:
-            RequestError: ``code`` is not a string.
+            RequestError: ``code`` is not a string, or holds a lone surrogate.
             RecordNotFoundError: ``procedure_id`` is given and no procedure has it.
             StoreError: the store cannot be read.
         """
         if not isinstance(code, str):
             raise RequestError(f"code must be a string, not {type(code).__name__}")
+        check_text(code, "code")
         checked = None if procedure_id is None else self._procedure(procedure_id).id
         return procedures.validate_code(code, checked).to_dict()
 
@@ -295,3 +302,16 @@ class MemoryMethods:
         """
         chosen = strategy_named(strategy)
         return self._store.consolidate(chosen, check_days_back(days_back)).to_dict()
+
+
+def _checked(generator: CodeGenerator) -> CodeGenerator:
+    """Wrap a caller's generator so that code UTF-8 cannot encode counts as its failure."""
+
+    def generate(procedure: ProcedureRecord) -> str:
+        code = generator(procedure)
+        if isinstance(code, str):  # anything else: generate() reports it
+            check_text(code, "the generated code")
+        return code
+
+    generate.__name__ = getattr(generator, "__name__", "custom")  # what the result names
+    return generate

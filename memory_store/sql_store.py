@@ -56,7 +56,7 @@ from memory_store.sql import Db, Work
 from memory_store.summary import summarize_execution
 from memory_store.values import iso
 from orchestrator.errors import RequestError
-from orchestrator.models import ExecutionRequest, ExecutionResult
+from orchestrator.models import ExecutionRequest, ExecutionResult, check_text
 
 _log = structlog.get_logger(__name__)
 
@@ -152,9 +152,12 @@ class SqlStore(ABC):
         """Return the record of one execution, or None when it is not recorded.
 
         Raises:
+            RequestError: the id holds a lone surrogate.
             StoreError: the store cannot be read.
 
         """
+        if isinstance(execution_id, str):
+            check_text(execution_id, "execution_id")
         sql = "SELECT * FROM executions WHERE execution_id = ?"
         row = self._reading(lambda db: db.execute(sql, (execution_id,)).fetchone())
         return None if row is None else execution_from_row(dict(row))
@@ -165,7 +168,7 @@ class SqlStore(ABC):
         """Return up to ``limit`` executions, newest first, optionally of one language.
 
         Raises:
-            RequestError: ``limit`` is less than 1.
+            RequestError: ``limit`` is less than 1, or ``language`` holds a lone surrogate.
             StoreError: the store cannot be read.
 
         """
@@ -176,7 +179,7 @@ class SqlStore(ABC):
         """Return up to ``limit`` events, newest first, optionally of one type.
 
         Raises:
-            RequestError: ``limit`` is less than 1.
+            RequestError: ``limit`` is less than 1, or ``event_type`` holds a lone surrogate.
             StoreError: the store cannot be read.
 
         """
@@ -185,6 +188,8 @@ class SqlStore(ABC):
 
     def _newest(self, table: str, column: str, value: str | None, limit: int) -> list[Any]:
         _check_limit(limit)
+        if isinstance(value, str):
+            check_text(value, column)
         where, args = ("", ()) if value is None else (f"WHERE {column} = ?", (value,))
         # id breaks ties: writers take the time inside their transaction.
         sql = f"SELECT * FROM {table} {where} ORDER BY created_at DESC, id DESC LIMIT ?"

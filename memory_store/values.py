@@ -3,6 +3,10 @@
 Every function raises :class:`~orchestrator.errors.RequestError` with a message that says what
 to change. Labels (memory, event, entity and relation types, outcomes, categories, tags) are
 free-form: trimmed, lower case, runs of whitespace made one space, at most 100 characters.
+
+Text must be valid Unicode: a string that holds a lone surrogate (a code point from U+D800 to
+U+DFFF on its own) is refused, at any depth of a context, keys included. Contexts nest dicts
+and lists at most ``MAX_JSON_DEPTH`` (64) levels deep, the context itself being level 1.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 from pydantic import JsonValue
 
 from orchestrator.errors import RequestError
+from orchestrator.models import check_json_text, check_text
 
 DEFAULT_MAX_MEMORY_BYTES = 1024 * 1024
 """The default largest content, as UTF-8 bytes (``ATHENA_MAX_MEMORY_BYTES``)."""
@@ -28,11 +33,13 @@ def label(value: object, field: str) -> str:
     """Return a label normalised: trimmed, lower case, inner whitespace collapsed.
 
     Raises:
-        RequestError: the value is not a string, is empty, or is over 100 characters.
+        RequestError: the value is not a string, holds a lone surrogate, is empty, or is over
+            100 characters.
 
     """
     if not isinstance(value, str):
         raise RequestError(f"{field} must be a string, not {type(value).__name__}")
+    check_text(value, field)
     normal = " ".join(value.split()).lower()
     if not normal:
         raise RequestError(f"{field} is empty: give a word such as 'semantic' or 'error'")
@@ -55,7 +62,7 @@ def optional_label(value: object, field: str) -> str | None:
 
 
 def utf8_size(value: str) -> int:
-    """Return the size of a string as UTF-8 bytes (lone surrogates counted as 3 bytes)."""
+    """Return the size of a string as UTF-8 bytes (lone surrogates, if any, counted as 3)."""
     return len(value.encode("utf-8", errors="surrogatepass"))
 
 
@@ -63,11 +70,13 @@ def content(value: object, field: str, max_bytes: int) -> str:
     """Return text content with its outer whitespace trimmed.
 
     Raises:
-        RequestError: the value is not a string, is empty or blank, or is over ``max_bytes``.
+        RequestError: the value is not a string, holds a lone surrogate, is empty or blank, or
+            is over ``max_bytes``.
 
     """
     if not isinstance(value, str):
         raise RequestError(f"{field} must be a string, not {type(value).__name__}")
+    check_text(value, field)
     stripped = value.strip()
     if not stripped:
         raise RequestError(f"{field} is empty: give the text to remember")
@@ -80,54 +89,71 @@ def content(value: object, field: str, max_bytes: int) -> str:
     return stripped
 
 
-def context(value: object, max_bytes: int = DEFAULT_MAX_MEMORY_BYTES) -> dict[str, JsonValue]:
+def context(
+    value: object, max_bytes: int = DEFAULT_MAX_MEMORY_BYTES, *, field: str = "context"
+) -> dict[str, JsonValue]:
     """Return a context dict as plain JSON data (None gives an empty dict).
 
+    Args:
+        value: the caller's dict.
+        max_bytes: the largest size as JSON text, in UTF-8 bytes.
+        field: the argument's name, for messages.
+
     Raises:
-        RequestError: not a dict with string keys, not JSON-serialisable, or over ``max_bytes``.
+        RequestError: not a dict with string keys, a key or string with a lone surrogate,
+            nested more than ``MAX_JSON_DEPTH`` levels, not JSON-serialisable, or over
+            ``max_bytes``.
 
     """
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise RequestError(f"context must be a dict or None, not {type(value).__name__}")
+        raise RequestError(f"{field} must be a dict or None, not {type(value).__name__}")
     if not all(isinstance(key, str) for key in value):
-        raise RequestError("context keys must be strings")
+        raise RequestError(f"{field} keys must be strings")
+    # Before json.dumps: lone surrogates cannot be encoded, and deep nesting makes it recurse.
+    check_json_text(value, field)
     try:
         text = json.dumps(dict(value), allow_nan=False, ensure_ascii=False, sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise RequestError(
-            f"context must be JSON-serialisable: {exc}. Use dicts, lists, strings, numbers, "
+            f"{field} must be JSON-serialisable: {exc}. Use dicts, lists, strings, numbers, "
             "booleans and None."
         ) from exc
     if utf8_size(text) > max_bytes:
         raise RequestError(
-            f"context is {utf8_size(text)} bytes as JSON; the limit is {max_bytes} bytes"
+            f"{field} is {utf8_size(text)} bytes as JSON; the limit is {max_bytes} bytes"
         )
     loaded: dict[str, JsonValue] = json.loads(text)
     return loaded
 
 
-def tags(value: object) -> tuple[str, ...]:
+def tags(value: object, field: str = "tags") -> tuple[str, ...]:
     """Return tags as normalised labels, duplicates and blanks dropped, order kept.
 
     A single string is one tag. None gives no tags.
 
+    Args:
+        value: a string or a list of strings.
+        field: the argument's name, for messages (``kinds`` when kinds are given this way).
+
     Raises:
-        RequestError: not a string or a list of strings, or more than 50 tags.
+        RequestError: not a string or a list of strings, a tag with a lone surrogate or over
+            100 characters, or more than 50 tags.
 
     """
     if value is None:
         return ()
-    items: Iterable[object] = [value] if isinstance(value, str) else _iterable(value, "tags")
+    single = isinstance(value, str)
+    items: Iterable[object] = [value] if single else _iterable(value, field)
     found: dict[str, None] = {}
-    for item in items:
+    for index, item in enumerate(items):
         if not isinstance(item, str):
-            raise RequestError(f"tags must be strings, not {type(item).__name__}")
+            raise RequestError(f"{field} must be strings, not {type(item).__name__}")
         if item.strip():
-            found[label(item, "a tag")] = None
+            found[label(item, field if single else f"{field}[{index}]")] = None
     if len(found) > MAX_TAGS:
-        raise RequestError(f"{len(found)} tags; the limit is {MAX_TAGS}")
+        raise RequestError(f"{len(found)} {field}; the limit is {MAX_TAGS}")
     return tuple(found)
 
 
@@ -172,13 +198,13 @@ def moment(value: object, field: str, *, end_of_day: bool = False) -> datetime |
     ``end_of_day`` the first instant of the next day (so an end date includes that day).
 
     Raises:
-        RequestError: the value is of another type or not ISO 8601.
+        RequestError: the value is of another type, not ISO 8601, or holds a lone surrogate.
 
     """
     if value is None:
         return None
     if isinstance(value, str):
-        value = _parse_iso(value.strip(), field)
+        value = _parse_iso(check_text(value, field).strip(), field)
     if isinstance(value, datetime):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     if isinstance(value, date):

@@ -19,9 +19,30 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from orchestrator.errors import RequestError
 from orchestrator.languages import get_language
 from orchestrator.policy import Policy, load_policy
+from orchestrator.text import MAX_JSON_DEPTH, check_json_text, check_text, find_lone_surrogate
+
+# The text checks are re-exported: the memory store checks its callers' text with them (of the
+# orchestrator, it imports only models and errors).
+__all__ = [
+    "DEFAULT_MAX_CODE_BYTES",
+    "DEFAULT_MAX_PARAMETERS_BYTES",
+    "FAILING_CATEGORIES",
+    "MAX_JSON_DEPTH",
+    "Event",
+    "ExecutionRequest",
+    "ExecutionResult",
+    "Isolation",
+    "Resources",
+    "ValidationIssue",
+    "Violation",
+    "ViolationCategory",
+    "check_json_text",
+    "check_text",
+    "find_lone_surrogate",
+]
 
 ViolationCategory = Literal[
-    "timeout", "memory", "processes", "filesystem", "network", "output", "signal"
+    "timeout", "memory", "processes", "filesystem", "network", "output", "signal", "policy"
 ]
 """What a violation is about; the text before the colon in the dict's ``violations``."""
 
@@ -40,7 +61,8 @@ class Violation(_Frozen):
     """Something the run did that the policy does not allow, or a limit it hit.
 
     Attributes:
-        category: one of timeout, memory, processes, filesystem, network, output, signal.
+        category: one of timeout, memory, processes, filesystem, network, output, signal,
+            policy (the run-time policy layer refused something; not failing by itself).
         message: a sentence for people and agents.
         detail: machine-readable figures (limits, counts, signal numbers).
     """
@@ -152,6 +174,8 @@ def _check_parameters(parameters: Mapping[str, Any] | None, limit: int) -> dict[
         raise RequestError(
             f"parameters must be a dict (a JSON object) or None, not {type(parameters).__name__}"
         )
+    # Before json.dumps: lone surrogates cannot be encoded, and deep nesting makes it recurse.
+    check_json_text(parameters, "parameters")
     try:
         text = json.dumps(parameters, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
@@ -159,7 +183,7 @@ def _check_parameters(parameters: Mapping[str, Any] | None, limit: int) -> dict[
             f"parameters must be JSON-serialisable: {exc}. Pass only dicts, lists, strings, "
             "numbers (not NaN or infinity), booleans and None."
         ) from exc
-    size = len(text.encode("utf-8", errors="surrogatepass"))
+    size = len(text.encode("utf-8"))
     if size > limit:
         raise RequestError(
             f"parameters are {size} bytes as JSON; the limit is {limit} bytes. "
@@ -221,16 +245,22 @@ class ExecutionRequest(_Frozen):
         max_code_bytes: int = DEFAULT_MAX_CODE_BYTES,
         max_parameters_bytes: int = DEFAULT_MAX_PARAMETERS_BYTES,
     ) -> ExecutionRequest:
-        """Check the caller's arguments and build a request.
+        r"""Check the caller's arguments and build a request.
+
+        Code and every string in ``parameters`` (keys included) must be valid Unicode text: a
+        lone surrogate such as ``"\ud800"`` is refused. Parameters may nest dicts and lists at
+        most ``MAX_JSON_DEPTH`` (64) levels deep, the parameters dict itself being level 1.
 
         Raises:
-            RequestError: code that is not a string or is too large, parameters that are not a
-                JSON object, a timeout that is not a positive number.
+            RequestError: code that is not a string, is too large or holds a lone surrogate;
+                parameters that are not a JSON object, hold a lone surrogate or nest too deep;
+                a timeout that is not a positive number.
             UnknownLanguageError: a language we do not run.
         """
         if not isinstance(code, str):
             raise RequestError(f"code must be a string, not {type(code).__name__}")
-        size = len(code.encode("utf-8", errors="surrogatepass"))
+        check_text(code, "code")
+        size = len(code.encode("utf-8"))
         if size > max_code_bytes:
             raise RequestError(
                 f"code is {size} bytes; the limit is {max_code_bytes} bytes. "

@@ -6,14 +6,21 @@ schema for the tests on the ``backend`` fixture (marked ``postgres``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import memory_store.embeddings as embeddings_module
 from memory_store import MemoryAPI, MissingExtraError, RecordNotFoundError
+from orchestrator.backends.base import RunOutcome, RunSpec
+from orchestrator.backends.reader import outcome_from_frames
+from orchestrator.context import ExecutionContext
 from orchestrator.errors import RequestError
+from orchestrator.models import ExecutionRequest, Isolation
 from orchestrator.settings import Settings
 from orchestrator.testing import FakeBackend, FakeRun
 from tests.memory_backends import Backend
@@ -294,3 +301,140 @@ def test_a_bad_embeddings_environment_value_is_refused(
     monkeypatch.setenv("ATHENA_MEMORY_EMBEDDINGS", "maybe")
     with pytest.raises(pydantic.ValidationError, match="memory_embeddings"):
         MemoryAPI.create(tmp_path / "m.db", backends=[FakeBackend()])
+
+
+# --------------------------------------------------------------------------- text and depth
+
+BAD = "ab\ud800c"
+SURROGATE = r" contains a lone surrogate \(\\ud800 at index \d+\); pass valid Unicode text$"
+
+
+def nested(depth: int) -> Any:
+    """A list nested ``depth`` levels deep, built without recursion."""
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@dataclass
+class ValueFrameBackend(FakeBackend):
+    """A fake sandbox whose runner sends ``value`` as its value frame (decoded as docker does)."""
+
+    value: bytes = b""
+
+    def run(
+        self, request: ExecutionRequest, spec: RunSpec, context: ExecutionContext
+    ) -> RunOutcome:
+        fields = outcome_from_frames({"exit_code": 0, "run_ns": 1000}, self.value, False)
+        isolation = Isolation(mode=self.name, runtime="fake", path="fake")
+        return RunOutcome(isolation=isolation, started=True, sandbox_id="fake", **fields)
+
+
+@pytest.mark.parametrize(
+    ("call", "place"),
+    [
+        (lambda a: a.remember(BAD), "content"),
+        (lambda a: a.remember("x", "sem\ud800"), "memory_type"),
+        (lambda a: a.remember("x", context={"k": [1, {"j": BAD}]}), r"context\['k'\]\[1\]\['j'\]"),
+        (lambda a: a.remember("x", context={"a": {BAD: 1}}), r"a key of context\['a'\]"),
+        (lambda a: a.remember("x", tags=["ok", BAD]), r"tags\[1\]"),
+        (lambda a: a.remember("x", tags=BAD), "tags"),
+        (lambda a: a.remember_event(BAD, "x"), "event_type"),
+        (lambda a: a.remember_event("e", BAD), "content"),
+        (lambda a: a.remember_event("e", "x", BAD), "outcome"),
+        (lambda a: a.remember_event("e", "x", context={BAD: 1}), "a key of context"),
+        (lambda a: a.remember_entity(BAD, "person"), "name"),
+        (lambda a: a.remember_entity("Ada", BAD), "entity_type"),
+        (lambda a: a.remember_entity("Ada", "person", {"x": [BAD]}), r"context\['x'\]\[0\]"),
+        (lambda a: a.remember_procedure(BAD, ["s"]), "name"),
+        (lambda a: a.remember_procedure("p", ["s", BAD]), r"steps\[1\]"),
+        (
+            lambda a: a.remember_procedure("p", [{"action": "a", "code": BAD}]),
+            r"steps\[0\]\['code'\]",
+        ),
+        (lambda a: a.remember_procedure("p", [{"action": "a", BAD: 1}]), r"a key of steps\[0\]"),
+        (lambda a: a.remember_procedure("p", ["s"], BAD), "category"),
+        (lambda a: a.remember_procedure("p", ["s"], context={"c": BAD}), r"context\['c'\]"),
+        (lambda a: a.relate_entities(1, 2, BAD), "relation_type"),
+        (lambda a: a.relate_entities(1, 2, "knows", {"w": BAD}), r"context\['w'\]"),
+        (lambda a: a.recall(BAD), "query"),
+        (lambda a: a.recall("x", context={"k": BAD}), r"context\['k'\]"),
+        (lambda a: a.recall("x", kinds=["memory", BAD]), r"kinds\[1\]"),
+        (lambda a: a.recall_events(BAD), "query"),
+        (lambda a: a.recall_events(event_type=BAD), "event_type"),
+        (lambda a: a.recall_events(start_date="2026-01-0\ud800"), "start_date"),
+        (lambda a: a.validate_procedure_code(BAD), "code"),
+        (lambda a: a.execute_code(BAD), "code"),
+        (lambda a: a.execute_code("x", parameters={"k": [BAD]}), r"parameters\['k'\]\[0\]"),
+        (
+            lambda a: a.execute_code_batch([{"code": "x", "parameters": {BAD: 1}}]),
+            "a key of parameters",
+        ),
+        (lambda a: a.store.get_execution(BAD), "execution_id"),
+        (lambda a: a.store.list_events(event_type=BAD), "event_type"),
+    ],
+)
+def test_lone_surrogates_from_callers_are_refused_before_anything_is_stored(
+    api: MemoryAPI, call: Any, place: str
+) -> None:
+    """Text with a lone surrogate raises RequestError naming the argument; nothing is stored."""
+    with pytest.raises(RequestError, match=place + SURROGATE):
+        call(api)
+    assert api.store.get(1) is None
+    assert api.store.list_executions() == [] and api.recall_events() == []
+
+
+@pytest.mark.parametrize(
+    ("call", "what"),
+    [
+        (lambda a, d: a.remember("x", context={"a": d}), "context"),
+        (lambda a, d: a.remember_event("e", "x", context={"a": d}), "context"),
+        (lambda a, d: a.remember_entity("Ada", "person", {"a": d}), "context"),
+        (lambda a, d: a.relate_entities(1, 2, "knows", {"a": d}), "context"),
+        (lambda a, d: a.remember_procedure("p", ["s"], context={"a": d}), "context"),
+        (lambda a, d: a.remember_procedure("p", [{"action": "s", "a": d}]), r"steps\[0\]"),
+        (lambda a, d: a.recall("x", context={"a": d}), "context"),
+        (lambda a, d: a.execute_code("x", parameters={"a": d}), "parameters"),
+    ],
+)
+def test_deep_input_is_refused_with_request_error_not_recursion_error(
+    api: MemoryAPI, call: Any, what: str
+) -> None:
+    """5,000 levels (RecursionError before) and 65 levels raise RequestError naming the argument."""
+    for depth in (5000, 64):  # inside the outer dict: 5,001 and 65 levels
+        with pytest.raises(RequestError, match=f"^{what} is nested more than 64 levels deep"):
+            call(api, nested(depth))
+    assert api.store.get(1) is None
+
+
+def test_a_context_at_the_depth_limit_is_kept(api: MemoryAPI) -> None:
+    """A context nested exactly 64 levels deep is stored and read back whole."""
+    memory = api.remember("deep but allowed", context={"a": nested(63)})
+    (hit,) = api.recall("deep but allowed")
+    assert hit["id"] == memory and hit["context"]["a"] == nested(63)
+
+
+def test_surrogates_in_a_runs_output_are_repaired_and_recorded(backend: Backend) -> None:
+    """Output with lone surrogates is repaired; the run succeeds, encodes and is recorded."""
+    sandbox = ValueFrameBackend(value=b'{"value": {"\\ud800": ["x\\udc00", {"k\\udfff": 1}]}}')
+    with MemoryAPI.create(backend.target, backends=[sandbox], embeddings="off") as api:
+        result = api.execute_code("output = 1")
+        record = api.store.get_execution(result["execution_id"])
+    assert result["success"] is True
+    assert result["output"] == {"\ufffd": ["x\ufffd", {"k\ufffd": 1}]}
+    encoded = json.dumps(result, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    assert json.loads(encoded)["output"] == result["output"]
+    assert record is not None and record.result["output"] == result["output"]
+
+
+def test_a_generator_returning_a_lone_surrogate_fails_softly(api: MemoryAPI) -> None:
+    """A custom generator's text with a lone surrogate is its failure, reported, never raised."""
+
+    def sloppy(record: object) -> str:
+        return 'x = "\ud800"\n'
+
+    made = api.generate_procedure_code(api.remember_procedure("p", ["s"]), generator=sloppy)
+    assert made["success"] is False and made["generator"] == "sloppy"
+    assert "the generated code contains a lone surrogate" in made["issues"][0]["message"]
+    json.dumps(made).encode("utf-8")
