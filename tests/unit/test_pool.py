@@ -1,17 +1,18 @@
-"""Unit tests of WarmPool with fake sandboxes: laziness, fill, take, TTL, failures, close."""
+"""Unit tests of WarmPool with fake sandboxes: demand, fill, take, TTL, failures, keys, close."""
 
 from __future__ import annotations
 
 import itertools
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 from structlog.testing import capture_logs
 
-from orchestrator.backends.pool import WarmPool
+from orchestrator.backends.pool import _LAUNCH_WORKERS, WarmPool
 
 
 @dataclass(eq=False)
@@ -29,24 +30,45 @@ class Launcher:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay  # seconds each launch takes
         self.fail = False  # raise instead of launching
+        self.fail_keys: set[str] = set()  # keys whose launches raise
         self.gate: threading.Event | None = None  # when set up, each launch waits for it
+        self.gates: dict[str, threading.Event] = {}  # a key's launches wait for its own event
         self.entered = threading.Event()  # a launch is in progress
         self.launched: list[FakeSandbox] = []
         self.discarded: list[FakeSandbox] = []
         self.failures = 0
+        self.failed: Counter[str] = Counter()  # failed launches per key
+        self.in_flight: Counter[str] = Counter()  # launches in progress per key
+        self.most_in_flight = 0  # the most launches in progress at once, all keys together
+        self.most_in_flight_per_key = 0  # the most in progress at once for one key
         self._ids = itertools.count()
         self._lock = threading.Lock()
 
     def launch(self, key: str) -> FakeSandbox:
+        with self._lock:
+            self.in_flight[key] += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight.total())
+            self.most_in_flight_per_key = max(self.most_in_flight_per_key, self.in_flight[key])
+        try:
+            return self._launch(key)
+        finally:
+            with self._lock:
+                self.in_flight[key] -= 1
+
+    def _launch(self, key: str) -> FakeSandbox:
         self.entered.set()
-        if self.gate is not None:
-            self.gate.wait(5)
+        gate = self.gates.get(key, self.gate)
+        if gate is not None:
+            gate.wait(5)
         if self.delay:
             time.sleep(self.delay)
         with self._lock:
-            if self.fail:
+            if self.fail or key in self.fail_keys:
                 self.failures += 1
-                raise RuntimeError("engine down")
+                self.failed[key] += 1
+                if self.fail:
+                    raise RuntimeError("engine down")
+                raise RuntimeError(f"no room for {key} (failure {self.failed[key]})")
             sandbox = FakeSandbox(next(self._ids), key)
             self.launched.append(sandbox)
             return sandbox
@@ -58,6 +80,20 @@ class Launcher:
     def launched_for(self, key: str) -> int:
         with self._lock:
             return sum(1 for s in self.launched if s.key == key)
+
+    def failed_for(self, key: str) -> int:
+        with self._lock:
+            return self.failed[key]
+
+    def launching(self) -> int:
+        with self._lock:
+            return self.in_flight.total()
+
+    def release(self) -> None:
+        """Let every blocked launch go on."""
+        for gate in [self.gate, *self.gates.values()]:
+            if gate is not None:
+                gate.set()
 
 
 class FakeClock:
@@ -87,8 +123,19 @@ def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
     return True
 
 
+def failed_times(pool: WarmPool[str, FakeSandbox], launcher: Launcher, key: str, n: int) -> bool:
+    """Wait until ``key``'s launches failed exactly ``n`` times and the pool took in the last one."""
+    error = f"RuntimeError: no room for {key} (failure {n})"
+    return eventually(lambda: launcher.failed_for(key) == n and pool.last_error(key) == error)
+
+
+def settle() -> None:
+    """Give the worker threads a moment: only ever before asserting that nothing happened."""
+    time.sleep(0.05)
+
+
 def pool_threads() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name == "athena-pool"}
+    return {t for t in threading.enumerate() if t.name.startswith("athena-pool")}
 
 
 PoolFactory = Callable[..., tuple[WarmPool[str, FakeSandbox], Launcher]]
@@ -109,6 +156,7 @@ def _joins_its_threads() -> Iterator[None]:
 def make_pool() -> Iterator[PoolFactory]:
     """Build pools over a fresh Launcher; close them all afterwards."""
     pools: list[WarmPool[str, FakeSandbox]] = []
+    launchers: list[Launcher] = []
 
     def make(
         sizes: dict[str, int] | None = None,
@@ -125,9 +173,12 @@ def make_pool() -> Iterator[PoolFactory]:
             **kwargs,  # type: ignore[arg-type]
         )
         pools.append(pool)
+        launchers.append(launcher)
         return pool, launcher
 
     yield make
+    for launcher in launchers:  # a test that failed half-way may leave a launch blocked
+        launcher.release()
     for pool in pools:
         pool.close()
 
@@ -316,6 +367,145 @@ def test_take_with_a_fake_clock_still_times_out(make_pool: PoolFactory) -> None:
     assert got == [None]
 
 
+# --------------------------------------------------------------------------- keys apart
+
+
+def test_a_key_that_always_fails_does_not_keep_other_keys_cold(make_pool: PoolFactory) -> None:
+    """While key a's launches fail and a backs off, key b fills and refills at full speed."""
+    clock = FakeClock()  # a's backoff never ends unless the test moves the clock
+    launcher = Launcher()
+    launcher.fail_keys = {"a"}
+    pool, _ = make_pool({"a": 2, "b": 2}, launcher, clock=clock)
+    assert pool.take("a") is None
+    assert failed_times(pool, launcher, "a", 1)
+    assert pool.prewarm("b", timeout=5) is True
+    taken = [pool.take("b", wait=5) for _ in range(6)]
+    assert all(s is not None and s.key == "b" for s in taken)
+    assert eventually(lambda: pool.ready_count("b") == 2)
+    assert launcher.failed_for("a") == 1  # a waited out its backoff all along
+    assert pool.ready_count("a") == 0
+
+
+def test_a_hanging_launch_does_not_hold_other_keys(make_pool: PoolFactory) -> None:
+    """While a launch for key a hangs, keys b and c fill; a fills once its launch returns."""
+    launcher = Launcher()
+    launcher.gates["a"] = threading.Event()
+    pool, _ = make_pool({"a": 1, "b": 2, "c": 2}, launcher)
+    assert pool.take("a") is None
+    assert launcher.entered.wait(2)
+    assert pool.prewarm("b", timeout=5) is True
+    assert pool.prewarm("c", timeout=5) is True
+    assert eventually(lambda: (pool.ready_count("b"), pool.ready_count("c")) == (2, 2))
+    assert pool.ready_count("a") == 0
+    launcher.gates["a"].set()
+    assert eventually(lambda: pool.ready_count("a") == 1)
+
+
+def test_launches_run_in_parallel_across_keys_one_at_a_time_per_key(
+    make_pool: PoolFactory,
+) -> None:
+    """Up to _LAUNCH_WORKERS launches run at once, never two for the same key."""
+    launcher = Launcher()
+    launcher.gate = threading.Event()
+    keys = "abcde"
+    pool, _ = make_pool(dict.fromkeys(keys, 3), launcher)
+    for key in keys:
+        assert pool.take(key) is None
+    assert eventually(lambda: launcher.launching() == _LAUNCH_WORKERS)
+    assert all(t.daemon for t in pool_threads())
+    settle()
+    assert launcher.launching() == _LAUNCH_WORKERS
+    launcher.gate.set()
+    assert eventually(lambda: all(pool.ready_count(k) == 3 for k in keys), timeout=5)
+    assert launcher.most_in_flight == _LAUNCH_WORKERS
+    assert launcher.most_in_flight_per_key == 1
+
+
+def test_the_backoff_of_a_failing_key_doubles_up_to_a_cap(make_pool: PoolFactory) -> None:
+    """Key a is retried 1, 2, 4, 8 then 10 s (the cap, not 16) after each failure, no sooner."""
+    clock = FakeClock()
+    launcher = Launcher()
+    launcher.fail_keys = {"a"}
+    pool, _ = make_pool({"a": 1, "poke": 0}, launcher, clock=clock)
+    pool.take("a")
+    assert failed_times(pool, launcher, "a", 1)
+    for failures, delay in enumerate([1.0, 2.0, 4.0, 8.0, 10.0], start=1):
+        clock.advance(delay - 0.25)
+        pool.take("poke")  # demand for a key of size 0 only wakes the workers
+        settle()
+        assert launcher.failed_for("a") == failures, f"retried before {delay} s"
+        clock.advance(0.5)
+        pool.take("poke")
+        assert failed_times(pool, launcher, "a", failures + 1), f"not retried after {delay} s"
+
+
+def test_a_key_that_keeps_failing_waits_for_new_demand(make_pool: PoolFactory) -> None:
+    """After six failures in a row a key is not retried until a take asks for it again."""
+    clock = FakeClock()
+    launcher = Launcher()
+    launcher.fail_keys = {"a"}
+    pool, _ = make_pool({"a": 1, "poke": 0}, launcher, clock=clock)
+    pool.take("a")
+    for failures in range(1, 6):
+        assert failed_times(pool, launcher, "a", failures)
+        clock.advance(10.0)
+        pool.take("poke")
+    started = time.monotonic()
+    assert pool.take("a", wait=30) is None  # the sixth failure ends the wait
+    assert time.monotonic() - started < 20
+    assert launcher.failed_for("a") == 6
+    clock.advance(1000.0)  # nobody asks for a: however long that lasts, it costs no launch
+    pool.take("poke")
+    settle()
+    assert launcher.failed_for("a") == 6
+    launcher.fail_keys.clear()
+    sandbox = pool.take("a", wait=5)  # new demand: a is tried again at once
+    assert sandbox is not None and sandbox.key == "a"
+    assert launcher.failed_for("a") == 6
+
+
+def test_demand_brings_back_a_key_that_gave_up_with_fresh_tries(make_pool: PoolFactory) -> None:
+    """A take after a key gave up starts a new series: one launch at once, then backoff again."""
+    clock = FakeClock()
+    launcher = Launcher()
+    launcher.fail_keys = {"a"}
+    pool, _ = make_pool({"a": 1, "poke": 0}, launcher, clock=clock)
+    pool.take("a")
+    for failures in range(1, 7):
+        assert failed_times(pool, launcher, "a", failures)
+        clock.advance(10.0)
+        pool.take("poke")
+    settle()
+    assert launcher.failed_for("a") == 6
+    assert pool.take("a") is None
+    assert failed_times(pool, launcher, "a", 7)
+    pool.take("a")  # demand again, within the 1 s backoff of the new series
+    settle()
+    assert launcher.failed_for("a") == 7
+    clock.advance(1.0)
+    pool.take("poke")
+    assert failed_times(pool, launcher, "a", 8)
+
+
+def test_last_error_says_why_a_key_has_no_sandboxes(make_pool: PoolFactory) -> None:
+    """last_error(key) is the key's last launch error, None for other keys and after a success."""
+    clock = FakeClock()
+    launcher = Launcher()
+    launcher.fail_keys = {"a"}
+    pool, _ = make_pool({"a": 1, "b": 1}, launcher, clock=clock)
+    assert pool.last_error("a") is None
+    pool.take("a")
+    assert pool.prewarm("b", timeout=5) is True
+    assert eventually(lambda: pool.last_error("a") is not None)
+    assert pool.last_error("a") == "RuntimeError: no room for a (failure 1)"
+    assert pool.last_error("b") is None
+    assert pool.last_error("never asked for") is None
+    launcher.fail_keys.clear()
+    clock.advance(1.0)
+    assert pool.take("a", wait=5) is not None
+    assert pool.last_error("a") is None
+
+
 # --------------------------------------------------------------------------- close
 
 
@@ -359,3 +549,29 @@ def test_a_sandbox_launched_while_closing_is_discarded(make_pool: PoolFactory) -
     assert len(late) == 1
     assert late[0] in launcher.discarded
     assert pool.ready_count("a") == 0
+
+
+def test_close_during_hanging_launches_discards_every_late_sandbox(
+    make_pool: PoolFactory,
+) -> None:
+    """close() while two keys' launches hang: both sandboxes are discarded when they arrive."""
+    before = pool_threads()
+    launcher = Launcher()
+    launcher.gates = {"a": threading.Event(), "b": threading.Event()}
+    pool, _ = make_pool({"idle": 1, "a": 1, "b": 1}, launcher)
+    assert pool.prewarm("idle", timeout=5) is True
+    (idle,) = launcher.launched
+    assert pool.take("a") is None
+    assert pool.take("b") is None
+    assert eventually(lambda: launcher.launching() == 2)
+    closer = threading.Thread(target=pool.close)
+    closer.start()
+    assert eventually(lambda: idle in launcher.discarded)  # close() has begun
+    launcher.release()
+    closer.join(5)
+    assert not closer.is_alive()
+    late = [s for s in launcher.launched if s.key in {"a", "b"}]
+    assert len(late) == 2
+    assert all(s in launcher.discarded for s in late)
+    assert (pool.ready_count("a"), pool.ready_count("b")) == (0, 0)
+    assert pool_threads() == before
