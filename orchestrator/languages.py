@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import JsonValue
 
@@ -22,7 +23,7 @@ from orchestrator.errors import RequestError, UnknownLanguageError
 
 # Linux refuses a single environment string longer than this (MAX_ARG_STRLEN), NUL included.
 _ENV_STRING_MAX = 128 * 1024
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # fullmatch: "$" would allow a final "\n"
 
 
 def _json_blob(parameters: Mapping[str, JsonValue]) -> bytes:
@@ -55,7 +56,7 @@ def bash_environment(parameters: Mapping[str, JsonValue]) -> dict[str, str]:
     env = {"PARAMETERS": json.dumps(parameters, ensure_ascii=False)}
     seen: dict[str, str] = {}
     for key, value in parameters.items():
-        if not _IDENTIFIER.match(key) or isinstance(value, dict | list):
+        if not _IDENTIFIER.fullmatch(key) or isinstance(value, dict | list):
             continue
         name = f"PARAM_{key.upper()}"
         if name in seen:
@@ -84,6 +85,9 @@ class Language:
         image: the image repository's last part (``athena-sandbox/<image>``).
         accepts_nul: whether source text may contain NUL characters.
         parameters_blob: encodes parameters for the image's bootstrap (fd 3).
+        takes_guard: its bootstrap reads ``{"parameters": ..., "guard": ...}`` and installs
+            the run-time policy layer (:mod:`orchestrator.guard`); otherwise the blob is the
+            parameters alone.
     """
 
     name: str
@@ -91,12 +95,22 @@ class Language:
     image: str
     accepts_nul: bool
     parameters_blob: Callable[[Mapping[str, JsonValue]], bytes]
+    takes_guard: bool = False
+
+    def request_blob(
+        self, parameters: Mapping[str, JsonValue], guard: Mapping[str, Any] | None
+    ) -> bytes:
+        """What the bootstrap reads on fd 3 (or from its parameters file) for one run."""
+        if not self.takes_guard:
+            return self.parameters_blob(parameters)
+        envelope = {"parameters": parameters, "guard": guard}
+        return json.dumps(envelope, ensure_ascii=False).encode()
 
 
 LANGUAGES: tuple[Language, ...] = (
-    Language("python", ("py", "python3"), "python", accepts_nul=False, parameters_blob=_json_blob),
+    Language("python", ("py", "python3"), "python", False, _json_blob, takes_guard=True),
     # JavaScript source may hold NUL in string literals; Node reads it as text.
-    Language("javascript", ("js", "node", "nodejs"), "javascript", True, _json_blob),
+    Language("javascript", ("js", "node", "nodejs"), "javascript", True, _json_blob, True),
     Language("bash", ("sh", "shell"), "bash", accepts_nul=False, parameters_blob=_bash_blob),
 )
 _BY_NAME = {n: lang for lang in LANGUAGES for n in (lang.name, *lang.aliases)}

@@ -7,7 +7,10 @@ them, so the contract (``success``, ``exit_code``, ``violations``) cannot drift 
 from __future__ import annotations
 
 import signal as signals
+from collections.abc import Mapping
 from datetime import UTC, datetime
+
+from pydantic import JsonValue
 
 from orchestrator.backends.base import RunOutcome
 from orchestrator.context import ExecutionContext, Stream
@@ -88,6 +91,12 @@ def _filesystem_violations(context: ExecutionContext) -> list[Violation]:
     ]
 
 
+def _refusal_detail(refusal: Mapping[str, JsonValue]) -> dict[str, JsonValue]:
+    """What the run-time layer refused: its kind, and what was attempted."""
+    detail = refusal.get("detail")
+    return {"kind": refusal.get("kind"), **(detail if isinstance(detail, dict) else {})}
+
+
 def derive_violations(
     outcome: RunOutcome, context: ExecutionContext, request: ExecutionRequest, timeout: float
 ) -> list[Violation]:
@@ -120,7 +129,18 @@ def derive_violations(
                 detail={"limit": limits.pids, "hits": outcome.pids_limit_hits},
             )
         )
-    if outcome.signal is not None and not (outcome.timed_out or outcome.oom_killed):
+    if outcome.mount_write_exceeded is not None:
+        cap = request.policy.filesystem.max_mount_write_bytes
+        found.append(
+            Violation(
+                category="filesystem",
+                message=f"the run wrote more than {cap} bytes to the filesystem of its writable "
+                f"mount {outcome.mount_write_exceeded} and was killed",
+                detail={"mount": outcome.mount_write_exceeded, "limit_bytes": cap},
+            )
+        )
+    killed_for_cause = outcome.timed_out or outcome.oom_killed or outcome.mount_write_exceeded
+    if outcome.signal is not None and not killed_for_cause:
         name = signal_name(outcome.signal)
         found.append(
             Violation(
@@ -146,6 +166,14 @@ def derive_violations(
                 detail={"forged_reports": outcome.forged_reports},
             )
         )
+    found += [
+        Violation(
+            category="policy",
+            message=str(refusal["message"]),
+            detail=_refusal_detail(refusal),
+        )
+        for refusal in outcome.policy_refusals
+    ]
     return found + _filesystem_violations(context) + _output_violations(context)
 
 

@@ -6,6 +6,12 @@ and the ``json`` module without importing it. The value of a top-level variable 
 sent to the runner on fd 4 as ``{"value": ...}``, or ``{"error": ...}`` when it is not
 JSON-serialisable.
 
+What arrives on fd 3 is a JSON object: ``{"parameters": {...}, "guard": {...} or null}``. With
+a guard (the policy enforces validation), the run-time policy layer is installed before the
+code runs (see :func:`install_guard`): an audit hook (PEP 578, which cannot be removed) and an
+``__import__`` wrapper refuse what the policy forbids, each refusal a ``PermissionError`` in the
+code and a ``{"policy": ...}`` line on fd 4, before the ``output`` line.
+
 Outside a container (the srt and inprocess modes) there is no runner to hold fds 3 and 4:
 ``ATHENA_PARAMS_FILE`` and ``ATHENA_OUTPUT_FILE`` name files to use instead.
 """
@@ -52,7 +58,7 @@ def _send_output(namespace, fd):
         text = json.dumps({"value": namespace["output"]}, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         text = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
-    data = text.encode("utf-8", errors="replace")
+    data = text.encode("utf-8", errors="replace") + b"\n"
     try:
         while data:
             data = data[os.write(fd, data) :]
@@ -65,7 +71,8 @@ def _main():
     gc.freeze()  # what the bootstrap made so far: the collection at the end skips it (0.8 ms)
     raw = _read_params()
     output_fd = _output_fd()
-    parameters = json.loads(raw) if raw else {}
+    request = json.loads(raw) if raw else {}
+    parameters = request.get("parameters", {})
     with open(path, "rb") as handle:
         source = handle.read()
     namespace = {
@@ -77,21 +84,36 @@ def _main():
     }
     sys.argv = [path]
     code_dir = os.path.dirname(os.path.abspath(path))
+    if request.get("guard"):
+        install_guard(request["guard"], code_dir, output_fd)
     sys.path.insert(0, code_dir)  # modules the code writes beside itself
     status = 0
     try:
         exec(compile(source, path, "exec"), namespace)
     except SystemExit as exc:
         status = exit_status(exc.code)
-    except BaseException:
-        kind, value, trace = sys.exc_info()
-        # Show the code's traceback, not this bootstrap's frame.
-        traceback.print_exception(kind, value, trace.tb_next if trace else None)
+    except BaseException as exc:
+        _print_code_traceback(exc)
         status = 1
     _flush()
     _send_output(namespace, output_fd)
     shut_down(namespace, code_dir, _flush)
     os._exit(status)
+
+
+def _print_code_traceback(exc):
+    """Print a traceback of the code's frames only (not this bootstrap's, guard included)."""
+    report = traceback.TracebackException.from_exception(exc)
+    pending, seen = [report], set()
+    while pending:
+        item = pending.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        kept = [f for f in item.stack if f.filename != __file__]
+        item.stack = traceback.StackSummary.from_list(kept)
+        pending.extend(e for e in (item.__cause__, item.__context__) if e is not None)
+    print("".join(report.format()), end="", file=sys.stderr)
 
 
 def _flush():
@@ -136,6 +158,231 @@ def shut_down(namespace, code_dir, flush):
             del sys.modules[name]
     gc.collect()
     flush()
+
+
+# --------------------------------------------------------------------------- run-time policy
+
+_IMPORT_MACHINERY = ("<frozen importlib._bootstrap", "<frozen zipimport")
+_PROCESS_EVENTS = frozenset(
+    {
+        "os.system",
+        "os.exec",
+        "os.posix_spawn",
+        "os.spawn",
+        "os.fork",
+        "os.forkpty",
+        "subprocess.Popen",
+        "pty.spawn",
+    }
+)
+_SOCKET_USE = frozenset({"socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"})
+_SOCKET_EVENTS = _SOCKET_USE | {"socket.__new__"}
+_CTYPES_EVENTS = frozenset({"ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle"})
+_AF_UNIX = 1
+_MAX_REPORTED = 20  # refusals sent one by one; past this only counted
+
+
+class _Guard:
+    """The run-time policy layer of one run (see :func:`install_guard`)."""
+
+    def __init__(self, config, code_dir, report_fd):
+        self.imports = frozenset(config.get("imports") or ())
+        self.processes = bool(config.get("processes"))
+        self.ctypes = bool(config.get("ctypes"))
+        self.sockets = bool(config.get("sockets"))
+        self.policy = str(config.get("policy") or "the policy")
+        self.report_fd = report_fd
+        self.refused = 0
+        self.code_dir = os.path.abspath(code_dir) + os.sep
+        # Libraries live where the interpreter looks for them at start-up (-I: no user site,
+        # no working directory), never where the run writes its own files.
+        scratch = tuple(
+            os.path.realpath(d) + os.sep
+            for d in (code_dir, os.environ.get("HOME"), os.environ.get("TMPDIR"), "/tmp")
+            if d
+        )
+        self.trusted = tuple(
+            path
+            for path in (os.path.realpath(p) + os.sep for p in sys.path if p)
+            if not path.startswith(scratch)
+        )
+        importlib_dir = os.path.join(os.path.dirname(os.__file__), "importlib") + os.sep
+        self.transparent = (os.path.abspath(__file__), importlib_dir)
+        self.checks = {"compile": self.check_disguise, "code.__new__": self.check_disguise}
+        if self.imports:
+            self.checks["import"] = self.check_import_event
+        if self.processes:
+            self.checks.update(dict.fromkeys(_PROCESS_EVENTS, self.check_process))
+        if self.ctypes:
+            self.checks.update(dict.fromkeys(_CTYPES_EVENTS, self.check_ctypes))
+        if self.sockets:
+            self.checks.update(dict.fromkeys(_SOCKET_EVENTS, self.check_socket))
+
+    def forbidden(self, name):
+        """Whether module ``name`` or a package above it is forbidden."""
+        parts = name.split(".")
+        return any(".".join(parts[:i]) in self.imports for i in range(1, len(parts) + 1))
+
+    def trusted_file(self, filename):
+        """Whether code from ``filename`` is a library's (not the run's own code)."""
+        if filename.startswith("<frozen "):
+            return True
+        if filename.startswith(self.code_dir):
+            return False
+        return filename.startswith(self.trusted)
+
+    def initiator(self, frame):
+        """The file of the first frame outside the import machinery and this bootstrap."""
+        while frame is not None:
+            name = frame.f_code.co_filename
+            if not (name.startswith(_IMPORT_MACHINERY) or name.startswith(self.transparent)):
+                return name
+            frame = frame.f_back
+        return "<frozen bootstrap>"  # only this bootstrap on the stack: not the code
+
+    def refuse(self, kind, message, detail):
+        """Report a refusal on the output channel and raise it in the code."""
+        self.refused += 1
+        if self.refused <= _MAX_REPORTED:
+            line = {"policy": {"kind": kind, "message": message, "detail": detail}}
+            _write_line(self.report_fd, line)
+        raise PermissionError(f"{message} (sandbox policy {self.policy})")
+
+    def check_import(self, name, frame):
+        if self.forbidden(name) and not self.trusted_file(self.initiator(frame)):
+            self.refuse("import", f"import of {name!r} refused", {"module": name})
+
+    def hook(self, event, args):
+        """The audit hook: called for every audited event of the interpreter."""
+        check = self.checks.get(event)
+        if check is not None:
+            check(event, args)
+
+    def check_import_event(self, event, args):
+        self.check_import(args[0], sys._getframe(2))
+
+    def check_process(self, event, args):
+        what = " ".join(str(a) for a in args[:2])[:200]
+        self.refuse(
+            "process", f"process creation ({event}) refused", {"event": event, "args": what}
+        )
+
+    def check_ctypes(self, event, args):
+        # Importing ctypes opens the process itself (dlopen(None)): numpy does that, harmless.
+        # Opening a library or looking a symbol up is native code: refused whoever asks.
+        if (event == "ctypes.dlopen" and args and args[0] is not None) or event.startswith(
+            "ctypes.dlsym"
+        ):
+            name = str(args[-1])[:200] if args else ""
+            self.refuse(
+                "ctypes", f"native code loading ({event}) refused", {"event": event, "name": name}
+            )
+
+    def check_socket(self, event, args):
+        # socketpair() (AF_UNIX, unnamed) is how asyncio wakes itself up: allowed. Other
+        # families, and naming or reaching a unix socket by path, are refused.
+        if event == "socket.__new__" and len(args) > 1 and args[1] != _AF_UNIX:
+            self.refuse(
+                "socket",
+                f"socket creation (family {args[1]}) refused",
+                {"event": event, "family": int(args[1])},
+            )
+        elif event in _SOCKET_USE:
+            address = str(args[1])[:200] if len(args) > 1 else ""
+            self.refuse(
+                "socket", f"{event} to {address!r} refused", {"event": event, "address": address}
+            )
+
+    def check_disguise(self, event, args):
+        # Code that names itself after a library file would be trusted as one: refused.
+        filename = args[1] if len(args) > 1 else None
+        if not isinstance(filename, str) or not self.trusted_file(filename):
+            return
+        caller = sys._getframe(2).f_code.co_filename
+        if not (caller.startswith(_IMPORT_MACHINERY) or self.trusted_file(caller)):
+            self.refuse(
+                "disguise",
+                f"code compiled as library file {filename!r} refused",
+                {"event": event, "filename": filename[:200]},
+            )
+
+    def wrap_import(self, original):
+        """An ``__import__`` that checks modules already loaded (the audit hook sees new ones)."""
+
+        def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+            full = _absolute_name(name, globals, level)
+            names = [
+                full,
+                *(f"{full}.{f}" for f in fromlist or () if isinstance(f, str) and f != "*"),
+            ]
+            if any(self.forbidden(n) for n in names):
+                for wanted in names:
+                    self.check_import(wanted, sys._getframe(1))
+            module = original(name, globals, locals, fromlist, level)
+            if full == "platform" and self.processes:
+                _quiet_platform(module)
+            return module
+
+        return guarded_import
+
+
+def _quiet_platform(module):
+    """platform asks ``uname -p`` for the processor name, which Linux does not know (``unknown``,
+    which platform reports as ''). Where processes are refused, answer '' without one, so that
+    importing pandas (Debian's reads ``platform.uname()[4]``) is not a refused process."""
+    processor = getattr(getattr(module, "_Processor", None), "from_subprocess", None)
+    if processor is not None and getattr(processor, "__name__", "") != "_no_processor_name":
+
+        def _no_processor_name():
+            return ""
+
+        module._Processor.from_subprocess = staticmethod(_no_processor_name)
+
+
+def _absolute_name(name, globals, level):
+    if level <= 0 or not isinstance(globals, dict):
+        return name
+    package = globals.get("__package__") or ""
+    base = package.rsplit(".", level - 1)[0] if package else ""
+    return f"{base}.{name}" if name and base else name or base
+
+
+def _write_line(fd, value):
+    data = json.dumps(value, ensure_ascii=True).encode() + b"\n"
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except OSError:
+        pass  # the code closed the channel: the refusal still stands
+
+
+def _refusing(guard, event):
+    def refused(*args, **kwargs):
+        guard.refuse("process", f"process creation ({event}) refused", {"event": event, "args": ""})
+
+    return refused
+
+
+def install_guard(config, code_dir, report_fd):
+    """Install the run-time policy layer: it refuses what the policy forbids, whoever asks.
+
+    - imports of forbidden modules (and their private twins, e.g. ``_socket``) that the run's own
+      code makes, by any route; libraries may still import them inside themselves;
+    - process creation, when the policy forbids subprocess (the audited calls, and
+      ``_posixsubprocess.fork_exec``, which is not audited, replaced);
+    - loading native libraries or symbols through ctypes, when it forbids ctypes;
+    - sockets other than unnamed unix pairs, and unix sockets reached by path, when it forbids
+      socket.
+    The audit hook cannot be removed. Each refusal raises ``PermissionError`` in the code.
+    """
+    guard = _Guard(config, code_dir, report_fd)
+    if guard.processes:
+        import _posixsubprocess
+
+        _posixsubprocess.fork_exec = _refusing(guard, "_posixsubprocess.fork_exec")
+    sys.addaudithook(guard.hook)
+    builtins.__import__ = guard.wrap_import(builtins.__import__)
+    return guard
 
 
 if __name__ == "__main__":

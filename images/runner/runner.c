@@ -42,7 +42,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/landlock.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <sys/prctl.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -54,6 +61,7 @@
 #define NONCE_MAX 64
 #define CHUNK 65536
 #define DRAIN_NS (2LL * 1000000000LL)
+#define MOUNT_CHECK_MS 100 /* how often writes to writable mounts are measured */
 
 typedef struct {
     int fd;            /* read end, -1 once closed */
@@ -209,7 +217,7 @@ static long long cgroup_value(const char *path, const char *key) {
 static long long first_of(long long a, long long b) { return a >= 0 ? a : b; }
 
 static void send_exit(const char *nonce, int status, int have_status, int timed_out, int64_t run_ns,
-                      int value_truncated) {
+                      int value_truncated, int mount_hit) {
     long long oom = first_of(cgroup_value("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
                              cgroup_value("/sys/fs/cgroup/memory.events", "oom_kill"));
     long long pids = first_of(cgroup_value("/sys/fs/cgroup/pids/pids.events", "max"),
@@ -229,9 +237,170 @@ static void send_exit(const char *nonce, int status, int have_status, int timed_
     send_framef('x',
                 "{\"exit_code\":%s,\"signal\":%s,\"timed_out\":%s,\"oom_kills\":%lld,"
                 "\"pids_limit_hits\":%lld,\"memory_peak_bytes\":%lld,\"cpu_ns\":%lld,"
-                "\"run_ns\":%" PRId64 ",\"value_truncated\":%s,\"nonce\":\"%s\"}",
+                "\"run_ns\":%" PRId64 ",\"value_truncated\":%s,\"mount_write_cap_hit\":%d,"
+                "\"nonce\":\"%s\"}",
                 code, sig, timed_out ? "true" : "false", oom, pids, peak, cpu, run_ns,
-                value_truncated ? "true" : "false", nonce);
+                value_truncated ? "true" : "false", mount_hit, nonce);
+}
+
+
+/* ------------------------------------------------------------------ mounts and file rules */
+
+/* The policy's mounts, as the orchestrator checked them: ATHENA_MOUNTS holds one entry per
+ * mount, "<dev>:<ino>:<rw>:<target in hex>", comma-separated. The engine, not the orchestrator,
+ * resolves a mount's source path, so a source swapped for a symlink between the check and the
+ * bind would show another directory here: each mount root must be the checked directory. */
+#define MAX_MOUNTS 32
+
+typedef struct {
+    char target[4096];
+    unsigned long long dev, ino;
+    int writable;
+    long long start_free; /* bytes free on its filesystem when the run began; -1 unknown */
+} mount_t;
+
+static mount_t mounts[MAX_MOUNTS];
+static int n_mounts;
+static long long mount_write_cap = -1; /* ATHENA_MOUNT_WRITE_CAP: bytes; -1: none */
+
+static int unhex(const char *hex, size_t len, char *out, size_t cap) {
+    if (len % 2 || len / 2 + 1 > cap) return -1;
+    for (size_t i = 0; i < len / 2; i++) {
+        unsigned v;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1) return -1;
+        out[i] = (char)v;
+    }
+    out[len / 2] = '\0';
+    return 0;
+}
+
+static int parse_mounts(const char *spec) {
+    const char *p = spec;
+    while (p && *p) {
+        if (n_mounts == MAX_MOUNTS) return -1;
+        mount_t *m = &mounts[n_mounts];
+        int used = 0;
+        if (sscanf(p, "%llu:%llu:%d:%n", &m->dev, &m->ino, &m->writable, &used) != 3) return -1;
+        const char *hex = p + used, *end = strchr(hex, ',');
+        size_t len = end ? (size_t)(end - hex) : strlen(hex);
+        if (unhex(hex, len, m->target, sizeof m->target) < 0) return -1;
+        m->start_free = -1;
+        n_mounts++;
+        p = end ? end + 1 : NULL;
+    }
+    return 0;
+}
+
+/* Refuse to run when a mount root is not the directory the orchestrator checked. */
+static void check_mounts(void) {
+    for (int i = 0; i < n_mounts; i++) {
+        struct stat st;
+        if (mounts[i].dev == 0 && mounts[i].ino == 0) continue; /* staged by the orchestrator */
+        if (lstat(mounts[i].target, &st) < 0) fail("cannot inspect a mount");
+        if ((unsigned long long)st.st_dev != mounts[i].dev ||
+            (unsigned long long)st.st_ino != mounts[i].ino) {
+            errno = EXDEV;
+            send_framef('f', "mount %s is not the directory the policy check saw "
+                        "(its source was replaced after the check): run refused", mounts[i].target);
+            kill_run();
+            exit(2);
+        }
+    }
+}
+
+static long long free_bytes(const char *path) {
+    struct statfs sf;
+    if (statfs(path, &sf) < 0) return -1;
+    return (long long)sf.f_bavail * (long long)sf.f_bsize;
+}
+
+static void note_free_space(void) {
+    for (int i = 0; i < n_mounts; i++)
+        if (mounts[i].writable) mounts[i].start_free = free_bytes(mounts[i].target);
+}
+
+/* The writable mount whose filesystem lost more than the cap since the run began, or -1. The
+ * figure is the filesystem's: what else writes there at the same time counts too. */
+static int mount_over_cap(void) {
+    if (mount_write_cap < 0) return -1;
+    for (int i = 0; i < n_mounts; i++) {
+        if (!mounts[i].writable || mounts[i].start_free < 0) continue;
+        long long now = free_bytes(mounts[i].target);
+        if (now >= 0 && mounts[i].start_free - now > mount_write_cap) return i;
+    }
+    return -1;
+}
+
+/* Landlock: unix sockets and FIFOs may be created only in the run's private directories (its
+ * tmpfs), never on a mount another run can see, so no run can open a channel to another through
+ * a shared directory. A kernel without Landlock (or gVisor, which keeps sockets and FIFOs inside
+ * its own sandbox anyway) leaves this out. */
+static void restrict_special_files(void) {
+    struct landlock_ruleset_attr attr = {
+        .handled_access_fs = LANDLOCK_ACCESS_FS_MAKE_SOCK | LANDLOCK_ACCESS_FS_MAKE_FIFO,
+    };
+    int rs = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
+    if (rs < 0) return;
+    const char *private_dirs[] = {"/tmp", "/workspace", "/dev/shm"};
+    for (size_t i = 0; i < sizeof private_dirs / sizeof *private_dirs; i++) {
+        struct landlock_path_beneath_attr beneath = {.allowed_access = attr.handled_access_fs};
+        beneath.parent_fd = open(private_dirs[i], O_PATH | O_CLOEXEC);
+        if (beneath.parent_fd < 0) continue;
+        syscall(SYS_landlock_add_rule, rs, LANDLOCK_RULE_PATH_BENEATH, &beneath, 0);
+        close(beneath.parent_fd);
+    }
+    syscall(SYS_landlock_restrict_self, rs, 0);
+    close(rs);
+}
+
+/* seccomp: no file the code creates or changes ever carries a set-user-id or set-group-id bit
+ * (chmod, open/creat with O_CREAT, mkdir, mknod with those bits fail with EPERM): on a writable
+ * host mount such a file would outlive the run. Added to the engine's own filter, never removed. */
+#define ARG_LO(n) (offsetof(struct seccomp_data, args) + 8 * (n))
+#define DENY_SETID(arg)                                              \
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(arg)),                 \
+    BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 06000, 0, 1),               \
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),            \
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)
+#define DENY_SETID_CREATE(flags, mode)                               \
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(flags)),               \
+    BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, O_CREAT | __O_TMPFILE, 0, 3), \
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(mode)),                \
+    BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 06000, 0, 1),               \
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),            \
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)
+/* Jump to the block `blk` instructions ahead when the syscall number is `nr`. */
+#define ON(nr, skip) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), (skip), 0)
+
+static void forbid_setid_bits(void) {
+#if defined(__x86_64__)
+    struct sock_filter prog[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM), /* i386 calls: none of ours */
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        /* 4 */ ON(__NR_chmod, 13), ON(__NR_fchmod, 12), ON(__NR_creat, 11), ON(__NR_mkdir, 10),
+        /* 8 */ ON(__NR_mknod, 9), ON(__NR_fchmodat, 12), ON(__NR_mkdirat, 11),
+        /* 11 */ ON(__NR_mknodat, 10), ON(__NR_open, 13), ON(__NR_openat, 18),
+        /* 14 */ ON(__NR_openat2, 23),
+        /* 15: x32 calls (the same numbers plus a bit) would pass the checks above */
+        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* 18: mode in arg 1 */ DENY_SETID(1),
+        /* 22: mode in arg 2 */ DENY_SETID(2),
+        /* 26: open */ DENY_SETID_CREATE(1, 2),
+        /* 32: openat */ DENY_SETID_CREATE(2, 3),
+        /* 38: openat2: its mode sits in a struct the filter cannot read; glibc's open() does
+         * not use it, so ENOSYS is what callers expect from an older kernel */
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+    };
+    struct sock_fprog fprog = {.len = (unsigned short)(sizeof prog / sizeof *prog), .filter = prog};
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &fprog) < 0) {
+        dprintf(2, "athena-runner: cannot install the file-mode filter: %s\n", strerror(errno));
+        _exit(126);
+    }
+#endif
 }
 
 static void start_child(char **argv, const char *workdir, int out_w, int err_w, int blob_r, int val_w) {
@@ -249,6 +418,8 @@ static void start_child(char **argv, const char *workdir, int out_w, int err_w, 
         _exit(126);
     }
     for (int fd = 5; fd < 1024; fd++) close(fd);
+    restrict_special_files();
+    forbid_setid_bits();
     const char *home = getenv("HOME"); /* e.g. /tmp/home on a fresh tmpfs: pip --user needs it */
     if (home && home[0] == '/') (void)mkdir(home, 0700);
     if (workdir && chdir(workdir) < 0) {
@@ -292,6 +463,14 @@ int main(int argc, char **argv) {
     }
     if (!code_file || i >= argc) return usage();
     char **command = argv + i;
+
+    const char *mount_spec = getenv("ATHENA_MOUNTS");
+    if (mount_spec && parse_mounts(mount_spec) < 0) { errno = EINVAL; fail("bad ATHENA_MOUNTS"); }
+    const char *cap_spec = getenv("ATHENA_MOUNT_WRITE_CAP");
+    if (cap_spec) mount_write_cap = strtoll(cap_spec, NULL, 10);
+    unsetenv("ATHENA_MOUNTS"); /* the code's environment is the policy's, nothing more */
+    unsetenv("ATHENA_MOUNT_WRITE_CAP");
+    check_mounts();
 
     /* Not dumpable: the code (same uid) can neither ptrace this process nor open its fds. */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
@@ -349,6 +528,8 @@ int main(int argc, char **argv) {
     int value_truncated = 0, val_fd = val[0], blob_fd = blob[1];
     size_t blob_sent = 0;
 
+    note_free_space();
+    int watch_mounts = mount_write_cap >= 0 && n_mounts > 0, mount_hit = -1;
     int64_t start = now_ns();
     int64_t deadline = timeout_ms ? start + (int64_t)timeout_ms * 1000000LL : 0;
     int64_t drain_until = 0, end = 0;
@@ -374,12 +555,16 @@ int main(int argc, char **argv) {
             int64_t left = until - now_ns();
             wait_ms = left <= 0 ? 0 : (int)(left / 1000000LL) + 1;
         }
+        if (watch_mounts && !have_status && (wait_ms < 0 || wait_ms > MOUNT_CHECK_MS))
+            wait_ms = MOUNT_CHECK_MS;
         int r = poll(p, (nfds_t)np, wait_ms);
         if (r < 0 && errno != EINTR) fail("poll");
         if (!have_status && deadline && now_ns() >= deadline && !timed_out) {
             timed_out = 1;
             kill_run();
         }
+        if (watch_mounts && !have_status && mount_hit < 0 && (mount_hit = mount_over_cap()) >= 0)
+            kill_run(); /* it wrote more than its share to a host directory */
         if (r <= 0) continue;
         if (p[0].revents) {
             ssize_t n = read(STDIN_FILENO, buf, sizeof buf);
@@ -428,6 +613,7 @@ int main(int argc, char **argv) {
     stream_finish(&streams[0]);
     stream_finish(&streams[1]);
     if (value_len && !value_truncated) send_frame('v', value, value_len);
-    send_exit(nonce, status, have_status, timed_out, (end ? end : now_ns()) - start, value_truncated);
+    send_exit(nonce, status, have_status, timed_out, (end ? end : now_ns()) - start, value_truncated,
+              mount_hit);
     return 0;
 }

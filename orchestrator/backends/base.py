@@ -44,6 +44,10 @@ class RunOutcome:
         network_refusals: (host, port, reason) of each connection the egress proxy refused.
         forged_reports: exit or failure reports the code wrote into the runner's channel
             (ignored).
+        policy_refusals: what the run-time policy layer refused, each ``{kind, message,
+            detail}`` as the bootstrap reported it.
+        mount_write_exceeded: the target of the writable mount whose filesystem the run grew by
+            more than ``filesystem.max_mount_write_bytes`` (it was killed), or None.
     """
 
     isolation: Isolation
@@ -60,6 +64,8 @@ class RunOutcome:
     resources: Resources | None = None
     network_refusals: tuple[tuple[str, int, str], ...] = ()
     forged_reports: int = 0
+    policy_refusals: tuple[dict[str, JsonValue], ...] = ()
+    mount_write_exceeded: str | None = None
 
 
 class CancelToken:

@@ -37,15 +37,18 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from orchestrator.backends import egress, watchdog
 from orchestrator.backends.base import RunOutcome, RunSpec
-from orchestrator.backends.engine import FastEngine
+from orchestrator.backends.engine import EngineError, FastEngine
 from orchestrator.backends.errors import (
     is_transient,
     map_docker_errors,
     unavailable,
     unix_socket_path,
 )
+from orchestrator.backends.mountstage import MountStage
+from orchestrator.backends.mountstage import sweep_stale as sweep_stale_mounts
 from orchestrator.backends.owners import (
     LABEL_OWNER_HOST,
+    LABEL_OWNER_PID,
     LABEL_OWNER_STARTED,
     LABEL_POOL,
     LABEL_RUN,
@@ -72,6 +75,7 @@ from orchestrator.errors import (
     RunCancelledError,
     SandboxFailedError,
 )
+from orchestrator.guard import runtime_guard
 from orchestrator.languages import get_language
 from orchestrator.models import ExecutionRequest, Isolation
 from orchestrator.policy import Policy, ResolvedMount
@@ -98,6 +102,15 @@ _RETRY_TRANSIENT = Retrying(
     wait=wait_exponential(multiplier=0.1, max=1.0),
     reraise=True,
 )
+# Starting is retried only when the connection broke: a start the engine refused (say, more CPUs
+# than it has) has already removed the container (AutoRemove), so a retry could only report
+# "No such container" instead of the engine's reason.
+_RETRY_CONNECTION = Retrying(
+    retry=retry_if_exception(lambda exc: is_transient(exc) and not _is_refusal(exc)),
+    stop=stop_after_attempt(3),
+    wait=wait_exponential(multiplier=0.1, max=1.0),
+    reraise=True,
+)
 # How long "no engine answers" is believed before the engine is asked again.
 UNAVAILABLE_TTL_S = 5.0
 # Fresh containers a run may go through when each dies before the code starts.
@@ -111,6 +124,10 @@ _ENVIRONMENT = {
     "LC_ALL": "C.UTF-8",
 }
 T = TypeVar("T")
+_CLOSED_MID_RUN = (
+    "the run was cut short: the API was closed (close() was called) while it ran, "
+    "and its sandbox was killed"
+)
 
 
 # --------------------------------------------------------------------------- pure translation
@@ -138,6 +155,30 @@ def _network(policy: Policy, route: EgressRoute | None) -> tuple[dict[str, Any],
     # 127.0.0.1: Docker's embedded DNS forwards to nothing there, so names resolve only at
     # the proxy, and only allowed ones.
     return {"network_mode": route.network, "dns": ["127.0.0.1"]}, proxy
+
+
+def _mount_check_env(
+    policy: Policy, mounts: tuple[ResolvedMount, ...], runtime: str
+) -> dict[str, str]:
+    """What the runner checks of the mounts before any code runs (it hides these from the code).
+
+    ``ATHENA_MOUNTS``: per mount ``dev:ino:writable:target-in-hex``; the runner refuses the run
+    when a mount root is not the checked directory. gVisor shows no host inode (0:0 there: its
+    sources are staged instead, see ``mountstage``). ``ATHENA_MOUNT_WRITE_CAP``: bytes the run
+    may add to its writable mounts' filesystems.
+    """
+    if not mounts:
+        return {}
+    gvisor = runtime.startswith(RUNSC)
+    entries = [
+        f"{0 if gvisor else m.device}:{0 if gvisor else m.inode}:{int(not m.read_only)}:"
+        f"{m.target.encode().hex()}"
+        for m in mounts
+    ]
+    env = {"ATHENA_MOUNTS": ",".join(entries)}
+    if any(not m.read_only for m in mounts):
+        env["ATHENA_MOUNT_WRITE_CAP"] = str(policy.filesystem.max_mount_write_bytes)
+    return env
 
 
 def _pids_limit(pids: int, runtime: str) -> int:
@@ -187,7 +228,11 @@ def compile_docker(
             "user": runtime.user,
             "working_dir": WORKDIR,
             "hostname": "sandbox",
-            "environment": {**_ENVIRONMENT, **network_env},
+            "environment": {
+                **_ENVIRONMENT,
+                **network_env,
+                **_mount_check_env(policy, spec.mounts, container_runtime),
+            },
             "labels": dict(labels),
             # stdin stays attached (StdinOnce): its EOF tells the runner that we are gone.
             "stdin_open": True,
@@ -350,6 +395,7 @@ class DockerBackend:
             idle_ttl=self._settings.pool_idle_ttl_seconds,
         )
         self._reaper = ThreadPoolExecutor(max_workers=2, thread_name_prefix="athena-reaper")
+        self._stage = MountStage()
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._egress: tuple[EgressRoute, egress.EgressProxy, bool] | None = None
         self._registered: frozenset[str] | None = None
@@ -394,6 +440,7 @@ class DockerBackend:
             if shielded:
                 host, port = proxy.address
                 egress.unshield_host(host, port)
+        self._stage.close()
         if self._watchdog is not None:  # its stdin closes: it sweeps (nothing left) and exits
             with suppress(OSError):
                 self._watchdog.communicate(timeout=30)
@@ -456,6 +503,7 @@ class DockerBackend:
                 removed += 1
         if removed:
             log.info("removed orphaned sandbox containers", count=removed)
+        sweep_stale_mounts()
         return removed
 
     # ------------------------------------------------------------------ runs
@@ -473,7 +521,9 @@ class DockerBackend:
         nonce = new_nonce()
         payload = encode_request(
             request.code.encode("utf-8", errors="surrogatepass"),
-            get_language(request.language).parameters_blob(request.parameters),
+            get_language(request.language).request_blob(
+                request.parameters, runtime_guard(request.policy, request.language)
+            ),
             max(1, round(spec.timeout_seconds * 1000)),  # 0 would mean "no deadline"
             request.policy.limits.max_output_bytes,
             nonce,
@@ -518,6 +568,8 @@ class DockerBackend:
                 f"policy {policy.name!r} requires gVisor, and the Docker engine has no runsc "
                 "runtime: run `make gvisor` (installs runsc and registers it with dockerd)"
             )
+        if runtime.startswith(RUNSC) and spec.mounts:
+            spec = dataclasses.replace(spec, mounts=self._staged(spec.mounts))
         config = compile_docker(
             policy, spec, image=image, labels=labels, route=route, container_runtime=runtime
         )
@@ -534,6 +586,13 @@ class DockerBackend:
             self._blueprints.setdefault(cache_key, blueprint)
             self._pool_blueprints.setdefault(blueprint.key, blueprint)
         return blueprint
+
+    def _staged(self, mounts: tuple[ResolvedMount, ...]) -> tuple[ResolvedMount, ...]:
+        """The mounts with sources gVisor's engine can bind safely (see ``mountstage``)."""
+        return tuple(
+            dataclasses.replace(m, source=self._stage.stage(m.source, m.device, m.inode))
+            for m in mounts
+        )
 
     def _take(self, api: docker.APIClient, blueprint: _Blueprint, execution_id: str) -> Sandbox:
         if self._settings.pool_size_for(blueprint.key[0]) > 0:
@@ -568,7 +627,8 @@ class DockerBackend:
             with self._lock:
                 self._live[container_id] = sandbox
             start = fast.start if fast else api.start
-            self._retry(lambda: start(container_id), "start the container", image)
+            with map_docker_errors("start the container", image):
+                _RETRY_CONNECTION(start, container_id)
             if blueprint.egress:
                 sandbox.address = self._egress_address(api, container_id)
         except BaseException:
@@ -630,7 +690,7 @@ class DockerBackend:
                 return
             labels = owner_labels()
             self._watchdog = watchdog.start(
-                os.getpid(), labels[LABEL_OWNER_STARTED], labels[LABEL_OWNER_HOST]
+                {k: labels[k] for k in (LABEL_OWNER_PID, LABEL_OWNER_STARTED, LABEL_OWNER_HOST)}
             )
 
     def _launch_pooled(self, key: PoolKey) -> Sandbox:
@@ -723,6 +783,8 @@ class DockerBackend:
                 refusals = proxy.release(sandbox.address)
             if spec.cancel.cancelled and reader.exit_info is None:
                 raise RunCancelledError("the run was cancelled; its sandbox was killed")
+            if self._closed and reader.exit_info is None:
+                raise RunCancelledError(_CLOSED_MID_RUN)
             if reader.begun_at is None and reader.exit_info is None:
                 raise _NeverStarted("the runner ended before it took the request")
             outcome = self._outcome(api, sandbox, reader, timed_out, request)
@@ -767,7 +829,7 @@ class DockerBackend:
                 readable = select.select([sock], [], [], min(left, IDLE_CHECK_S))[0]
                 data = sock.recv(262144) if readable else None
             except (OSError, ValueError) as exc:  # ValueError: closed under us by a cancel
-                if spec.cancel.cancelled:
+                if spec.cancel.cancelled or self._closed:
                     return False
                 raise unavailable(f"the attach stream broke: {exc}") from exc
             if data is None:
@@ -797,7 +859,10 @@ class DockerBackend:
         )
         started = reader.begun_at is not None
         if reader.exit_info is not None:
-            fields = outcome_from_frames(reader.exit_info, reader.value, request.track_resources)
+            targets = [m.target for m in request.policy.filesystem.mounts]
+            fields = outcome_from_frames(
+                reader.exit_info, reader.value, request.track_resources, targets
+            )
             return RunOutcome(isolation=isolation, started=started, sandbox_id=sandbox_id, **fields)
         if timed_out:
             elapsed = (time.monotonic() - (reader.begun_at or time.monotonic())) * 1000
@@ -842,6 +907,11 @@ class DockerBackend:
         # Only Docker API calls made before the code starts are retried, never the code itself.
         with map_docker_errors(action, image):
             return _RETRY_TRANSIENT(call)
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    """Whether the engine answered with an error of its own (not a dropped connection)."""
+    return isinstance(exc, EngineError | docker.errors.APIError)
 
 
 def _final_state(api: docker.APIClient, container_id: str) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from orchestrator.backends.restricted_child import output_envelope
 from orchestrator.context import ExecutionContext, install_capture
 from orchestrator.errors import SandboxFailedError
 from orchestrator.images import images_dir
-from orchestrator.languages import bash_environment
+from orchestrator.languages import bash_environment, get_language
 from orchestrator.models import Event, ExecutionRequest, Isolation
 
 _PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -93,7 +93,8 @@ def _subprocess(
     else:
         code = workdir / "main.js"
         params = workdir / ".athena-params.json"
-        params.write_text(json.dumps(request.parameters))
+        # Trusted code: no run-time policy layer (guard None), as no sandbox either.
+        params.write_bytes(get_language("javascript").request_blob(request.parameters, None))
         env["ATHENA_PARAMS_FILE"] = str(params)
         argv = ["node", "--require", str(images_dir() / "javascript" / "jsboot.js"), str(code)]
     code.write_text(request.code, encoding="utf-8", errors="surrogatepass")

@@ -20,6 +20,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,12 @@ import structlog
 
 from orchestrator.backends.base import RunOutcome, RunSpec, ensure_available
 from orchestrator.backends.hostlimits import RunCgroup, tmpfs_dir
+from orchestrator.backends.mountstage import MountStage
 from orchestrator.backends.process import Supervised, run_supervised
 from orchestrator.backends.reader import outcome_from_frames
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import SandboxFailedError
+from orchestrator.guard import runtime_guard
 from orchestrator.images import images_dir
 from orchestrator.languages import bash_environment, get_language
 from orchestrator.models import ExecutionRequest, Isolation, Resources
@@ -190,6 +193,7 @@ class SrtBackend:
     def __init__(self, settings: Settings | None = None) -> None:
         self._settings = settings or Settings()
         self._uids = _UidPool(self._settings.srt_uid_base, self._settings.max_concurrent_runs)
+        self._stage = MountStage()
 
     def unavailable_reason(self, language: str) -> str | None:
         """Why this backend cannot run ``language`` here (None: it can)."""
@@ -202,13 +206,20 @@ class SrtBackend:
         return None
 
     def close(self) -> None:
-        """Nothing to release: every run cleans up after itself."""
+        """Remove the staged mount sources; every run cleans up the rest after itself."""
+        self._stage.close()
 
     def run(
         self, request: ExecutionRequest, spec: RunSpec, context: ExecutionContext
     ) -> RunOutcome:
         """Run one request under srt; see :class:`Backend`."""
         ensure_available(self, request.language)
+        if spec.mounts and MountStage.available() is None:  # bind what was checked (root)
+            staged = tuple(
+                replace(m, source=self._stage.stage(m.source, m.device, m.inode))
+                for m in spec.mounts
+            )
+            spec = replace(spec, mounts=staged)
         limits = request.policy.limits
         with ExitStack() as cleanup:  # undone in reverse: cgroup, tmpfs, uid, directory
             rundir = Path(tempfile.mkdtemp(prefix="athena-srt-"))
@@ -248,7 +259,8 @@ class SrtBackend:
         code_file = workdir / _CODE_FILE[language]
         code_file.write_text(request.code, encoding="utf-8", errors="surrogatepass")
         params_file = workdir / ".athena-params.json"
-        params_file.write_text(json.dumps(request.parameters))
+        guard = runtime_guard(request.policy, language)
+        params_file.write_bytes(get_language(language).request_blob(request.parameters, guard))
         for mount in spec.mounts:  # mounts stay at their host path; a link shows them here
             (workdir / Path(mount.target).name).symlink_to(mount.source)
         for path in (code_file, params_file):
@@ -315,6 +327,7 @@ class SrtBackend:
         if language == "javascript":
             return [
                 _INTERPRETERS["javascript"],
+                "--experimental-vm-modules",  # the guard checks import() (jsboot.js)
                 "--require",
                 str(images_dir() / "javascript" / "jsboot.js"),
                 str(code_file),

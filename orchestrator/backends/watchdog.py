@@ -5,42 +5,57 @@ was created but not started yet has no runner to notice, and a warm pool creates
 the time. So the Docker backend starts this small process once: it blocks reading its stdin,
 a pipe whose other end only the owner holds. When the owner is gone (exit, crash, SIGKILL), the
 read returns EOF and the watchdog removes every container labelled with the owner's identity.
+It forks a second watcher of the same pipe, in a session of its own, before it reports ready:
+a created container goes even when the owner and the watchdog are killed together (the second
+one outlives both; removals are idempotent).
 
-Run as ``python -m orchestrator.backends.watchdog PID STARTED HOST``.
+Run as ``python watchdog.py LABEL=VALUE...`` (by path: importing the package would cost the
+owner's first run a few hundred milliseconds).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 from contextlib import suppress
+from pathlib import Path
 
-from orchestrator.backends.owners import LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_OWNER_STARTED
+READY = b"armed\n"
 
 
-def start(pid: int, started: str, host: str) -> subprocess.Popen[bytes]:
-    """Start the watchdog of an owner; closing its stdin (or dying) sets it off."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.backends.watchdog", str(pid), started, host],
+def start(labels: dict[str, str], timeout: float = 10.0) -> subprocess.Popen[bytes]:
+    """Start the watchdog of an owner and wait until both watchers are armed.
+
+    Closing its stdin (or the owner's death) sets it off.
+    """
+    process = subprocess.Popen(
+        # -I: this file's folder (which holds docker.py) must not shadow the Docker SDK.
+        [
+            sys.executable,
+            "-I",
+            str(Path(__file__).resolve()),
+            *(f"{k}={v}" for k, v in labels.items()),
+        ],
         stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # a Ctrl-C to the owner's terminal must not kill the watchdog
         close_fds=True,
     )
+    assert process.stdout is not None
+    with suppress(OSError):  # it died at once: runs still work, containers still end by EOF
+        process.stdout.readline()  # one line, written once both watchers wait on the pipe
+    process.stdout.close()
+    return process
 
 
-def remove_owned(pid: str, started: str, host: str) -> int:
-    """Remove every container labelled with this owner; return how many."""
+def remove_owned(labels: list[str]) -> int:
+    """Remove every container carrying all these ``key=value`` labels; return how many."""
     import docker
     import docker.errors
 
-    labels = [
-        f"{LABEL_OWNER_PID}={pid}",
-        f"{LABEL_OWNER_STARTED}={started}",
-        f"{LABEL_OWNER_HOST}={host}",
-    ]
     client = docker.from_env(timeout=30)
     removed = 0
     for container in client.api.containers(all=True, filters={"label": labels}):
@@ -50,16 +65,31 @@ def remove_owned(pid: str, started: str, host: str) -> int:
     return removed
 
 
-def main(argv: list[str]) -> int:
-    """Wait for EOF on stdin, then remove the owner's containers."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    pid, started, host = argv
+def _watch(labels: list[str]) -> None:
     with suppress(OSError):
         while sys.stdin.buffer.read(4096):
             pass
     with suppress(Exception):  # nothing to report to: the owner is gone
-        remove_owned(pid, started, host)
+        remove_owned(labels)
+
+
+def main(labels: list[str]) -> int:
+    """Wait for EOF on stdin, then remove the owner's containers (two watchers do)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if not labels:
+        return 64
+    second = os.fork()
+    if second == 0:  # the second watcher: its own session, so a kill of the first's spares it
+        os.setsid()
+        _watch(labels)
+        os._exit(0)
+    with suppress(OSError):
+        os.write(1, READY)
+        os.close(1)
+    _watch(labels)
+    with suppress(ChildProcessError):  # the owner's close() returns once both are done
+        os.waitpid(second, 0)
     return 0
 
 

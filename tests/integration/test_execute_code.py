@@ -187,3 +187,13 @@ def test_large_code_within_the_limit_runs(api: MemoryAPI) -> None:
     code = "# " + "x" * (1000 * 1000) + "\nprint('end')\n"
     r = api.execute_code(code)
     assert r["success"] and r["stdout"] == "end\n"
+
+
+def test_lone_surrogates_out_of_the_sandbox_are_repaired(api: MemoryAPI) -> None:
+    """Surrogates the code puts in `output` become U+FFFD; the run succeeds; all is JSON."""
+    import json
+
+    r = api.execute_code("output = {chr(0xD800): ['a' + chr(0xDFFF)], 'n': 1}")
+    assert r["success"], r["stderr"]
+    assert r["output"] == {"\ufffd": ["a\ufffd"], "n": 1}
+    json.dumps(r, allow_nan=False).encode("utf-8")  # raises on anything not encodable

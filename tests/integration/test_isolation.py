@@ -154,9 +154,14 @@ def test_strict_has_no_network(api: MemoryAPI, web_server: str) -> None:
         "import os, urllib.request\nprint(sorted(os.listdir('/sys/class/net')))\n"
         f"urllib.request.urlopen({web_server + 'pyboot.py'!r}, timeout=3)"
     )
-    r = api.execute_code(code)
+    # The network itself, with the run-time policy layer out of the way:
+    r = api.execute_code(code, sandbox_policy={"validation": {"enforce": False}})
     assert r["stdout"] == "['lo']\n"
     assert not r["success"] and "Network is unreachable" in r["stderr"]
+    # Under strict as it is, the socket is refused before the network is even tried:
+    r = api.execute_code(code)
+    assert not r["success"] and "socket creation (family 2) refused" in r["stderr"]
+    assert "policy: socket creation (family 2) refused" in r["violations"]
 
 
 def test_development_reaches_a_server_on_the_bridge(api: MemoryAPI, web_server: str) -> None:

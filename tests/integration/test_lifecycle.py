@@ -202,6 +202,8 @@ def test_closing_the_api_kills_runs_in_flight(
     worker.join(15)
     assert not worker.is_alive()
     assert results and not results[0]["success"]
+    assert "the API was closed" in results[0]["error"], results[0]["error"]
+    assert "docker-up" not in results[0]["error"]
     assert wait_until(lambda: not containers_of(results[0]), timeout=5)
 
 
@@ -216,7 +218,7 @@ CREATOR_SCRIPT = textwrap.dedent(
     created = client.api.create_container(
         "athena-sandbox/bash:latest", entrypoint=["sleep", "300"], labels=owner_labels()
     )
-    print(created["Id"], flush=True)
+    print(created["Id"], backend._watchdog.pid, flush=True)
     time.sleep(120)
     """
 )
@@ -231,7 +233,7 @@ def test_a_created_but_unstarted_container_goes_when_its_owner_dies(
     )
     try:
         assert owner.stdout is not None
-        container_id = owner.stdout.readline().strip()
+        container_id, _ = owner.stdout.readline().split()
         assert docker_client.api.inspect_container(container_id)["State"]["Status"] == "created"
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait(10)
@@ -239,6 +241,29 @@ def test_a_created_but_unstarted_container_goes_when_its_owner_dies(
             lambda: not docker_client.api.containers(all=True, filters={"id": container_id}), 10
         )
         assert gone, "a created container outlived its SIGKILLed owner"
+    finally:
+        owner.kill()
+        owner.wait(10)
+
+
+def test_a_created_container_goes_when_owner_and_watchdog_are_killed_together(
+    docker_client: docker.DockerClient,
+) -> None:
+    """SIGKILL of the owner and its watchdog at once still removes a created container."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", CREATOR_SCRIPT], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert owner.stdout is not None
+        container_id, watchdog_pid = owner.stdout.readline().split()
+        assert docker_client.api.inspect_container(container_id)["State"]["Status"] == "created"
+        os.killpg(int(watchdog_pid), signal.SIGKILL)  # the watchdog's whole process group
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(10)
+        gone = wait_until(
+            lambda: not docker_client.api.containers(all=True, filters={"id": container_id}), 10
+        )
+        assert gone, "a created container outlived its SIGKILLed owner and watchdog"
     finally:
         owner.kill()
         owner.wait(10)

@@ -137,3 +137,17 @@ def test_pooled_containers_die_with_their_owner(
     finally:
         owner.kill()
         owner.wait(10)
+
+
+def test_a_policy_the_engine_refuses_fails_clearly_and_starves_no_other_pool(
+    warm_api: MemoryAPI,
+) -> None:
+    """A run the engine cannot start ends with the engine's own reason; other pools still fill."""
+    bad = {"limits": {"cpus": 256}}
+    for _ in range(3):  # the bad pool's refills keep failing in the background meanwhile
+        r = warm_api.execute_code("print(1)", sandbox_policy=bad)
+        assert not r["success"] and "CPUs" in r["error"], r["error"]
+        assert "No such container" not in r["error"]
+    assert warm_api.prewarm("python"), "strict's pool never filled"
+    r = warm_api.execute_code("print('warm')")
+    assert r["success"] and r["isolation"]["path"] == "warm", r

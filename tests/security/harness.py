@@ -230,6 +230,7 @@ class Sec:
         )
         self.elapsed.append(time.monotonic() - start)
         self.results.append(result)
+        RESULTS.count_violations(self.mode, [v["category"] for v in result["violation_details"]])
         # Shown by pytest when the test fails: what the hostile code saw (evidence, not verdict).
         print(f"--- {self.mode} {language}: success={result['success']} exit={result['exit_code']}")
         print(f"violations={result['violations']} error={result['error']}")

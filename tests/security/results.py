@@ -43,12 +43,28 @@ class Results:
     corpus: dict[str, dict[str, Cell]] = field(default_factory=dict)  # mode -> snippet -> cell
     corpus_notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # mode -> violation category -> how many runs of the hostile cases reported it
+    violations: dict[str, Counter[str]] = field(default_factory=dict)
 
     def record(self, case: str, mode: str, cell: Cell, description: str = "") -> None:
         """Record the verdict of one case in one mode."""
         self.cells.setdefault(case, {})[mode] = cell
         if description:
             self.descriptions.setdefault(case, description)
+
+    def count_violations(self, mode: str, categories: list[str]) -> None:
+        """Count the violation categories one hostile run reported (policy ones included)."""
+        self.violations.setdefault(mode, Counter()).update(categories)
+
+    def violation_rows(self) -> list[list[str]]:
+        """Violations by category, per mode: what the layers reported while they held."""
+        categories = sorted({c for counts in self.violations.values() for c in counts})
+        rows = [["violation category", *MODES]]
+        for category in categories:
+            rows.append(
+                [category, *(str(self.violations.get(m, Counter())[category]) for m in MODES)]
+            )
+        return rows
 
     def record_snippet(self, mode: str, snippet: str, cell: Cell) -> None:
         """Record the verdict of one corpus snippet in one mode."""
@@ -107,6 +123,9 @@ class Results:
     def terminal(self) -> str:
         """The tables as plain text for the terminal."""
         parts = [_plain(self.table_rows())] if self.cells else []
+        if self.violations:
+            parts += ["", "Violations reported by the hostile cases, by category:"]
+            parts.append(_plain(self.violation_rows()))
         if self.corpus:
             parts += ["", "RedCode-Exec corpus (contained / total per scenario):"]
             parts.append(_plain(self.corpus_rows()))
@@ -131,6 +150,13 @@ class Results:
             _markdown(self.table_rows()),
             "",
             *self._footnotes(),
+            "",
+            "## Violations reported by the hostile cases, by category",
+            "",
+            "How many hostile runs each layer reported, per mode (`policy`: the run-time policy "
+            "layer refused something; a case may report several categories).",
+            "",
+            _markdown(self.violation_rows()) if self.violations else "None.",
             "",
             "## Cases",
             "",

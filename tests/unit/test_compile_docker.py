@@ -101,12 +101,17 @@ def test_development_compiles_with_bridge_network_and_writable_mount(
     policy = load_policy("development")
     spec = RunSpec(300.0, resolve_mounts(policy, project))
     config = compile_docker(policy, spec, image=IMAGE, labels=LABELS)
+    info = project.stat()
+    checks = {  # what the runner checks before any code runs (and hides from the code)
+        "ATHENA_MOUNTS": f"{info.st_dev}:{info.st_ino}:1:{b'/project'.hex()}",
+        "ATHENA_MOUNT_WRITE_CAP": str(1024**3),
+    }
     assert config["create"] == {
         "image": IMAGE,
         "user": "65534:65534",
         "working_dir": "/workspace",
         "hostname": "sandbox",
-        "environment": ENVIRONMENT,
+        "environment": {**ENVIRONMENT, **checks},
         "labels": LABELS,
         "stdin_open": True,
         "tty": False,
@@ -227,6 +232,8 @@ def test_an_exit_frame_gives_the_outcome_fields() -> None:
         "output": None,
         "notes": (),
         "resources": None,
+        "policy_refusals": (),
+        "mount_write_exceeded": None,
     }
 
 
@@ -494,3 +501,52 @@ def test_a_container_that_never_becomes_ready_fails_clearly_and_goes() -> None:
     finally:
         peer.close()
         ours.close()
+
+
+def test_mount_checks_are_compiled_per_runtime(tmp_path: Path) -> None:
+    """runc gets each mount's device and inode; gVisor (staged sources) gets 0:0; no cap when
+    every mount is read-only."""
+    from orchestrator.policy import ResolvedMount
+
+    mounts = (
+        ResolvedMount("/src/a", "/data", True, 7, 11),
+        ResolvedMount("/src/b", "/out", False, 7, 12),
+    )
+    policy = load_policy({"filesystem": {"max_mount_write_bytes": 5}})
+    spec = RunSpec(30.0, mounts)
+    runc = compile_docker(policy, spec, image=IMAGE, labels=LABELS)["create"]["environment"]
+    assert runc["ATHENA_MOUNTS"] == f"7:11:0:{b'/data'.hex()},7:12:1:{b'/out'.hex()}"
+    assert runc["ATHENA_MOUNT_WRITE_CAP"] == "5"
+    runsc = compile_docker(policy, spec, image=IMAGE, labels=LABELS, container_runtime="runsc")[
+        "create"
+    ]["environment"]
+    assert runsc["ATHENA_MOUNTS"] == f"0:0:0:{b'/data'.hex()},0:0:1:{b'/out'.hex()}"
+    read_only = compile_docker(policy, RunSpec(30.0, mounts[:1]), image=IMAGE, labels=LABELS)
+    assert "ATHENA_MOUNT_WRITE_CAP" not in read_only["create"]["environment"]
+
+
+def test_policy_lines_and_a_mount_cap_hit_come_out_of_the_frames() -> None:
+    """Refusal lines are split from the output line (repaired, clipped); a cap hit names its
+    mount; forged or garbled lines cannot break the output."""
+    value = (
+        b'{"policy": {"kind": "import", "message": "import of \'_socket\' refused", '
+        b'"detail": {"module": "_socket\\ud800"}}}\n'
+        b'{"policy": "not a report"}\n'
+        b'{"value": {"n": 1}}\n'
+    )
+    fields = outcome_from_frames(
+        {"exit_code": 0, "mount_write_cap_hit": 1}, value, False, ["/a", "/b"]
+    )
+    assert fields["output"] == {"n": 1}
+    assert fields["policy_refusals"] == (
+        {
+            "kind": "import",
+            "message": "import of '_socket' refused",
+            "detail": {"module": "_socket\ufffd"},
+        },
+    )
+    assert fields["mount_write_exceeded"] == "/b"
+    assert (
+        outcome_from_frames({"mount_write_cap_hit": 7}, None, False, ["/a"])["mount_write_exceeded"]
+        is None
+    )

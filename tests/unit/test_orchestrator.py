@@ -203,7 +203,10 @@ def test_mounts_are_resolved_against_the_project_dir(
     project.mkdir()
     backend = FakeBackend()
     orchestrator(backend, project_dir=project).run(request(policy="research"))
-    assert backend.specs[0].mounts == (ResolvedMount(str(project.resolve()), "/project", True),)
+    info = project.stat()
+    assert backend.specs[0].mounts == (
+        ResolvedMount(str(project.resolve()), "/project", True, info.st_dev, info.st_ino),
+    )
 
 
 def test_an_unusable_project_dir_is_a_policy_error_and_nothing_is_recorded() -> None:

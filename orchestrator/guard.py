@@ -1,0 +1,76 @@
+"""The run-time policy layer's configuration: what a run's bootstrap refuses (pure code).
+
+Static validation reads the code; it cannot follow names computed at run time. So when a
+policy enforces validation, the request also carries a *guard* that the language's bootstrap
+installs inside the sandbox before the code runs: for Python an audit hook (PEP 578) and an
+``__import__`` wrapper (``images/python/pyboot.py``), for JavaScript a module loader that checks
+every ``require`` and ``import()`` and a closed ``process.binding`` (``images/javascript/
+jsboot.js``). Each refusal raises in the code (``PermissionError`` / an ``Error`` with code
+``ERR_ACCESS_DENIED``) and becomes a ``policy:`` violation of the run. Bash has no such layer:
+command names can be computed at run time, so for bash the static check is advice and the
+container is the boundary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.policy import Policy
+
+# Private modules that do what a public one does: forbidding the public one forbids these.
+_TWINS: dict[str, tuple[str, ...]] = {
+    "subprocess": ("_posixsubprocess",),
+    "multiprocessing": ("_multiprocessing", "_posixshmem"),
+    "importlib": ("_imp", "_frozen_importlib", "_frozen_importlib_external"),
+    "socket": ("_socket",),
+    "ssl": ("_ssl",),
+    "ctypes": ("_ctypes",),
+    "pickle": ("_pickle",),
+    "asyncio": ("_asyncio",),
+}
+# Python names whose presence in a policy's forbidden calls means "no new processes".
+_PROCESS_CALLS = frozenset({"os.system", "os.fork", "os.execv", "os.posix_spawn", "os.popen"})
+_JS_PROCESS_MODULES = frozenset({"child_process", "cluster", "worker_threads"})
+
+
+def python_forbidden_modules(forbidden: tuple[str, ...]) -> list[str]:
+    """The modules a Python run may not import: the policy's, plus each one's private twins."""
+    names = set(forbidden)
+    for name in forbidden:
+        if "." not in name:
+            names.add(f"_{name.lstrip('_')}")
+        names.update(_TWINS.get(name, ()))
+    return sorted(names)
+
+
+def runtime_guard(policy: Policy, language: str) -> dict[str, Any] | None:
+    """The guard a run of ``language`` under ``policy`` carries, or None when none applies.
+
+    None when the policy does not enforce validation, when it forbids nothing the layer checks
+    (development), and for bash (see the module docstring).
+    """
+    rules = policy.validation
+    if not rules.enforce:
+        return None
+    if language == "python":
+        imports = python_forbidden_modules(rules.forbidden_imports)
+        processes = "subprocess" in imports or bool(_PROCESS_CALLS & set(rules.forbidden_calls))
+        if not (imports or processes):
+            return None
+        return {
+            "policy": policy.name,
+            "imports": imports,
+            "processes": processes,
+            "ctypes": "ctypes" in imports,
+            "sockets": "socket" in imports,
+        }
+    if language == "javascript":
+        modules = sorted({m.removeprefix("node:") for m in rules.javascript.forbidden_modules})
+        if not modules:
+            return None
+        return {
+            "policy": policy.name,
+            "modules": modules,
+            "processes": bool(_JS_PROCESS_MODULES & set(modules)),
+        }
+    return None
