@@ -1,6 +1,8 @@
 """The run-time policy layer's configuration: what a run's bootstrap refuses (pure code).
 
-Static validation reads the code; it cannot follow names computed at run time. So when a
+Static validation reads the code; it cannot follow names computed at run time.
+The in-process part reports readable refusals; where the policy forbids processes or sockets,
+the Docker runner also refuses them in the kernel (:func:`kernel_denials`). So when a
 policy enforces validation, the request also carries a *guard* that the language's bootstrap
 installs inside the sandbox before the code runs: for Python an audit hook (PEP 578) and an
 ``__import__`` wrapper (``images/python/pyboot.py``), for JavaScript a module loader that checks
@@ -30,7 +32,10 @@ _TWINS: dict[str, tuple[str, ...]] = {
 }
 # Python names whose presence in a policy's forbidden calls means "no new processes".
 _PROCESS_CALLS = frozenset({"os.system", "os.fork", "os.execv", "os.posix_spawn", "os.popen"})
-_JS_PROCESS_MODULES = frozenset({"child_process", "cluster", "worker_threads"})
+_JS_PROCESS_MODULES = frozenset({"child_process", "cluster"})
+_JS_SOCKET_MODULES = frozenset({"net", "dgram", "tls", "http", "https", "http2", "dns"})
+# Private modules that run code outside the guard's reach (a subinterpreter has no audit hook).
+_ALWAYS_FORBIDDEN = ("_xxsubinterpreters", "_testcapi", "_testinternalcapi", "_xxtestfuzz")
 
 
 def python_forbidden_modules(forbidden: tuple[str, ...]) -> list[str]:
@@ -52,6 +57,10 @@ def runtime_guard(policy: Policy, language: str) -> dict[str, Any] | None:
     rules = policy.validation
     if not rules.enforce:
         return None
+    # Sockets are refused whoever asks only without a network: under an allowlist a library
+    # (urllib, requests) must reach the allowed domains; the code's own `import socket` is
+    # still refused as an import.
+    offline = policy.network.mode == "none"
     if language == "python":
         imports = python_forbidden_modules(rules.forbidden_imports)
         processes = "subprocess" in imports or bool(_PROCESS_CALLS & set(rules.forbidden_calls))
@@ -59,10 +68,10 @@ def runtime_guard(policy: Policy, language: str) -> dict[str, Any] | None:
             return None
         return {
             "policy": policy.name,
-            "imports": imports,
+            "imports": sorted({*imports, *_ALWAYS_FORBIDDEN}),
             "processes": processes,
             "ctypes": "ctypes" in imports,
-            "sockets": "socket" in imports,
+            "sockets": "socket" in imports and offline,
         }
     if language == "javascript":
         modules = sorted({m.removeprefix("node:") for m in rules.javascript.forbidden_modules})
@@ -72,5 +81,19 @@ def runtime_guard(policy: Policy, language: str) -> dict[str, Any] | None:
             "policy": policy.name,
             "modules": modules,
             "processes": bool(_JS_PROCESS_MODULES & set(modules)),
+            "sockets": bool(_JS_SOCKET_MODULES & set(modules)) and offline,
         }
     return None
+
+
+def kernel_denials(guard: dict[str, Any] | None) -> list[str]:
+    """What the runner refuses in the kernel for a guarded interpreter: processes, sockets.
+
+    Python and JavaScript interpreters need neither to run (threads and socket pairs stay
+    allowed), so where the policy forbids them the container's runner adds seccomp and Landlock
+    rules before the interpreter starts: an in-process layer can be undone by the code it
+    guards, the kernel's refusal cannot.
+    """
+    if guard is None:
+        return []
+    return [what for what in ("processes", "sockets") if guard.get(what)]

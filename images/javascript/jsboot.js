@@ -41,16 +41,25 @@ function reportChannel() {
 }
 
 function installGuard(guard) {
-  const forbidden = new Set(guard.modules || []);
-  const policy = String(guard.policy || 'the policy');
+  // Everything the guard calls is taken now, before the code runs: code that replaces a
+  // built-in (Set.prototype.has, JSON.stringify, fs.writeSync, ...) cannot switch it off.
+  const apply = Reflect.apply;
+  const { writeSync } = fs;
+  const stringify = JSON.stringify;
+  const toText = String;
+  const { slice, indexOf, startsWith } = String.prototype;
+  const hasOwn = Object.prototype.hasOwnProperty;
+  const forbidden = Object.create(null);
+  for (const name of guard.modules || []) forbidden[name] = true;
+  const policy = toText(guard.policy || 'the policy');
   const channel = reportChannel();
   let refused = 0;
 
   function refuse(kind, message, detail) {
     refused += 1;
     if (refused <= MAX_REPORTED && channel >= 0) {
-      try {
-        fs.writeSync(channel, JSON.stringify({ policy: { kind, message, detail } }) + '\n');
+      try {  // a fresh line first: bytes the code wrote there cannot swallow the report
+        apply(writeSync, fs, [channel, '\n' + stringify({ policy: { kind, message, detail } }) + '\n']);
       } catch (_) { /* the code closed the channel: the refusal still stands */ }
     }
     const error = new Error(`${message} (sandbox policy ${policy})`);
@@ -59,9 +68,11 @@ function installGuard(guard) {
   }
 
   function checkModule(specifier) {
-    const name = String(specifier).replace(/^node:/, '');
-    const top = name.split('/')[0];
-    if (forbidden.has(name) || forbidden.has(top)) {
+    let name = toText(specifier);
+    if (apply(startsWith, name, ['node:'])) name = apply(slice, name, [5]);
+    const slash = apply(indexOf, name, ['/']);
+    const top = slash < 0 ? name : apply(slice, name, [0, slash]);
+    if (apply(hasOwn, forbidden, [name]) || apply(hasOwn, forbidden, [top])) {
       refuse('import', `import of '${name}' refused`, { module: name });
     }
   }
@@ -69,7 +80,7 @@ function installGuard(guard) {
   const load = Module._load;
   function guardedLoad(specifier, parent, isMain) {
     checkModule(specifier);
-    return Reflect.apply(load, this, [specifier, parent, isMain]);
+    return apply(load, this, [specifier, parent, isMain]);
   }
   Object.defineProperty(Module, '_load', { value: guardedLoad, writable: false, configurable: false });
 
@@ -79,13 +90,16 @@ function installGuard(guard) {
     checkModule(specifier);
     return import(specifier);
   }
+  const { compileFunction } = vm;
+  const { createRequire } = Module;
+  const { dirname } = path;
   function guardedCompile(content, filename) {
-    const wrapper = vm.compileFunction(
+    const wrapper = compileFunction(
       content, ['exports', 'require', 'module', '__filename', '__dirname'],
       { filename, importModuleDynamically: guardedImport });
-    const localRequire = Module.createRequire(filename);
-    return Reflect.apply(wrapper, this.exports,
-      [this.exports, localRequire, this, filename, path.dirname(filename)]);
+    const localRequire = createRequire(filename);
+    return apply(wrapper, this.exports,
+      [this.exports, localRequire, this, filename, dirname(filename)]);
   }
   Object.defineProperty(Module.prototype, '_compile',
     { value: guardedCompile, writable: false, configurable: false });

@@ -84,8 +84,7 @@ def _main():
     }
     sys.argv = [path]
     code_dir = os.path.dirname(os.path.abspath(path))
-    if request.get("guard"):
-        install_guard(request["guard"], code_dir, output_fd)
+    guard = install_guard(request["guard"], code_dir, output_fd) if request.get("guard") else None
     sys.path.insert(0, code_dir)  # modules the code writes beside itself
     status = 0
     try:
@@ -96,6 +95,8 @@ def _main():
         _print_code_traceback(exc)
         status = 1
     _flush()
+    if guard is not None:
+        guard.summarise()
     _send_output(namespace, output_fd)
     shut_down(namespace, code_dir, _flush)
     os._exit(status)
@@ -240,6 +241,13 @@ class _Guard:
             frame = frame.f_back
         return "<frozen bootstrap>"  # only this bootstrap on the stack: not the code
 
+    def summarise(self):
+        """After the code: say how many refusals were past the reported ones."""
+        more = self.refused - _MAX_REPORTED
+        if more > 0:
+            line = {"kind": "summary", "message": f"{more} more refusal(s) not listed"}
+            _write_line(self.report_fd, {"policy": {**line, "detail": {"count": more}}})
+
     def refuse(self, kind, message, detail):
         """Report a refusal on the output channel and raise it in the code."""
         self.refused += 1
@@ -321,6 +329,11 @@ class _Guard:
             module = original(name, globals, locals, fromlist, level)
             if full == "platform" and self.processes:
                 _quiet_platform(module)
+            # What was actually obtained counts, whatever the name said (relative imports).
+            for got in (module, *(getattr(module, f, None) for f in fromlist or () if f != "*")):
+                got_name = getattr(got, "__name__", None) if type(got) is type(sys) else None
+                if isinstance(got_name, str) and self.forbidden(got_name):
+                    self.check_import(got_name, sys._getframe(1))
             return module
 
         return guarded_import
@@ -348,7 +361,8 @@ def _absolute_name(name, globals, level):
 
 
 def _write_line(fd, value):
-    data = json.dumps(value, ensure_ascii=True).encode() + b"\n"
+    # A fresh line first: bytes the code wrote on this channel cannot swallow the report.
+    data = b"\n" + json.dumps(value, ensure_ascii=True).encode() + b"\n"
     try:
         while data:
             data = data[os.write(fd, data) :]

@@ -43,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/audit.h>
+#include <sched.h>
 #include <linux/filter.h>
 #include <linux/landlock.h>
 #include <linux/seccomp.h>
@@ -403,6 +404,96 @@ static void forbid_setid_bits(void) {
 #endif
 }
 
+
+/* ------------------------------------------------------------------ kernel-level refusals */
+
+/* ATHENA_DENY ("processes", "sockets", comma-separated) comes from the policy's run-time guard
+ * for interpreters that need neither (Python and JavaScript under strict): what the in-process
+ * layer refuses with a readable error, the kernel refuses here too, so code that gets past
+ * that layer (it lives in the code's own process) still cannot start a process or open a
+ * socket. Installed before the interpreter starts; filters and rulesets are never removed. */
+static int deny_processes, deny_sockets;
+
+static void parse_deny(const char *spec) {
+    deny_processes = spec && strstr(spec, "processes") != NULL;
+    deny_sockets = spec && strstr(spec, "sockets") != NULL;
+}
+
+static void allow_execute(int ruleset, const char *path) {
+    char real[4096];
+    if (!realpath(path, real)) return;
+    struct landlock_path_beneath_attr beneath = {.allowed_access = LANDLOCK_ACCESS_FS_EXECUTE};
+    beneath.parent_fd = open(real, O_PATH | O_CLOEXEC);
+    if (beneath.parent_fd < 0) return;
+    syscall(SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_PATH_BENEATH, &beneath, 0);
+    close(beneath.parent_fd);
+}
+
+/* The interpreter (and the ELF loader it needs) is the only program that may be executed: a
+ * later execve of anything else fails with EACCES. Without Landlock (gVisor) the fork filter
+ * below still leaves at most one process. */
+static void execute_only(const char *command) {
+    struct landlock_ruleset_attr attr = {.handled_access_fs = LANDLOCK_ACCESS_FS_EXECUTE};
+    int rs = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
+    if (rs < 0) return;
+    char found[4096] = "";
+    if (strchr(command, '/')) {
+        snprintf(found, sizeof found, "%s", command);
+    } else {
+        const char *path = getenv("PATH");
+        char dirs[4096];
+        snprintf(dirs, sizeof dirs, "%s", path ? path : "/usr/bin:/bin");
+        for (char *dir = strtok(dirs, ":"); dir; dir = strtok(NULL, ":")) {
+            snprintf(found, sizeof found, "%s/%s", dir, command);
+            if (access(found, X_OK) == 0) break;
+            found[0] = '\0';
+        }
+    }
+    if (found[0]) allow_execute(rs, found);
+    allow_execute(rs, "/lib64/ld-linux-x86-64.so.2");
+    allow_execute(rs, "/lib/ld-linux-aarch64.so.1");
+    syscall(SYS_landlock_restrict_self, rs, 0);
+    close(rs);
+}
+
+static void deny_by_filter(void) {
+#if defined(__x86_64__)
+    struct sock_filter prog[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        /* 1 */ ON(__NR_fork, 5), ON(__NR_vfork, 4), ON(__NR_clone, 4), ON(__NR_clone3, 7),
+        /* 5 */ ON(__NR_socket, 7),
+        /* 6 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* 7: fork, vfork */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        /* 8: clone: threads only */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(0)),
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CLONE_THREAD, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        /* 11 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* 12: clone3 (its flags sit in a struct): glibc falls back to clone */
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+        /* 13: socket */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EACCES),
+    };
+    if (!deny_processes) { /* the process rules jump to "allow" instead */
+        prog[1] = (struct sock_filter)ON(__NR_fork, 4);
+        prog[2] = (struct sock_filter)ON(__NR_vfork, 3);
+        prog[3] = (struct sock_filter)ON(__NR_clone, 2);
+        prog[4] = (struct sock_filter)ON(__NR_clone3, 1);
+    }
+    if (!deny_sockets) prog[5] = (struct sock_filter)ON(__NR_socket, 0);
+    struct sock_fprog fprog = {.len = (unsigned short)(sizeof prog / sizeof *prog), .filter = prog};
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &fprog) < 0) {
+        dprintf(2, "athena-runner: cannot install the process and socket filter: %s\n",
+                strerror(errno));
+        _exit(126);
+    }
+#endif
+}
+
+static void apply_denials(const char *command) {
+    if (!deny_processes && !deny_sockets) return;
+    if (deny_processes) execute_only(command);
+    deny_by_filter();
+}
+
 static void start_child(char **argv, const char *workdir, int out_w, int err_w, int blob_r, int val_w) {
     sigset_t all;
     sigemptyset(&all);
@@ -420,6 +511,7 @@ static void start_child(char **argv, const char *workdir, int out_w, int err_w, 
     for (int fd = 5; fd < 1024; fd++) close(fd);
     restrict_special_files();
     forbid_setid_bits();
+    apply_denials(argv[0]);
     const char *home = getenv("HOME"); /* e.g. /tmp/home on a fresh tmpfs: pip --user needs it */
     if (home && home[0] == '/') (void)mkdir(home, 0700);
     if (workdir && chdir(workdir) < 0) {
@@ -468,6 +560,8 @@ int main(int argc, char **argv) {
     if (mount_spec && parse_mounts(mount_spec) < 0) { errno = EINVAL; fail("bad ATHENA_MOUNTS"); }
     const char *cap_spec = getenv("ATHENA_MOUNT_WRITE_CAP");
     if (cap_spec) mount_write_cap = strtoll(cap_spec, NULL, 10);
+    parse_deny(getenv("ATHENA_DENY"));
+    unsetenv("ATHENA_DENY");
     unsetenv("ATHENA_MOUNTS"); /* the code's environment is the policy's, nothing more */
     unsetenv("ATHENA_MOUNT_WRITE_CAP");
     check_mounts();

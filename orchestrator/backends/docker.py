@@ -75,7 +75,7 @@ from orchestrator.errors import (
     RunCancelledError,
     SandboxFailedError,
 )
-from orchestrator.guard import runtime_guard
+from orchestrator.guard import kernel_denials, runtime_guard
 from orchestrator.languages import get_language
 from orchestrator.models import ExecutionRequest, Isolation
 from orchestrator.policy import Policy, ResolvedMount
@@ -181,6 +181,14 @@ def _mount_check_env(
     return env
 
 
+def _denial_env(policy: Policy, language: str | None) -> dict[str, str]:
+    """``ATHENA_DENY``: what the runner refuses in the kernel for this language's interpreter."""
+    if language is None:
+        return {}
+    denied = kernel_denials(runtime_guard(policy, language))
+    return {"ATHENA_DENY": ",".join(denied)} if denied else {}
+
+
 def _pids_limit(pids: int, runtime: str) -> int:
     if runtime.startswith(RUNSC):
         return RUNSC_PIDS_BASE + RUNSC_PIDS_PER_PROCESS * pids
@@ -210,11 +218,14 @@ def compile_docker(
     labels: Mapping[str, str],
     route: EgressRoute | None = None,
     container_runtime: str = RUNTIME,
+    language: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Translate a policy into the arguments of Docker's create-container call.
 
     Returns ``{"create": kwargs of APIClient.create_container (without host_config),
-    "host_config": kwargs of APIClient.create_host_config}``.
+    "host_config": kwargs of APIClient.create_host_config}``. With ``language``, what the
+    runner refuses in the kernel for that language's interpreter is included
+    (``ATHENA_DENY``, from the policy's run-time guard).
 
     Raises:
         PolicyError: an allowlist policy without an egress route.
@@ -232,6 +243,7 @@ def compile_docker(
                 **_ENVIRONMENT,
                 **network_env,
                 **_mount_check_env(policy, spec.mounts, container_runtime),
+                **_denial_env(policy, language),
             },
             "labels": dict(labels),
             # stdin stays attached (StdinOnce): its EOF tells the runner that we are gone.
@@ -571,7 +583,13 @@ class DockerBackend:
         if runtime.startswith(RUNSC) and spec.mounts:
             spec = dataclasses.replace(spec, mounts=self._staged(spec.mounts))
         config = compile_docker(
-            policy, spec, image=image, labels=labels, route=route, container_runtime=runtime
+            policy,
+            spec,
+            image=image,
+            labels=labels,
+            route=route,
+            container_runtime=runtime,
+            language=language,
         )
         body = api.create_container_config(
             command=None,

@@ -169,3 +169,20 @@ def web_server(
     (web,) = docker_client.containers.list(filters={"label": "athena.test=web"})
     address = web.attrs["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
     return f"http://{address}:8080/"
+
+
+def mode_settings(
+    name: str, tmp_path: Path, project_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """Settings that bind a MemoryAPI or Orchestrator to one mode of the contract suites.
+
+    ``docker-cold``/``docker-warm``/``docker-runsc`` use the engine (the pool off, or one every
+    run waits for); a fallback mode gets an unreachable engine, so the ladder itself picks it.
+    """
+    if name.startswith("docker"):
+        warm = name == "docker-warm"
+        return Settings(
+            project_dir=project_dir, pool_size=1 if warm else 0, pool_wait_seconds=60 if warm else 0
+        )
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    return Settings(project_dir=project_dir, sandbox_backends=("docker", name))

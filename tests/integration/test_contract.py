@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from athena.mcp.memory_api import MemoryAPI
-from orchestrator.settings import Settings
+from tests.integration.conftest import mode_settings
 
 pytestmark = pytest.mark.docker
 
@@ -64,15 +64,7 @@ def mode(
 ) -> Iterator[Mode]:
     """Each isolation mode in turn; the fallback ones with no Docker engine reachable."""
     name = request.param
-    if name.startswith("docker"):
-        warm = name == "docker-warm"
-        settings = Settings(
-            project_dir=project_dir, pool_size=1 if warm else 0, pool_wait_seconds=60 if warm else 0
-        )
-    else:
-        # Docker stays allowed but cannot be reached, so the ladder falls back past it.
-        monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
-        settings = Settings(project_dir=project_dir, sandbox_backends=("docker", name))
+    settings = mode_settings(name, tmp_path, project_dir, monkeypatch)
     with MemoryAPI.create(tmp_path / "memory.db", settings=settings) as api:
         yield Mode(name, api)
 

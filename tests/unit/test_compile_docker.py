@@ -14,7 +14,12 @@ import pytest
 
 from orchestrator.backends import docker as docker_backend
 from orchestrator.backends.base import RunSpec
-from orchestrator.backends.docker import IMAGE_PROTOCOL_LABEL, DockerBackend, compile_docker
+from orchestrator.backends.docker import (
+    IMAGE_PROTOCOL_LABEL,
+    DockerBackend,
+    EgressRoute,
+    compile_docker,
+)
 from orchestrator.backends.owners import (
     LABEL_OWNER_HOST,
     LABEL_OWNER_PID,
@@ -550,3 +555,27 @@ def test_policy_lines_and_a_mount_cap_hit_come_out_of_the_frames() -> None:
         outcome_from_frames({"mount_write_cap_hit": 7}, None, False, ["/a"])["mount_write_exceeded"]
         is None
     )
+
+
+def test_guarded_interpreters_get_kernel_denials() -> None:
+    """strict python and javascript: processes and sockets refused by the runner; bash, and a
+    policy without enforcement, get nothing; research keeps sockets for its allowlist."""
+
+    def denied(policy: str | dict[str, object], language: str) -> str | None:
+        route = EgressRoute("athena-egress", "http://10.0.0.1:3128")
+        config = compile_docker(
+            load_policy(policy),
+            RunSpec(30.0),
+            image=IMAGE,
+            labels=LABELS,
+            route=route,
+            language=language,
+        )
+        env: dict[str, str] = config["create"]["environment"]
+        return env.get("ATHENA_DENY")
+
+    assert denied("strict", "python") == "processes,sockets"
+    assert denied("strict", "javascript") == "processes,sockets"
+    assert denied("strict", "bash") is None
+    assert denied("research", "python") == "processes"
+    assert denied({"validation": {"enforce": False}}, "python") is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from orchestrator.guard import python_forbidden_modules, runtime_guard
+from orchestrator.guard import kernel_denials, python_forbidden_modules, runtime_guard
 from orchestrator.languages import get_language
 from orchestrator.policy import load_policy
 
@@ -67,3 +67,21 @@ def test_a_key_with_a_trailing_newline_is_not_an_identifier() -> None:
 
     env = bash_environment({"n\n": "x", "m": "y"})
     assert "PARAM_M" in env and not any(k.startswith("PARAM_N") for k in env)
+
+
+def test_sockets_are_refused_whoever_asks_only_without_a_network() -> None:
+    """research (allowlist) lets libraries open sockets to allowed domains; strict does not."""
+    research = runtime_guard(load_policy("research"), "python")
+    strict = runtime_guard(load_policy("strict"), "python")
+    assert research is not None and strict is not None
+    assert research["sockets"] is False and "_socket" in research["imports"]
+    assert strict["sockets"] is True
+    assert kernel_denials(strict) == ["processes", "sockets"]
+    assert kernel_denials(research) == ["processes"]
+    assert kernel_denials(None) == []
+
+
+def test_subinterpreters_are_always_refused() -> None:
+    """A subinterpreter has no audit hook: its modules are refused wherever a guard exists."""
+    guard = runtime_guard(load_policy({"validation": {"forbidden_imports": ["pickle"]}}), "python")
+    assert guard is not None and "_xxsubinterpreters" in guard["imports"]
