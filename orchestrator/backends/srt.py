@@ -18,6 +18,7 @@ import shutil
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import replace
@@ -26,8 +27,9 @@ from typing import Any
 
 import structlog
 
-from orchestrator.backends.base import RunOutcome, RunSpec, ensure_available
+from orchestrator.backends.base import CancelToken, RunOutcome, RunSpec, ensure_available
 from orchestrator.backends.hostlimits import RunCgroup, tmpfs_dir
+from orchestrator.backends.hostmounts import WriteCapWatch, sweep_mount
 from orchestrator.backends.mountstage import MountStage
 from orchestrator.backends.process import Supervised, run_supervised
 from orchestrator.backends.reader import outcome_from_frames
@@ -242,8 +244,17 @@ class SrtBackend:
             argv, env, workdir = self._prepare(request, spec, rundir, uid)
             if cgroup is not None:
                 argv = cgroup.wrap(argv)
-            supervised = self._spawn(argv, env, workdir, spec, context)
-            return self._outcome(request, supervised, workdir, context, uid, cgroup)
+            writable = [(m.source, m.target) for m in spec.mounts if not m.read_only]
+            started = time.time()
+            for source, _ in writable:  # after the run: no set-id bit, socket or FIFO stays
+                cleanup.callback(sweep_mount, source, uid, started - 1)
+            cancel = CancelToken()  # the caller's cancel, or the write cap's
+            cleanup.callback(spec.cancel.on_cancel(cancel.cancel))
+            cap = request.policy.filesystem.max_mount_write_bytes
+            with WriteCapWatch(writable, cap, cancel) as watch:
+                supervised = self._spawn(argv, env, workdir, replace(spec, cancel=cancel), context)
+            outcome = self._outcome(request, supervised, workdir, context, uid, cgroup)
+            return replace(outcome, mount_write_exceeded=watch.exceeded)
         raise AssertionError("unreachable")  # pragma: no cover (mypy: ExitStack may swallow)
 
     def _prepare(

@@ -118,7 +118,7 @@ print('private ok')
 
 def test_no_socket_or_fifo_on_a_shared_mount(sec: Sec) -> None:
     """A run cannot leave a unix socket or FIFO in a mounted directory for another run to use."""
-    sec.only("docker-runc", "docker-runsc")
+    sec.only("docker-runc", "docker-runsc", "srt")
     sec.project.chmod(0o777)
     result = sec.run(CHANNELS, "python", policy=_writer_policy(sec))
     special = [
@@ -156,7 +156,7 @@ except OSError as exc:
 
 def test_no_set_id_file_is_left_in_a_writable_mount(sec: Sec) -> None:
     """Files a run leaves in a writable host directory never carry set-user or set-group id."""
-    sec.only("docker-runc", "docker-runsc")
+    sec.only("docker-runc", "docker-runsc", "srt")
     sec.project.chmod(0o777)
     sec.run(SETID, "python", policy=_writer_policy(sec))
     marked = [
@@ -185,7 +185,7 @@ print('wrote everything')
 
 def test_writes_to_a_writable_mount_are_capped(sec: Sec) -> None:
     """A run that writes past max_mount_write_bytes to the host directory is stopped."""
-    sec.only("docker-runc", "docker-runsc")
+    sec.only("docker-runc", "docker-runsc", "srt")
     sec.project.chmod(0o777)
     cap = 64 * MIB
     started = time.monotonic()
