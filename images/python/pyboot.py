@@ -195,18 +195,8 @@ class _Guard:
         self.report_fd = report_fd
         self.refused = 0
         self.code_dir = os.path.abspath(code_dir) + os.sep
-        # Libraries live where the interpreter looks for them at start-up (-I: no user site,
-        # no working directory), never where the run writes its own files.
-        scratch = tuple(
-            os.path.realpath(d) + os.sep
-            for d in (code_dir, os.environ.get("HOME"), os.environ.get("TMPDIR"), "/tmp")
-            if d
-        )
-        self.trusted = tuple(
-            path
-            for path in (os.path.realpath(p) + os.sep for p in sys.path if p)
-            if not path.startswith(scratch)
-        )
+        self._trusted = None  # library directories, computed when first needed (0.3 ms)
+        self.startup_path = list(sys.path)  # before the code's directory is added
         importlib_dir = os.path.join(os.path.dirname(os.__file__), "importlib") + os.sep
         self.transparent = (os.path.abspath(__file__), importlib_dir)
         self.checks = {"compile": self.check_disguise, "code.__new__": self.check_disguise}
@@ -230,7 +220,23 @@ class _Guard:
             return True
         if filename.startswith(self.code_dir):
             return False
-        return filename.startswith(self.trusted)
+        return filename.startswith(self.trusted())
+
+    def trusted(self):
+        """Library directories: where the interpreter looks for them at start-up (-I: no user
+        site, no working directory), never where the run writes its own files."""
+        if self._trusted is None:
+            scratch = tuple(
+                os.path.realpath(d) + os.sep
+                for d in (self.code_dir, os.environ.get("HOME"), os.environ.get("TMPDIR"), "/tmp")
+                if d
+            )
+            self._trusted = tuple(
+                path
+                for path in (os.path.realpath(p) + os.sep for p in self.startup_path if p)
+                if not path.startswith(scratch)
+            )
+        return self._trusted
 
     def initiator(self, frame):
         """The file of the first frame outside the import machinery and this bootstrap."""
