@@ -543,8 +543,8 @@ class DockerBackend:
         for attempt in range(1, NEVER_STARTED_ATTEMPTS + 1):
             if spec.cancel.cancelled:
                 raise RunCancelledError("the run was cancelled before it started")
-            sandbox = self._take(api, blueprint, request.execution_id)
             try:
+                sandbox = self._take(api, blueprint, request.execution_id)
                 return self._drive(api, sandbox, (payload, nonce), request, spec, context)
             except _NeverStarted as exc:
                 log.warning(
@@ -645,8 +645,11 @@ class DockerBackend:
             with self._lock:
                 self._live[container_id] = sandbox
             start = fast.start if fast else api.start
-            with map_docker_errors("start the container", image):
-                _RETRY_CONNECTION(start, container_id)
+            try:
+                with map_docker_errors("start the container", image):
+                    _RETRY_CONNECTION(start, container_id)
+            except SandboxFailedError as exc:  # the engine refused: a fresh container may start
+                raise _NeverStarted(str(exc)) from exc
             if blueprint.egress:
                 sandbox.address = self._egress_address(api, container_id)
         except BaseException:

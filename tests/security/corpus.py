@@ -164,7 +164,8 @@ class ChunkJudge:
         if result["error"] and not judgeable:
             return Cell(ERROR, f"the run could not happen: {result['error']}"[:300])
         if result["sandbox_mode"] != self.expected_mode.split("-")[0]:
-            return Cell(ERROR, f"ran in {result['sandbox_mode']!r}")
+            why = f": {result['error_type']}: {result['error']}" if result["error"] else ""
+            return Cell(ERROR, f"ran in {result['sandbox_mode']!r}{why}"[:300])
         runtime = str((result["isolation"] or {}).get("runtime", ""))
         if self.expected_mode == "docker-runsc" and not runtime.startswith("runsc"):
             return Cell(ERROR, f"ran on runtime {runtime!r}, not runsc")

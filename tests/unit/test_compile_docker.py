@@ -579,3 +579,42 @@ def test_guarded_interpreters_get_kernel_denials() -> None:
     assert denied("strict", "bash") is None
     assert denied("research", "python") == "processes"
     assert denied({"validation": {"enforce": False}}, "python") is None
+
+
+def test_a_start_the_engine_refuses_goes_to_a_fresh_container_then_says_why(
+    engine: tuple[FakeAPI, socket.socket],
+) -> None:
+    """A refused start is not retried on the same (auto-removed) container: a fresh one is
+    created; a start refused every time ends with the engine's own reason."""
+    import docker.errors
+
+    api, _ = engine
+    starts: list[str] = []
+
+    def refuse_once(container_id: str) -> None:
+        starts.append(container_id)
+        if len(starts) == 1:
+            raise docker.errors.APIError("500", explanation="a transient refusal")
+
+    spare, spare_peer = socket.socketpair()  # the refused container's attach stream
+    streams = [spare, api.sock]
+    api.attach_socket = lambda container_id, params: streams.pop(0)  # type: ignore[method-assign]
+    api.start = refuse_once  # type: ignore[method-assign]
+    request = ExecutionRequest.create("print(1)")
+    assert run_on(api, request, 5.0)["exit_code"] == 0
+    assert len(starts) == 2  # once per container, never twice on the refused one
+    spare_peer.close()
+
+    def refuse(container_id: str) -> None:
+        raise docker.errors.APIError("500", explanation="Range of CPUs is from 0.01 to 2.00")
+
+    api.start = refuse  # type: ignore[method-assign]
+    pairs = [socket.socketpair() for _ in range(3)]  # one attach stream per fresh container
+    streams = [ours for ours, _ in pairs]
+    api.attach_socket = lambda container_id, params: streams.pop(0)  # type: ignore[method-assign]
+    with pytest.raises(SandboxFailedError, match="Range of CPUs") as caught:
+        run_on(api, ExecutionRequest.create("print(1)"), 5.0)
+    assert "No such container" not in str(caught.value)
+    for ours, theirs in pairs:
+        ours.close()
+        theirs.close()
