@@ -34,7 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 from yaml.nodes import Node
 
-from orchestrator.errors import PolicyError, PolicyNotFoundError
+from orchestrator.errors import PolicyError, PolicyNotFoundError, RequestError
+from orchestrator.text import check_json_text
 
 PROJECT_DIR_TOKEN = "${project_dir}"
 DEFAULT_MOUNT_WRITE_BYTES = 1024**3
@@ -613,6 +614,10 @@ def _absolute_mount_sources(
 
 
 def _validate(raw: dict[str, Any], source: str) -> Policy:
+    try:  # a lone surrogate would pass here and break every encoding of the policy later
+        check_json_text(raw, "policy")
+    except RequestError as exc:
+        raise PolicyError(f"{source}: invalid policy\n  {exc}") from exc
     try:
         policy = Policy.model_validate(raw)
     except ValidationError as exc:

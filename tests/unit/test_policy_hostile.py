@@ -509,3 +509,13 @@ def test_an_unreadable_project_dir_is_a_policy_error(unreadable: Path) -> None:
     """EACCES while resolving the project directory is a PolicyError, not PermissionError."""
     with pytest.raises(PolicyError, match=r"project directory.*cannot be resolved"):
         check_project_dir(unreadable / "project")
+
+
+def test_a_lone_surrogate_in_a_policy_is_a_policy_error(tmp_path: Path) -> None:
+    """Text no encoding can carry is refused at load time, from a dict or a file's escape."""
+    with pytest.raises(PolicyError, match="lone surrogate"):
+        load_policy({"validation": {"forbidden_imports": ["x\ud800"]}})
+    path = tmp_path / "p.yaml"
+    path.write_text('description: "bad \\ud800 text"\n')
+    with pytest.raises(PolicyError, match="lone surrogate"):
+        load_policy(path)
