@@ -15,11 +15,13 @@ those of owners that died.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import shutil
 import subprocess
 import threading
+import weakref
 from contextlib import suppress
 from pathlib import Path
 
@@ -66,6 +68,7 @@ class MountStage:
         self._root = root / f"{os.getpid()}-{next(_INSTANCES)}"
         self._lock = threading.Lock()
         self._staged: dict[tuple[str, int, int], str] = {}
+        _LIVE.add(self)  # the last net: a stage nobody closed is closed when the process exits
 
     @staticmethod
     def available() -> str | None:
@@ -113,6 +116,16 @@ class MountStage:
             _unbind(path)
         with suppress(OSError):
             shutil.rmtree(self._root)
+
+
+_LIVE: weakref.WeakSet[MountStage] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_stages() -> None:
+    for stage in list(_LIVE):
+        with suppress(Exception):
+            stage.close()
 
 
 def _bind(source: str, target: str, fd: int) -> None:

@@ -62,3 +62,24 @@ def test_staged_mounts_of_a_dead_owner_are_swept(tmp_path: Path) -> None:
     staged.parent.rename(dead)  # as if its owner's pid were gone
     assert sweep_stale(tmp_path / "stage") == 1
     assert not dead.exists()
+
+
+@needs_root
+def test_a_stage_nobody_closed_is_removed_when_the_process_exits(tmp_path: Path) -> None:
+    """The last net: a process that exits without closing its stage leaves no mount behind."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "sub"
+    source.mkdir()
+    info = source.stat()
+    script = (
+        "from pathlib import Path\nfrom orchestrator.backends.mountstage import MountStage\n"
+        f"stage = MountStage(Path({str(tmp_path / 'stage')!r}))\n"
+        f"print(stage.stage({str(source)!r}, {info.st_dev}, {info.st_ino}))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    staged = done.stdout.strip()
+    assert done.returncode == 0 and staged, done.stderr
+    assert not Path(staged).exists()
+    assert staged not in Path("/proc/self/mounts").read_text()
