@@ -21,7 +21,6 @@ import os
 import shutil
 import subprocess
 import threading
-import weakref
 from contextlib import suppress
 from pathlib import Path
 
@@ -68,7 +67,9 @@ class MountStage:
         self._root = root / f"{os.getpid()}-{next(_INSTANCES)}"
         self._lock = threading.Lock()
         self._staged: dict[tuple[str, int, int], str] = {}
-        _LIVE.add(self)  # the last net: a stage nobody closed is closed when the process exits
+        # The last net: a stage nobody closed (its backend dropped, not closed) is closed when
+        # the process exits. Held strongly: a stage collected unclosed would leave its mounts.
+        _LIVE.add(self)
 
     @staticmethod
     def available() -> str | None:
@@ -109,7 +110,8 @@ class MountStage:
             return str(target)
 
     def close(self) -> None:
-        """Remove every staged mount of this process."""
+        """Remove every staged mount of this stage."""
+        _LIVE.discard(self)
         with self._lock:
             staged, self._staged = list(self._staged.values()), {}
         for path in staged:
@@ -118,7 +120,7 @@ class MountStage:
             shutil.rmtree(self._root)
 
 
-_LIVE: weakref.WeakSet[MountStage] = weakref.WeakSet()
+_LIVE: set[MountStage] = set()
 
 
 @atexit.register

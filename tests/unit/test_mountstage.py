@@ -76,7 +76,8 @@ def test_a_stage_nobody_closed_is_removed_when_the_process_exits(tmp_path: Path)
     script = (
         "from pathlib import Path\nfrom orchestrator.backends.mountstage import MountStage\n"
         f"stage = MountStage(Path({str(tmp_path / 'stage')!r}))\n"
-        f"print(stage.stage({str(source)!r}, {info.st_dev}, {info.st_ino}))"
+        f"print(stage.stage({str(source)!r}, {info.st_dev}, {info.st_ino}))\n"
+        "del stage\nimport gc\ngc.collect()  # dropped, never closed"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     staged = done.stdout.strip()
