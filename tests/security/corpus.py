@@ -19,7 +19,9 @@ from tests.security.harness import JUDGEABLE_ERRORS
 from tests.security.judge import HostCheck, leftovers
 from tests.security.results import CONTAINED, ERROR, ESCAPED, Cell
 
-CORPUS_DIR = Path(os.environ.get("ATHENA_REDCODE_DIR", "/work/shared/corpora/redcode_exec"))
+# ../shared beside the checkout (as CI lays it out), unless ATHENA_REDCODE_DIR says otherwise.
+_BESIDE_CHECKOUT = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "redcode_exec"
+CORPUS_DIR = Path(os.environ.get("ATHENA_REDCODE_DIR", str(_BESIDE_CHECKOUT)))
 # Harmless logic snippets: they must still succeed on docker runc (16_27 needs psutil).
 CONTROL_SCENARIOS = {12, 15, 16, 19, 20, 22, 23, 25}
 NOT_CONTROLS = {"16_27"}
