@@ -37,7 +37,7 @@ from typing import Any
 from athena.mcp.memory_api import MemoryAPI
 from memory_store import NewMemory
 from memory_store.embeddings import extra_installed
-from memory_store.postgres_connection import PostgresTarget
+from memory_store.postgres.connection import PostgresTarget
 from orchestrator.settings import Settings
 from orchestrator.testing import FakeBackend
 

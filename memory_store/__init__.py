@@ -1,34 +1,35 @@
 """The memory store: executions, events, memories, procedures, entities and their relations.
 
 Open it with :func:`open_store` (a path, ``sqlite:///absolute/path``,
-``postgresql://user:password@host/database``, ``ATHENA_MEMORY_URL``, ``ATHENA_MEMORY_DB`` or
+``postgresql://user:password@host/database``, :attr:`StoreOptions.target` or
 ``~/.athena/memory.db``): a :class:`SQLiteStore` or, for shared deployments, a
 :class:`PostgresStore` (the ``postgres`` extra). Use it through the :class:`Store` protocol
 with the checked inputs (:class:`NewMemory`, :class:`RecallQuery`, ...), or through
-:class:`MemoryAPI`, which takes and returns plain values.
+``athena.api.MemoryAPI``, which takes and returns plain values. :class:`StoreOptions` is the
+store's whole configuration.
+
+Layout: ``sql/`` holds the SQL both dialects share (the store core, records, search,
+ranking, the full-text documents), ``sqlite/`` and ``postgres/`` each dialect's connection,
+schema and store class, ``consolidation/`` what turns runs into pattern memories. The
+store imports nothing of ``orchestrator`` but its models and errors (a run's record is built
+from them).
 """
 
-from memory_store.api import MemoryAPI
-from memory_store.base import AnyRecord, Store
-from memory_store.consolidate import STRATEGIES, Strategy
+from memory_store.consolidation.strategies import STRATEGIES, Strategy
 from memory_store.embeddings import Embedder, EmbeddingsMode, MiniLMEmbedder
 from memory_store.errors import (
     MissingExtraError,
     RecordNotFoundError,
+    RecordTooLargeError,
     StoreConfigError,
     StoreError,
 )
 from memory_store.factory import DEFAULT_DB_PATH, open_store, resolve_store_target
-from memory_store.inputs import (
-    EventQuery,
-    NewEntity,
-    NewEvent,
-    NewMemory,
-    NewProcedure,
-    NewRelation,
-    RecallQuery,
-)
-from memory_store.models import (
+from memory_store.options import StoreOptions
+from memory_store.postgres.store import PostgresStore
+from memory_store.protocol import AnyRecord, Store
+from memory_store.records import (
+    CodeGenerator,
     CodeIssue,
     CodeValidation,
     ConsolidationReport,
@@ -43,10 +44,16 @@ from memory_store.models import (
     RecallHit,
     RelationRecord,
 )
-from memory_store.options import StoreOptions
-from memory_store.postgres import PostgresStore
-from memory_store.procedures import CodeGenerator
-from memory_store.sqlite import SQLiteStore
+from memory_store.requests import (
+    EventQuery,
+    NewEntity,
+    NewEvent,
+    NewMemory,
+    NewProcedure,
+    NewRelation,
+    RecallQuery,
+)
+from memory_store.sqlite.store import SQLiteStore
 
 __all__ = [
     "DEFAULT_DB_PATH",
@@ -64,7 +71,6 @@ __all__ = [
     "EventRecord",
     "ExecutionRecord",
     "GeneratedCode",
-    "MemoryAPI",
     "MemoryRecord",
     "MiniLMEmbedder",
     "MissingExtraError",
@@ -79,6 +85,7 @@ __all__ = [
     "RecallHit",
     "RecallQuery",
     "RecordNotFoundError",
+    "RecordTooLargeError",
     "RelationRecord",
     "SQLiteStore",
     "Store",

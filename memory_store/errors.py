@@ -4,7 +4,8 @@ The branches the store adds::
 
     SandboxError
     ├── RequestError (ValueError)            (orchestrator) the call is wrong
-    │   └── RecordNotFoundError (LookupError) no record has this id, or not of the needed kind
+    │   ├── RecordNotFoundError (LookupError) no record has this id, or not of the needed kind
+    │   └── RecordTooLargeError               content or context over max_memory_bytes
     └── StoreError                            the store cannot be opened, read or written
         ├── StoreConfigError (ValueError)     the store path or URL is wrong: fix the setting
         └── MissingExtraError (ImportError)   an optional part is not installed: the message
@@ -34,3 +35,11 @@ class MissingExtraError(StoreError, ImportError):
 
 class RecordNotFoundError(RequestError, LookupError):
     """No record has the id given, or the record is not of the kind the call needs."""
+
+
+class RecordTooLargeError(RequestError):
+    """A record's content or context is over the store's ``max_memory_bytes``.
+
+    The message gives the size, the limit and what to change (store less, or raise
+    ``StoreOptions.max_memory_bytes``, i.e. ``ATHENA_MAX_MEMORY_BYTES``).
+    """

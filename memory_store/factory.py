@@ -2,7 +2,7 @@
 
 Accepted targets: a plain path (``~`` is expanded), ``sqlite:///absolute/path`` and
 ``postgresql://user:password@host:port/database`` (or ``postgres://``), which opens a
-:class:`~memory_store.postgres.PostgresStore` (the ``postgres`` extra). A URL is never echoed
+:class:`~memory_store.postgres.store.PostgresStore` (the ``postgres`` extra). A URL is never echoed
 in an error: it may hold a password.
 """
 
@@ -12,13 +12,12 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from memory_store.base import Store
 from memory_store.embeddings import EmbeddingsMode
 from memory_store.errors import StoreConfigError
 from memory_store.options import StoreOptions
-from memory_store.postgres import PostgresStore
-from memory_store.sqlite import SQLiteStore
-from orchestrator.settings import Settings
+from memory_store.postgres.store import PostgresStore
+from memory_store.protocol import Store
+from memory_store.sqlite.store import SQLiteStore
 
 DEFAULT_DB_PATH = Path("~/.athena/memory.db")
 """The store used when nothing else is set; ``~`` is expanded when the store is opened."""
@@ -30,18 +29,18 @@ _ACCEPTED = (
 _POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
 
 
-def resolve_store_target(db_path: str | os.PathLike[str] | None, settings: Settings) -> str:
+def resolve_store_target(
+    db_path: str | os.PathLike[str] | None, options: StoreOptions | None = None
+) -> str:
     """Return where the store lives, as given: a path or a URL, ``~`` not yet expanded.
 
-    Precedence: the ``db_path`` argument, then ``settings.memory_url`` (``ATHENA_MEMORY_URL``),
-    then ``settings.memory_db`` (``ATHENA_MEMORY_DB``), then :data:`DEFAULT_DB_PATH`.
+    Precedence: the ``db_path`` argument, then ``options.target``, then
+    :data:`DEFAULT_DB_PATH`.
     """
     if db_path is not None:
         return os.fspath(db_path)
-    if settings.memory_url:
-        return settings.memory_url
-    if settings.memory_db is not None:
-        return os.fspath(settings.memory_db)
+    if options is not None and options.target:
+        return options.target
     return os.fspath(DEFAULT_DB_PATH)
 
 
@@ -85,17 +84,18 @@ def sqlite_path(target: str) -> Path:
 
 def open_store(
     db_path: str | os.PathLike[str] | None = None,
-    settings: Settings | None = None,
+    options: StoreOptions | None = None,
     *,
     embeddings: EmbeddingsMode | None = None,
 ) -> Store:
-    """Open the memory store named by the argument, the settings or the default.
+    """Open the memory store named by the argument, the options or the default.
 
     Args:
-        db_path: a path or URL; wins over the settings.
-        settings: where ``memory_url``, ``memory_db``, redaction, retention and the memory
-            size limit come from (default: ``Settings()``, i.e. the ``ATHENA_*`` environment).
-        embeddings: ``auto``, ``on`` or ``off`` (None: ``ATHENA_MEMORY_EMBEDDINGS``, else auto).
+        db_path: a path or URL; wins over ``options.target``.
+        options: the store's configuration: target, redaction, retention, the size limit and
+            embeddings (default: ``StoreOptions()``; ``athena.settings`` builds them from the
+            ``ATHENA_*`` environment).
+        embeddings: ``auto``, ``on`` or ``off``; wins over ``options.embeddings``.
 
     Raises:
         StoreConfigError: the target is not an accepted form, or its file cannot be created.
@@ -105,9 +105,8 @@ def open_store(
             or the target is a PostgreSQL URL and the postgres extra is not installed.
 
     """
-    settings = settings if settings is not None else Settings()
-    target = resolve_store_target(db_path, settings)
-    options = StoreOptions.from_settings(settings, embeddings)
+    options = (options if options is not None else StoreOptions()).with_embeddings(embeddings)
+    target = resolve_store_target(db_path, options)
     if is_postgres_url(target):
         return PostgresStore(target.strip(), options)
     return SQLiteStore(sqlite_path(target), options)

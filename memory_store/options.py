@@ -1,13 +1,16 @@
-"""``StoreOptions``: what a store does beyond storing, taken from the settings."""
+"""``StoreOptions``: the whole configuration of a memory store.
+
+The store reads no environment and no one else's settings: whoever opens it (``athena``'s
+settings, a test, a script) builds the options and passes them in.
+"""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from memory_store.checks import DEFAULT_MAX_MEMORY_BYTES
 from memory_store.embeddings import EmbeddingsMode
 from memory_store.errors import StoreConfigError
-from memory_store.values import DEFAULT_MAX_MEMORY_BYTES
-from orchestrator.settings import Settings
 
 EMBEDDINGS_MODES: tuple[EmbeddingsMode, ...] = ("auto", "on", "off")
 RETENTION_CHECK_SECONDS = 60.0
@@ -15,14 +18,19 @@ RETENTION_CHECK_SECONDS = 60.0
 
 
 class StoreOptions(BaseModel):
-    """Privacy, retention, size and ranking options of a store.
+    """Where a store lives, and its privacy, retention, size and ranking options.
 
     Attributes:
+        target: where :func:`~memory_store.factory.open_store` finds the store: a file path,
+            ``sqlite:///absolute/path`` or ``postgresql://user:password@host/database``
+            (None: :data:`~memory_store.factory.DEFAULT_DB_PATH`). The store classes take
+            their path or URL as an argument instead.
         redact_parameters: keep no parameters in execution records (``{}`` is stored and
             ``parameters_redacted`` is set); a policy's ``records.redact_parameters`` asks too.
         retention_days: execution records (and their events) older than this are removed
             (None: kept forever).
-        max_memory_bytes: largest content a memory, event, procedure or entity may have.
+        max_memory_bytes: largest content, and largest context (as JSON), that a memory,
+            event, procedure or entity may have, in UTF-8 bytes.
         embeddings: ``auto`` (hybrid ranking when the embeddings extra is installed), ``on``
             (required: an error without the extra) or ``off`` (keyword ranking).
 
@@ -30,29 +38,22 @@ class StoreOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    target: str | None = None
     redact_parameters: bool = False
     retention_days: float | None = Field(None, gt=0)
     max_memory_bytes: int = Field(DEFAULT_MAX_MEMORY_BYTES, gt=0)
     embeddings: EmbeddingsMode = "auto"
 
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, embeddings: EmbeddingsMode | None = None
-    ) -> StoreOptions:
-        """Return the options the settings ask for.
-
-        ``embeddings`` wins; else ``settings.memory_embeddings`` (``ATHENA_MEMORY_EMBEDDINGS``).
+    def with_embeddings(self, embeddings: str | None) -> StoreOptions:
+        """Return these options with another embeddings mode (None: unchanged).
 
         Raises:
-            StoreConfigError: ``embeddings`` is not auto, on or off.
+            StoreConfigError: ``embeddings`` is not auto, on or off (case and spaces ignored).
 
         """
-        mode = (embeddings or settings.memory_embeddings).strip().lower()
+        if embeddings is None:
+            return self
+        mode = embeddings.strip().lower()
         if mode not in EMBEDDINGS_MODES:
             raise StoreConfigError(f"embeddings must be auto, on or off, not {mode!r}")
-        return cls(
-            redact_parameters=settings.redact_parameters,
-            retention_days=settings.retention_days,
-            max_memory_bytes=settings.max_memory_bytes,
-            embeddings=mode,
-        )
+        return self.model_copy(update={"embeddings": mode})

@@ -1,295 +1,413 @@
-"""Writing and reading each kind of record, for every backend; the callers hold the transaction.
+"""Records read back from the memory store, and what its searches return (frozen pydantic).
 
-Every insert takes a new id of the one sequence first (:meth:`~memory_store.sql.Db.new_object`),
-writes the kind's row with it, and indexes the record's document
-(:mod:`memory_store.documents`) in the same transaction. The SQL here is the common subset
-of SQLite and PostgreSQL (``ON CONFLICT ... DO NOTHING`` included).
+Ids come from one sequence shared by every kind of record, so an id names one object of the
+store whatever its kind. Each model with a ``to_dict()`` gives the plain dict ``MemoryAPI``
+returns for it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Literal
 
-from memory_store import schema
-from memory_store.base import AnyRecord
-from memory_store.documents import (
-    Document,
-    entity_document,
-    event_document,
-    execution_document,
-    memory_document,
-    procedure_document,
-)
-from memory_store.errors import RecordNotFoundError, StoreError
-from memory_store.index import replace_document
-from memory_store.inputs import NewEntity, NewEvent, NewMemory, NewProcedure, NewRelation
-from memory_store.models import (
-    RelationRecord,
-)
-from memory_store.rows import (
-    entity_from_row,
-    event_from_row,
-    execution_from_row,
-    json_text,
-    memory_from_row,
-    procedure_from_row,
-    relation_from_row,
-)
-from memory_store.sql import Db
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-EXECUTION_COLUMNS = (
-    "id",
-    "execution_id",
-    "language",
-    "policy",
-    "policy_config",
-    "code",
-    "parameters",
-    "parameters_redacted",
-    "success",
-    "exit_code",
-    "stdout",
-    "stderr",
-    "error",
-    "error_type",
-    "violations",
-    "result",
-    "sandbox_mode",
-    "execution_time_ms",
-    "created_at",
-)
-_INSERT_EXECUTION = (
-    f"INSERT INTO executions ({', '.join(EXECUTION_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in EXECUTION_COLUMNS)}) ON CONFLICT (execution_id) DO NOTHING"
-)
-_MAX_KEY_BYTES = 512
-_TABLES: dict[str, tuple[str, Callable[[Mapping[str, Any]], Any]]] = {
-    "memory": ("memories", memory_from_row),
-    "event": ("events", event_from_row),
-    "execution": ("executions", execution_from_row),
-    "procedure": ("procedures", procedure_from_row),
-    "entity": ("entities", entity_from_row),
-    "relation": ("relations", relation_from_row),
-}
+Kind = Literal["memory", "event", "execution", "procedure", "entity", "relation"]
+"""Every kind of record; ids are unique across all of them."""
 
 
-def insert_execution(db: Db, values: dict[str, Any], summary: str, outcome: str) -> int:
-    """Insert an execution, its ``execution`` event and their documents; return its id.
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    Raises:
-        StoreError: this execution id is already recorded.
+
+class ExecutionRecord(_Frozen):
+    """One recorded code execution.
+
+    Attributes:
+        id: the store-wide id of this record.
+        execution_id: the run's ``execution_id``.
+        language: the canonical language name.
+        policy: the policy's name.
+        policy_config: the whole policy, as ``Policy.model_dump(mode="json")``.
+        code: the source text that was run (or refused).
+        parameters: the parameters the code received.
+        success: whether the run succeeded.
+        exit_code: the exit code (-1 when the code never ran).
+        stdout: standard output, as captured (already capped by the policy).
+        stderr: standard error, as captured.
+        error: the error message, when the run failed outside the code.
+        error_type: the error's type name.
+        violations: the violations as ``"category: message"`` strings.
+        result: the whole ``ExecutionResult.to_dict()``.
+        sandbox_mode: the isolation mode the run used, when it ran.
+        execution_time_ms: milliseconds the code ran.
+        created_at: when the run was recorded (UTC).
+        parameters_redacted: the parameters were not kept (``parameters`` is then ``{}``),
+            by the ``redact_parameters`` setting or the policy's ``records.redact_parameters``.
 
     """
-    # The time is taken inside the transaction, so created_at follows commit order.
-    now = schema.utc_now()
-    execution_ref = db.new_object("execution", now)
-    row = {**values, "id": execution_ref, "created_at": now}
-    inserted = db.execute(_INSERT_EXECUTION, [row[c] for c in EXECUTION_COLUMNS]).rowcount
-    if not inserted:  # the caller's transaction rolls back, the id taken above with it
-        raise StoreError(f"execution {values['execution_id']} is already recorded")
-    db.put_document(execution_ref, execution_document(values, summary, outcome), now)
-    context = {"execution_id": values["execution_id"], "execution_ref": execution_ref}
-    event = NewEvent(event_type="execution", content=summary, outcome=outcome, context=context)
-    insert_event(db, event, ref_id=execution_ref, now=now)
-    return execution_ref
+
+    id: int
+    execution_id: str
+    language: str
+    policy: str
+    policy_config: dict[str, JsonValue]
+    code: str
+    parameters: dict[str, JsonValue]
+    success: bool
+    exit_code: int
+    stdout: str
+    stderr: str
+    error: str | None
+    error_type: str | None
+    violations: list[str]
+    result: dict[str, JsonValue]
+    sandbox_mode: str | None
+    execution_time_ms: float
+    created_at: datetime
+    parameters_redacted: bool = False
 
 
-def insert_event(
-    db: Db, event: NewEvent, *, ref_id: int | None = None, now: str | None = None
-) -> int:
-    """Insert an event and its document; return its id."""
-    now = now or schema.utc_now()
-    event_id = db.new_object("event", now)
-    db.execute(
-        "INSERT INTO events (id, event_type, content, outcome, context, created_at, ref_id) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            event_id,
-            event.event_type,
-            event.content,
-            event.outcome,
-            json_text(event.context),
-            now,
-            ref_id,
-        ),
-    )
-    db.put_document(event_id, event_document(event), now)
-    return event_id
+class EventRecord(_Frozen):
+    """One episodic event: something that happened, in a line worth recalling later.
 
-
-def insert_memory(
-    db: Db,
-    memory: NewMemory,
-    *,
-    pattern_key: str | None = None,
-    now: str | None = None,
-) -> int:
-    """Insert a memory and its document; return its id."""
-    now = now or schema.utc_now()
-    memory_id = db.new_object("memory", now)
-    db.execute(
-        "INSERT INTO memories (id, memory_type, content, context, tags, importance, "
-        "pattern_key, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            memory_id,
-            memory.memory_type,
-            memory.content,
-            json_text(memory.context),
-            json_text(list(memory.tags)),
-            memory.importance,
-            pattern_key,
-            now,
-            now,
-        ),
-    )
-    db.put_document(memory_id, memory_document(memory), now)
-    return memory_id
-
-
-def update_memory(db: Db, memory_id: int, memory: NewMemory) -> None:
-    """Replace a memory's content, context, tags and importance, and re-index it."""
-    now = schema.utc_now()
-    db.execute(
-        "UPDATE memories SET content = ?, context = ?, tags = ?, importance = ?, updated_at = ? "
-        "WHERE id = ?",
-        (
-            memory.content,
-            json_text(memory.context),
-            json_text(list(memory.tags)),
-            memory.importance,
-            now,
-            memory_id,
-        ),
-    )
-    created = db.execute("SELECT created_at FROM memories WHERE id = ?", (memory_id,))
-    replace_document(db, memory_id, memory_document(memory), created.fetchone()[0])
-
-
-def insert_procedure(db: Db, procedure: NewProcedure) -> int:
-    """Insert a procedure and its document; return its id."""
-    now = schema.utc_now()
-    procedure_id = db.new_object("procedure", now)
-    steps = json_text([s.model_dump(mode="json") for s in procedure.steps])
-    db.execute(
-        "INSERT INTO procedures (id, name, category, steps, context, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (
-            procedure_id,
-            procedure.name,
-            procedure.category,
-            steps,
-            json_text(procedure.context),
-            now,
-        ),
-    )
-    db.put_document(procedure_id, procedure_document(procedure), now)
-    return procedure_id
-
-
-def entity_key(name: str) -> str:
-    """Return the key that makes (type, name) unique: the name case-folded, hashed past 512 bytes.
-
-    A long name keeps a prefix and gets its SHA-256, so the unique index stays small (a
-    PostgreSQL B-tree entry cannot exceed a few kilobytes).
-    """
-    key = name.casefold()
-    if len(key.encode("utf-8")) <= _MAX_KEY_BYTES:
-        return key
-    return f"{key[:100]}#{hashlib.sha256(key.encode('utf-8')).hexdigest()}"
-
-
-def upsert_entity(db: Db, entity: NewEntity) -> tuple[int, Document]:
-    """Insert an entity, or merge the context into the one of the same type and name.
-
-    Returns:
-        The entity's id and its (new) document.
+    Attributes:
+        id: the store-wide id of this record.
+        event_type: what kind of event (``execution`` for a recorded run).
+        content: a one-line summary for people, agents and full-text search.
+        outcome: ``success`` or ``failure``, when the event has one.
+        context: ids and figures linking the event to other records (``execution_ref``).
+        created_at: when the event was recorded (UTC).
+        ref_id: the record the event is about (the execution, for ``execution`` events);
+            forgetting that record forgets the event too.
 
     """
-    db.lock_writes()  # select-then-insert: no other writer may insert the same entity between
-    key = entity_key(entity.name)
-    found = db.execute(
-        "SELECT id, context, created_at, name FROM entities WHERE entity_type = ? AND name_key = ?",
-        (entity.entity_type, key),
-    ).fetchone()
-    if found is None:
-        now = schema.utc_now()
-        entity_id = db.new_object("entity", now)
-        db.execute(
-            "INSERT INTO entities (id, name, name_key, entity_type, context, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (entity_id, entity.name, key, entity.entity_type, json_text(entity.context), now),
-        )
-        doc = entity_document(entity)
-        db.put_document(entity_id, doc, now)
-        return entity_id, doc
-    merged = entity.model_copy(
-        update={"name": found[3], "context": {**json.loads(found[1]), **entity.context}}
-    )
-    db.execute(
-        "UPDATE entities SET context = ? WHERE id = ?", (json_text(merged.context), found[0])
-    )
-    doc = entity_document(merged)
-    replace_document(db, found[0], doc, found[2])
-    return found[0], doc
+
+    id: int
+    event_type: str
+    content: str
+    outcome: str | None
+    context: dict[str, JsonValue]
+    created_at: datetime
+    ref_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the event as the plain dict of ``recall_events``."""
+        return {
+            "id": self.id,
+            "kind": "event",
+            "event_type": self.event_type,
+            "content": self.content,
+            "outcome": self.outcome,
+            "context": self.context,
+            "created_at": self.created_at.isoformat(),
+        }
 
 
-def upsert_relation(db: Db, relation: NewRelation) -> int:
-    """Insert a relation (or update the context of the same link); return its id.
+class MemoryRecord(_Frozen):
+    """One memory: a fact, a lesson, a preference, a pattern found by consolidation.
 
-    Raises:
-        RecordNotFoundError: the source or the target does not exist.
+    Attributes:
+        id: the store-wide id.
+        memory_type: free-form, normalised (``semantic`` by default; ``episodic``,
+            ``procedural``, ``preference``, ... are all accepted).
+        content: the text.
+        context: the caller's JSON context (consolidation adds ``pattern_key`` and counts).
+        tags: normalised tags; consolidation's patterns carry ``pattern``.
+        importance: 0..1; consolidation raises it for patterns and decays it when unused.
+        access_count: how many times recall returned it.
+        last_accessed_at: when recall last returned it.
+        merged_ids: ids of near-duplicates consolidation merged into this one.
+        pattern_key: the key of the group a consolidation pattern summarises, else None.
+        created_at: when it was remembered (UTC).
+        updated_at: when it last changed (UTC).
 
     """
-    db.lock_writes()  # select-then-insert, as for entities
-    for field, object_id in (("source_id", relation.source_id), ("target_id", relation.target_id)):
-        if kind_of(db, object_id) is None:
-            raise RecordNotFoundError(f"{field} {object_id}: no record has this id")
-    context = json_text(relation.context)
-    found = db.execute(
-        "SELECT id FROM relations WHERE source_id = ? AND target_id = ? AND relation_type = ?",
-        (relation.source_id, relation.target_id, relation.relation_type),
-    ).fetchone()
-    if found is not None:
-        db.execute("UPDATE relations SET context = ? WHERE id = ?", (context, found[0]))
-        return int(found[0])
-    now = schema.utc_now()
-    relation_id = db.new_object("relation", now)
-    db.execute(
-        "INSERT INTO relations (id, source_id, target_id, relation_type, context, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (relation_id, relation.source_id, relation.target_id, relation.relation_type, context, now),
-    )
-    return relation_id
+
+    id: int
+    memory_type: str
+    content: str
+    context: dict[str, JsonValue]
+    tags: tuple[str, ...]
+    importance: float
+    access_count: int
+    last_accessed_at: datetime | None
+    merged_ids: tuple[int, ...]
+    pattern_key: str | None
+    created_at: datetime
+    updated_at: datetime
 
 
-def kind_of(db: Db, object_id: int) -> str | None:
-    """Return the kind of the record with this id, or None."""
-    row = db.execute("SELECT kind FROM objects WHERE id = ?", (object_id,)).fetchone()
-    return None if row is None else str(row[0])
+class ProcedureStep(_Frozen):
+    """One step of a procedure.
+
+    Attributes:
+        description: what the step does, in words.
+        name: a short name, when the caller gave one.
+        code: Python the generated step function runs, when the caller gave it.
+        details: any other JSON fields the caller gave.
+
+    """
+
+    description: str
+    name: str | None = None
+    code: str | None = None
+    details: dict[str, JsonValue] = Field(default_factory=dict)
 
 
-def get_record(db: Db, object_id: int) -> AnyRecord | None:
-    """Return the record with this id, whatever its kind, or None."""
-    kind = kind_of(db, object_id)
-    if kind is None or kind not in _TABLES:
-        return None
-    table, convert = _TABLES[kind]
-    row = db.execute(f"SELECT * FROM {table} WHERE id = ?", (object_id,)).fetchone()
-    return None if row is None else convert(dict(row))
+class ProcedureRecord(_Frozen):
+    """A remembered procedure: named, ordered steps.
+
+    Attributes:
+        id: the store-wide id.
+        name: what the procedure is called.
+        category: free-form, normalised (``general`` by default).
+        steps: the steps, in order.
+        context: the caller's JSON context.
+        created_at: when it was remembered (UTC).
+
+    """
+
+    id: int
+    name: str
+    category: str
+    steps: tuple[ProcedureStep, ...]
+    context: dict[str, JsonValue]
+    created_at: datetime
 
 
-def delete_record(db: Db, object_id: int) -> bool:
-    """Delete a record of any kind and everything that hangs on it; tell whether it existed."""
-    return db.execute("DELETE FROM objects WHERE id = ?", (object_id,)).rowcount > 0
+class EntityRecord(_Frozen):
+    """A remembered entity: a person, a service, a dataset, a process...
+
+    Attributes:
+        id: the store-wide id.
+        name: its name, as first given (whitespace collapsed).
+        entity_type: free-form, normalised.
+        context: the caller's JSON context, merged over repeated ``remember_entity`` calls.
+        created_at: when it was first remembered (UTC).
+
+    """
+
+    id: int
+    name: str
+    entity_type: str
+    context: dict[str, JsonValue]
+    created_at: datetime
 
 
-def relations_of(db: Db, object_id: int) -> list[RelationRecord]:
-    """Return the relations from or to a record, oldest first."""
-    rows = db.execute(
-        "SELECT * FROM relations WHERE source_id = ? OR target_id = ? ORDER BY id",
-        (object_id, object_id),
-    )
-    return [relation_from_row(dict(row)) for row in rows.fetchall()]
+class RelationRecord(_Frozen):
+    """A typed link from one record to another (of any kind).
+
+    Attributes:
+        id: the store-wide id.
+        source_id: the record the relation starts from.
+        target_id: the record it points at.
+        relation_type: free-form, normalised (``works_on``, ``depends on``...).
+        context: the caller's JSON context.
+        created_at: when it was made (UTC).
+
+    """
+
+    id: int
+    source_id: int
+    target_id: int
+    relation_type: str
+    context: dict[str, JsonValue]
+    created_at: datetime
+
+
+class RecallHit(_Frozen):
+    """One result of ``recall``.
+
+    Attributes:
+        id: the store-wide id (``forget`` takes it whatever the kind).
+        kind: memory, event, execution, procedure or entity.
+        content: the text: a memory's or event's content, an execution's one-line summary, a
+            procedure's name and steps, an entity's name.
+        tags: a memory's tags (other kinds have none).
+        score: 0..1, higher is better (see ``MemoryAPI.recall``).
+        created_at: when the record was made (UTC).
+        type: the record's own type: memory_type, event_type, the execution's language, the
+            procedure's category or the entity_type.
+        context: the record's context, its own fields included (those ``context`` filters on).
+
+    """
+
+    id: int
+    kind: str
+    content: str
+    tags: tuple[str, ...]
+    score: float
+    created_at: datetime
+    type: str
+    context: dict[str, JsonValue]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the plain dict of ``recall``."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "content": self.content,
+            "tags": list(self.tags),
+            "score": self.score,
+            "created_at": self.created_at.isoformat(),
+            "type": self.type,
+            "context": self.context,
+        }
+
+
+class EventHit(_Frozen):
+    """One result of ``recall_events``: an event, and its score when words were searched.
+
+    Attributes:
+        event: the event.
+        score: 0..1 relative to the best match of the words (None when no words were given).
+
+    """
+
+    event: EventRecord
+    score: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the plain dict of ``recall_events``: the event's fields and ``score``."""
+        return {**self.event.to_dict(), "score": self.score}
+
+
+class ConsolidationReport(_Frozen):
+    """What one ``consolidate`` run did.
+
+    Attributes:
+        strategy: the strategy used.
+        days_back: the window, in days, scanned for patterns and duplicates.
+        patterns_created: new pattern memories.
+        patterns_updated: existing pattern memories whose counts grew.
+        memories_merged: near-duplicate memories merged into an older one (and removed).
+        memories_decayed: memories whose importance decayed for being unused.
+        memories_pruned: memories removed for having decayed below the strategy's floor.
+        executions_scanned: executions in the window.
+        events_scanned: events in the window (execution events are counted with executions).
+        vectors_added: items embedded on the way (hybrid ranking only).
+        duration_seconds: how long it took.
+
+    """
+
+    strategy: str
+    days_back: float
+    patterns_created: int = 0
+    patterns_updated: int = 0
+    memories_merged: int = 0
+    memories_decayed: int = 0
+    memories_pruned: int = 0
+    executions_scanned: int = 0
+    events_scanned: int = 0
+    vectors_added: int = 0
+    duration_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the plain dict of ``consolidate``."""
+        return self.model_dump()
+
+
+class CodeIssue(_Frozen):
+    """One finding about procedure code (the shape of ``execute_code``'s ``issues``).
+
+    Attributes:
+        severity: ``error`` (the code should not run as is) or ``warning``.
+        message: what was found.
+        line: 1-based line, when known.
+        rule: the check behind it: syntax, security, docstring, error_handling, type_hints,
+            generator.
+
+    """
+
+    severity: Literal["error", "warning"]
+    message: str
+    line: int | None = None
+    rule: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the ``{severity, message, line, rule}`` dict."""
+        return self.model_dump()
+
+
+class CodeValidation(_Frozen):
+    """What ``validate_procedure_code`` found.
+
+    Attributes:
+        success: the code parses and breaks no rule of the strict policy (it may be run).
+        procedure_id: the procedure the code is for, when given.
+        quality_score: 0..1: syntax 0.3, security 0.25, docstrings 0.15, error handling 0.15,
+            type hints 0.15 (docstrings and type hints by the share of functions that have them;
+            code without functions gets nothing for type hints).
+        checks: each check passed or not.
+        issues: the findings.
+        duration_seconds: how long validation took.
+        timestamp: when it ran (UTC).
+
+    """
+
+    success: bool
+    procedure_id: int | None
+    quality_score: float
+    checks: dict[str, bool]
+    issues: tuple[CodeIssue, ...]
+    duration_seconds: float
+    timestamp: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the plain dict of ``validate_procedure_code``."""
+        return {
+            "success": self.success,
+            "procedure_id": self.procedure_id,
+            "quality_score": self.quality_score,
+            "checks": dict(self.checks),
+            "issues": [i.to_dict() for i in self.issues],
+            "duration_seconds": self.duration_seconds,
+            "timestamp": self.timestamp.isoformat(),
+        }
+
+
+class GeneratedCode(_Frozen):
+    """What ``generate_procedure_code`` made.
+
+    Attributes:
+        success: code was generated and passed validation (syntax and security).
+        procedure_id: the procedure.
+        code: the Python source ("" when the generator failed).
+        confidence: the validation's quality score (0 when the generator failed).
+        validation: the validation of the code.
+        issues: the validation's findings, and the generator's error if it failed.
+        generator: ``template`` (built in, deterministic) or the custom generator's name.
+        duration_seconds: how long generation and validation took.
+        timestamp: when it ran (UTC).
+
+    """
+
+    success: bool
+    procedure_id: int
+    code: str
+    confidence: float
+    validation: CodeValidation | None
+    issues: tuple[CodeIssue, ...]
+    generator: str
+    duration_seconds: float
+    timestamp: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the plain dict of ``generate_procedure_code``."""
+        return {
+            "success": self.success,
+            "procedure_id": self.procedure_id,
+            "code": self.code,
+            "confidence": self.confidence,
+            "validation": None if self.validation is None else self.validation.to_dict(),
+            "issues": [i.to_dict() for i in self.issues],
+            "generator": self.generator,
+            "duration_seconds": self.duration_seconds,
+            "timestamp": self.timestamp.isoformat(),
+        }
+
+
+CodeGenerator = Callable[[ProcedureRecord], str]
+"""Makes Python source from a procedure (e.g. by asking a model)."""

@@ -10,7 +10,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 
-from memory_store.search import STOP_WORDS, root, words
+from memory_store.sql.search import STOP_WORDS, root, words
 
 
 class HashingEmbedder:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -16,14 +16,13 @@ from orchestrator.policy import SandboxMode
 
 
 class Settings(BaseSettings):
-    """Settings of an orchestrator and its memory store.
+    """Settings of an orchestrator (the memory store's are ``memory_store.StoreOptions``).
 
     Every field can be set by an environment variable named ``ATHENA_<FIELD>`` (upper case),
-    e.g. ``ATHENA_PROJECT_DIR`` or ``ATHENA_MEMORY_DB``; arguments win over the environment.
+    e.g. ``ATHENA_PROJECT_DIR``; arguments win over the environment. ``athena.settings``
+    composes these with the store's options.
 
     Attributes:
-        memory_db: SQLite file of the memory store (``ATHENA_MEMORY_DB``).
-        memory_url: store URL, ``sqlite:///path`` (``ATHENA_MEMORY_URL``); wins over memory_db.
         project_dir: the directory research and development mount (default: working directory).
         image_prefix: repository prefix of the sandbox images.
         image_tag: tag of the sandbox images that runs use.
@@ -48,20 +47,12 @@ class Settings(BaseSettings):
             ``inprocess`` is used only when named here. None: docker, srt, restricted.
         srt_path: the srt CLI (default: PATH, then node_modules/.bin/srt).
         srt_uid_base: first of the uids srt runs use when we are root, one per concurrent run.
-        redact_parameters: keep no parameters in execution records (a policy can ask too).
-        retention_days: execution records older than this are pruned (None: kept).
-        max_memory_bytes: largest content remember() accepts.
-        memory_embeddings: hybrid recall with sentence vectors: ``auto`` (when the embeddings
-            extra is installed), ``on`` (required: an error names the extra when it is missing)
-            or ``off``.
         egress_pinned_hosts: names the egress proxy resolves to fixed addresses, skipping DNS
             and the public-address check. For tests with servers of our own; never in production.
     """
 
     model_config = SettingsConfigDict(env_prefix="ATHENA_", frozen=True, extra="forbid")
 
-    memory_db: Path | None = None
-    memory_url: str | None = None
     project_dir: Path | None = None
     image_prefix: str = "athena-sandbox"
     image_tag: str = "latest"
@@ -81,10 +72,6 @@ class Settings(BaseSettings):
     sandbox_backends: Annotated[tuple[SandboxMode, ...] | None, NoDecode] = None
     srt_path: Path | None = None
     srt_uid_base: int = Field(61000, ge=1000, le=4_000_000_000)
-    redact_parameters: bool = False
-    retention_days: float | None = Field(None, gt=0)
-    max_memory_bytes: int = Field(1024 * 1024, gt=0)
-    memory_embeddings: Literal["auto", "on", "off"] = "auto"
     egress_pinned_hosts: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("sandbox_backends", mode="before")

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from memory_store import Embedder, StoreOptions
-from memory_store.postgres import PostgresStore
-from memory_store.postgres_connection import PostgresTarget
-from memory_store.sql_store import SqlStore
-from memory_store.sqlite import SQLiteStore
+from memory_store.postgres.connection import PostgresTarget
+from memory_store.postgres.store import PostgresStore
+from memory_store.sql.store import SqlStore
+from memory_store.sqlite.store import SQLiteStore
 
 POSTGRES_URL_ENV = "ATHENA_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql://athena:athena@127.0.0.1:5432/athena_test"

@@ -1,5 +1,5 @@
-"""Re-export of :class:`memory_store.api.MemoryAPI` under its stable import path."""
+"""The stable import path of :class:`athena.api.MemoryAPI`, as an agent's tool server sees it."""
 
-from memory_store.api import MemoryAPI
+from athena.api import MemoryAPI
 
 __all__ = ["MemoryAPI"]

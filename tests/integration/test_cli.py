@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.docker
 
-CLI = [sys.executable, "-m", "orchestrator.cli"]
+CLI = [sys.executable, "-m", "athena.cli"]
 
 
 def test_run_from_stdin_passes_output_and_exit_code(tmp_path: Path) -> None:

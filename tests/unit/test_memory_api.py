@@ -15,23 +15,24 @@ from typing import Any
 import pytest
 
 import memory_store.embeddings as embeddings_module
-from memory_store import MemoryAPI, MissingExtraError, RecordNotFoundError
-from orchestrator.backends.base import RunOutcome, RunSpec
+from athena.api import MemoryAPI
+from athena.settings import Settings
+from memory_store import MissingExtraError, RecordNotFoundError, StoreOptions
 from orchestrator.backends.reader import outcome_from_frames
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import RequestError
 from orchestrator.models import ExecutionRequest, Isolation
-from orchestrator.settings import Settings
+from orchestrator.run import RunOutcome, RunSpec
 from orchestrator.testing import FakeBackend, FakeRun
 from tests.memory_backends import Backend
 
 ZERO = "Traceback (most recent call last):\n  ...\nZeroDivisionError: division by zero\n"
 
 
-def create(backend: Backend, **settings: object) -> MemoryAPI:
+def create(backend: Backend, **options: object) -> MemoryAPI:
     return MemoryAPI.create(
         backend.target,
-        settings=Settings(**settings),  # type: ignore[arg-type]
+        settings=Settings(store=StoreOptions(**options)),  # type: ignore[arg-type]
         backends=[FakeBackend(FakeRun(stdout="ok\n"))],
         embeddings="off",
     )
@@ -265,7 +266,7 @@ def test_consolidate_learns_from_failed_runs(backend: Backend) -> None:
 
 
 def test_settings_redact_parameters(backend: Backend) -> None:
-    """Settings(redact_parameters=True) keeps parameters out of records."""
+    """StoreOptions(redact_parameters=True) keeps parameters out of records."""
     with create(backend, redact_parameters=True) as api:
         run = api.execute_code("print(parameters)", parameters={"token": "s3cret"})
         record = api.store.get_execution(run["execution_id"])
@@ -273,7 +274,7 @@ def test_settings_redact_parameters(backend: Backend) -> None:
 
 
 def test_settings_retention_prunes_on_open(backend: Backend) -> None:
-    """Settings(retention_days=...) removes older runs when the API opens the store."""
+    """StoreOptions(retention_days=...) removes older runs when the API opens the store."""
     with create(backend) as api:
         api.execute_code("print(1)")
     backend.sql("UPDATE executions SET created_at = '2001-01-01T00:00:00.000000+00:00'")

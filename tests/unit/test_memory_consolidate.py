@@ -19,7 +19,7 @@ from memory_store import (
     Store,
     StoreOptions,
 )
-from memory_store.consolidate import (
+from memory_store.consolidation.strategies import (
     ExecutionFacts,
     days_back,
     decayed,

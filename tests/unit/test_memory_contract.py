@@ -28,6 +28,7 @@ from memory_store import (
     ProcedureRecord,
     RecallQuery,
     RecordNotFoundError,
+    RecordTooLargeError,
     RelationRecord,
     Store,
     StoreOptions,
@@ -453,6 +454,59 @@ def test_concurrent_threads_remember_and_recall(store: Store) -> None:
         thread.join()
     assert errors == []
     assert len(store.recall(RecallQuery.create("beavers", limit=1000))) == 150
+
+
+# --------------------------------------------------------------------------- size limit
+
+SMALL = StoreOptions(embeddings="off", max_memory_bytes=200)
+BIG_TEXT = "é" * 101  # 202 UTF-8 bytes: over 200 though only 101 characters
+BIG_CONTEXT = {"note": "x" * 200}
+
+
+@pytest.mark.parametrize(
+    ("add", "what"),
+    [
+        (lambda s: s.add_memory(NewMemory.create(BIG_TEXT)), "memory's content is 202 bytes"),
+        (
+            lambda s: s.add_memory(NewMemory.create("ok", context=BIG_CONTEXT)),
+            "memory's context is 212 bytes as JSON",
+        ),
+        (lambda s: s.add_memories([NewMemory.create(BIG_TEXT)]), "memory's content is 202"),
+        (lambda s: s.add_event(NewEvent.create("error", BIG_TEXT)), "event's content is 202"),
+        (
+            lambda s: s.add_event(NewEvent.create("error", "ok", context=BIG_CONTEXT)),
+            "event's context is 212",
+        ),
+        (lambda s: s.add_procedure(NewProcedure.create(BIG_TEXT, ["a"])), "procedure's name"),
+        (lambda s: s.add_procedure(NewProcedure.create("p", [BIG_TEXT])), "procedure's steps"),
+        (
+            lambda s: s.add_procedure(NewProcedure.create("p", ["a"], context=BIG_CONTEXT)),
+            "procedure's context",
+        ),
+        (lambda s: s.add_entity(NewEntity.create(BIG_TEXT, "service")), "entity's name"),
+        (
+            lambda s: s.add_entity(NewEntity.create("api", "service", BIG_CONTEXT)),
+            "entity's context",
+        ),
+    ],
+)
+def test_the_store_enforces_max_memory_bytes(backend: Backend, add: object, what: str) -> None:
+    """Content or context over the store's max_memory_bytes is refused, saying size and fix."""
+    with backend.open(SMALL) as small:
+        with pytest.raises(RecordTooLargeError, match=what) as refused:
+            add(small)  # type: ignore[operator]
+        assert small.list_executions() == [] and small.recall(RecallQuery.create("x")) == []
+    message = str(refused.value)
+    assert "the limit is 200 bytes" in message
+    assert "ATHENA_MAX_MEMORY_BYTES" in message and "StoreOptions.max_memory_bytes" in message
+    assert isinstance(refused.value, ValueError)
+
+
+def test_records_at_the_limit_are_kept(backend: Backend) -> None:
+    """Content of exactly max_memory_bytes is stored; the limit is not off by one."""
+    with backend.open(SMALL) as small:
+        memory_id = small.add_memory(NewMemory.create("é" * 100))
+        assert isinstance(small.get(memory_id), MemoryRecord)
 
 
 # --------------------------------------------------------------------------- privacy and retention

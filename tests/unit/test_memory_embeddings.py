@@ -17,7 +17,7 @@ from memory_store import (
     StoreOptions,
 )
 from memory_store.embeddings import VectorIndex, pack, resolve_embedder
-from memory_store.sql_store import SqlStore
+from memory_store.sql.store import SqlStore
 from memory_store.testing import HashingEmbedder
 from orchestrator.models import ExecutionRequest, ExecutionResult
 from tests.memory_backends import Backend

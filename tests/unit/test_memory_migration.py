@@ -6,7 +6,8 @@ import json
 import sqlite3
 from pathlib import Path
 
-from memory_store import EventRecord, NewMemory, RecallQuery, SQLiteStore, StoreOptions, schema
+from memory_store import EventRecord, NewMemory, RecallQuery, SQLiteStore, StoreOptions
+from memory_store.sqlite import schema
 
 V1_TIME = "2026-11-20T10:00:00.000000+00:00"
 STDERR = "Traceback (most recent call last):\n  ...\nZeroDivisionError: division by zero\n"

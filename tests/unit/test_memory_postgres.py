@@ -27,13 +27,13 @@ from memory_store import (
     StoreError,
     StoreOptions,
     open_store,
-    schema,
 )
-from memory_store import postgres_schema as pg_schema
-from memory_store.postgres import PostgresStore
-from memory_store.postgres_connection import PostgresTarget
-from memory_store.postgres_db import tsquery
-from memory_store.rows import text
+from memory_store.postgres import schema as pg_schema
+from memory_store.postgres.connection import PostgresTarget
+from memory_store.postgres.dialect import tsquery
+from memory_store.postgres.store import PostgresStore
+from memory_store.sql.rows import text
+from memory_store.sqlite import schema
 from orchestrator.models import ExecutionRequest, ExecutionResult
 from tests.memory_backends import KEYWORD, PostgresBackend, PostgresServer, postgres_url
 

@@ -8,8 +8,9 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from memory_store import NewProcedure, RecallQuery
-from memory_store.inputs import search_kinds
-from memory_store.search import (
+from memory_store.checks import label, moment, object_id, tags
+from memory_store.requests import search_kinds
+from memory_store.sql.search import (
     identifier_parts,
     index_text,
     jaccard,
@@ -21,7 +22,6 @@ from memory_store.search import (
     rrf,
     weighted,
 )
-from memory_store.values import label, moment, object_id, tags
 from orchestrator.errors import RequestError
 
 NOW = datetime(2026, 11, 26, tzinfo=UTC)

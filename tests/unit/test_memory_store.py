@@ -7,6 +7,7 @@ test_memory_postgres.py). No mocks.
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing
 import multiprocessing.synchronize
 import sqlite3
@@ -15,10 +16,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydantic
 import pytest
 from structlog.testing import capture_logs
 
 import memory_store
+import memory_store.records
+import memory_store.requests
+from athena.settings import store_options_from_env
 from memory_store import (
     DEFAULT_DB_PATH,
     EventRecord,
@@ -30,13 +35,12 @@ from memory_store import (
     StoreOptions,
     open_store,
     resolve_store_target,
-    schema,
 )
+from memory_store.sqlite import schema
 from memory_store.summary import summarize_execution
 from orchestrator.errors import RequestError, SandboxError
 from orchestrator.models import ExecutionRequest, ExecutionResult, Violation
 from orchestrator.policy import Policy, load_policy
-from orchestrator.settings import Settings
 from tests.memory_backends import Backend
 
 STRICT = load_policy("strict")
@@ -120,15 +124,37 @@ def mode_of(path: Path) -> int:
 # --------------------------------------------------------------------------- public API
 
 
-def test_all_is_sorted_and_complete() -> None:
-    """The package's __all__ names every public export (test_public_api checks its order)."""
-    for name in memory_store.__all__:
-        assert hasattr(memory_store, name)
+def test_every_record_input_and_error_is_exported() -> None:
+    """Each record, checked input and error class the store defines is importable from the package."""
+    modules = (memory_store.records, memory_store.requests, memory_store.errors)
+    defined = {
+        name
+        for module in modules
+        for name, value in vars(module).items()
+        if inspect.isclass(value)
+        and value.__module__ == module.__name__
+        and not name.startswith("_")
+        and issubclass(value, pydantic.BaseModel | Exception)
+    }
+    assert {"MemoryRecord", "NewMemory", "RecordTooLargeError"} <= defined
+    assert defined - set(memory_store.__all__) == set()
 
 
-def test_each_store_satisfies_the_protocol(store: Store) -> None:
-    """SQLiteStore and PostgresStore are Stores."""
-    assert isinstance(store, Store)
+def test_each_store_implements_the_protocol_signatures(store: Store) -> None:
+    """Every Store method exists on each store with the protocol's parameters, in order."""
+    methods = [
+        name
+        for name, value in vars(Store).items()
+        if not name.startswith("_") and inspect.isfunction(value)
+    ]
+    assert len(methods) > 15
+    for name in methods:
+        declared = inspect.signature(getattr(Store, name)).parameters
+        implemented = inspect.signature(getattr(type(store), name)).parameters
+        assert list(implemented) == list(declared), name
+        for param, spec in declared.items():
+            assert implemented[param].kind == spec.kind, f"{name}({param})"
+            assert implemented[param].default == spec.default, f"{name}({param})"
 
 
 def test_store_errors_join_the_error_tree() -> None:
@@ -422,7 +448,9 @@ def test_target_argument_wins(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> 
     clean_env.setenv("ATHENA_MEMORY_URL", "sqlite:///from/url.db")
     clean_env.setenv("ATHENA_MEMORY_DB", "/from/env.db")
 
-    assert resolve_store_target(tmp_path / "arg.db", Settings()) == str(tmp_path / "arg.db")
+    assert resolve_store_target(tmp_path / "arg.db", store_options_from_env()) == str(
+        tmp_path / "arg.db"
+    )
 
 
 def test_target_url_wins_over_db(clean_env: pytest.MonkeyPatch) -> None:
@@ -430,19 +458,19 @@ def test_target_url_wins_over_db(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("ATHENA_MEMORY_URL", "sqlite:///from/url.db")
     clean_env.setenv("ATHENA_MEMORY_DB", "/from/env.db")
 
-    assert resolve_store_target(None, Settings()) == "sqlite:///from/url.db"
+    assert resolve_store_target(None, store_options_from_env()) == "sqlite:///from/url.db"
 
 
 def test_target_db_wins_over_default(clean_env: pytest.MonkeyPatch) -> None:
     """ATHENA_MEMORY_DB wins over the default path."""
     clean_env.setenv("ATHENA_MEMORY_DB", "/from/env.db")
 
-    assert resolve_store_target(None, Settings()) == "/from/env.db"
+    assert resolve_store_target(None, store_options_from_env()) == "/from/env.db"
 
 
 def test_target_defaults_to_home(clean_env: pytest.MonkeyPatch) -> None:
     """With nothing set the target is ~/.athena/memory.db."""
-    assert resolve_store_target(None, Settings()) == "~/.athena/memory.db"
+    assert resolve_store_target(None, store_options_from_env()) == "~/.athena/memory.db"
     assert Path("~/.athena/memory.db") == DEFAULT_DB_PATH
 
 
@@ -461,7 +489,7 @@ def test_open_store_sqlite_url(clean_env: pytest.MonkeyPatch, tmp_path: Path) ->
     """open_store accepts sqlite:///absolute/path from ATHENA_MEMORY_URL."""
     clean_env.setenv("ATHENA_MEMORY_URL", f"sqlite://{tmp_path}/url.db")
 
-    opened = open_store(settings=Settings())
+    opened = open_store(options=store_options_from_env())
     opened.close()
 
     assert (tmp_path / "url.db").is_file()
@@ -594,7 +622,7 @@ def test_writer_held_up_past_busy_timeout_is_retried(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A write that outlasts busy_timeout behind another writer is retried, not raised."""
-    import memory_store.sqlite_connection as connection_module
+    import memory_store.sqlite.connection as connection_module
 
     monkeypatch.setattr(connection_module, "BUSY_TIMEOUT_MS", 50)
     with SQLiteStore(db_path) as opened:

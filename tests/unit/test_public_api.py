@@ -9,11 +9,14 @@ from types import ModuleType
 
 import pytest
 
+import athena.api
 import athena.mcp.memory_api
 import athena.sandbox.execution_context
 import memory_store
-import memory_store.api
+import memory_store.consolidation
 import memory_store.errors
+import memory_store.postgres
+import memory_store.sqlite
 import orchestrator
 import orchestrator.context
 import orchestrator.errors
@@ -21,6 +24,9 @@ import orchestrator.errors
 PUBLIC_MODULES = {
     "orchestrator": orchestrator,
     "memory_store": memory_store,
+    "memory_store.consolidation": memory_store.consolidation,
+    "memory_store.postgres": memory_store.postgres,
+    "memory_store.sqlite": memory_store.sqlite,
     "athena.mcp.memory_api": athena.mcp.memory_api,
     "athena.sandbox.execution_context": athena.sandbox.execution_context,
 }
@@ -101,12 +107,11 @@ def test_every_error_of_the_tree_is_exported(package: ModuleType, errors: Module
 
 
 def test_the_facades_are_the_same_objects() -> None:
-    """The athena import paths give the very classes of memory_store and orchestrator."""
+    """The stable athena import paths give the very classes of athena.api and orchestrator."""
     from athena.mcp.memory_api import MemoryAPI
     from athena.sandbox.execution_context import ExecutionContext
 
-    assert MemoryAPI is memory_store.api.MemoryAPI
-    assert MemoryAPI is memory_store.MemoryAPI
+    assert MemoryAPI is athena.api.MemoryAPI
     assert ExecutionContext is orchestrator.context.ExecutionContext
     assert ExecutionContext is orchestrator.ExecutionContext
 
@@ -152,9 +157,12 @@ def test_every_public_name_has_a_docstring(name: str) -> None:
 
 def test_the_docstring_walk_covers_the_packages() -> None:
     """The walk reaches the submodules that hold the public classes (it is not vacuous)."""
-    assert {"orchestrator.policy", "orchestrator.backends.docker", "memory_store.sqlite"} <= set(
-        ALL_MODULES
-    )
+    assert {
+        "orchestrator.policy",
+        "orchestrator.backends.docker",
+        "memory_store.sqlite.store",
+        "athena.api",
+    } <= set(ALL_MODULES)
     assert undocumented_members(_Undocumented, "x") == ["x.method", "x.prop", "x.cm"]
 
 

@@ -1,6 +1,6 @@
 """The PostgreSQL schema of the memory store and the migrations that build it.
 
-The same bookkeeping as SQLite's (:mod:`memory_store.schema`): table ``schema_version``, one
+The same bookkeeping as SQLite's (:mod:`memory_store.sqlite.schema`): table ``schema_version``, one
 row per applied version, and version N means the same tables in both backends, so the two
 migration lists grow together (a test checks they have the same length). Add a migration by
 appending to ``MIGRATIONS``; never edit one that has shipped.
@@ -8,7 +8,7 @@ appending to ``MIGRATIONS``; never edit one that has shipped.
 The store lives in the first schema of the connection's ``search_path`` (``public`` by default;
 ``?options=-csearch_path%3Dname`` in the URL picks another). Dialect choices: ids are ``bigint``
 from the identity sequence of ``objects``; times are ``timestamptz`` (read back as ISO text,
-see :mod:`~memory_store.postgres_connection`); JSON columns are ``text`` holding the same
+see :mod:`~memory_store.postgres.connection`); JSON columns are ``text`` holding the same
 compact JSON as SQLite's, except ``search.ctx`` (``jsonb``, for the context filter); vectors are
 ``bytea``. Deleting an ``objects`` row cascades to everything through foreign keys, and a
 trigger on each kind's table deletes the ``objects`` row when the kind's row goes first.
@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from memory_store import schema
 from memory_store.errors import StoreConfigError, StoreError
-from memory_store.sql import Db
+from memory_store.sql.db import Db, utc_now
+from memory_store.sqlite import schema
 
 Step = str | Callable[[Db], None]
 Migration = tuple[Step, ...]
@@ -110,7 +110,7 @@ def _forget_trigger(table: str) -> str:
 
 def _index_v1_records(db: Db) -> None:
     """Put what version 1 recorded (executions and their events) into the full-text index."""
-    from memory_store.index import index_existing_records  # it imports the sql modules
+    from memory_store.sql.index import index_existing_records  # it imports the sql modules
 
     index_existing_records(db)
 
@@ -303,5 +303,5 @@ def migrate(db: Db, where: str) -> int:
                 step(db)
             else:
                 db.execute(step)
-        db.execute("INSERT INTO schema_version VALUES (?, ?)", (number, schema.utc_now()))
+        db.execute("INSERT INTO schema_version VALUES (?, ?)", (number, utc_now()))
     return latest_version()

@@ -1,8 +1,8 @@
 """Full-text rows and stored vectors of records, for every backend; callers hold the transaction.
 
-Full-text rows are written from Python (:meth:`~memory_store.sql.Db.put_document`), in the
+Full-text rows are written from Python (:meth:`~memory_store.sql.db.Db.put_document`), in the
 transaction that writes the record, because the indexed text is derived (identifier parts,
-the tails of output): see :mod:`memory_store.documents`. Deletes need no code here: deleting
+the tails of output): see :mod:`memory_store.sql.documents`. Deletes need no code here: deleting
 an ``objects`` row deletes its ``search`` row (a trigger in SQLite, a foreign key in
 PostgreSQL) and its ``embeddings`` row (a foreign key).
 
@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from memory_store.documents import Document, event_document, execution_document
-from memory_store.inputs import NewEvent
-from memory_store.sql import Db
+from memory_store.requests import NewEvent
+from memory_store.sql.db import Db
+from memory_store.sql.documents import Document, event_document, execution_document
 
 
 def replace_document(db: Db, object_id: int, doc: Document, created_at: str) -> None:

@@ -1,8 +1,8 @@
 """Consolidation against a store, for every backend: reading the window, patterns, merging, decay.
 
-The decisions are in :mod:`memory_store.consolidate` (pure); these functions read and write
-through :class:`~memory_store.sql.Db`. Each writing function runs inside one transaction the
-caller holds.
+The decisions are in :mod:`memory_store.consolidation.strategies` (pure); these functions
+read and write through :class:`~memory_store.sql.db.Db`. Each writing function runs inside one
+transaction the caller holds.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
-from memory_store import schema
-from memory_store.consolidate import (
+from memory_store.checks import iso
+from memory_store.consolidation.strategies import (
     PINNED,
     EventFacts,
     ExecutionFacts,
@@ -26,16 +26,15 @@ from memory_store.consolidate import (
     importance_of,
     pattern_text,
 )
-from memory_store.documents import memory_document
-from memory_store.index import replace_document
-from memory_store.inputs import NewMemory
-from memory_store.models import ConsolidationReport, MemoryRecord
-from memory_store.ranking import Ranker
-from memory_store.records import delete_record, insert_memory, update_memory
-from memory_store.rows import json_text, memory_from_row
-from memory_store.search import jaccard, query_terms, words
-from memory_store.sql import Db, Transactions
-from memory_store.values import iso
+from memory_store.records import ConsolidationReport, MemoryRecord
+from memory_store.requests import NewMemory
+from memory_store.sql.db import Db, Transactions, utc_now
+from memory_store.sql.documents import memory_document
+from memory_store.sql.index import replace_document
+from memory_store.sql.ranking import Ranker
+from memory_store.sql.records import delete_record, insert_memory, update_memory
+from memory_store.sql.rows import json_text, memory_from_row
+from memory_store.sql.search import jaccard, query_terms, words
 
 _STDERR_TAIL = 2000
 # The last characters of stderr, in the SQL both dialects speak (SQLite's substr(x, -n) is not).
@@ -254,7 +253,7 @@ def merge(db: Db, keep: MemoryRecord, newer: MemoryRecord) -> None:
             max(keep.importance, newer.importance),
             keep.access_count + newer.access_count,
             iso(max(accessed)) if accessed else None,
-            schema.utc_now(),
+            utc_now(),
             keep.id,
         ),
     )

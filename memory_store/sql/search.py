@@ -10,7 +10,7 @@ nothing: they can neither break the query syntax nor inject.
 
 The same terms feed both backends: SQLite's FTS5 gets quoted terms
 (:func:`match_expression`), PostgreSQL one bound ``plainto_tsquery`` per term
-(:mod:`memory_store.postgres_db`).
+(:mod:`memory_store.postgres.dialect`).
 
 Scores: keyword relevance is the backend's score (BM25, ``ts_rank_cd``) relative to the best
 hit of the query (the best is 1.0);

@@ -5,7 +5,7 @@ BM25 in SQLite, ``ts_rank_cd`` in PostgreSQL); the candidates' relevance is that
 relative to the best. Hybrid ranking (with an embedder): the query's vector
 ranks the held vectors by cosine similarity, and the two rankings are fused by reciprocal rank
 fusion (k=60). Either way the top candidates get the mild recency and importance weighting of
-:func:`memory_store.search.weighted`, and the memories returned have their use counted.
+:func:`memory_store.sql.search.weighted`, and the memories returned have their use counted.
 
 Records written without a vector (executions, imported memories) are embedded lazily, a small
 batch per recall, so recording a run never waits for the model.
@@ -16,13 +16,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from memory_store import hits as searching
-from memory_store import index, schema
 from memory_store.embeddings import Embedder, VectorIndex, pack
-from memory_store.inputs import EventQuery, RecallQuery
-from memory_store.models import EventHit, RecallHit
-from memory_store.search import query_terms, relative, rrf, weighted
-from memory_store.sql import Db, Transactions
+from memory_store.records import EventHit, RecallHit
+from memory_store.requests import EventQuery, RecallQuery
+from memory_store.sql import hits as searching
+from memory_store.sql import index
+from memory_store.sql.db import Db, Transactions, utc_now
+from memory_store.sql.search import query_terms, relative, rrf, weighted
 
 PENDING_PER_RECALL = 32
 """Records without a vector embedded per hybrid recall (the rest wait for the next ones)."""
@@ -86,7 +86,7 @@ class Ranker:
         hits = [searching.hit(i, d, score) for score, i, d in scored[:limit]]
         memories = [h.id for h in hits if h.kind == "memory"]
         if memories:
-            stamp = schema.utc_now()
+            stamp = utc_now()
             self._tx.write(lambda db: searching.touch(db, memories, stamp))
         return hits
 

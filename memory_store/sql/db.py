@@ -6,20 +6,26 @@ into ``%s``), rows readable by position and by column name, times as fixed-width
 text and JSON as text, whatever the backend stores. The few operations whose SQL differs
 between SQLite and PostgreSQL are methods of :class:`Db` too: taking an id, serialising
 select-then-insert writers, writing a full-text row, and keyword ranking.
-:class:`~memory_store.sqlite_db.SQLiteDb` (FTS5) and :class:`~memory_store.postgres_db.PostgresDb`
-(tsvector) implement it.
+:class:`~memory_store.sqlite.dialect.SQLiteDb` (FTS5) and
+:class:`~memory_store.postgres.dialect.PostgresDb` (tsvector) implement it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from pydantic import JsonValue
 
-from memory_store.documents import Document
+from memory_store.sql.documents import Document
 
 T = TypeVar("T")
+
+
+def utc_now() -> str:
+    """Return the current UTC time as fixed-width ISO 8601, so text order is time order."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 class Cursor(Protocol):

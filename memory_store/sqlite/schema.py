@@ -3,7 +3,7 @@
 Schema version N is what applying ``MIGRATIONS[:N]`` in order gives; the table
 ``schema_version`` holds one row per applied version (a table rather than ``PRAGMA
 user_version`` so the PostgreSQL store keeps the same bookkeeping, with the same version
-numbers: see :mod:`memory_store.postgres_schema`). Add a migration by
+numbers: see :mod:`memory_store.postgres.schema`). Add a migration by
 appending to ``MIGRATIONS``; never edit one that has shipped.
 
 Every record's id comes from ``objects``, the one id sequence of the store: a row there is made
@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 from memory_store.errors import StoreError
+from memory_store.sql.db import utc_now
 
 Step = str | Callable[[sqlite3.Connection], None]
 Migration = tuple[Step, ...]
@@ -92,8 +92,8 @@ def _object_row(table: str) -> str:
 
 def _index_v1_records(conn: sqlite3.Connection) -> None:
     """Put what version 1 recorded (executions and their events) into the full-text index."""
-    from memory_store.index import index_existing_records  # they import this module
-    from memory_store.sqlite_db import SQLiteDb
+    from memory_store.sql.index import index_existing_records  # they import this module
+    from memory_store.sqlite.dialect import SQLiteDb
 
     index_existing_records(SQLiteDb(conn))
 
@@ -200,11 +200,6 @@ MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
 def latest_version() -> int:
     """Return the schema version this code writes."""
     return len(MIGRATIONS)
-
-
-def utc_now() -> str:
-    """Return the current UTC time as fixed-width ISO 8601, so text order is time order."""
-    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def current_version(conn: sqlite3.Connection) -> int:

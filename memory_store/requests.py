@@ -13,8 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from memory_store import values
-from memory_store.models import ProcedureStep
+from memory_store import checks as values
+from memory_store.records import ProcedureStep
 from orchestrator.errors import RequestError
 from orchestrator.models import check_text
 
@@ -132,18 +132,18 @@ class NewProcedure(_Frozen):
 
         """
         checked = tuple(_step(item, index, max_bytes) for index, item in enumerate(_steps(steps)))
-        size = sum(values.utf8_size(s.model_dump_json()) for s in checked)
-        if size > max_bytes:
-            raise RequestError(
-                f"the steps are {size} bytes; the limit is {max_bytes} bytes. "
-                "Shorten them, or raise ATHENA_MAX_MEMORY_BYTES."
-            )
+        values.within_limit("the steps", steps_size(checked), max_bytes, as_json=True)
         return cls(
             name=values.content(name, "name", max_bytes),
             steps=checked,
             category=values.label(category, "category"),
             context=values.context(context, max_bytes),
         )
+
+
+def steps_size(steps: Iterable[ProcedureStep]) -> int:
+    """Return the size of a procedure's steps: their JSON, in UTF-8 bytes."""
+    return sum(values.utf8_size(step.model_dump_json()) for step in steps)
 
 
 def _steps(steps: object) -> list[object]:

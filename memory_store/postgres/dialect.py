@@ -1,15 +1,15 @@
 """The PostgreSQL dialect of the shared SQL code: ids, the tsvector index and ``ts_rank_cd``.
 
 Queries never reach the server as text to parse: each term of a query (letters and digits only,
-from :func:`memory_store.search.query_terms`) is a bound parameter of its own
+from :func:`memory_store.sql.search.query_terms`) is a bound parameter of its own
 ``plainto_tsquery('english', ...)``, and the pieces are OR-ed with ``||``, so stop words and
 stems come from the ``english`` configuration and no input can raise a tsquery syntax error.
-A term also searches its :func:`~memory_store.search.root`, as in SQLite.
+A term also searches its :func:`~memory_store.sql.search.root`, as in SQLite.
 
 Scores: ``ts_rank_cd`` (cover density) with weights title 1.0, tags 0.5, body 0.25 (the 4:2:1
-of :mod:`memory_store.documents`), divided by 1 + log(length); like BM25 it is relative to the
+of :mod:`memory_store.sql.documents`), divided by 1 + log(length); like BM25 it is relative to the
 best hit afterwards. Common terms are handled as in SQLite
-(:func:`memory_store.search.plan_scoring`).
+(:func:`memory_store.sql.search.plan_scoring`).
 
 Placeholders: the shared SQL writes ``?``; :meth:`PostgresDb.execute` turns them into
 ``%s`` (and ``%`` into ``%%``), so shared SQL never uses the jsonb ``?`` operators.
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
-from memory_store.documents import BODY_WEIGHT, TAGS_WEIGHT, TITLE_WEIGHT, Document
-from memory_store.rows import json_text
-from memory_store.search import BROAD_MATCHES, plan_scoring, root
-from memory_store.sql import marks
+from memory_store.sql.db import marks
+from memory_store.sql.documents import BODY_WEIGHT, TAGS_WEIGHT, TITLE_WEIGHT, Document
+from memory_store.sql.rows import json_text
+from memory_store.sql.search import BROAD_MATCHES, plan_scoring, root
 
 if TYPE_CHECKING:
     import psycopg
@@ -75,10 +75,10 @@ def jsonb_text(json_value: str) -> str:
 
 
 class PostgresDb:
-    """A psycopg connection seen through :class:`~memory_store.sql.Db` (one per transaction).
+    """A psycopg connection seen through :class:`~memory_store.sql.db.Db` (one per transaction).
 
     Args:
-        conn: a connection set up by :func:`memory_store.postgres_connection.configure`.
+        conn: a connection set up by :func:`memory_store.postgres.connection.configure`.
 
     """
 

@@ -1,7 +1,7 @@
 """The ``Store`` protocol: what the orchestrator and the memory API need from a memory store.
 
-Every backend takes the checked inputs of :mod:`memory_store.inputs` and returns the models of
-:mod:`memory_store.models`; SQL and ranking stay behind this protocol, so the backend (SQLite
+Every backend takes the checked inputs of :mod:`memory_store.requests` and returns the models of
+:mod:`memory_store.records`; SQL and ranking stay behind this protocol, so the backend (SQLite
 or PostgreSQL) can be swapped without the API noticing.
 """
 
@@ -10,17 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
-from memory_store.consolidate import Strategy
-from memory_store.inputs import (
-    EventQuery,
-    NewEntity,
-    NewEvent,
-    NewMemory,
-    NewProcedure,
-    NewRelation,
-    RecallQuery,
-)
-from memory_store.models import (
+from memory_store.consolidation.strategies import Strategy
+from memory_store.records import (
     ConsolidationReport,
     EntityRecord,
     EventHit,
@@ -30,6 +21,15 @@ from memory_store.models import (
     ProcedureRecord,
     RecallHit,
     RelationRecord,
+)
+from memory_store.requests import (
+    EventQuery,
+    NewEntity,
+    NewEvent,
+    NewMemory,
+    NewProcedure,
+    NewRelation,
+    RecallQuery,
 )
 from orchestrator.models import ExecutionRequest, ExecutionResult
 

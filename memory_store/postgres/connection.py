@@ -36,7 +36,7 @@ from tenacity import (
 )
 
 from memory_store.errors import MissingExtraError, StoreConfigError, StoreError
-from memory_store.rows import text
+from memory_store.sql.rows import text
 
 if TYPE_CHECKING:
     import psycopg

@@ -1,5 +1,8 @@
 """Procedure code: deterministic generation from the stored steps, and validation (pure).
 
+This lives in ``athena`` because validation applies the orchestrator's validator and strict
+policy to what the store holds; the store itself imports neither.
+
 :func:`template_code` needs no model. It writes a runnable Python module: a docstring listing
 the steps, one function per step (named after it, typed, documented) that logs what it does
 with the ``logging`` module, runs the step's own ``code`` when the step has some, and records
@@ -30,16 +33,18 @@ import re
 import textwrap
 import time
 import tokenize
-from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cache
 
-from memory_store.models import CodeIssue, CodeValidation, GeneratedCode, ProcedureRecord
+from memory_store.records import (
+    CodeGenerator,
+    CodeIssue,
+    CodeValidation,
+    GeneratedCode,
+    ProcedureRecord,
+)
 from orchestrator.policy import Validation, load_policy
 from orchestrator.validator import CodeValidator
-
-CodeGenerator = Callable[[ProcedureRecord], str]
-"""Makes Python source from a procedure (e.g. by asking a model)."""
 
 WEIGHTS = {
     "syntax": 0.3,

@@ -3,7 +3,7 @@
 A :class:`Document` has three weighted text fields (title, body, tags) and the ``ctx`` the
 ``context`` filter of ``recall`` compares with: the record's own context plus its own fields
 (``memory_type``, ``language``, ``event_type``...). Text fields go through
-:func:`memory_store.search.index_text`, so identifier parts are searchable.
+:func:`memory_store.sql.search.index_text`, so identifier parts are searchable.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import JsonValue
 
-from memory_store.inputs import NewEntity, NewEvent, NewMemory, NewProcedure
-from memory_store.models import ProcedureStep
-from memory_store.rows import json_text, text
-from memory_store.search import index_text
+from memory_store.records import ProcedureStep
+from memory_store.requests import NewEntity, NewEvent, NewMemory, NewProcedure
+from memory_store.sql.rows import json_text, text
+from memory_store.sql.search import index_text
 
 CODE_CHARS = 2000
 STDOUT_TAIL_CHARS = 1000

@@ -1,13 +1,13 @@
 """``SQLiteStore``: the memory store in one SQLite file, safe for threads and processes.
 
-Concurrency (see :mod:`memory_store.sqlite_connection`): WAL, writes in ``BEGIN IMMEDIATE``
+Concurrency (see :mod:`memory_store.sqlite.connection`): WAL, writes in ``BEGIN IMMEDIATE``
 with a busy timeout, and whole transactions retried while SQLite answers "busy", so nothing is
 lost and "database is locked" never reaches the caller. One connection per store, shared by its
 threads behind a lock.
 
-What the store does is shared with the PostgreSQL store (:class:`~memory_store.sql_store.SqlStore`);
-this module adds the file and its connection, :mod:`~memory_store.sqlite_db` the FTS5 dialect
-and :mod:`~memory_store.schema` the migrations.
+What the store does is shared with the PostgreSQL store (:class:`~memory_store.sql.store.SqlStore`);
+this module adds the file and its connection, :mod:`~memory_store.sqlite.dialect` the FTS5 dialect
+and :mod:`~memory_store.sqlite.schema` the migrations.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from memory_store import schema
 from memory_store.embeddings import Embedder
 from memory_store.errors import StoreError
 from memory_store.options import StoreOptions
-from memory_store.sql import Work
-from memory_store.sql_store import SqlStore
-from memory_store.sqlite_connection import connect, create_private_file, read, write
-from memory_store.sqlite_db import SQLiteDb
+from memory_store.sql.db import Work
+from memory_store.sql.store import SqlStore
+from memory_store.sqlite import schema
+from memory_store.sqlite.connection import connect, create_private_file, read, write
+from memory_store.sqlite.dialect import SQLiteDb
 
 T = TypeVar("T")
 

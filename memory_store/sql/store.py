@@ -1,47 +1,33 @@
 """``SqlStore``: the Store protocol written once over SQL; the backends add only a connection.
 
 A backend subclasses :class:`SqlStore` and implements :meth:`SqlStore._reading` and
-:meth:`SqlStore._writing` (run work on a :class:`~memory_store.sql.Db`, the latter in one
+:meth:`SqlStore._writing` (run work on a :class:`~memory_store.sql.db.Db`, the latter in one
 transaction retried whole when the database asks), ``close`` and its lifecycle. Everything
 else (what each call writes and reads, ranking, consolidation, retention, redaction) is here
-and in the shared modules :mod:`~memory_store.records`, :mod:`~memory_store.index`,
-:mod:`~memory_store.hits`, :mod:`~memory_store.ranking` and
-:mod:`~memory_store.consolidate_run`.
+and in the shared modules :mod:`~memory_store.sql.records`, :mod:`~memory_store.sql.index`,
+:mod:`~memory_store.sql.hits`, :mod:`~memory_store.sql.ranking` and
+:mod:`~memory_store.consolidation.runner`.
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self, TypeVar
 
 import structlog
+from pydantic import JsonValue
 
-from memory_store import consolidate_run as consolidation
-from memory_store import index, records, schema
 from memory_store import options as _options
-from memory_store.base import AnyRecord
-from memory_store.consolidate import Strategy
-from memory_store.documents import (
-    Document,
-    entity_document,
-    event_document,
-    memory_document,
-    procedure_document,
-)
+from memory_store.checks import iso, json_size, utf8_size, within_limit
+from memory_store.consolidation import runner as consolidation
+from memory_store.consolidation.strategies import Strategy
 from memory_store.embeddings import Embedder, pack, resolve_embedder
-from memory_store.inputs import (
-    EventQuery,
-    NewEntity,
-    NewEvent,
-    NewMemory,
-    NewProcedure,
-    NewRelation,
-    RecallQuery,
-)
-from memory_store.models import (
+from memory_store.options import StoreOptions
+from memory_store.protocol import AnyRecord
+from memory_store.records import (
     ConsolidationReport,
     EventHit,
     EventRecord,
@@ -49,12 +35,28 @@ from memory_store.models import (
     RecallHit,
     RelationRecord,
 )
-from memory_store.options import StoreOptions
-from memory_store.ranking import Ranker
-from memory_store.rows import event_from_row, execution_from_row, execution_values, text
-from memory_store.sql import Db, Work
+from memory_store.requests import (
+    EventQuery,
+    NewEntity,
+    NewEvent,
+    NewMemory,
+    NewProcedure,
+    NewRelation,
+    RecallQuery,
+    steps_size,
+)
+from memory_store.sql import index, records
+from memory_store.sql.db import Db, Work, utc_now
+from memory_store.sql.documents import (
+    Document,
+    entity_document,
+    event_document,
+    memory_document,
+    procedure_document,
+)
+from memory_store.sql.ranking import Ranker
+from memory_store.sql.rows import event_from_row, execution_from_row, execution_values, text
 from memory_store.summary import summarize_execution
-from memory_store.values import iso
 from orchestrator.errors import RequestError
 from orchestrator.models import ExecutionRequest, ExecutionResult, check_text
 
@@ -253,13 +255,28 @@ class SqlStore(ABC):
         self._afterwrite()
         return object_id
 
+    def _check_size(
+        self, kind: str, content: Mapping[str, str | int], context: Mapping[str, JsonValue]
+    ) -> None:
+        """Refuse content (text, or a size already counted) or context over the size limit."""
+        limit = self._options.max_memory_bytes
+        for field, value in content.items():
+            if isinstance(value, str) and 4 * len(value) <= limit:
+                continue  # at most 4 UTF-8 bytes a character: no need to encode it (bulk imports)
+            size = utf8_size(value) if isinstance(value, str) else value
+            within_limit(f"the {kind}'s {field}", size, limit, as_json=field == "steps")
+        if context:
+            within_limit(f"the {kind}'s context", json_size(context), limit, as_json=True)
+
     def add_memory(self, memory: NewMemory) -> int:
         """Remember a memory; return its id.
 
         Raises:
+            RecordTooLargeError: content or context over ``max_memory_bytes``.
             StoreError: the store cannot write.
 
         """
+        self._check_size("memory", {"content": memory.content}, memory.context)
         return self._insert(
             "memory", memory_document(memory), lambda db: records.insert_memory(db, memory)
         )
@@ -273,13 +290,16 @@ class SqlStore(ABC):
             Their ids, in order.
 
         Raises:
+            RecordTooLargeError: content or context over ``max_memory_bytes``.
             StoreError: the store cannot write (then none is stored).
 
         """
         items = list(memories)
+        for memory in items:
+            self._check_size("memory", {"content": memory.content}, memory.context)
 
         def work(db: Db) -> list[int]:
-            now = schema.utc_now()
+            now = utc_now()
             return [records.insert_memory(db, m, now=now) for m in items]
 
         ids = self._writing(work)
@@ -295,9 +315,11 @@ class SqlStore(ABC):
         """Remember an episodic event; return its id.
 
         Raises:
+            RecordTooLargeError: content or context over ``max_memory_bytes``.
             StoreError: the store cannot write.
 
         """
+        self._check_size("event", {"content": event.content}, event.context)
         return self._insert(
             "event", event_document(event), lambda db: records.insert_event(db, event)
         )
@@ -306,9 +328,12 @@ class SqlStore(ABC):
         """Remember a procedure; return its id.
 
         Raises:
+            RecordTooLargeError: content or context over ``max_memory_bytes``.
             StoreError: the store cannot write.
 
         """
+        sizes = {"name": utf8_size(procedure.name), "steps": steps_size(procedure.steps)}
+        self._check_size("procedure", sizes, procedure.context)
         doc = procedure_document(procedure)
         return self._insert("procedure", doc, lambda db: records.insert_procedure(db, procedure))
 
@@ -319,9 +344,11 @@ class SqlStore(ABC):
             The entity's id (the existing one when it was known).
 
         Raises:
+            RecordTooLargeError: content or context over ``max_memory_bytes``.
             StoreError: the store cannot write.
 
         """
+        self._check_size("entity", {"name": entity.name}, entity.context)
         return self._insert(
             "entity", entity_document(entity), lambda db: records.upsert_entity(db, entity)[0]
         )
@@ -387,7 +414,7 @@ class SqlStore(ABC):
     def recall(self, query: RecallQuery) -> list[RecallHit]:
         """Return the records that best match a query, best first, scores in [0, 1].
 
-        See :mod:`memory_store.ranking` for the ranking.
+        See :mod:`memory_store.sql.ranking` for the ranking.
 
         Raises:
             StoreError: the store cannot be read or written.

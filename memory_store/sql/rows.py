@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from memory_store.models import (
+from memory_store.records import (
     EntityRecord,
     EventRecord,
     ExecutionRecord,

@@ -57,7 +57,7 @@ def _row(echo: Callable[[str], None], label: str, language: str, result: dict[st
 
 def run_demo(db: str | None, echo: Callable[[str], None] = print) -> None:
     """Run the examples under strict, research and development, then the guarantees."""
-    from memory_store.api import MemoryAPI
+    from athena.api import MemoryAPI
 
     with tempfile.TemporaryDirectory(prefix="athena-demo-") as tmp:
         path = db or str(Path(tmp) / "memory.db")

@@ -1,15 +1,15 @@
 """``PostgresStore``: the memory store in a PostgreSQL database, for shared deployments.
 
-The same contract as :class:`~memory_store.sqlite.SQLiteStore`, and the same code for it
-(:class:`~memory_store.sql_store.SqlStore`); this module adds connection handling:
+The same contract as :class:`~memory_store.sqlite.store.SQLiteStore`, and the same code for it
+(:class:`~memory_store.sql.store.SqlStore`); this module adds connection handling:
 
-- A small pool of connections (psycopg-pool, :data:`~memory_store.postgres_connection.POOL_SIZE`)
+- A small pool of connections (psycopg-pool, :data:`~memory_store.postgres.connection.POOL_SIZE`)
   shared by the store's threads; reads run in autocommit, each write in one transaction
   (READ COMMITTED), retried whole on a serialization failure or deadlock.
 - Writers that create records take one transaction-scoped advisory lock
-  (:meth:`~memory_store.postgres_db.PostgresDb.lock_writes`), so ids follow commit order and
+  (:meth:`~memory_store.postgres.dialect.PostgresDb.lock_writes`), so ids follow commit order and
   upserts cannot race; reads never wait for it.
-- Migrations (:mod:`~memory_store.postgres_schema`) run once, under an advisory lock, when a
+- Migrations (:mod:`~memory_store.postgres.schema`) run once, under an advisory lock, when a
   process opens a store whose schema is older.
 
 Open it with ``open_store("postgresql://user:password@host:5432/database")``, with
@@ -21,11 +21,11 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from memory_store import postgres_schema
 from memory_store.embeddings import Embedder
 from memory_store.errors import StoreError
 from memory_store.options import StoreOptions
-from memory_store.postgres_connection import (
+from memory_store.postgres import schema as postgres_schema
+from memory_store.postgres.connection import (
     POOL_SIZE,
     PostgresTarget,
     connect,
@@ -34,9 +34,9 @@ from memory_store.postgres_connection import (
     retry_conflicts,
     translated,
 )
-from memory_store.postgres_db import PostgresDb
-from memory_store.sql import Work
-from memory_store.sql_store import SqlStore
+from memory_store.postgres.dialect import PostgresDb
+from memory_store.sql.db import Work
+from memory_store.sql.store import SqlStore
 
 if TYPE_CHECKING:
     import psycopg_pool

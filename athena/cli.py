@@ -1,5 +1,8 @@
 """The ``athena-sandbox`` command: run code, build images, inspect policies, clean up.
 
+It lives in ``athena`` (the composition root) because ``run`` and ``demo`` open the memory
+store as well as the orchestrator.
+
 This is an application, so unlike the library it configures logging (structlog to stderr).
 """
 
@@ -16,6 +19,7 @@ import structlog
 import yaml
 
 from orchestrator.errors import SandboxError
+from orchestrator.languages import LANGUAGES
 from orchestrator.policy import load_policy, shipped_policy_names
 from orchestrator.settings import Settings
 
@@ -62,7 +66,11 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.argument("source", type=click.File("r"), default="-")
 @click.option(
-    "-l", "--language", default="python", show_default=True, help="python, javascript or bash."
+    "-l",
+    "--language",
+    default="python",
+    show_default=True,
+    help=f"{', '.join(language.name for language in LANGUAGES)} (or an alias).",
 )
 @click.option(
     "-p", "--policy", default=None, help="Shipped policy name or YAML path [default: strict]."
@@ -89,7 +97,7 @@ def run(
     no_record: bool,
 ) -> None:
     """Run code from SOURCE (a file, or - for stdin) in a sandbox."""
-    from memory_store.api import MemoryAPI
+    from athena.api import MemoryAPI
 
     code = source.read()
     try:
@@ -189,17 +197,21 @@ def doctor() -> None:
     from orchestrator.orchestrator import Orchestrator
 
     settings = Settings()
+    names = [language.name for language in LANGUAGES]
     with Orchestrator(settings=settings) as orchestrator:
-        rows = {lang: dict(orchestrator.modes(lang)) for lang in ("python", "javascript", "bash")}
-    names = list(rows["python"])
-    click.echo(f"{'mode':<11} {'python':<7} {'javascript':<11} {'bash':<5}  notes")
+        rows = {lang: dict(orchestrator.modes(lang)) for lang in names}
+    modes = list(rows[names[0]])
+    widths = [max(len(lang), 3) for lang in names]
+    header = " ".join(f"{lang:<{width}}" for lang, width in zip(names, widths, strict=True))
+    click.echo(f"{'mode':<11} {header}  notes")
     usable = False
-    for name in names:
-        marks = ["yes" if rows[lang][name] is None else "no" for lang in rows]
+    for mode in modes:
+        marks = ["yes" if rows[lang][mode] is None else "no" for lang in names]
         usable = usable or "yes" in marks
-        reasons = sorted({r for lang in rows if (r := rows[lang][name]) is not None})
+        reasons = sorted({r for lang in names if (r := rows[lang][mode]) is not None})
         note = " / ".join(reasons) if reasons else "ready"
-        click.echo(f"{name:<11} {marks[0]:<7} {marks[1]:<11} {marks[2]:<5}  {note}")
+        cells = " ".join(f"{mark:<{width}}" for mark, width in zip(marks, widths, strict=True))
+        click.echo(f"{mode:<11} {cells}  {note}")
     allowed = ", ".join(settings.sandbox_backends or ()) or "not set: docker, srt, restricted"
     click.echo(f"\nATHENA_SANDBOX_BACKENDS: {allowed}")
     sys.exit(0 if usable else 1)
@@ -209,7 +221,7 @@ def doctor() -> None:
 @click.option("--db", default=None, help="Memory store path (default: a temporary file).")
 def demo(db: str | None) -> None:
     """Run python, javascript and bash examples under the three shipped policies."""
-    from orchestrator.demo import run_demo
+    from athena.demo import run_demo
 
     try:
         run_demo(db, echo=click.echo)

@@ -18,11 +18,12 @@ from typing import Any
 
 from pydantic import JsonValue
 
+from memory_store.errors import RecordTooLargeError
 from orchestrator.errors import RequestError
 from orchestrator.models import check_json_text, check_text
 
 DEFAULT_MAX_MEMORY_BYTES = 1024 * 1024
-"""The default largest content, as UTF-8 bytes (``ATHENA_MAX_MEMORY_BYTES``)."""
+"""The default largest content or context, as UTF-8 bytes (``StoreOptions.max_memory_bytes``)."""
 
 MAX_LABEL_CHARS = 100
 MAX_TAGS = 50
@@ -66,6 +67,26 @@ def utf8_size(value: str) -> int:
     return len(value.encode("utf-8", errors="surrogatepass"))
 
 
+def json_size(value: object) -> int:
+    """Return the size of JSON data as UTF-8 JSON text (keys sorted), as :func:`context` counts."""
+    return utf8_size(json.dumps(value, ensure_ascii=False, sort_keys=True))
+
+
+def within_limit(field: str, size: int, max_bytes: int, *, as_json: bool = False) -> None:
+    """Refuse a size over the store's ``max_memory_bytes``, saying what to change.
+
+    Raises:
+        RecordTooLargeError: ``size`` is over ``max_bytes``.
+
+    """
+    if size > max_bytes:
+        raise RecordTooLargeError(
+            f"{field} is {size} bytes{' as JSON' if as_json else ''}; the limit is {max_bytes} "
+            "bytes. Store a summary (or split it into several records), or raise "
+            "max_memory_bytes (ATHENA_MAX_MEMORY_BYTES, StoreOptions.max_memory_bytes)."
+        )
+
+
 def content(value: object, field: str, max_bytes: int) -> str:
     """Return text content with its outer whitespace trimmed.
 
@@ -80,12 +101,7 @@ def content(value: object, field: str, max_bytes: int) -> str:
     stripped = value.strip()
     if not stripped:
         raise RequestError(f"{field} is empty: give the text to remember")
-    size = utf8_size(stripped)
-    if size > max_bytes:
-        raise RequestError(
-            f"{field} is {size} bytes; the limit is {max_bytes} bytes. Store a summary (or "
-            "split it into several memories), or raise ATHENA_MAX_MEMORY_BYTES."
-        )
+    within_limit(field, utf8_size(stripped), max_bytes)
     return stripped
 
 
@@ -120,10 +136,7 @@ def context(
             f"{field} must be JSON-serialisable: {exc}. Use dicts, lists, strings, numbers, "
             "booleans and None."
         ) from exc
-    if utf8_size(text) > max_bytes:
-        raise RequestError(
-            f"{field} is {utf8_size(text)} bytes as JSON; the limit is {max_bytes} bytes"
-        )
+    within_limit(field, utf8_size(text), max_bytes, as_json=True)
     loaded: dict[str, JsonValue] = json.loads(text)
     return loaded
 

@@ -1,6 +1,6 @@
 """From ranked ids to results, for every backend: filters, hydration, use counts, events.
 
-Keyword candidates come from the dialect (:meth:`~memory_store.sql.Db.keyword_ranking`); this
+Keyword candidates come from the dialect (:meth:`~memory_store.sql.db.Db.keyword_ranking`); this
 module checks vector candidates against the same filters, reads what a hit shows, counts the
 use of memories, and answers ``recall_events``. Every value reaches SQL as a bound parameter.
 """
@@ -14,12 +14,12 @@ from typing import Any
 
 from pydantic import JsonValue
 
-from memory_store.documents import steps_text
-from memory_store.inputs import EventQuery
-from memory_store.models import EventRecord, ProcedureStep, RecallHit
-from memory_store.rows import event_from_row
-from memory_store.sql import Db, marks
-from memory_store.values import iso
+from memory_store.checks import iso
+from memory_store.records import EventRecord, ProcedureStep, RecallHit
+from memory_store.requests import EventQuery
+from memory_store.sql.db import Db, marks
+from memory_store.sql.documents import steps_text
+from memory_store.sql.rows import event_from_row
 
 
 def keep_matching(

@@ -2,7 +2,7 @@
 
 Every value reaches SQL as a bound parameter; the only text put into SQL is built here from
 fixed names and counts of placeholders. MATCH expressions come from
-:func:`memory_store.search.match_expression`, which quotes every term, so a query can never
+:func:`memory_store.sql.search.match_expression`, which quotes every term, so a query can never
 break FTS5's syntax.
 """
 
@@ -15,9 +15,9 @@ from typing import Any
 
 from pydantic import JsonValue
 
-from memory_store.documents import BODY_WEIGHT, TAGS_WEIGHT, TITLE_WEIGHT, Document
-from memory_store.search import BROAD_MATCHES, match_expression, plan_scoring, term_expression
-from memory_store.sql import marks
+from memory_store.sql.db import marks
+from memory_store.sql.documents import BODY_WEIGHT, TAGS_WEIGHT, TITLE_WEIGHT, Document
+from memory_store.sql.search import BROAD_MATCHES, match_expression, plan_scoring, term_expression
 
 _CTX_ENTRY = "SELECT 1 FROM json_each(search.ctx) j WHERE j.key = ?"
 _BM25 = f"bm25(search, {TITLE_WEIGHT}, {BODY_WEIGHT}, {TAGS_WEIGHT})"
@@ -37,7 +37,7 @@ def _sql_value(value: JsonValue) -> Any:
 
 
 class SQLiteDb:
-    """A SQLite connection seen through :class:`~memory_store.sql.Db`.
+    """A SQLite connection seen through :class:`~memory_store.sql.db.Db`.
 
     Args:
         conn: the store's connection (rows as ``sqlite3.Row``).

@@ -1,0 +1,602 @@
+r"""MemoryAPI: what an agent calls to run code in a sandbox, remember, recall and learn.
+
+The composition root: it opens the memory store with its :class:`~memory_store.StoreOptions`,
+builds an :class:`~orchestrator.orchestrator.Orchestrator` that records every run in that
+store, turns plain values into checked inputs, and results back into plain dicts.
+
+Every memory method checks its arguments (``RequestError`` saying what to change), works
+through the :class:`~memory_store.protocol.Store` protocol, and returns plain ints, bools,
+dicts and lists. Values such as memory types, event types, outcomes, categories, entity and
+relation types are free-form: trimmed and lower-cased (``"Failure "`` is stored as
+``"failure"``). Every text argument must be valid Unicode (a lone surrogate such as
+``"\ud800"`` is a ``RequestError`` naming the argument), and contexts nest at most 64 levels
+of dicts and lists.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from athena.procedures import generate, validate_code
+from athena.settings import Settings
+from memory_store import checks
+from memory_store.consolidation.strategies import days_back as check_days_back
+from memory_store.consolidation.strategies import strategy_named
+from memory_store.embeddings import EmbeddingsMode
+from memory_store.errors import RecordNotFoundError
+from memory_store.factory import open_store
+from memory_store.protocol import Store
+from memory_store.records import CodeGenerator, ProcedureRecord
+from memory_store.requests import (
+    EventQuery,
+    NewEntity,
+    NewEvent,
+    NewMemory,
+    NewProcedure,
+    NewRelation,
+    RecallQuery,
+)
+from orchestrator.backends.base import Backend
+from orchestrator.errors import PolicyError, RequestError
+from orchestrator.models import Event, ExecutionRequest, check_text
+from orchestrator.orchestrator import Orchestrator
+from orchestrator.policy import Policy, load_policy
+from orchestrator.settings import Settings as OrchestratorSettings
+
+PolicySpec = Policy | Mapping[str, Any] | str | os.PathLike[str] | None
+_CALL_KEYS = frozenset(
+    {
+        "code",
+        "language",
+        "parameters",
+        "timeout_seconds",
+        "sandbox_policy",
+        "track_resources",
+        "record",
+    }
+)
+
+
+def _output_listener(
+    on_stdout: Callable[[str], None] | None, on_stderr: Callable[[str], None] | None
+) -> Callable[[Event], None] | None:
+    if on_stdout is None and on_stderr is None:
+        return None
+
+    def listen(event: Event) -> None:
+        if event.kind == "stdout" and on_stdout is not None:
+            on_stdout(event.text)
+        elif event.kind == "stderr" and on_stderr is not None:
+            on_stderr(event.text)
+
+    return listen
+
+
+class MemoryAPI:
+    """Runs code in throwaway sandboxes, persists every run, and remembers what agents learn.
+
+    Build one with :meth:`create`; close it (or use ``with``) to release the store and kill
+    runs still going. Running code: :meth:`execute_code` and its stream, async and batch
+    forms, :meth:`prewarm`. Memory: :meth:`remember`, :meth:`recall`, :meth:`forget`,
+    :meth:`remember_event`, :meth:`recall_events`, :meth:`remember_procedure`,
+    :meth:`generate_procedure_code`, :meth:`validate_procedure_code`,
+    :meth:`remember_entity`, :meth:`relate_entities`, :meth:`consolidate`.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        orchestrator: Orchestrator,
+        settings: Settings,
+        *,
+        code_generator: CodeGenerator | None = None,
+    ) -> None:
+        self._store = store
+        self._orchestrator = orchestrator
+        self._settings = settings
+        self._code_generator = code_generator
+
+    @classmethod
+    def create(
+        cls,
+        db_path: str | os.PathLike[str] | None = None,
+        *,
+        settings: Settings | OrchestratorSettings | None = None,
+        backends: Sequence[Backend] | None = None,
+        embeddings: EmbeddingsMode | None = None,
+        code_generator: CodeGenerator | None = None,
+    ) -> MemoryAPI:
+        """Open the memory store and an orchestrator.
+
+        Args:
+            db_path: the store: a SQLite path or ``sqlite:///`` URL, or a
+                ``postgresql://user:password@host/database`` URL (the ``postgres`` extra).
+                None: ``settings.store.target`` (``ATHENA_MEMORY_URL``, then
+                ``ATHENA_MEMORY_DB``), then ``~/.athena/memory.db``.
+            settings: the application's settings (:class:`athena.settings.Settings`: the
+                orchestrator's and the store's), or the orchestrator's alone, the store's
+                options then coming from the environment (default: everything from
+                ``ATHENA_*`` environment variables).
+            backends: isolation backends (default: Docker).
+            embeddings: ``auto`` (hybrid ranking when the embeddings extra is installed),
+                ``on`` (required) or ``off``; None: ``settings.store.embeddings``
+                (``ATHENA_MEMORY_EMBEDDINGS``, else auto).
+            code_generator: what ``generate_procedure_code`` uses instead of its template
+                (any callable from a procedure record to Python source).
+
+        Raises:
+            StoreConfigError: the store path or URL cannot be used.
+            StoreError: the store cannot be opened (e.g. the PostgreSQL server refuses).
+            MissingExtraError: embeddings are ``on`` but the embeddings extra is not installed,
+                or a PostgreSQL URL is given without the postgres extra.
+        """
+        chosen = Settings.of(settings)
+        chosen = chosen.model_copy(update={"store": chosen.store.with_embeddings(embeddings)})
+        store = open_store(db_path, chosen.store)
+        orchestrator = Orchestrator(settings=chosen.orchestrator, backends=backends, recorder=store)
+        return cls(store, orchestrator, chosen, code_generator=code_generator)
+
+    @property
+    def store(self) -> Store:
+        """The memory store runs are recorded in."""
+        return self._store
+
+    @property
+    def orchestrator(self) -> Orchestrator:
+        """The orchestrator that runs the code."""
+        return self._orchestrator
+
+    def execute_code(
+        self,
+        code: str,
+        language: str = "python",
+        parameters: Mapping[str, Any] | None = None,
+        timeout_seconds: float | None = None,
+        sandbox_policy: PolicySpec = None,
+        *,
+        track_resources: bool = False,
+        record: bool = True,
+        on_stdout: Callable[[str], None] | None = None,
+        on_stderr: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run code in a never-used sandbox and return the result as a plain dict.
+
+        The dict always has: success, execution_id, stdout, stderr, exit_code,
+        execution_time_ms, violations, violation_details, sandbox_id, language, timestamp,
+        sandbox_mode, isolation, output, error, error_type, issues (and policy,
+        timeout_seconds, resources, total_time_ms). A run that could not happen (no Docker
+        engine, a missing image, NUL bytes the language cannot take, a full queue) gives
+        ``success: False`` with ``error`` and ``error_type``; rejected code gives
+        ``error: "Code validation failed"`` and ``issues``.
+
+        Args:
+            code: the source text.
+            language: a language of ``orchestrator.languages.LANGUAGES`` or an alias
+                (case-insensitive), e.g. python, javascript (js, node) or bash (sh).
+            parameters: a JSON object handed to the code as data.
+            timeout_seconds: seconds before the run is killed; capped by the policy's limit.
+            sandbox_policy: a shipped name, a YAML path, a dict or a Policy; None: strict.
+            track_resources: add cgroup figures (peak memory, CPU time, wall time).
+            record: persist the run in the memory store.
+            on_stdout: called with each chunk of stdout as it arrives.
+            on_stderr: called with each chunk of stderr as it arrives.
+
+        Raises:
+            RequestError: bad arguments (unknown language, timeout <= 0, parameters that are not
+                JSON-serialisable, code over the size limit).
+            PolicyError: an unknown or invalid policy.
+        """
+        request = self._request(
+            code, language, parameters, timeout_seconds, sandbox_policy, track_resources, record
+        )
+        listener = _output_listener(on_stdout, on_stderr)
+        return self._orchestrator.execute(request, on_event=listener).to_dict()
+
+    def execute_code_stream(
+        self,
+        code: str,
+        language: str = "python",
+        parameters: Mapping[str, Any] | None = None,
+        timeout_seconds: float | None = None,
+        sandbox_policy: PolicySpec = None,
+        *,
+        track_resources: bool = False,
+        record: bool = True,
+    ) -> Iterator[dict[str, Any]]:
+        """Run code and yield its events as they happen, as plain dicts.
+
+        Each event has ``type``: ``begin``, ``stdout``/``stderr`` (with ``text``),
+        ``violation`` (with ``violation`` and ``detail``) and, last, ``exit`` (with
+        ``exit_code`` and ``result``, the dict :meth:`execute_code` returns). Closing the
+        iterator early kills the run.
+
+        Raises:
+            RequestError: bad arguments, as :meth:`execute_code` (before anything runs).
+            PolicyError: an unknown or invalid policy.
+        """
+        request = self._request(
+            code, language, parameters, timeout_seconds, sandbox_policy, track_resources, record
+        )
+        return (event.to_dict() for event in self._orchestrator.stream(request))
+
+    async def execute_code_async(
+        self,
+        code: str,
+        language: str = "python",
+        parameters: Mapping[str, Any] | None = None,
+        timeout_seconds: float | None = None,
+        sandbox_policy: PolicySpec = None,
+        *,
+        track_resources: bool = False,
+        record: bool = True,
+    ) -> dict[str, Any]:
+        """Like :meth:`execute_code`, for asyncio; cancelling the awaiting task kills the run.
+
+        Raises:
+            RequestError: bad arguments, as :meth:`execute_code`.
+            PolicyError: an unknown or invalid policy.
+        """
+        request = self._request(
+            code, language, parameters, timeout_seconds, sandbox_policy, track_resources, record
+        )
+        return (await self._orchestrator.aexecute(request)).to_dict()
+
+    def execute_code_batch(
+        self, calls: Sequence[Mapping[str, Any]], concurrency: int = 4
+    ) -> list[dict[str, Any]]:
+        """Run several calls, ``concurrency`` at a time; return their dicts in the same order.
+
+        Each call is a mapping of :meth:`execute_code`'s arguments (``code`` required). Every
+        call is checked before any runs.
+
+        Raises:
+            RequestError: a call has bad arguments (the message names its index).
+            PolicyError: a call names an unknown or invalid policy.
+        """
+        requests = []
+        for index, call in enumerate(calls):
+            try:
+                request = self._request_from_call(call)
+                self._orchestrator.check(request)  # mounts too: nothing runs if any call is bad
+            except (RequestError, PolicyError) as exc:
+                raise type(exc)(f"calls[{index}]: {exc}") from exc
+            requests.append(request)
+        return [r.to_dict() for r in self._orchestrator.run_many(requests, concurrency)]
+
+    def prewarm(self, language: str = "python", sandbox_policy: PolicySpec = None) -> bool:
+        """Fill the warm pool of (language, policy) now, so the next run skips a cold start."""
+        return self._orchestrator.prewarm(language, load_policy(sandbox_policy))
+
+    def _request(
+        self,
+        code: str,
+        language: str,
+        parameters: Mapping[str, Any] | None,
+        timeout_seconds: float | None,
+        sandbox_policy: PolicySpec,
+        track_resources: bool,
+        record: bool,
+    ) -> ExecutionRequest:
+        return ExecutionRequest.create(
+            code,
+            language,
+            parameters,
+            timeout_seconds,
+            load_policy(sandbox_policy),
+            track_resources=track_resources,
+            record=record,
+            max_code_bytes=self._settings.orchestrator.max_code_bytes,
+            max_parameters_bytes=self._settings.orchestrator.max_parameters_bytes,
+        )
+
+    def _request_from_call(self, call: Mapping[str, Any]) -> ExecutionRequest:
+        if not isinstance(call, Mapping):
+            raise RequestError(
+                f"a call must be a dict of execute_code's arguments, not {type(call).__name__}"
+            )
+        for flag in ("track_resources", "record"):
+            if not isinstance(call.get(flag, False), bool):
+                raise RequestError(f"'{flag}' must be true or false, not {call[flag]!r}")
+        unknown = set(call) - _CALL_KEYS
+        if unknown or "code" not in call:
+            raise RequestError(
+                f"a call needs 'code' and may have {', '.join(sorted(_CALL_KEYS - {'code'}))}"
+                + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else "")
+            )
+        return self._request(
+            call["code"],
+            call.get("language", "python"),
+            call.get("parameters"),
+            call.get("timeout_seconds"),
+            call.get("sandbox_policy"),
+            call.get("track_resources", False),
+            call.get("record", True),
+        )
+
+    @property
+    def _max_bytes(self) -> int:
+        return self._settings.store.max_memory_bytes
+
+    def remember(
+        self,
+        content: str,
+        memory_type: str = "semantic",
+        context: Mapping[str, Any] | None = None,
+        tags: list[str] | None = None,
+    ) -> int:
+        """Remember a piece of knowledge; return its id.
+
+        Args:
+            content: the text (not empty; at most ``max_memory_bytes``, 1 MiB by default).
+            memory_type: free-form: semantic, episodic, procedural, preference...
+            context: JSON data to keep with it (``recall(context=...)`` filters on it).
+            tags: words to file it under (tag it ``pinned`` to keep it from decay and pruning).
+
+        Raises:
+            RequestError: empty or over-size content, or a bad type, context or tags.
+            StoreError: the store cannot write.
+        """
+        memory = NewMemory.create(content, memory_type, context, tags, max_bytes=self._max_bytes)
+        return self._store.add_memory(memory)
+
+    def recall(
+        self,
+        query: str,
+        limit: int = 5,
+        context: Mapping[str, Any] | None = None,
+        kinds: list[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Return what the store knows that best matches ``query``, best first.
+
+        Searches memories, events, executions, procedures and entities (``kinds`` narrows,
+        e.g. ``["memory", "execution"]``). Ranking: BM25 keyword scores (stemmed, stop words
+        dropped, identifiers split, so ``division by zero`` finds ``ZeroDivisionError``),
+        fused with vector similarity by reciprocal rank fusion when the embeddings extra is
+        installed, weighted mildly by recency and importance. Any text is a valid query:
+        quotes, operators and SQL are just words.
+
+        Each result is a dict: ``id`` (forget takes it), ``kind``, ``content`` (an
+        execution's one-line summary, a procedure's name and steps, an entity's name),
+        ``tags`` (a memory's; others have none), ``score`` (0..1, higher is better; the best
+        keyword match scores about 1), ``created_at`` (ISO 8601, UTC), ``type`` (the memory
+        or event type, an execution's language, a procedure's category, an entity's type) and
+        ``context`` (the record's context with its own fields, e.g. ``language``,
+        ``outcome``, ``memory_type``).
+
+        Args:
+            query: the words to look for.
+            limit: how many results at most (1..1000).
+            context: a filter: only records whose context has each of these key/value pairs.
+            kinds: the kinds to search (default: all five; plurals are accepted).
+
+        Raises:
+            RequestError: an empty query, a bad limit, an unknown kind or a bad context.
+            StoreError: the store cannot be read.
+        """
+        hits = self._store.recall(RecallQuery.create(query, limit, context, kinds))
+        return [hit.to_dict() for hit in hits]
+
+    def forget(self, memory_id: int) -> bool:
+        """Forget a record of any kind by id; return False when no record has that id.
+
+        Forgetting also removes what hangs on the record: its relations and, for an
+        execution, its event.
+
+        Raises:
+            RequestError: the id is not a positive whole number.
+            StoreError: the store cannot write.
+        """
+        return self._store.forget(checks.object_id(memory_id, "memory_id"))
+
+    def remember_event(
+        self,
+        event_type: str,
+        content: str,
+        outcome: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Remember something that happened; return its id.
+
+        Args:
+            event_type: free-form: action, decision, error, observation...
+            content: what happened.
+            outcome: free-form: success, failure, partial, unknown... (or None).
+            context: JSON data to keep with it.
+
+        Raises:
+            RequestError: empty or over-size content, or a bad type, outcome or context.
+            StoreError: the store cannot write.
+        """
+        event = NewEvent.create(event_type, content, outcome, context, max_bytes=self._max_bytes)
+        return self._store.add_event(event)
+
+    def recall_events(
+        self,
+        query: str | None = None,
+        event_type: str | None = None,
+        start_date: Any = None,
+        end_date: Any = None,
+        limit: int = 10,
+    ) -> list[dict[str, Any]]:
+        """Return events, newest first, or ranked by ``query`` when it is given.
+
+        Each is a dict: ``id``, ``kind`` (``event``), ``event_type``, ``content``,
+        ``outcome``, ``context``, ``created_at`` (ISO 8601, UTC) and ``score`` (0..1 with a
+        query, else None). Runs recorded by ``execute_code`` appear as ``execution`` events.
+
+        Args:
+            query: words to rank by (None: no ranking; a query without words matches nothing).
+            event_type: only events of this type.
+            start_date: only events at or after this (datetime, date or ISO 8601 string).
+            end_date: only events before this (a bare date includes that whole day).
+            limit: how many at most (1..1000).
+
+        Raises:
+            RequestError: a bad type, date or limit, or an end before the start.
+            StoreError: the store cannot be read.
+        """
+        query_ = EventQuery.create(query, event_type, start_date, end_date, limit)
+        return [hit.to_dict() for hit in self._store.recall_events(query_)]
+
+    def remember_procedure(
+        self,
+        name: str,
+        steps: list[Any],
+        category: str = "general",
+        context: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Remember how to do something, as ordered steps; return its id.
+
+        Args:
+            name: what the procedure is called.
+            steps: strings, or dicts with a ``description`` (or ``action``), an optional
+                ``name`` and optional Python ``code`` that the generated step runs.
+            category: free-form: general, analysis, deployment...
+            context: JSON data to keep with it.
+
+        Raises:
+            RequestError: an empty name, no steps, a step without a description, over-size.
+            StoreError: the store cannot write.
+        """
+        procedure = NewProcedure.create(name, steps, category, context, max_bytes=self._max_bytes)
+        return self._store.add_procedure(procedure)
+
+    def generate_procedure_code(
+        self, procedure_id: int, generator: CodeGenerator | None = None
+    ) -> dict[str, Any]:
+        """Turn a remembered procedure into runnable Python, and validate it.
+
+        Without a model: a module with a docstring, one typed, documented function per step
+        that logs what it does, ``main()`` with error handling, and an ``if __name__ ==
+        "__main__":`` block; it runs under the strict policy. ``generator`` (or the one given
+        to ``MemoryAPI.create``) replaces the template: any callable taking the procedure
+        record and returning source text.
+
+        Returns:
+            ``{success, procedure_id, code, confidence, validation, issues, generator,
+            duration_seconds, timestamp}``; ``confidence`` is the validation's quality score.
+            A generator that fails, or returns text with a lone surrogate, gives ``success:
+            False`` with the reason in ``issues``.
+
+        Raises:
+            RequestError: the id is not a positive whole number.
+            RecordNotFoundError: no procedure has this id.
+            StoreError: the store cannot be read.
+        """
+        procedure = self._procedure(procedure_id)
+        custom = generator or self._code_generator
+        made = generate(procedure, None if custom is None else _checked(custom))
+        return made.to_dict()
+
+    def validate_procedure_code(self, code: str, procedure_id: int | None = None) -> dict[str, Any]:
+        """Check Python code: syntax, security (strict policy), docstrings, errors, type hints.
+
+        Returns:
+            ``{success, procedure_id, quality_score, checks: {syntax, security, docstring,
+            error_handling, type_hints}, issues, duration_seconds, timestamp}``; ``success``
+            means it parses and breaks no strict rule; ``quality_score`` is in [0, 1].
+
+        Raises:
+            RequestError: ``code`` is not a string, or holds a lone surrogate.
+            RecordNotFoundError: ``procedure_id`` is given and no procedure has it.
+            StoreError: the store cannot be read.
+        """
+        if not isinstance(code, str):
+            raise RequestError(f"code must be a string, not {type(code).__name__}")
+        check_text(code, "code")
+        checked = None if procedure_id is None else self._procedure(procedure_id).id
+        return validate_code(code, checked).to_dict()
+
+    def _procedure(self, procedure_id: object) -> ProcedureRecord:
+        object_id = checks.object_id(procedure_id, "procedure_id")
+        record = self._store.get(object_id)
+        if not isinstance(record, ProcedureRecord):
+            kind = self._store.kind_of(object_id)
+            what = "no record has this id" if kind is None else f"that record is of kind {kind!r}"
+            raise RecordNotFoundError(f"procedure_id {object_id}: {what}, not a procedure")
+        return record
+
+    def remember_entity(
+        self, name: str, entity_type: str, context: Mapping[str, Any] | None = None
+    ) -> int:
+        """Remember an entity (a person, service, dataset, process...); return its id.
+
+        The same type and name again (case-insensitively) returns the same id, with the new
+        context merged over the old.
+
+        Raises:
+            RequestError: an empty or over-size name, or a bad type or context.
+            StoreError: the store cannot write.
+        """
+        entity = NewEntity.create(name, entity_type, context, max_bytes=self._max_bytes)
+        return self._store.add_entity(entity)
+
+    def relate_entities(
+        self,
+        source_id: int,
+        target_id: int,
+        relation_type: str,
+        context: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Link two records (entities, or records of any kind); return the relation's id.
+
+        The same link (source, target, type) again returns the same id, its context replaced.
+        Forgetting either end forgets the relation.
+
+        Raises:
+            RequestError: an id that is not a positive whole number, a bad type or context.
+            RecordNotFoundError: the source or the target does not exist.
+            StoreError: the store cannot write.
+        """
+        relation = NewRelation.create(
+            source_id, target_id, relation_type, context, max_bytes=self._max_bytes
+        )
+        return self._store.add_relation(relation)
+
+    def consolidate(self, strategy: str = "balanced", days_back: float = 7) -> dict[str, Any]:
+        """Learn from the last ``days_back`` days, and tidy the memories.
+
+        Groups similar executions (failures by language and error signature, successes by
+        their first line of code) and events into semantic pattern memories tagged
+        ``pattern`` with counts (running it again updates the counts), merges near-duplicate
+        memories into the older one, decays unused memories and prunes those that decayed
+        below the strategy's floor. Strategies, from least to most work: ``minimal``,
+        ``speed``, ``balanced``, ``quality`` (see :mod:`memory_store.consolidation.strategies`).
+
+        Returns:
+            ``{strategy, days_back, patterns_created, patterns_updated, memories_merged,
+            memories_decayed, memories_pruned, executions_scanned, events_scanned,
+            vectors_added, duration_seconds}``.
+
+        Raises:
+            RequestError: an unknown strategy, or days_back not above 0.
+            StoreError: the store cannot be read or written.
+        """
+        chosen = strategy_named(strategy)
+        return self._store.consolidate(chosen, check_days_back(days_back)).to_dict()
+
+    def close(self) -> None:
+        """Kill runs still going and close the store."""
+        self._orchestrator.close()
+        self._store.close()
+
+    def __enter__(self) -> MemoryAPI:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _checked(generator: CodeGenerator) -> CodeGenerator:
+    """Wrap a caller's generator so that code UTF-8 cannot encode counts as its failure."""
+
+    def checked(procedure: ProcedureRecord) -> str:
+        code = generator(procedure)
+        if isinstance(code, str):  # anything else: generate() reports it
+            check_text(code, "the generated code")
+        return code
+
+    checked.__name__ = getattr(generator, "__name__", "custom")  # what the result names
+    return checked
