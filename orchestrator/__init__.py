@@ -5,7 +5,7 @@ records every run); this package is for those who want the models, the policies 
 orchestrator themselves.
 """
 
-from orchestrator.backends.base import Backend, CancelToken, RunOutcome, RunSpec
+from orchestrator.backends.base import Backend
 from orchestrator.backends.docker import DockerBackend, compile_docker
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import (
@@ -35,6 +35,7 @@ from orchestrator.models import (
 )
 from orchestrator.orchestrator import Orchestrator, Recorder
 from orchestrator.policy import Policy, load_policy, resolve_mounts, shipped_policy_names
+from orchestrator.run import CancelToken, RunOutcome, RunSpec
 from orchestrator.settings import Settings
 from orchestrator.validator import CodeValidator
 

@@ -7,8 +7,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from orchestrator.backends.base import CancelToken
 from orchestrator.errors import QueueFullError, RunCancelledError
+from orchestrator.run import CancelToken
 
 _POLL_S = 0.1  # how often a waiting run looks whether it was cancelled
 

@@ -22,7 +22,7 @@ from typing import Protocol
 import structlog
 
 from orchestrator.admission import Admission
-from orchestrator.backends.base import Backend, CancelToken, RunOutcome, RunSpec
+from orchestrator.backends.base import Backend
 from orchestrator.context import ExecutionContext, Listener
 from orchestrator.errors import (
     BackendUnavailableError,
@@ -34,6 +34,7 @@ from orchestrator.languages import get_language
 from orchestrator.models import Event, ExecutionRequest, ExecutionResult, ValidationIssue
 from orchestrator.policy import MODE_STRENGTH, Policy, load_policy, resolve_mounts
 from orchestrator.results import assemble_result, failed_result, validation_failed_result
+from orchestrator.run import CancelToken, RunOutcome, RunSpec
 from orchestrator.settings import Settings
 from orchestrator.validator import CodeValidator
 

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 
 from pydantic import JsonValue
 
-from orchestrator.backends.base import RunOutcome
 from orchestrator.context import ExecutionContext, Stream
 from orchestrator.errors import RunError
 from orchestrator.models import (
@@ -22,6 +21,7 @@ from orchestrator.models import (
     ValidationIssue,
     Violation,
 )
+from orchestrator.run import RunOutcome
 
 VALIDATION_FAILED = "Code validation failed"
 

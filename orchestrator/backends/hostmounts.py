@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from contextlib import suppress
 
-from orchestrator.backends.base import CancelToken
+from orchestrator.run import CancelToken
 
 CHECK_S = 0.1
 _SET_ID = stat.S_ISUID | stat.S_ISGID

@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 
-from orchestrator.backends.base import CancelToken, RunSpec
 from orchestrator.context import ExecutionContext, Stream
 from orchestrator.models import Event
+from orchestrator.run import CancelToken, RunSpec
 
 _CHUNK = 65536
 _DRAIN_S = 1.0  # after the child exits, how long its leftovers may keep output pipes open

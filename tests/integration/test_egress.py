@@ -20,7 +20,7 @@ import docker
 import pytest
 
 from athena.mcp.memory_api import MemoryAPI
-from orchestrator.backends import egress
+from orchestrator.backends.docker import egress
 from orchestrator.settings import Settings
 
 pytestmark = pytest.mark.docker

@@ -19,7 +19,7 @@ import pytest
 
 from athena.mcp.memory_api import MemoryAPI
 from orchestrator.backends.docker import DockerBackend
-from orchestrator.backends.owners import (
+from orchestrator.backends.docker.owners import (
     LABEL_OWNER_HOST,
     LABEL_OWNER_PID,
     LABEL_OWNER_STARTED,
@@ -211,7 +211,7 @@ CREATOR_SCRIPT = textwrap.dedent(
     """
     import time, docker
     from orchestrator.backends.docker import DockerBackend
-    from orchestrator.backends.owners import owner_labels
+    from orchestrator.backends.docker.owners import owner_labels
     backend = DockerBackend()
     backend._ensure_watchdog()  # what the first run does
     client = docker.from_env()

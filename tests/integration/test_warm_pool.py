@@ -15,7 +15,7 @@ import docker
 import pytest
 
 from athena.mcp.memory_api import MemoryAPI
-from orchestrator.backends.owners import LABEL_OWNER_PID, LABEL_POOL
+from orchestrator.backends.docker.owners import LABEL_OWNER_PID, LABEL_POOL
 from orchestrator.settings import Settings
 from tests.integration.conftest import wait_until
 

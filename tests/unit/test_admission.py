@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from orchestrator.admission import Admission
-from orchestrator.backends.base import CancelToken
 from orchestrator.errors import QueueFullError, RunCancelledError
+from orchestrator.run import CancelToken
 
 
 @pytest.fixture(autouse=True)

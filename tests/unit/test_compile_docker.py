@@ -12,15 +12,14 @@ from typing import Any
 
 import pytest
 
-from orchestrator.backends import docker as docker_backend
-from orchestrator.backends.base import RunSpec
 from orchestrator.backends.docker import (
-    IMAGE_PROTOCOL_LABEL,
     DockerBackend,
     EgressRoute,
+    Engine,
     compile_docker,
 )
-from orchestrator.backends.owners import (
+from orchestrator.backends.docker import backend as docker_backend
+from orchestrator.backends.docker.owners import (
     LABEL_OWNER_HOST,
     LABEL_OWNER_PID,
     LABEL_OWNER_STARTED,
@@ -30,14 +29,16 @@ from orchestrator.backends.owners import (
     owner_labels,
     process_start_ticks,
 )
-from orchestrator.backends.protocol import PROTOCOL, encode_request
+from orchestrator.backends.protocol import encode_request
 from orchestrator.backends.reader import outcome_from_frames
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import SandboxFailedError
 from orchestrator.languages import get_language
 from orchestrator.models import ExecutionRequest, Resources
 from orchestrator.policy import load_policy, resolve_mounts
+from orchestrator.run import RunSpec
 from orchestrator.settings import Settings
+from orchestrator.testing import FakeEngine
 
 MIB = 1024 * 1024
 IMAGE = "athena-sandbox/python:latest"
@@ -370,73 +371,23 @@ def runner_reply(exit_info: dict[str, Any]) -> bytes:
     return bytes([1, 0, 0, 0]) + struct.pack(">I", len(frames)) + frames
 
 
-class FakeAPI:
-    """Just enough of docker-py's APIClient for one run whose runner answers at once."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.created: dict[str, Any] = {}
-        self.removed: list[str] = []
-
-    def inspect_image(self, image: str) -> dict[str, Any]:
-        return {"Config": {"Labels": {IMAGE_PROTOCOL_LABEL: PROTOCOL}}}
-
-    def create_host_config(self, **kwargs: Any) -> dict[str, Any]:
-        return kwargs
-
-    def create_container_config(self, **kwargs: Any) -> dict[str, Any]:
-        # docker-py turns its keyword arguments into the Engine API body; keep the shape.
-        return {
-            "Image": kwargs["image"],
-            "Labels": kwargs["labels"],
-            "HostConfig": kwargs["host_config"],
-        }
-
-    def create_container_from_config(self, config: dict[str, Any]) -> dict[str, str]:
-        self.created = config
-        return {"Id": "c0ffee" * 10}
-
-    def attach_socket(self, container_id: str, params: dict[str, int]) -> socket.socket:
-        return self.sock
-
-    def start(self, container_id: str) -> None:
-        pass
-
-    def remove_container(self, container_id: str, force: bool = False) -> None:
-        self.removed.append(container_id)
-
-    def inspect_container(self, container_id: str) -> dict[str, Any]:
-        return {"State": {"Running": True}}
-
-    def info(self) -> dict[str, Any]:
-        return {"Runtimes": {"runc": {}}}
-
-
-class FakeClient:
-    def __init__(self, api: FakeAPI) -> None:
-        self.api = api
-
-    def close(self) -> None:
-        pass
-
-
 NONCE = "f00d"
 
 
 @pytest.fixture
-def engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeAPI, socket.socket]]:
+def engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeEngine, socket.socket]]:
     """A fake engine whose container's runner reports exit 0 at once; yields (api, peer)."""
     monkeypatch.setattr(docker_backend, "new_nonce", lambda: NONCE)  # the runner echoes it
     ours, peer = socket.socketpair()
     peer.sendall(runner_reply({"exit_code": 0, "run_ns": 2_000_000, "nonce": NONCE}))
-    yield FakeAPI(ours), peer
+    yield FakeEngine(ours), peer
     peer.close()
     ours.close()
 
 
-def run_on(api: FakeAPI, request: ExecutionRequest, timeout: float) -> dict[str, Any]:
+def run_on(api: FakeEngine, request: ExecutionRequest, timeout: float) -> dict[str, Any]:
     settings = Settings(sweep_on_start=False, pool_size=0)  # the cold path: one container
-    backend = DockerBackend(settings, client_factory=lambda: FakeClient(api))
+    backend = DockerBackend(settings, engine_factory=lambda: api)
     with backend:
         outcome = backend.run(request, RunSpec(timeout), ExecutionContext(capture_io=False))
     return {"exit_code": outcome.exit_code, "run_ms": outcome.run_ms}
@@ -451,7 +402,7 @@ def sent_request(peer: socket.socket) -> bytes:
 
 
 def test_the_backend_sends_the_encoded_request_and_reads_the_exit(
-    engine: tuple[FakeAPI, socket.socket],
+    engine: tuple[FakeEngine, socket.socket],
 ) -> None:
     """DockerBackend creates the compiled container, sends code, blob, timeout, cap; reads exit."""
     api, peer = engine
@@ -465,7 +416,7 @@ def test_the_backend_sends_the_encoded_request_and_reads_the_exit(
 
 
 def test_a_tiny_timeout_is_never_sent_as_no_timeout(
-    engine: tuple[FakeAPI, socket.socket],
+    engine: tuple[FakeEngine, socket.socket],
 ) -> None:
     """A positive timeout below a millisecond reaches the runner as at least 1 ms, never 0."""
     api, peer = engine
@@ -476,7 +427,7 @@ def test_a_tiny_timeout_is_never_sent_as_no_timeout(
 
 def test_without_a_readable_proc_nobody_is_judged_dead(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where /proc cannot be read, the sweep removes nothing rather than everything."""
-    from orchestrator.backends import owners
+    from orchestrator.backends.docker import owners
 
     labels = {**owner_labels(), "athena.owner.pid": "4194305"}
     assert owner_is_dead(labels) is True
@@ -495,10 +446,10 @@ def test_garbage_on_the_value_channel_is_a_note_not_a_crash() -> None:
 def test_a_container_that_never_becomes_ready_fails_clearly_and_goes() -> None:
     """No word from the runner within startup_timeout: a clear error, and the container is removed."""
     ours, peer = socket.socketpair()  # the peer never answers
-    api = FakeAPI(ours)
+    api = FakeEngine(ours)
     settings = Settings(sweep_on_start=False, pool_size=0, startup_timeout=0.5)
     try:
-        with DockerBackend(settings, client_factory=lambda: FakeClient(api)) as backend:
+        with DockerBackend(settings, engine_factory=lambda: api) as backend:
             request = ExecutionRequest.create("print(1)")
             with pytest.raises(SandboxFailedError, match=r"did not become ready within 0\.5 s"):
                 backend.run(request, RunSpec(5.0), ExecutionContext(capture_io=False))
@@ -582,39 +533,34 @@ def test_guarded_interpreters_get_kernel_denials() -> None:
 
 
 def test_a_start_the_engine_refuses_goes_to_a_fresh_container_then_says_why(
-    engine: tuple[FakeAPI, socket.socket],
+    engine: tuple[FakeEngine, socket.socket],
 ) -> None:
     """A refused start is not retried on the same (auto-removed) container: a fresh one is
     created; a start refused every time ends with the engine's own reason."""
-    import docker.errors
-
     api, _ = engine
-    starts: list[str] = []
-
-    def refuse_once(container_id: str) -> None:
-        starts.append(container_id)
-        if len(starts) == 1:
-            raise docker.errors.APIError("500", explanation="a transient refusal")
-
     spare, spare_peer = socket.socketpair()  # the refused container's attach stream
-    streams = [spare, api.sock]
-    api.attach_socket = lambda container_id, params: streams.pop(0)  # type: ignore[method-assign]
-    api.start = refuse_once  # type: ignore[method-assign]
+    api.streams, api.refusals = [spare], ["a transient refusal"]
     request = ExecutionRequest.create("print(1)")
     assert run_on(api, request, 5.0)["exit_code"] == 0
-    assert len(starts) == 2  # once per container, never twice on the refused one
+    assert len(api.starts) == 2  # once per container, never twice on the refused one
     spare_peer.close()
 
-    def refuse(container_id: str) -> None:
-        raise docker.errors.APIError("500", explanation="Range of CPUs is from 0.01 to 2.00")
-
-    api.start = refuse  # type: ignore[method-assign]
     pairs = [socket.socketpair() for _ in range(3)]  # one attach stream per fresh container
-    streams = [ours for ours, _ in pairs]
-    api.attach_socket = lambda container_id, params: streams.pop(0)  # type: ignore[method-assign]
+    api.streams = [ours for ours, _ in pairs]
+    api.refusals = ["Range of CPUs is from 0.01 to 2.00"] * 3
     with pytest.raises(SandboxFailedError, match="Range of CPUs") as caught:
         run_on(api, ExecutionRequest.create("print(1)"), 5.0)
     assert "No such container" not in str(caught.value)
     for ours, theirs in pairs:
         ours.close()
         theirs.close()
+
+
+def test_the_fake_engine_is_an_engine() -> None:
+    """The fake implements every method of the Engine interface, with the same parameters."""
+    import inspect
+
+    for name, member in inspect.getmembers(Engine, inspect.isfunction):
+        if not name.startswith("_"):
+            theirs = inspect.signature(member).parameters
+            assert list(inspect.signature(getattr(FakeEngine, name)).parameters) == list(theirs)

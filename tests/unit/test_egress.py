@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from orchestrator.backends.egress import EgressProxy
+from orchestrator.backends.docker.egress import EgressProxy
 from orchestrator.egress_rules import address_verdict, is_public, name_verdict
 
 ALLOWED = ("pypi.org", "*.github.com", "api.example.com:8443")

@@ -1,4 +1,4 @@
-"""FastEngine: the http.client path for create, attach and start, against a fake engine socket."""
+"""The engine client: FastEngine and DockerEngine (either client behind it) against a fake engine socket."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
+import docker
 import pytest
 
-from orchestrator.backends.engine import EngineError, FastEngine
-from orchestrator.backends.errors import is_transient, map_docker_errors
+from orchestrator.backends.docker.engine import DockerEngine
+from orchestrator.backends.docker.errors import is_transient, map_docker_errors
+from orchestrator.backends.docker.fastpath import EngineError, FastEngine
 from orchestrator.errors import BackendUnavailableError, ImageNotFoundError, SandboxFailedError
 
 
@@ -128,3 +130,31 @@ def test_a_dead_engine_socket_is_an_os_error(tmp_path: Path) -> None:
         map_docker_errors("create"),
     ):
         fast.create({"Image": "img"})
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "docker-py"])
+def test_the_docker_engine_sends_the_same_calls_through_either_client(
+    engine: tuple[FastEngine, _Server], fast: bool
+) -> None:
+    """DockerEngine creates, attaches and starts with the same Engine API calls whether the
+    fast path or docker-py carries them."""
+    fast_engine, server = engine
+    socket_path = server.server_address
+    client = docker.DockerClient(base_url=f"unix://{socket_path}", version="1.41", timeout=5)
+    docker_engine = DockerEngine(client, fast_engine if fast else None)
+    try:
+        assert docker_engine.create({"Image": "img", "Labels": {}}) == "abc123"
+        sock, attached = docker_engine.attach("abc123")
+        sock.sendall(b"hello")
+        assert sock.recv(100) == b"HELLO"
+        attached.close()
+        sock.close()
+        docker_engine.start("abc123")
+    finally:
+        docker_engine.close()
+    paths = [path.split("?")[0] for _, path, _ in server.seen]
+    assert paths == [
+        "/v1.41/containers/create",
+        "/v1.41/containers/abc123/attach",
+        "/v1.41/containers/abc123/start",
+    ]

@@ -8,8 +8,8 @@ import stat
 import threading
 from pathlib import Path
 
-from orchestrator.backends.base import CancelToken
 from orchestrator.backends.hostmounts import WriteCapWatch, sweep_mount
+from orchestrator.run import CancelToken
 
 
 def test_the_sweep_strips_set_id_bits_and_removes_special_files(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from memory_store.api import MemoryAPI
+from athena.api import MemoryAPI
 from orchestrator.errors import (
     BackendUnavailableError,
     CodeNotAcceptedError,

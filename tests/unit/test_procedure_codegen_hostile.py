@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from pydantic import JsonValue
 
+from athena.procedures import generate, template_code, validate_code
 from memory_store import ProcedureRecord, ProcedureStep
-from memory_store.procedures import generate, template_code, validate_code
 
 NOW = datetime(2026, 11, 26)
 

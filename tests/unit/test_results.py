@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from orchestrator.backends.base import RunOutcome
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import BackendUnavailableError
 from orchestrator.models import ExecutionRequest, Isolation, Resources, ValidationIssue
@@ -20,6 +19,7 @@ from orchestrator.results import (
     signal_name,
     validation_failed_result,
 )
+from orchestrator.run import RunOutcome
 
 ISOLATION = Isolation(mode="docker", runtime="runc", path="cold", image="img")
 STRICT = load_policy("strict")  # memory 256 MiB, pids 64, 1 MiB of output per stream

@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from memory_store.api import MemoryAPI
-from orchestrator.backends.base import CancelToken, RunOutcome, RunSpec
+from athena.api import MemoryAPI
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import (
     BackendUnavailableError,
@@ -30,6 +29,7 @@ from orchestrator.errors import (
 from orchestrator.models import Event, ExecutionRequest, ExecutionResult, Isolation, Violation
 from orchestrator.orchestrator import Orchestrator
 from orchestrator.policy import load_policy
+from orchestrator.run import CancelToken, RunOutcome, RunSpec
 from orchestrator.settings import Settings
 from orchestrator.testing import FakeBackend, FakeRun
 from tests.contract import RESULT_KEYS

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from orchestrator import models
-from orchestrator.backends.base import RunOutcome, RunSpec
 from orchestrator.backends.reader import outcome_from_frames
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import RequestError
 from orchestrator.models import ExecutionRequest, Isolation
 from orchestrator.orchestrator import Orchestrator
+from orchestrator.run import RunOutcome, RunSpec
 from orchestrator.settings import Settings
 from orchestrator.testing import FakeBackend
 from orchestrator.text import (

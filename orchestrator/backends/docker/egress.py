@@ -13,18 +13,21 @@ sends to this host, so no other host service is reachable from it.
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
 import socketserver
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
 
+from orchestrator.backends.docker.compile import EgressRoute
+from orchestrator.backends.docker.errors import map_docker_errors
 from orchestrator.egress_rules import address_verdict, name_verdict
 
 log = structlog.get_logger(__name__)
@@ -233,8 +236,7 @@ def _reply(conn: socket.socket, status: int, message: str) -> None:
 
 def ensure_network(api: Any) -> str:
     """Create the internal egress network if it is missing; return its gateway address."""
-    existing = api.networks(names=[NETWORK])
-    if not existing:
+    if not api.networks(names=[NETWORK]):
         api.create_network(
             NETWORK,
             driver="bridge",
@@ -283,3 +285,80 @@ def unshield_host(gateway: str, port: int) -> None:
     """Remove this proxy's accept rule (the drop rule stays for the next one)."""
     remove = ["iptables", "-D", *_accept_rule(gateway, port)]
     subprocess.run(remove, capture_output=True, check=False)
+
+
+# --------------------------------------------------------------------------- the set-up
+
+
+@dataclass(frozen=True)
+class _Installed:
+    route: EgressRoute
+    proxy: EgressProxy
+    shielded: bool
+
+    def remove(self) -> None:
+        self.proxy.close()
+        if self.shielded:
+            host, port = self.proxy.address
+            unshield_host(host, port)
+
+
+class EgressSetup:
+    """The egress network and this process's proxy on its gateway, set up at the first need.
+
+    Thread-safe: ``_lock`` guards ``_installed``.
+
+    Args:
+        pinned: names the proxy resolves to fixed addresses (see :class:`EgressProxy`).
+    """
+
+    def __init__(self, pinned: Mapping[str, str] | None = None) -> None:
+        self._pinned = pinned
+        self._lock = threading.Lock()
+        self._installed: _Installed | None = None
+
+    def route(self, gateway: Callable[[], str]) -> EgressRoute:
+        """The route to the proxy, setting up network, proxy and shield once.
+
+        Args:
+            gateway: creates the egress network if needed and returns its gateway address.
+
+        Raises:
+            SandboxError: the engine could not set up the network.
+        """
+        with self._lock:
+            if self._installed is not None:
+                return self._installed.route
+        with map_docker_errors("set up the egress network"):
+            address = gateway()
+        proxy = EgressProxy(address, pinned=self._pinned)
+        host, port = proxy.address
+        shielded = os.geteuid() == 0 and shield_host(address, port)
+        mine = _Installed(EgressRoute(NETWORK, f"http://{host}:{port}"), proxy, shielded)
+        with self._lock:
+            if self._installed is None:
+                self._installed = mine
+                return mine.route
+            theirs = self._installed
+        mine.remove()  # another thread won the race
+        return theirs.route
+
+    def admit(self, client: str, allowed: Sequence[str]) -> None:
+        """Let a sandbox's address use the proxy under its run's allowlist."""
+        with self._lock:
+            installed = self._installed
+        if installed is not None:
+            installed.proxy.admit(client, allowed)
+
+    def release(self, client: str) -> list[Refusal]:
+        """Stop serving a sandbox's address; return what was refused to it."""
+        with self._lock:
+            installed = self._installed
+        return installed.proxy.release(client) if installed is not None else []
+
+    def close(self) -> None:
+        """Stop the proxy and remove its shield rule."""
+        with self._lock:
+            installed, self._installed = self._installed, None
+        if installed is not None:
+            installed.remove()

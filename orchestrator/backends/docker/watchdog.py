@@ -19,6 +19,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
@@ -31,7 +33,7 @@ def start(labels: dict[str, str], timeout: float = 10.0) -> subprocess.Popen[byt
     Closing its stdin (or the owner's death) sets it off.
     """
     process = subprocess.Popen(
-        # -I: this file's folder (which holds docker.py) must not shadow the Docker SDK.
+        # -I: no user site or environment; the Docker SDK is the installed one.
         [
             sys.executable,
             "-I",
@@ -49,6 +51,38 @@ def start(labels: dict[str, str], timeout: float = 10.0) -> subprocess.Popen[byt
         process.stdout.readline()  # one line, written once both watchers wait on the pipe
     process.stdout.close()
     return process
+
+
+class Watchdog:
+    """The owner's handle on its watchdog: started once, before the first container; closed once.
+
+    Thread-safe: ``_lock`` guards ``_process`` and ``_closed``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._closed = False
+
+    @property
+    def pid(self) -> int | None:
+        """The first watcher's pid (its process group's id), once started."""
+        with self._lock:
+            return self._process.pid if self._process is not None else None
+
+    def arm(self, labels: Callable[[], dict[str, str]]) -> None:
+        """Start the watchdog of the owner that ``labels()`` names, unless it runs or was closed."""
+        with self._lock:
+            if self._process is None and not self._closed:
+                self._process = start(labels())
+
+    def close(self) -> None:
+        """Close its stdin: it sweeps (nothing is left by then) and exits; wait for it."""
+        with self._lock:
+            process, self._closed = self._process, True
+        if process is not None:
+            with suppress(OSError):
+                process.communicate(timeout=30)
 
 
 def remove_owned(labels: list[str]) -> int:

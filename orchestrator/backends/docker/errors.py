@@ -1,15 +1,20 @@
-"""Translation of docker-py and requests errors into our error tree, in one place."""
+"""Translation of engine errors into our error tree, in one place, and what is retried.
+
+Only Engine API calls made before the code starts are retried, never the code itself.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import docker.errors
 import requests.exceptions
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from orchestrator.backends.engine import EngineError
+from orchestrator.backends.docker.fastpath import EngineError
 from orchestrator.errors import (
     BackendUnavailableError,
     ImageNotFoundError,
@@ -18,6 +23,7 @@ from orchestrator.errors import (
 )
 
 _CONNECTION_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+T = TypeVar("T")
 
 
 def docker_host() -> str:
@@ -93,3 +99,45 @@ def map_docker_errors(action: str, image: str | None = None) -> Iterator[None]:
         raise unavailable(exc) from exc
     except OSError as exc:  # the fast path's socket broke
         raise unavailable(f"the engine's socket failed while trying to {action}: {exc}") from exc
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether the engine answered with an error of its own (not a dropped connection)."""
+    return isinstance(exc, EngineError | docker.errors.APIError)
+
+
+_RETRY_TRANSIENT = Retrying(
+    retry=retry_if_exception(is_transient),
+    stop=stop_after_attempt(3),
+    wait=wait_exponential(multiplier=0.1, max=1.0),
+    reraise=True,
+)
+# Starting is retried only when the connection broke: a start the engine refused (say, more CPUs
+# than it has) has already removed the container (AutoRemove), so a retry could only report
+# "No such container" instead of the engine's reason.
+_RETRY_CONNECTION = Retrying(
+    retry=retry_if_exception(lambda exc: is_transient(exc) and not is_refusal(exc)),
+    stop=stop_after_attempt(3),
+    wait=wait_exponential(multiplier=0.1, max=1.0),
+    reraise=True,
+)
+
+
+def retry_transient(call: Callable[[], T], action: str, image: str | None = None) -> T:
+    """Call ``call``, again when the engine was busy or the connection dropped; map errors.
+
+    Raises:
+        SandboxError: what :func:`map_docker_errors` makes of the last failure.
+    """
+    with map_docker_errors(action, image):
+        return _RETRY_TRANSIENT(call)
+
+
+def retry_connection(call: Callable[[], T], action: str, image: str | None = None) -> T:
+    """Call ``call``, again only when the connection broke (never after a refusal); map errors.
+
+    Raises:
+        SandboxError: what :func:`map_docker_errors` makes of the last failure.
+    """
+    with map_docker_errors(action, image):
+        return _RETRY_CONNECTION(call)

@@ -1,0 +1,315 @@
+"""The Docker backend: one fresh, throwaway container per run.
+
+:class:`DockerBackend` coordinates the parts: the engine (:mod:`.engine`, the only code that
+talks to Docker), the blueprints compiled from policies (:mod:`.blueprints`, :mod:`.compile`), the
+warm pool (:mod:`orchestrator.backends.pool`), the containers in flight (:mod:`.live`), the run's
+conversation with the runner (:mod:`.drive`), the egress proxy (:mod:`.egress`) and the watchdog.
+
+Containers never outlive their run by more than a few seconds: they are created with
+``AutoRemove``, the runner kills the run when stdin reaches EOF (which the engine delivers when
+this process dies, even by SIGKILL, because stdin is attached with ``StdinOnce``), and at first
+use the backend removes containers whose labelled owner process is dead.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from functools import partial
+from typing import Literal
+
+import structlog
+
+from orchestrator.backends.docker.blueprints import Blueprints
+from orchestrator.backends.docker.drive import Driver, Message
+from orchestrator.backends.docker.egress import NETWORK, EgressSetup
+from orchestrator.backends.docker.engine import DockerEngine, Engine
+from orchestrator.backends.docker.errors import map_docker_errors, retry_connection, retry_transient
+from orchestrator.backends.docker.live import LiveContainers
+from orchestrator.backends.docker.owners import (
+    LABEL_OWNER_HOST,
+    LABEL_OWNER_PID,
+    LABEL_OWNER_STARTED,
+    LABEL_POOL,
+    LABEL_RUN,
+    LABEL_SANDBOX,
+    owner_is_dead,
+    owner_labels,
+)
+from orchestrator.backends.docker.sandbox import Blueprint, NeverStarted, PoolKey, Sandbox
+from orchestrator.backends.docker.watchdog import Watchdog
+from orchestrator.backends.mountstage import MountStage
+from orchestrator.backends.mountstage import sweep_stale as sweep_stale_mounts
+from orchestrator.backends.pool import WarmPool
+from orchestrator.backends.protocol import encode_request, new_nonce
+from orchestrator.context import ExecutionContext
+from orchestrator.errors import BackendUnavailableError, RunCancelledError, SandboxFailedError
+from orchestrator.guard import runtime_guard
+from orchestrator.languages import get_language
+from orchestrator.models import ExecutionRequest
+from orchestrator.policy import Policy
+from orchestrator.run import RunOutcome, RunSpec
+from orchestrator.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+# How long "no engine answers" is believed before the engine is asked again.
+UNAVAILABLE_TTL_S = 5.0
+# Fresh containers a run may go through when each dies before the code starts.
+NEVER_STARTED_ATTEMPTS = 3
+_WATCHDOG_LABELS = (LABEL_OWNER_PID, LABEL_OWNER_STARTED, LABEL_OWNER_HOST)
+
+
+class DockerBackend:
+    """Runs each request in a never-used container: a warm one from the pool, or a fresh one.
+
+    Thread-safe. ``_lock`` guards ``_engine``, ``_closed``, ``_swept``, ``_down_until`` and
+    ``_down_reason``; every part guards its own state with a lock of its own (the containers in
+    flight, the blueprints, the egress set-up, the watchdog, the pool).
+
+    Args:
+        settings: image names, timeouts, pool sizes, start-up sweep.
+        engine_factory: connects to the engine (default: :meth:`DockerEngine.from_env`, with
+            the fast path when the engine listens on a Unix socket).
+    """
+
+    name = "docker"
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        engine_factory: Callable[[], Engine] | None = None,
+    ) -> None:
+        self._settings = settings or Settings()
+        self._factory = engine_factory or partial(
+            DockerEngine.from_env, self._settings.docker_api_timeout
+        )
+        self._lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._closed = False
+        self._swept = False
+        self._down_until = 0.0
+        self._down_reason: str | None = None
+        self._live = LiveContainers()
+        self._egress = EgressSetup(self._settings.egress_pinned_hosts)
+        self._stage = MountStage()
+        self._blueprints = Blueprints(self._settings, self._egress, self._stage)
+        self._watchdog = Watchdog()
+        self._pool: WarmPool[PoolKey, Sandbox] = WarmPool(
+            self._launch_pooled,
+            self._discard,
+            Sandbox.is_idle_and_alive,
+            size_for=lambda key: self._settings.pool_size_for(key[0]),
+            min_size=self._settings.pool_min_size,
+            idle_ttl=self._settings.pool_idle_ttl_seconds,
+        )
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> DockerBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Kill runs still going, let the pooled containers go, and drop the engine."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._live.refuse_new()
+        self._pool.close()
+        with self._lock:
+            engine = self._engine
+        self._live.close(engine)
+        with self._lock:
+            self._engine = None
+        if engine is not None:
+            engine.close()
+        self._egress.close()
+        self._stage.close()
+        self._watchdog.close()
+
+    def unavailable_reason(self, language: str) -> str | None:
+        """Why no container can run here (no engine answers), or None.
+
+        An answer is remembered: a working engine for good, a missing one for a few seconds.
+        """
+        with self._lock:
+            if self._engine is not None:
+                return None
+            if self._down_until > time.monotonic():
+                return self._down_reason
+        try:
+            self._connect()
+        except BackendUnavailableError as exc:
+            with self._lock:
+                self._down_until = time.monotonic() + UNAVAILABLE_TTL_S
+                self._down_reason = str(exc)
+            return str(exc)
+        return None
+
+    def _connect(self) -> Engine:
+        """The engine, connected at the first call (which also sweeps, when configured)."""
+        with self._lock:
+            if self._closed:
+                raise SandboxFailedError("this backend is closed; create a new one")
+            if self._engine is None:
+                with map_docker_errors("connect to the engine"):
+                    self._engine = self._factory()
+            engine = self._engine
+            sweep = self._settings.sweep_on_start and not self._swept
+            self._swept = True
+        if sweep:
+            self.sweep()
+        return engine
+
+    def sweep(self) -> int:
+        """Remove containers whose labelled owner process on this host is dead.
+
+        Returns:
+            How many containers were removed.
+        """
+        engine = self._connect()
+        with map_docker_errors("list containers"):
+            containers = engine.containers(LABEL_SANDBOX)
+        removed = 0
+        for container in containers:
+            if owner_is_dead(container.get("Labels") or {}):
+                engine.remove(container["Id"])
+                removed += 1
+        if removed:
+            log.info("removed orphaned sandbox containers", count=removed)
+        sweep_stale_mounts()
+        return removed
+
+    # ------------------------------------------------------------------ runs
+
+    def run(
+        self, request: ExecutionRequest, spec: RunSpec, context: ExecutionContext
+    ) -> RunOutcome:
+        """Run one request in a never-used container; see :class:`Backend`.
+
+        A container that dies before the code starts (a pooled runner gone, an engine hiccup)
+        is replaced by a fresh one; once the code has started, nothing is retried.
+        """
+        engine = self._connect()
+        blueprint = self._blueprints.build(engine, request.language, request.policy, spec)
+        message = _message(request, spec)
+        driver = Driver(engine, self._live, self._egress, self._settings.startup_timeout)
+        for attempt in range(1, NEVER_STARTED_ATTEMPTS + 1):
+            if spec.cancel.cancelled:
+                raise RunCancelledError("the run was cancelled before it started")
+            try:
+                sandbox = self._take(engine, blueprint, request.execution_id)
+                return driver.drive(sandbox, message, request, spec, context)
+            except NeverStarted as exc:
+                log.warning(
+                    "sandbox lost before the code started", attempt=attempt, reason=str(exc)
+                )
+                if attempt == NEVER_STARTED_ATTEMPTS:
+                    raise SandboxFailedError(
+                        f"the sandbox failed before the code started: {exc}"
+                    ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def prewarm(self, language: str, policy: Policy, spec: RunSpec, timeout: float = 60.0) -> bool:
+        """Start the pool of (language, policy) and wait until it holds a ready container."""
+        engine = self._connect()
+        blueprint = self._blueprints.build(engine, get_language(language).name, policy, spec)
+        return self._pool.prewarm(blueprint.key, timeout)
+
+    def _take(self, engine: Engine, blueprint: Blueprint, execution_id: str) -> Sandbox:
+        if self._settings.pool_size_for(blueprint.key[0]) > 0:
+            sandbox = self._pool.take(blueprint.key, wait=self._settings.pool_wait_seconds)
+            if sandbox is not None:
+                return sandbox
+        return self._launch(engine, blueprint, "cold", {LABEL_RUN: execution_id})
+
+    def _launch(
+        self,
+        engine: Engine,
+        blueprint: Blueprint,
+        path: Literal["cold", "warm"],
+        labels: Mapping[str, str],
+    ) -> Sandbox:
+        """Create, attach and start a container; its runner then waits for a request."""
+        self._ensure_watchdog()
+        body = {**blueprint.body, "Labels": {**blueprint.body["Labels"], **labels}}
+        image = blueprint.image
+        container_id = retry_transient(lambda: engine.create(body), "create the container", image)
+        try:
+            if not self._live.add(container_id):
+                raise SandboxFailedError("the backend was closed while the run was starting")
+            with map_docker_errors("attach to the container"):
+                sock, attached = engine.attach(container_id)
+            sandbox = Sandbox(container_id, sock, attached, image, path, runtime=blueprint.runtime)
+            self._live.add(container_id, sandbox)
+            try:
+                retry_connection(lambda: engine.start(container_id), "start the container", image)
+            except SandboxFailedError as exc:  # the engine refused: a fresh container may start
+                raise NeverStarted(str(exc)) from exc
+            if blueprint.egress:
+                with map_docker_errors("read the sandbox's address"):
+                    sandbox.address = engine.address(container_id, NETWORK)
+        except BaseException:
+            self._live.release(engine, container_id, finished=False)
+            raise
+        return sandbox
+
+    def _ensure_watchdog(self) -> None:
+        """Start the watchdog that removes our containers if this process dies (once)."""
+        with self._lock:
+            if self._closed:
+                return
+        self._watchdog.arm(
+            lambda: {k: v for k, v in owner_labels().items() if k in _WATCHDOG_LABELS}
+        )
+
+    def _launch_pooled(self, key: PoolKey) -> Sandbox:
+        """Start a container for the pool and wait until its runner says it is ready."""
+        engine = self._connect()
+        sandbox = self._launch(engine, self._blueprints.get(key), "warm", {LABEL_POOL: "1"})
+        try:
+            sandbox.await_ready(self._settings.startup_timeout)
+        except BaseException:
+            self._live.release(engine, sandbox.container_id, finished=False)
+            raise
+        return sandbox
+
+    def _discard(self, sandbox: Sandbox) -> None:
+        """Let a pooled sandbox go (expired, surplus, dead, or the pool is closing)."""
+        with self._lock:
+            engine = self._engine
+        sandbox.close()
+        if engine is not None:
+            self._live.release(engine, sandbox.container_id, finished=False)
+
+
+def _message(request: ExecutionRequest, spec: RunSpec) -> Message:
+    """The request as the runner reads it, with a fresh nonce for its reports."""
+    nonce = new_nonce()
+    payload = encode_request(
+        request.code.encode("utf-8", errors="surrogatepass"),
+        get_language(request.language).request_blob(
+            request.parameters, runtime_guard(request.policy, request.language)
+        ),
+        max(1, round(spec.timeout_seconds * 1000)),  # 0 would mean "no deadline"
+        request.policy.limits.max_output_bytes,
+        nonce,
+    )
+    return Message(payload, nonce)
+
+
+def _close_at_exit(ref: weakref.ref[DockerBackend]) -> None:
+    backend = ref()
+    if backend is not None:
+        with suppress(Exception):
+            backend.close()

@@ -1,0 +1,140 @@
+"""The container blueprints of each (language, policy, mounts), built once and shared by runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import threading
+from typing import Any
+
+from orchestrator.backends.docker.compile import (
+    IMAGE_PROTOCOL_LABEL,
+    RUNSC,
+    choose_runtime,
+    compile_docker,
+)
+from orchestrator.backends.docker.egress import EgressSetup
+from orchestrator.backends.docker.engine import Engine
+from orchestrator.backends.docker.errors import map_docker_errors
+from orchestrator.backends.docker.owners import owner_labels
+from orchestrator.backends.docker.sandbox import Blueprint, PoolKey
+from orchestrator.backends.mountstage import MountStage
+from orchestrator.backends.protocol import PROTOCOL
+from orchestrator.errors import BackendUnavailableError, ImageNotFoundError
+from orchestrator.languages import get_language
+from orchestrator.policy import Policy, ResolvedMount
+from orchestrator.run import RunSpec
+from orchestrator.settings import Settings
+
+_RequestKey = tuple[str, Policy, tuple[ResolvedMount, ...]]
+
+
+class Blueprints:
+    """Builds and keeps the blueprint of each (language, policy, mounts).
+
+    Thread-safe: ``_lock`` guards ``_by_request``, ``_by_key``, ``_images_ok`` and
+    ``_runtimes``. Two threads may build the same blueprint at once; the first one kept wins.
+
+    Args:
+        settings: image names.
+        egress: the egress set-up, for allowlist policies.
+        stage: stages mount sources for gVisor.
+    """
+
+    def __init__(self, settings: Settings, egress: EgressSetup, stage: MountStage) -> None:
+        self._settings, self._egress, self._stage = settings, egress, stage
+        self._lock = threading.Lock()
+        self._by_request: dict[_RequestKey, Blueprint] = {}
+        self._by_key: dict[PoolKey, Blueprint] = {}
+        self._images_ok: set[str] = set()
+        self._runtimes: frozenset[str] | None = None
+
+    def get(self, key: PoolKey) -> Blueprint:
+        """The blueprint of a pool key (one that :meth:`build` returned)."""
+        with self._lock:
+            return self._by_key[key]
+
+    def build(self, engine: Engine, language: str, policy: Policy, spec: RunSpec) -> Blueprint:
+        """Return the blueprint of (language, policy, mounts), built at the first call.
+
+        Raises:
+            ImageNotFoundError: the image is missing or speaks another runner protocol.
+            BackendUnavailableError: the policy requires gVisor and the engine has none.
+            SandboxError: the engine failed.
+        """
+        cache_key = (language, policy, spec.mounts)
+        with self._lock:
+            known = self._by_request.get(cache_key)
+        if known is not None:
+            return known
+        image = self._settings.image_ref(get_language(language).image)
+        self._check_image(engine, image)
+        labels = {**owner_labels(), "athena.language": language, "athena.policy": policy.name}
+        route = None
+        if policy.network.mode == "allowlist":
+            route = self._egress.route(engine.egress_gateway)
+        runtime = self._runtime(engine, policy)
+        if runtime.startswith(RUNSC) and spec.mounts:
+            spec = dataclasses.replace(spec, mounts=self._staged(spec.mounts))
+        config = compile_docker(
+            policy,
+            spec,
+            image=image,
+            labels=labels,
+            route=route,
+            container_runtime=runtime,
+            language=language,
+        )
+        body = engine.container_body(config["create"], config["host_config"])
+        blueprint = Blueprint(
+            (language, _fingerprint(body)), image, body, route is not None, runtime
+        )
+        with self._lock:
+            self._by_key.setdefault(blueprint.key, blueprint)
+            return self._by_request.setdefault(cache_key, blueprint)
+
+    def _runtime(self, engine: Engine, policy: Policy) -> str:
+        with self._lock:
+            registered = self._runtimes
+        if registered is None:
+            with map_docker_errors("ask the engine for its runtimes"):
+                registered = engine.runtimes()
+            with self._lock:
+                self._runtimes = registered
+        runtime = choose_runtime(policy, registered)
+        if runtime is None:
+            raise BackendUnavailableError(
+                f"policy {policy.name!r} requires gVisor, and the Docker engine has no runsc "
+                "runtime: run `make gvisor` (installs runsc and registers it with dockerd)"
+            )
+        return runtime
+
+    def _staged(self, mounts: tuple[ResolvedMount, ...]) -> tuple[ResolvedMount, ...]:
+        """The mounts with sources gVisor's engine can bind safely (see ``mountstage``)."""
+        return tuple(
+            dataclasses.replace(m, source=self._stage.stage(m.source, m.device, m.inode))
+            for m in mounts
+        )
+
+    def _check_image(self, engine: Engine, image: str) -> None:
+        with self._lock:
+            if image in self._images_ok:
+                return
+        with map_docker_errors("inspect the sandbox image", image):
+            labels = engine.image_labels(image)
+        if labels.get(IMAGE_PROTOCOL_LABEL) != PROTOCOL:
+            raise ImageNotFoundError(
+                f"the sandbox image {image} speaks runner protocol "
+                f"{labels.get(IMAGE_PROTOCOL_LABEL)!r}, this orchestrator needs {PROTOCOL!r}: "
+                "run `make images` to rebuild it"
+            )
+        with self._lock:
+            self._images_ok.add(image)
+
+
+def _fingerprint(body: dict[str, Any]) -> str:
+    """What tells containers apart in the pool: the create body without its labels."""
+    return hashlib.sha256(
+        json.dumps({**body, "Labels": None}, sort_keys=True).encode()
+    ).hexdigest()[:16]

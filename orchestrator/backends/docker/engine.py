@@ -1,0 +1,209 @@
+"""One interface to the Docker engine, and its implementation over docker-py and the fast path.
+
+:class:`Engine` is every engine call the backend makes; :class:`DockerEngine` implements it,
+sending the three calls on a run's critical path (create, attach, start) over the standard
+library's ``http.client`` when the engine listens on a Unix socket (see :mod:`.fastpath`) and
+everything else through docker-py. A test engine implements the same interface, so the backend
+runs the same code with it as in production.
+
+Errors are not translated here: an engine's refusal raises :class:`EngineError` or a docker-py
+error, a broken connection an ``OSError`` or a requests error; the backend maps them with
+:func:`~orchestrator.backends.docker.errors.map_docker_errors`.
+"""
+
+from __future__ import annotations
+
+import socket
+from contextlib import suppress
+from typing import Any, Protocol
+
+import docker
+import docker.errors
+import structlog
+
+from orchestrator.backends.docker.egress import ensure_network
+from orchestrator.backends.docker.errors import unavailable, unix_socket_path
+from orchestrator.backends.docker.fastpath import FastEngine
+from orchestrator.errors import SandboxFailedError
+
+log = structlog.get_logger(__name__)
+
+
+class Stream(Protocol):
+    """What an attach call hands back besides the raw socket: closed with it."""
+
+    def close(self) -> None:
+        """Close the wrapper."""
+
+
+class Engine(Protocol):
+    """The engine calls the Docker backend makes, one method each."""
+
+    def container_body(self, create: dict[str, Any], host_config: dict[str, Any]) -> dict[str, Any]:
+        """Turn :func:`compile_docker`'s two halves into the Engine API's create body."""
+        ...
+
+    def create(self, body: dict[str, Any]) -> str:
+        """Create a container from an Engine API body; return its id."""
+        ...
+
+    def attach(self, container_id: str) -> tuple[socket.socket, Stream]:
+        """Attach to stdin, stdout and stderr before the start; return the raw stream."""
+        ...
+
+    def start(self, container_id: str) -> None:
+        """Start a created container."""
+        ...
+
+    def state(self, container_id: str) -> dict[str, Any]:
+        """A container's ``State`` (``Running``, ``OOMKilled``, ``ExitCode``); {} once gone."""
+        ...
+
+    def address(self, container_id: str, network: str) -> str:
+        """A container's IP address on a network."""
+        ...
+
+    def remove(self, container_id: str) -> None:
+        """Remove a container, quietly when it is gone or going already."""
+        ...
+
+    def containers(self, label: str) -> list[dict[str, Any]]:
+        """Every container, running or not, carrying ``label``: ``Id`` and ``Labels`` each."""
+        ...
+
+    def runtimes(self) -> frozenset[str]:
+        """The container runtimes the engine has registered."""
+        ...
+
+    def image_labels(self, image: str) -> dict[str, str]:
+        """An image's labels."""
+        ...
+
+    def egress_gateway(self) -> str:
+        """Create the internal egress network if it is missing; return its gateway address."""
+        ...
+
+    def close(self) -> None:
+        """Close the connections."""
+        ...
+
+
+def _raw_socket(attached: Any) -> socket.socket:
+    # docker-py returns a SocketIO over a Unix socket (or the socket itself for TLS).
+    raw = getattr(attached, "_sock", attached)
+    if not isinstance(raw, socket.socket):
+        raise SandboxFailedError(f"cannot use the attach stream of type {type(raw).__name__}")
+    return raw
+
+
+class DockerEngine:
+    """The engine through docker-py, with the fast path for create, attach and start.
+
+    Args:
+        client: the docker-py client.
+        fast: the http.client path to a Unix-socket engine; None sends everything via docker-py.
+    """
+
+    def __init__(self, client: docker.DockerClient, fast: FastEngine | None = None) -> None:
+        self._client, self._api, self._fast = client, client.api, fast
+
+    @classmethod
+    def from_env(cls, timeout: float) -> DockerEngine:
+        """Connect to the engine docker-py finds (``DOCKER_HOST`` or the default socket).
+
+        Raises:
+            BackendUnavailableError: no engine answers.
+        """
+        try:
+            client = docker.from_env(timeout=int(timeout), max_pool_size=64)
+        except docker.errors.DockerException as exc:
+            raise unavailable(exc) from exc
+        # requests would read proxy variables and .netrc from the environment on every call,
+        # a large share of a warm run's CPU; the engine is reached directly.
+        client.api.trust_env = False
+        path = unix_socket_path()
+        return cls(client, FastEngine(path, client.api.api_version, timeout) if path else None)
+
+    def container_body(self, create: dict[str, Any], host_config: dict[str, Any]) -> dict[str, Any]:
+        """See :class:`Engine`."""
+        host = self._api.create_host_config(**host_config)
+        body: dict[str, Any] = self._api.create_container_config(
+            command=None, **create, host_config=host
+        )
+        return body
+
+    def create(self, body: dict[str, Any]) -> str:
+        """See :class:`Engine`."""
+        if self._fast is not None:
+            return self._fast.create(body)
+        return str(self._api.create_container_from_config(body)["Id"])
+
+    def attach(self, container_id: str) -> tuple[socket.socket, Stream]:
+        """See :class:`Engine`."""
+        if self._fast is not None:
+            sock = self._fast.attach(container_id)
+            return sock, sock
+        params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+        attached = self._api.attach_socket(container_id, params=params)
+        return _raw_socket(attached), attached
+
+    def start(self, container_id: str) -> None:
+        """See :class:`Engine`."""
+        if self._fast is not None:
+            self._fast.start(container_id)
+        else:
+            self._api.start(container_id)
+
+    def state(self, container_id: str) -> dict[str, Any]:
+        """See :class:`Engine`."""
+        # The container may be gone already (AutoRemove); then there is nothing more to learn.
+        with suppress(docker.errors.DockerException, OSError):
+            state: dict[str, Any] = self._api.inspect_container(container_id).get("State") or {}
+            return state
+        return {}
+
+    def address(self, container_id: str, network: str) -> str:
+        """See :class:`Engine`."""
+        networks = self._api.inspect_container(container_id)["NetworkSettings"]["Networks"]
+        return str(networks[network]["IPAddress"])
+
+    def remove(self, container_id: str) -> None:
+        """See :class:`Engine`."""
+        # NotFound: already removed (AutoRemove); 409: the engine is removing it already.
+        try:
+            self._api.remove_container(container_id, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:
+                _removal_failed(container_id, exc)
+        except OSError as exc:
+            _removal_failed(container_id, exc)
+
+    def containers(self, label: str) -> list[dict[str, Any]]:
+        """See :class:`Engine`."""
+        found: list[dict[str, Any]] = self._api.containers(all=True, filters={"label": label})
+        return found
+
+    def runtimes(self) -> frozenset[str]:
+        """See :class:`Engine`."""
+        return frozenset((self._api.info().get("Runtimes") or {}).keys())
+
+    def image_labels(self, image: str) -> dict[str, str]:
+        """See :class:`Engine`."""
+        labels: dict[str, str] = (self._api.inspect_image(image).get("Config") or {}).get(
+            "Labels"
+        ) or {}
+        return labels
+
+    def egress_gateway(self) -> str:
+        """See :class:`Engine`."""
+        return ensure_network(self._api)
+
+    def close(self) -> None:
+        """See :class:`Engine`."""
+        self._client.close()
+
+
+def _removal_failed(container_id: str, exc: Exception) -> None:
+    log.warning("could not remove a sandbox container", container=container_id[:12], error=str(exc))
