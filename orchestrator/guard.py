@@ -10,7 +10,9 @@ every ``require`` and ``import()`` and a closed ``process.binding`` (``images/ja
 jsboot.js``). Each refusal raises in the code (``PermissionError`` / an ``Error`` with code
 ``ERR_ACCESS_DENIED``) and becomes a ``policy:`` violation of the run. Bash has no such layer:
 command names can be computed at run time, so for bash the static check is advice and the
-container is the boundary.
+container is the boundary. Ruby has no in-process layer either (its static check is advice too),
+but its interpreter needs neither processes nor sockets, so its guard carries only what the
+Docker runner refuses in the kernel (``processes``, ``sockets``); its bootstrap ignores the rest.
 """
 
 from __future__ import annotations
@@ -52,44 +54,69 @@ def runtime_guard(policy: Policy, language: str) -> dict[str, Any] | None:
     """The guard a run of ``language`` under ``policy`` carries, or None when none applies.
 
     None when the policy does not enforce validation, when it forbids nothing the layer checks
-    (development), and for bash (see the module docstring).
+    (development), and for a language with no such layer (bash: see the module docstring).
+    Each language's entry in :mod:`orchestrator.languages` names its builder below.
     """
+    # Imported here: the registry imports this module's builders.
+    from orchestrator.languages import get_language
+
+    return get_language(language).runtime_guard(policy)
+
+
+def python_guard(policy: Policy) -> dict[str, Any] | None:
+    """The Python guard of ``policy`` (``images/python/pyboot.py``), or None: nothing to check."""
     rules = policy.validation
-    if not rules.enforce:
+    imports = python_forbidden_modules(rules.forbidden_imports)
+    processes = "subprocess" in imports or bool(_PROCESS_CALLS & set(rules.forbidden_calls))
+    if not (imports or processes):
         return None
+    return {
+        "policy": policy.name,
+        "imports": sorted({*imports, *_ALWAYS_FORBIDDEN}),
+        "processes": processes,
+        "ctypes": "ctypes" in imports,
+        "sockets": "socket" in imports and _offline(policy),
+    }
+
+
+def javascript_guard(policy: Policy) -> dict[str, Any] | None:
+    """The JavaScript guard of ``policy`` (``images/javascript/jsboot.js``), or None."""
+    modules = sorted(
+        {m.removeprefix("node:") for m in policy.validation.javascript.forbidden_modules}
+    )
+    if not modules:
+        return None
+    return {
+        "policy": policy.name,
+        "modules": modules,
+        "processes": bool(_JS_PROCESS_MODULES & set(modules)),
+        "sockets": bool(_JS_SOCKET_MODULES & set(modules)) and _offline(policy),
+    }
+
+
+def ruby_guard(policy: Policy) -> dict[str, Any] | None:
+    """The Ruby guard of ``policy``: the kernel's refusals only (:func:`kernel_denials`)."""
+    rules = policy.validation
+    processes = "subprocess" in rules.forbidden_imports or bool(
+        _PROCESS_CALLS & set(rules.forbidden_calls)
+    )
+    sockets = "socket" in rules.forbidden_imports and _offline(policy)
+    if not (processes or sockets):
+        return None
+    return {"policy": policy.name, "processes": processes, "sockets": sockets}
+
+
+def _offline(policy: Policy) -> bool:
     # Sockets are refused whoever asks only without a network: under an allowlist a library
     # (urllib, requests) must reach the allowed domains; the code's own `import socket` is
     # still refused as an import.
-    offline = policy.network.mode == "none"
-    if language == "python":
-        imports = python_forbidden_modules(rules.forbidden_imports)
-        processes = "subprocess" in imports or bool(_PROCESS_CALLS & set(rules.forbidden_calls))
-        if not (imports or processes):
-            return None
-        return {
-            "policy": policy.name,
-            "imports": sorted({*imports, *_ALWAYS_FORBIDDEN}),
-            "processes": processes,
-            "ctypes": "ctypes" in imports,
-            "sockets": "socket" in imports and offline,
-        }
-    if language == "javascript":
-        modules = sorted({m.removeprefix("node:") for m in rules.javascript.forbidden_modules})
-        if not modules:
-            return None
-        return {
-            "policy": policy.name,
-            "modules": modules,
-            "processes": bool(_JS_PROCESS_MODULES & set(modules)),
-            "sockets": bool(_JS_SOCKET_MODULES & set(modules)) and offline,
-        }
-    return None
+    return policy.network.mode == "none"
 
 
 def kernel_denials(guard: dict[str, Any] | None) -> list[str]:
     """What the runner refuses in the kernel for a guarded interpreter: processes, sockets.
 
-    Python and JavaScript interpreters need neither to run (threads and socket pairs stay
+    Python, JavaScript and Ruby interpreters need neither to run (threads and socket pairs stay
     allowed), so where the policy forbids them the container's runner adds seccomp and Landlock
     rules before the interpreter starts: an in-process layer can be undone by the code it
     guards, the kernel's refusal cannot.

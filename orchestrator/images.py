@@ -21,22 +21,15 @@ from typing import Any
 import docker
 import docker.errors
 
-from orchestrator.backends.errors import map_docker_errors, unavailable
+from orchestrator.backends.docker.errors import map_docker_errors, unavailable
 from orchestrator.errors import ImageBuildError
-from orchestrator.languages import LANGUAGES, get_language
+from orchestrator.languages import LANGUAGES, get_language, images_dir
 from orchestrator.settings import Settings
 
 Progress = Callable[[str], None]
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEFINITION_LABEL = "org.athena.definition"
-
-
-def images_dir() -> Path:
-    """Return the directory of the image definitions (installed copy or source checkout)."""
-    package = Path(__file__).resolve().parent
-    installed = package / "_shipped" / "images"
-    return installed if installed.is_dir() else package.parent / "images"
 
 
 def definition_hash(directory: Path, *inputs: str) -> str:

@@ -1,25 +1,45 @@
-"""The languages we run: names, aliases, images, and how parameters reach the code.
+"""The languages we run: everything a language is, in one registry entry each.
+
+A :class:`Language` owns its code file's name, the interpreter on the host, its bootstrap file
+(``images/<name>/<boot>``), the command line that runs the bootstrap on the code, how its
+parameters are encoded, its run-time guard, its validator and its image folder. Backends, the
+validator and the tests iterate :data:`LANGUAGES` and switch on no language's name: adding a
+language is one entry here, one ``images/<name>/`` folder (a ``Dockerfile`` and the bootstrap)
+and its validator module (``tests/unit/test_language_registry.py`` checks all three).
 
 Parameters always travel as data, never spliced into source text. The runner in the image writes
-a language's *parameters blob* to the interpreter's fd 3, and the image's bootstrap turns it into:
+a language's *parameters blob* to the interpreter's fd 3 (outside a container, the file named by
+``ATHENA_PARAMS_FILE``), and the image's bootstrap turns it into:
 
 - python: a global dict ``parameters`` (and the ``json`` module, without an import);
 - javascript: a global object ``parameters``;
 - bash: ``PARAMETERS`` (the JSON text) and ``PARAM_<KEY>`` (the key upper-cased) for each
-  top-level scalar whose key is an identifier; strings as they are, other scalars as JSON.
+  top-level scalar whose key is an identifier; strings as they are, other scalars as JSON;
+- ruby: a Hash ``parameters`` at the top level and ``$parameters`` everywhere (and ``JSON``,
+  without a ``require``).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
 from orchestrator.errors import RequestError, UnknownLanguageError
+from orchestrator.guard import javascript_guard, python_guard, ruby_guard
+
+if TYPE_CHECKING:
+    from orchestrator.models import ValidationIssue
+    from orchestrator.policy import Policy, Validation
+
+Checker = Callable[[str, "Validation"], list["ValidationIssue"]]
+GuardBuilder = Callable[["Policy"], dict[str, Any] | None]
 
 # Linux refuses a single environment string longer than this (MAX_ARG_STRLEN), NUL included.
 _ENV_STRING_MAX = 128 * 1024
@@ -75,27 +95,89 @@ def _bash_blob(parameters: Mapping[str, JsonValue]) -> bytes:
     return b"".join(_env_entry(name, text) for name, text in bash_environment(parameters).items())
 
 
+def images_dir() -> Path:
+    """Return the directory of the image definitions (installed copy or source checkout)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "_shipped" / "images"
+    return installed if installed.is_dir() else package.parent / "images"
+
+
 @dataclass(frozen=True)
 class Language:
-    """One language we run.
+    """One language we run, and everything the backends need to know to run it.
 
     Attributes:
-        name: the canonical name.
+        name: the canonical name (lower case); also the image folder ``images/<name>/`` and
+            the image ``athena-sandbox/<name>``.
         aliases: other names accepted (case-insensitive).
-        image: the image repository's last part (``athena-sandbox/<image>``).
+        code_file: the name the code is written under (``/workspace/<code_file>``).
+        interpreter: the interpreter's path on the host (the srt and inprocess modes).
+        boot: the bootstrap's file name in the image folder (``/opt/athena/<boot>`` in the
+            image): it reads the parameters blob, then runs the code.
+        command: the command line that runs the bootstrap on the code, with the placeholders
+            ``{interpreter}``, ``{boot}`` and ``{code}``; the image's ``CMD`` is the same.
+        parameters_blob: encodes parameters for the bootstrap (fd 3 or ``ATHENA_PARAMS_FILE``).
+        validator: ``module:function`` of its static checks, under ``orchestrator.validator``.
+        grammar: the tree-sitter grammar module its validator parses with (None: its own
+            parser, as ``ast`` for Python).
         accepts_nul: whether source text may contain NUL characters.
-        parameters_blob: encodes parameters for the image's bootstrap (fd 3).
-        takes_guard: its bootstrap reads ``{"parameters": ..., "guard": ...}`` and installs
-            the run-time policy layer (:mod:`orchestrator.guard`); otherwise the blob is the
-            parameters alone.
+        guard: builds the run-time guard from a policy (:mod:`orchestrator.guard`): what the
+            bootstrap installs in the interpreter and the runner refuses in the kernel; the
+            bootstrap then reads ``{"parameters": ..., "guard": ...}``. None: no guard, and the
+            blob is the parameters alone.
+        restricted: RestrictedPython can run it (the restricted mode).
+        forks_host: the inprocess mode runs it in a fork of this Python process (no
+            interpreter of its own).
     """
 
     name: str
     aliases: tuple[str, ...]
-    image: str
-    accepts_nul: bool
+    code_file: str
+    interpreter: str
+    boot: str
+    command: tuple[str, ...]
     parameters_blob: Callable[[Mapping[str, JsonValue]], bytes]
-    takes_guard: bool = False
+    validator: str
+    grammar: str | None = None
+    accepts_nul: bool = False
+    guard: GuardBuilder | None = None
+    restricted: bool = False
+    forks_host: bool = False
+
+    @property
+    def image(self) -> str:
+        """The image folder and repository's last part (``athena-sandbox/<image>``)."""
+        return self.name
+
+    @property
+    def takes_guard(self) -> bool:
+        """Whether its bootstrap reads the envelope with a run-time guard."""
+        return self.guard is not None
+
+    def boot_path(self) -> Path:
+        """The bootstrap file on this host (read by the srt and inprocess modes)."""
+        return images_dir() / self.image / self.boot
+
+    def argv(self, code: str | Path, boot: str | Path, interpreter: str | None = None) -> list[str]:
+        """The command line running ``boot`` on ``code`` (with the host's interpreter)."""
+        values = {
+            "interpreter": interpreter or self.interpreter,
+            "boot": str(boot),
+            "code": str(code),
+        }
+        return [part.format_map(values) for part in self.command]
+
+    def check(self, code: str, rules: Validation) -> list[ValidationIssue]:
+        """Run its validator on ``code`` (imported on first use: validators import models)."""
+        module, function = self.validator.split(":")
+        checker: Checker = getattr(importlib.import_module(module), function)
+        return checker(code, rules)
+
+    def runtime_guard(self, policy: Policy) -> dict[str, Any] | None:
+        """The guard a run under ``policy`` carries, or None (see :mod:`orchestrator.guard`)."""
+        if self.guard is None or not policy.validation.enforce:
+            return None
+        return self.guard(policy)
 
     def request_blob(
         self, parameters: Mapping[str, JsonValue], guard: Mapping[str, Any] | None
@@ -107,11 +189,58 @@ class Language:
         return json.dumps(envelope, ensure_ascii=False).encode()
 
 
+_BOOT_ON_CODE = ("{interpreter}", "{boot}", "{code}")
 LANGUAGES: tuple[Language, ...] = (
-    Language("python", ("py", "python3"), "python", False, _json_blob, takes_guard=True),
-    # JavaScript source may hold NUL in string literals; Node reads it as text.
-    Language("javascript", ("js", "node", "nodejs"), "javascript", True, _json_blob, True),
-    Language("bash", ("sh", "shell"), "bash", accepts_nul=False, parameters_blob=_bash_blob),
+    Language(
+        "python",
+        ("py", "python3"),
+        code_file="main.py",
+        interpreter="/usr/bin/python3",
+        boot="pyboot.py",
+        command=("{interpreter}", "-I", "-u", "{boot}", "{code}"),
+        parameters_blob=_json_blob,
+        validator="orchestrator.validator.python:check_python",
+        guard=python_guard,
+        restricted=True,
+        forks_host=True,
+    ),
+    Language(
+        "javascript",
+        ("js", "node", "nodejs"),
+        code_file="main.js",
+        interpreter="/usr/bin/node",
+        boot="jsboot.js",
+        # --experimental-vm-modules: the guard checks import() (jsboot.js).
+        command=("{interpreter}", "--experimental-vm-modules", "--require", "{boot}", "{code}"),
+        parameters_blob=_json_blob,
+        validator="orchestrator.validator.javascript:check_javascript",
+        grammar="tree_sitter_javascript",
+        accepts_nul=True,  # JavaScript source may hold NUL in string literals
+        guard=javascript_guard,
+    ),
+    Language(
+        "bash",
+        ("sh", "shell"),
+        code_file="main.sh",
+        interpreter="/bin/bash",
+        boot="shboot.sh",
+        command=_BOOT_ON_CODE,
+        parameters_blob=_bash_blob,
+        validator="orchestrator.validator.bash:check_bash",
+        grammar="tree_sitter_bash",
+    ),
+    Language(
+        "ruby",
+        ("rb",),
+        code_file="main.rb",
+        interpreter="/usr/bin/ruby",
+        boot="rbboot.rb",
+        command=_BOOT_ON_CODE,
+        parameters_blob=_json_blob,
+        validator="orchestrator.validator.ruby:check_ruby",
+        grammar="tree_sitter_ruby",
+        guard=ruby_guard,  # the kernel's refusals only: rbboot.rb has no in-process layer
+    ),
 )
 _BY_NAME = {n: lang for lang in LANGUAGES for n in (lang.name, *lang.aliases)}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 ISSUE_RESULT_KEYS = frozenset({
     "success", "execution_id", "stdout", "stderr", "exit_code", "execution_time_ms",
     "violations", "violation_details", "sandbox_id", "language", "timestamp", "sandbox_mode",
@@ -11,3 +13,83 @@ ISSUE_RESULT_KEYS = frozenset({
 
 RESULT_KEYS = ISSUE_RESULT_KEYS | {"policy", "timeout_seconds", "resources", "total_time_ms"}
 """Every key execute_code returns today."""
+
+
+@dataclass(frozen=True)
+class Snippets:
+    """One language's code for each behaviour of the contract suite (None: it has no such one).
+
+    Attributes:
+        hello: prints ``hello`` and a newline.
+        fail: fails with exit status 1 and prints ``boom`` and ``error`` (the error's name) on
+            stderr.
+        exit3: exits with status 3.
+        parameters: prints ``{"n": n + 1, "evil": evil}`` as JSON from parameters n and evil.
+        loop: prints ``started`` (unbuffered), then loops forever.
+        flood: prints ``HEAD``, a line of 3,000,000 ``x``, then ``TAIL``.
+        output: sets the value ``output`` to ``{"rows": [1, 2], "name": "é"}``.
+        memory: allocates 2 GiB.
+        unseen_spawn: starts ``true`` in a way the validator does not follow (through a library)
+            and prints ``spawned``, or ``refused`` when the system call fails.
+        error: the name of the error ``fail`` raises, as stderr shows it.
+    """
+
+    hello: str
+    fail: str
+    exit3: str
+    parameters: str
+    loop: str
+    flood: str
+    output: str | None = None
+    memory: str | None = None
+    unseen_spawn: str | None = None
+    error: str = "boom"
+
+
+SNIPPETS = {
+    "python": Snippets(
+        hello="print('hello')",
+        fail="x = 1\nraise ValueError('boom')",
+        exit3="import sys\nsys.exit(3)",
+        parameters="print(json.dumps({'n': parameters['n'] + 1, 'evil': parameters['evil']}))",
+        loop="print('started', flush=True)\nwhile True:\n    pass",
+        flood="print('HEAD')\nprint('x' * 3000000)\nprint('TAIL')",
+        output="output = {'rows': [1, 2], 'name': 'é'}",
+        memory="hog = bytearray(2 * 1024 ** 3)",
+        error="ValueError",
+    ),
+    "javascript": Snippets(
+        hello="console.log('hello')",
+        fail="throw new TypeError('boom')",
+        exit3="process.exit(3)",
+        parameters="console.log(JSON.stringify({n: parameters.n + 1, evil: parameters.evil}))",
+        loop="console.log('started');\nwhile (true) {}",
+        flood="console.log('HEAD');\nconsole.log('x'.repeat(3000000));\nconsole.log('TAIL');",
+        error="TypeError",
+    ),
+    "bash": Snippets(
+        hello="echo hello",
+        fail="echo 'boom: error' >&2\nexit 1",
+        exit3="exit 3",
+        parameters='printf \'{"n": %s, "evil": "%s"}\\n\' "$((PARAM_N + 1))" "$PARAM_EVIL"',
+        loop="echo started\nwhile :; do :; done",
+        flood="echo HEAD\nhead -c 3000000 /dev/zero | tr '\\0' x\necho\necho TAIL",
+        error="error",
+    ),
+    "ruby": Snippets(
+        hello="puts 'hello'",
+        fail="x = 1\nraise ArgumentError, 'boom'",
+        exit3="exit 3",
+        parameters="puts JSON.generate({n: parameters['n'] + 1, evil: $parameters['evil']})",
+        loop="puts 'started'\nloop {}",
+        flood="puts 'HEAD'\nputs 'x' * 3000000\nputs 'TAIL'",
+        output="output = {'rows' => [1, 2], 'name' => 'é'}",
+        memory="hog = 'x' * (2 * 1024 ** 3)",
+        unseen_spawn=(
+            "begin\n  Gem::Util.popen('true')\n  puts 'spawned'\n"
+            "rescue SystemCallError\n  puts 'refused'\nend"
+        ),
+        error="ArgumentError",
+    ),
+}
+"""The contract suite's code in every registered language (checked complete by a unit test)."""

@@ -1,9 +1,11 @@
 """The inprocess backend: trusted code only, with no isolation but timeouts and output caps.
 
-Python runs with plain ``exec`` in a forked child of this process (so the timeout can kill it),
-its output captured by an :class:`ExecutionContext` and passed up a pipe; JavaScript and bash
-run as a plain subprocess of their interpreter. Only policies that accept ``inprocess`` get
-here, and only when the process opted in by naming it in ``ATHENA_SANDBOX_BACKENDS``.
+Python (a language whose registry entry says ``forks_host``) runs with plain ``exec`` in a
+forked child of this process (so the timeout can kill it), its output captured by an
+:class:`ExecutionContext` and passed up a pipe; the other languages run their image's bootstrap
+as a plain subprocess of the host's interpreter, with the parameters in a file. Only policies
+that accept ``inprocess`` get here, and only when the process opted in by naming it in
+``ATHENA_SANDBOX_BACKENDS``.
 """
 
 from __future__ import annotations
@@ -19,18 +21,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import TextIO
 
-from orchestrator.backends.base import RunOutcome, RunSpec, ensure_available
+from orchestrator.backends.base import ensure_available
 from orchestrator.backends.process import Supervised, run_supervised, supervise
-from orchestrator.backends.reader import outcome_from_frames
 from orchestrator.backends.restricted_child import output_envelope
 from orchestrator.context import ExecutionContext, install_capture
 from orchestrator.errors import SandboxFailedError
-from orchestrator.images import images_dir
-from orchestrator.languages import bash_environment, get_language
+from orchestrator.languages import get_language
 from orchestrator.models import Event, ExecutionRequest, Isolation
+from orchestrator.run import RunOutcome, RunSpec, build_outcome, process_exit
 
 _PATH = "/usr/local/bin:/usr/bin:/bin"
-_TOOLS = {"javascript": "node", "bash": "bash"}
 
 
 class InProcessBackend:
@@ -40,9 +40,9 @@ class InProcessBackend:
 
     def unavailable_reason(self, language: str) -> str | None:
         """Why this backend cannot run ``language`` here (None: it can)."""
-        tool = _TOOLS.get(language)
-        if tool and shutil.which(tool, path=_PATH) is None:
-            return f"{tool} is not installed on this host"
+        entry = get_language(language)
+        if not entry.forks_host and not os.access(entry.interpreter, os.X_OK):
+            return f"{entry.interpreter} ({entry.name}) is not installed on this host"
         return None
 
     def close(self) -> None:
@@ -55,51 +55,35 @@ class InProcessBackend:
         ensure_available(self, request.language)
         workdir = Path(tempfile.mkdtemp(prefix="athena-inprocess-"))
         try:
-            if request.language == "python":
+            if get_language(request.language).forks_host:
                 done, path = _fork_python(request, spec, context, workdir), "fork"
             else:
                 done, path = _subprocess(request, spec, context, workdir), "subprocess"
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        fields = outcome_from_frames(
-            {
-                "exit_code": done.exit_code,
-                "signal": done.signal,
-                "run_ns": int(done.run_ms * 1e6),
-                "value_truncated": done.extra_truncated,
-            },
+        return build_outcome(
+            process_exit(done),
             done.extra or None,
-            False,
-        )
-        fields["timed_out"] = done.timed_out
-        if done.timed_out or done.cancelled:
-            fields.update(exit_code=None, signal=9)
-        return RunOutcome(
             isolation=Isolation(mode="inprocess", runtime=None, path=path),
-            started=True,
             sandbox_id="inprocess",
-            **fields,
         )
 
 
 def _subprocess(
     request: ExecutionRequest, spec: RunSpec, context: ExecutionContext, workdir: Path
 ) -> Supervised:
+    language = get_language(request.language)
+    code, params = workdir / language.code_file, workdir / ".athena-params.json"
+    # Trusted code: no run-time policy layer (guard None), as no sandbox either.
+    params.write_bytes(language.request_blob(request.parameters, None))
     env = {"PATH": _PATH, "HOME": str(workdir), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-    if request.language == "bash":
-        code = workdir / "main.sh"
-        env.update(bash_environment(request.parameters))
-        argv = ["bash", str(code)]
-    else:
-        code = workdir / "main.js"
-        params = workdir / ".athena-params.json"
-        # Trusted code: no run-time policy layer (guard None), as no sandbox either.
-        params.write_bytes(get_language("javascript").request_blob(request.parameters, None))
-        env["ATHENA_PARAMS_FILE"] = str(params)
-        argv = ["node", "--require", str(images_dir() / "javascript" / "jsboot.js"), str(code)]
+    env["ATHENA_PARAMS_FILE"] = str(params)
+    argv = language.argv(code, language.boot_path())
     code.write_text(request.code, encoding="utf-8", errors="surrogatepass")
     try:
-        return run_supervised(argv, env, str(workdir), spec, context)
+        # The value channel (ATHENA_VALUE_FD): what a bootstrap sends of the code's `output`.
+        limit = 2 * request.policy.limits.max_output_bytes
+        return run_supervised(argv, env, str(workdir), spec, context, extra=True, extra_limit=limit)
     except OSError as exc:
         raise SandboxFailedError(f"could not start {argv[0]}: {exc}") from exc
 
@@ -160,7 +144,7 @@ def _exec_captured(
     atexit._clear()  # this process's own handlers belong to the parent, not to the code
     gc.freeze()  # the parent's objects: the collection at the end looks at the code's only
     capture = ExecutionContext(
-        request.execution_id, "python", capture_io=True, parameters=request.parameters
+        request.execution_id, request.language, capture_io=True, parameters=request.parameters
     )
     capture.subscribe(lambda e: _forward(e, out, err))
 
@@ -189,7 +173,7 @@ def _exec_captured(
 @functools.cache
 def _pyboot() -> ModuleType:
     """The docker and srt modes' Python bootstrap, as a module: runs end the same way here."""
-    path = images_dir() / "python" / "pyboot.py"
+    path = get_language("python").boot_path()
     spec = importlib.util.spec_from_file_location("athena_pyboot", path)
     if spec is None or spec.loader is None:
         raise SandboxFailedError(f"cannot load {path}")

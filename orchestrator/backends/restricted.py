@@ -17,12 +17,13 @@ import tempfile
 from typing import Any
 
 from orchestrator.backends import restricted_child
-from orchestrator.backends.base import RunOutcome, RunSpec, ensure_available
+from orchestrator.backends.base import ensure_available
 from orchestrator.backends.process import run_supervised
-from orchestrator.backends.reader import outcome_from_frames
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import SandboxFailedError
+from orchestrator.languages import get_language
 from orchestrator.models import ExecutionRequest, Isolation
+from orchestrator.run import RunOutcome, RunSpec, build_outcome, process_exit
 
 _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
 
@@ -49,7 +50,7 @@ class RestrictedBackend:
 
     def unavailable_reason(self, language: str) -> str | None:
         """Why this backend cannot run ``language`` here (None: it can)."""
-        if language != "python":
+        if not get_language(language).restricted:
             return f"the restricted mode runs Python only, not {language}"
         if importlib.util.find_spec("RestrictedPython") is None:
             return "RestrictedPython is not installed: `pip install RestrictedPython`"
@@ -89,25 +90,11 @@ class RestrictedBackend:
         report = _report(done.extra)
         envelope = report.get("output")
         value = json.dumps(envelope).encode() if envelope is not None else None
-        fields = outcome_from_frames(
-            {
-                "exit_code": done.exit_code,
-                "signal": done.signal,
-                "run_ns": int(done.run_ms * 1e6),
-                "value_truncated": done.extra_truncated,
-            },
+        return build_outcome(
+            process_exit(done, oom_killed=bool(report.get("memory_error"))),
             value,
-            False,
-        )
-        fields["oom_killed"] = bool(report.get("memory_error"))
-        fields["timed_out"] = done.timed_out
-        if done.timed_out or done.cancelled:
-            fields.update(exit_code=None, signal=9)
-        return RunOutcome(
             isolation=Isolation(mode="restricted", runtime="RestrictedPython", path="subprocess"),
-            started=True,
             sandbox_id="restricted",
-            **fields,
         )
 
 

@@ -27,19 +27,17 @@ from typing import Any
 
 import structlog
 
-from orchestrator.backends.base import CancelToken, RunOutcome, RunSpec, ensure_available
+from orchestrator.backends.base import ensure_available
 from orchestrator.backends.hostlimits import RunCgroup, tmpfs_dir
 from orchestrator.backends.hostmounts import WriteCapWatch, sweep_mount
 from orchestrator.backends.mountstage import MountStage
 from orchestrator.backends.process import Supervised, run_supervised
-from orchestrator.backends.reader import outcome_from_frames
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import SandboxFailedError
-from orchestrator.guard import runtime_guard
-from orchestrator.images import images_dir
-from orchestrator.languages import bash_environment, get_language
-from orchestrator.models import ExecutionRequest, Isolation, Resources
+from orchestrator.languages import get_language
+from orchestrator.models import ExecutionRequest, Isolation
 from orchestrator.policy import Policy, ResolvedMount
+from orchestrator.run import CancelToken, RunOutcome, RunSpec, build_outcome, process_exit
 from orchestrator.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -63,11 +61,14 @@ NPROC_ALLOWANCE = 32
 # of the policy's memory_mb (measured: about 60 MiB for srt and its proxies).
 SRT_MEMORY_ALLOWANCE_MB = 128
 _MIB = 1024 * 1024
-_INTERPRETERS = {"python": "/usr/bin/python3", "javascript": "/usr/bin/node", "bash": "/bin/bash"}
-_CODE_FILE = {"python": "main.py", "javascript": "main.js", "bash": "main.sh"}
-_MEMORY_MARKERS = re.compile(r"MemoryError|heap out of memory|Cannot allocate memory|xmalloc")
+# What the interpreters print when an rlimit refuses memory or a process (Python, Node, bash,
+# Ruby): without a cgroup, this is all that tells such a failure apart.
+_MEMORY_MARKERS = re.compile(
+    r"MemoryError|heap out of memory|Cannot allocate memory|xmalloc|failed to allocate memory"
+)
 _FORK_MARKERS = re.compile(
     r"fork: (retry: )?Resource temporarily unavailable"
+    r"|Resource temporarily unavailable - fork"
     r"|spawn EAGAIN"
     r"|\[Errno 11\] Resource temporarily"
 )
@@ -202,7 +203,7 @@ class SrtBackend:
         missing = missing_for_srt(self._settings)
         if missing:
             return "srt is not usable here; install " + "; ".join(missing)
-        interpreter = _INTERPRETERS[get_language(language).name]
+        interpreter = get_language(language).interpreter
         if not os.access(interpreter, os.X_OK):
             return f"srt runs {language} with {interpreter}, which is missing on this host"
         return None
@@ -260,27 +261,24 @@ class SrtBackend:
     def _prepare(
         self, request: ExecutionRequest, spec: RunSpec, rundir: Path, uid: int | None
     ) -> tuple[list[str], dict[str, str], Path]:
-        language = get_language(request.language).name
+        language = get_language(request.language)
         rundir.chmod(0o711)
         workdir, srt_tmp = rundir / "work", rundir / "tmp"
         for directory in (workdir, srt_tmp):
             directory.mkdir(mode=0o700)
             if uid is not None:
                 os.chown(directory, uid, uid)
-        code_file = workdir / _CODE_FILE[language]
+        code_file = workdir / language.code_file
         code_file.write_text(request.code, encoding="utf-8", errors="surrogatepass")
         params_file = workdir / ".athena-params.json"
-        guard = runtime_guard(request.policy, language)
-        params_file.write_bytes(get_language(language).request_blob(request.parameters, guard))
+        guard = language.runtime_guard(request.policy)
+        params_file.write_bytes(language.request_blob(request.parameters, guard))
         for mount in spec.mounts:  # mounts stay at their host path; a link shows them here
             (workdir / Path(mount.target).name).symlink_to(mount.source)
         for path in (code_file, params_file):
             if uid is not None:
                 os.chown(path, uid, uid)
-        boots = [
-            str(images_dir() / "python" / "pyboot.py"),
-            str(images_dir() / "javascript" / "jsboot.js"),
-        ]
+        boots = [str(language.boot_path())]
         srt = find_srt(self._settings)
         assert srt is not None  # checked by unavailable_reason
         vendor = (
@@ -299,7 +297,9 @@ class SrtBackend:
             "LC_ALL": "C.UTF-8",
             "TMPDIR": str(srt_tmp),
         }
-        env.update(self._parameter_env(language, request, workdir))
+        # The bootstrap reads the parameters and writes `output` here (no runner holds fds 3, 4).
+        env["ATHENA_PARAMS_FILE"] = str(params_file)
+        env["ATHENA_OUTPUT_FILE"] = str(workdir / ".athena-output.json")
         as_uid = (
             ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
             if uid is not None
@@ -312,38 +312,9 @@ class SrtBackend:
             str(settings_file),
             "--",
             *limits_argv(request.policy),
-            *self._interpreter(language, code_file),
+            *language.argv(code_file, language.boot_path()),
         ]
         return command, env, workdir
-
-    @staticmethod
-    def _parameter_env(language: str, request: ExecutionRequest, workdir: Path) -> dict[str, str]:
-        if language == "bash":
-            return bash_environment(request.parameters)
-        return {
-            "ATHENA_PARAMS_FILE": str(workdir / ".athena-params.json"),
-            "ATHENA_OUTPUT_FILE": str(workdir / ".athena-output.json"),
-        }
-
-    @staticmethod
-    def _interpreter(language: str, code_file: Path) -> list[str]:
-        if language == "python":
-            return [
-                _INTERPRETERS["python"],
-                "-I",
-                "-u",
-                str(images_dir() / "python" / "pyboot.py"),
-                str(code_file),
-            ]
-        if language == "javascript":
-            return [
-                _INTERPRETERS["javascript"],
-                "--experimental-vm-modules",  # the guard checks import() (jsboot.js)
-                "--require",
-                str(images_dir() / "javascript" / "jsboot.js"),
-                str(code_file),
-            ]
-        return [_INTERPRETERS["bash"], str(code_file)]
 
     def _spawn(
         self,
@@ -375,30 +346,24 @@ class SrtBackend:
         value = read_sandbox_file(
             workdir / ".athena-output.json", request.policy.limits.max_output_bytes
         )
-        fields = outcome_from_frames(
-            {"exit_code": code, "signal": sig, "run_ns": int(done.run_ms * 1e6)}, value, False
-        )
         # The cgroup's counters when there is one; what the interpreters print otherwise (an
         # rlimit refusal shows only there, so both count).
         counters = cgroup.stats() if cgroup is not None else {}
-        fields.update(
-            timed_out=done.timed_out,
+        peak = counters.get("memory_peak_bytes", -1)
+        report = process_exit(
+            done,
+            status=(code, sig),
             oom_killed=counters.get("oom_kills", 0) > 0
             or (code != 0 and bool(_MEMORY_MARKERS.search(tail))),
             pids_limit_hits=max(
                 len(_FORK_MARKERS.findall(tail)), counters.get("pids_limit_hits", 0)
             ),
+            memory_peak_bytes=peak if peak >= 0 else None,
         )
-        if request.track_resources:
-            peak = counters.get("memory_peak_bytes", -1)
-            fields["resources"] = Resources(
-                peak_memory_bytes=peak if peak >= 0 else None, wall_time_ms=done.run_ms
-            )
-        if done.timed_out or done.cancelled:
-            fields.update(exit_code=None, signal=9)
-        return RunOutcome(
+        return build_outcome(
+            report,
+            value,
             isolation=Isolation(mode="srt", runtime="bubblewrap", path="srt", image=None),
-            started=True,
             sandbox_id=f"srt-uid-{uid}" if uid is not None else "srt",
-            **fields,
+            track_resources=request.track_resources,
         )

@@ -2,9 +2,9 @@
 
 The validator is a tripwire, not the boundary: the container (and the run-time layer inside it)
 must hold whatever it misses. It gives early, readable refusals. It uses real parsers (``ast``
-for Python, tree-sitter for JavaScript and bash), so strings and comments are never mistaken for
-code, and it refuses what it cannot follow: names computed at run time, aliases handed on as
-values, modules reached through other modules, commands whose names are computed.
+for Python, tree-sitter for JavaScript, bash and ruby), so strings and comments are never
+mistaken for code, and it refuses what it cannot follow: names computed at run time, aliases
+handed on as values, modules reached through other modules, commands whose names are computed.
 
 Rules of the findings (severity ``error`` unless noted):
 
@@ -14,27 +14,20 @@ Rules of the findings (severity ``error`` unless noted):
   ``introspection`` (a warning);
 - JavaScript (:mod:`.javascript`): ``forbidden_module``, ``dynamic_import``, ``dynamic_call``,
   ``dynamic_code``, ``module_alias``;
-- bash (:mod:`.bash`): ``forbidden_command``, ``computed_command``.
+- bash (:mod:`.bash`): ``forbidden_command``, ``computed_command``;
+- ruby (:mod:`.ruby`): ``forbidden_library``, ``forbidden_call``, ``dynamic_import``,
+  ``dynamic_call``, ``dynamic_code``, ``module_alias``.
+
+Each language's entry in :mod:`orchestrator.languages` names its checker (``validator``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from orchestrator.languages import get_language
 from orchestrator.models import ValidationIssue
 from orchestrator.policy import Validation
-from orchestrator.validator.bash import check_bash
-from orchestrator.validator.javascript import check_javascript
-from orchestrator.validator.python import check_python
 
 __all__ = ["CodeValidator"]
-
-_CHECKS: dict[str, Callable[[str, Validation], list[ValidationIssue]]] = {
-    "python": check_python,
-    "javascript": check_javascript,
-    "bash": check_bash,
-}
 
 
 class CodeValidator:
@@ -45,7 +38,7 @@ class CodeValidator:
 
         Args:
             code: the source text.
-            language: python, javascript or bash (aliases are accepted too).
+            language: a language we run (aliases are accepted too).
             rules: the policy's ``validation`` section.
 
         Returns:
@@ -56,6 +49,6 @@ class CodeValidator:
             UnknownLanguageError: ``language`` is not a language we run.
 
         """
-        check = _CHECKS[get_language(language).name]
-        found = dict.fromkeys(check(code, rules))  # one finding per node, even when reached twice
+        checks = get_language(language).check(code, rules)
+        found = dict.fromkeys(checks)  # one finding per node, even when reached twice
         return sorted(found, key=lambda i: (i.line or 0, i.severity != "error"))

@@ -1,15 +1,15 @@
-"""What the three language checkers share: findings, name matching and the tree-sitter helpers."""
+"""What the language checkers share: findings, name matching and the tree-sitter helpers."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable, Iterator
 from functools import cache
 from typing import Literal
 
 import tree_sitter
-import tree_sitter_bash
-import tree_sitter_javascript
 
+from orchestrator.languages import get_language
 from orchestrator.models import ValidationIssue
 
 Severity = Literal["error", "warning"]
@@ -45,12 +45,14 @@ def shorten(text: str, limit: int = 60) -> str:
 
 @cache
 def _language(name: str) -> tree_sitter.Language:
-    module = tree_sitter_javascript if name == "javascript" else tree_sitter_bash
-    return tree_sitter.Language(module.language())
+    grammar = get_language(name).grammar
+    if grammar is None:
+        raise LookupError(f"{name} has no tree-sitter grammar in the language registry")
+    return tree_sitter.Language(importlib.import_module(grammar).language())
 
 
 def parse(name: str, code: str) -> tree_sitter.Node:
-    """Parse ``code`` with the grammar of ``name`` (javascript or bash); return the root."""
+    """Parse ``code`` with the tree-sitter grammar of language ``name``; return the root."""
     # A parser per call: parsers are cheap and not safe to share between threads.
     parser = tree_sitter.Parser(_language(name))
     return parser.parse(code.encode("utf-8", errors="surrogatepass")).root_node

@@ -1,6 +1,6 @@
-"""One behavioural contract, run over every isolation mode that supports each behaviour.
+"""One behavioural contract, run over every isolation mode and every registered language.
 
-Modes: docker (cold and warm), srt, restricted and inprocess. For the fallback modes the Docker
+The code of each behaviour in each language is in ``tests/contract.py`` (``SNIPPETS``). Modes: docker (cold and warm), srt, restricted and inprocess. For the fallback modes the Docker
 engine is made unreachable (a bogus DOCKER_HOST) and the process allows only that mode, so the
 ladder itself picks it.
 """
@@ -16,19 +16,16 @@ from typing import Any
 import pytest
 
 from athena.mcp.memory_api import MemoryAPI
+from orchestrator.languages import LANGUAGES as REGISTRY
+from tests.contract import SNIPPETS
 from tests.integration.conftest import mode_settings
 
 pytestmark = pytest.mark.docker
 
 MODES = ["docker-cold", "docker-warm", "docker-runsc", "srt", "restricted", "inprocess"]
-LANGUAGES = {
-    "docker-cold": {"python", "javascript", "bash"},
-    "docker-warm": {"python", "javascript", "bash"},
-    "docker-runsc": {"python", "javascript", "bash"},
-    "srt": {"python", "javascript", "bash"},
-    "restricted": {"python"},
-    "inprocess": {"python", "javascript", "bash"},
-}
+ALL = [lang.name for lang in REGISTRY]
+LANGUAGES = {mode: set(ALL) for mode in MODES}
+LANGUAGES["restricted"] = {lang.name for lang in REGISTRY if lang.restricted}
 
 
 class Mode:
@@ -69,28 +66,30 @@ def mode(
         yield Mode(name, api)
 
 
-@pytest.mark.parametrize("language", ["python", "javascript", "bash"])
+@pytest.mark.parametrize("language", ALL)
 def test_success_and_stdout(mode: Mode, language: str) -> None:
     """A print succeeds with exit 0 and exactly its output."""
-    code = {"python": "print('hello')", "javascript": "console.log('hello')", "bash": "echo hello"}
-    r = mode.run(code[language], language)
+    r = mode.run(SNIPPETS[language].hello, language)
     assert (r["success"], r["exit_code"], r["stdout"], r["error"]) == (True, 0, "hello\n", None)
 
 
-def test_stderr_and_a_failing_exit(mode: Mode) -> None:
-    """An exception fails the run with exit 1 and its traceback on stderr."""
-    r = mode.run("x = 1\nraise ValueError('boom')")
+@pytest.mark.parametrize("language", ALL)
+def test_stderr_and_a_failing_exit(mode: Mode, language: str) -> None:
+    """An exception fails the run with exit 1 and its error on stderr."""
+    snippets = SNIPPETS[language]
+    r = mode.run(snippets.fail, language)
     assert not r["success"] and r["exit_code"] == 1
-    assert "ValueError" in r["stderr"] and "boom" in r["stderr"]
+    assert snippets.error in r["stderr"] and "boom" in r["stderr"]
 
 
-def test_explicit_exit_codes(mode: Mode) -> None:
+@pytest.mark.parametrize("language", ALL)
+def test_explicit_exit_codes(mode: Mode, language: str) -> None:
     """An explicit exit status comes back as the exit code (restricted: SystemExit is refused)."""
     if mode.name == "restricted":
-        r = mode.run("raise SystemExit(0)")
+        r = mode.run("raise SystemExit(0)", language)
         assert not r["success"] and "SystemExit" in r["stderr"]
         return
-    r = mode.run("exit 3", "bash")
+    r = mode.run(SNIPPETS[language].exit3, language)
     assert (r["success"], r["exit_code"]) == (False, 3)
 
 
@@ -138,60 +137,69 @@ def test_python_exit_statuses(mode: Mode, ending: str, exit_code: int, stderr: s
     assert (r["exit_code"], r["stdout"], r["stderr"]) == (exit_code, "before\n", stderr)
 
 
-@pytest.mark.parametrize("language", ["python", "javascript", "bash"])
+@pytest.mark.parametrize("language", ALL)
 def test_parameters_arrive_as_data(mode: Mode, language: str) -> None:
     """Parameters reach the code as data in every language the mode runs."""
-    code = {
-        "python": "print(json.dumps({'n': parameters['n'] + 1, 'evil': parameters['evil']}))",
-        "javascript": "console.log(JSON.stringify({n: parameters.n + 1, evil: parameters.evil}))",
-        "bash": 'printf \'{"n": %s, "evil": "%s"}\\n\' "$((PARAM_N + 1))" "$PARAM_EVIL"',
-    }
-    r = mode.run(code[language], language, parameters={"n": 41, "evil": "$(id) `id` ');"})
+    evil = "$(id) `id` ');#{`id`}"
+    r = mode.run(SNIPPETS[language].parameters, language, parameters={"n": 41, "evil": evil})
     assert r["success"], r["stderr"]
-    assert json.loads(r["stdout"]) == {"n": 42, "evil": "$(id) `id` ');"}
+    assert json.loads(r["stdout"]) == {"n": 42, "evil": evil}
 
 
-def test_output_value(mode: Mode) -> None:
+@pytest.mark.parametrize("language", [n for n in ALL if SNIPPETS[n].output is not None])
+def test_output_value(mode: Mode, language: str) -> None:
     """A top-level `output` comes back as JSON; a non-serialisable one as None with a note."""
-    assert mode.run("output = {'rows': [1, 2], 'name': 'é'}")["output"] == {
-        "rows": [1, 2],
-        "name": "é",
-    }
-    r = mode.run("output = {1, 2}")
-    assert r["output"] is None and "not JSON-serialisable" in r["stderr"]
+    code = SNIPPETS[language].output
+    assert code is not None
+    assert mode.run(code, language)["output"] == {"rows": [1, 2], "name": "é"}
+    if language == "python":
+        r = mode.run("output = {1, 2}")
+        assert r["output"] is None and "not JSON-serialisable" in r["stderr"]
 
 
-def test_timeout_kills_the_run(mode: Mode) -> None:
+@pytest.mark.parametrize("language", ALL)
+def test_timeout_kills_the_run(mode: Mode, language: str) -> None:
     """An endless loop is killed at its timeout; the call returns soon after; output is kept."""
     start = time.monotonic()
-    r = mode.run("print('started', flush=True)\nwhile True:\n    pass", timeout_seconds=2)
+    r = mode.run(SNIPPETS[language].loop, language, timeout_seconds=2)
     assert time.monotonic() - start < 2 + 5
     assert not r["success"] and r["exit_code"] == 137
     assert r["stdout"] == "started\n"
     assert [v["category"] for v in r["violation_details"]] == ["timeout"]
 
 
-def test_output_is_capped_head_and_tail(mode: Mode) -> None:
+@pytest.mark.parametrize("language", ALL)
+def test_output_is_capped_head_and_tail(mode: Mode, language: str) -> None:
     """A flood keeps head and tail within the cap and reports an output violation."""
     policy = {"extends": mode.policy, "limits": {"max_output_bytes": 65536}}
-    r = mode.run("print('HEAD')\nprint('x' * 3000000)\nprint('TAIL')", sandbox_policy=policy)
+    r = mode.run(SNIPPETS[language].flood, language, sandbox_policy=policy)
     assert r["success"], r["stderr"]
     assert r["stdout"].startswith("HEAD\n") and r["stdout"].endswith("TAIL\n")
     assert len(r["stdout"].encode()) < 65536 + 200
     assert [v["category"] for v in r["violation_details"]] == ["output"]
 
 
-def test_memory_limit(mode: Mode) -> None:
+@pytest.mark.parametrize("language", [n for n in ALL if SNIPPETS[n].memory is not None])
+def test_memory_limit(mode: Mode, language: str) -> None:
     """Going over the memory limit fails the run with a memory violation."""
     mode.needs("docker-cold", "docker-warm", "docker-runsc", "srt", "restricted")
-    code = (
-        "hog = 'x' * (2 * 1024 ** 3)"
-        if mode.name == "restricted"
-        else "hog = bytearray(2 * 1024 ** 3)"
-    )
-    r = mode.run(code, timeout_seconds=20)
+    code = SNIPPETS[language].memory
+    if mode.name == "restricted":
+        code = "hog = 'x' * (2 * 1024 ** 3)"  # RestrictedPython has no bytearray
+    assert code is not None
+    r = mode.run(code, language, timeout_seconds=20)
     assert not r["success"]
     assert "memory" in [v["category"] for v in r["violation_details"]], r
+
+
+@pytest.mark.parametrize("language", [n for n in ALL if SNIPPETS[n].unseen_spawn is not None])
+def test_the_kernel_refuses_a_process_the_validator_did_not_see(mode: Mode, language: str) -> None:
+    """Under strict, docker's runner refuses process creation in the kernel for this language."""
+    mode.needs("docker-cold", "docker-warm", "docker-runsc")
+    code = SNIPPETS[language].unseen_spawn
+    assert code is not None
+    r = mode.run(code, language)
+    assert r["issues"] == [] and r["stdout"] == "refused\n", r
 
 
 def test_killed_by_a_signal(mode: Mode) -> None:

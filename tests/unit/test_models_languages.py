@@ -117,6 +117,7 @@ def test_unknown_language_is_refused_listing_the_known_ones() -> None:
     assert isinstance(info.value, LookupError)
     assert "javascript" in str(info.value)
     assert "bash" in str(info.value)
+    assert "ruby (rb)" in str(info.value)
 
 
 def test_a_non_string_language_is_refused() -> None:
@@ -143,6 +144,9 @@ def test_a_non_string_language_is_refused() -> None:
         ("sh", "bash"),
         ("shell", "bash"),
         (" Bash ", "bash"),
+        ("ruby", "ruby"),
+        ("rb", "ruby"),
+        ("RB", "ruby"),
     ],
 )
 def test_language_aliases_are_case_insensitive(name: str, canonical: str) -> None:
@@ -151,11 +155,12 @@ def test_language_aliases_are_case_insensitive(name: str, canonical: str) -> Non
 
 
 def test_only_javascript_accepts_nul_in_source() -> None:
-    """JavaScript source may hold NUL; Python and bash source may not."""
+    """JavaScript source may hold NUL; Python, bash and ruby source may not."""
     assert {lang.name: lang.accepts_nul for lang in LANGUAGES} == {
         "python": False,
         "javascript": True,
         "bash": False,
+        "ruby": False,
     }
 
 
@@ -282,3 +287,12 @@ def test_python_parameters_travel_as_json_data_not_code() -> None:
 def test_javascript_parameters_travel_as_json() -> None:
     """JavaScript's parameters blob is the JSON of the parameters."""
     assert get_language("js").parameters_blob({"a": [1, None]}) == b'{"a": [1, null]}'
+
+
+def test_ruby_parameters_travel_as_json_data_in_the_envelope() -> None:
+    """Ruby gets {parameters, guard} as JSON: the code is never touched, interpolation is text."""
+    hostile = {"x": "#{`id`}", "n": [1, {"k": "é"}]}
+    request = ExecutionRequest.create("puts parameters['x']", "rb", hostile)
+    blob = get_language("ruby").request_blob(request.parameters, None)
+    assert json.loads(blob) == {"parameters": hostile, "guard": None}
+    assert request.code == "puts parameters['x']"

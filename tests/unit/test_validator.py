@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.errors import UnknownLanguageError
+from orchestrator.languages import LANGUAGES
 from orchestrator.models import ValidationIssue
 from orchestrator.policy import BashRules, JavascriptRules, Validation, load_policy
 from orchestrator.validator import CodeValidator
@@ -62,10 +63,11 @@ def test_issues_are_sorted_by_line_errors_first() -> None:
 
 
 def test_language_aliases_are_accepted() -> None:
-    """An alias of a language (py, js, sh) selects the same checks as the canonical name."""
+    """An alias of a language (py, js, sh, rb) selects the same checks as the canonical name."""
     assert found("import socket", "py") == [(1, "error", "forbidden_import")]
     assert found('require("net")', "js") == [(1, "error", "forbidden_module")]
     assert found("curl x", "sh") == [(1, "error", "forbidden_command")]
+    assert found("require 'socket'", "rb") == [(1, "error", "forbidden_library")]
 
 
 def test_unknown_language_raises() -> None:
@@ -76,8 +78,8 @@ def test_unknown_language_raises() -> None:
 
 def test_empty_code_has_no_findings() -> None:
     """Empty code is valid in every language."""
-    for language in ("python", "javascript", "bash"):
-        assert issues("", language) == []
+    for language in LANGUAGES:
+        assert issues("", language.name) == []
 
 
 # --------------------------------------------------------------------------- Python: syntax
