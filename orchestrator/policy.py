@@ -105,7 +105,8 @@ class Network(_Model):
     """Network access of the sandbox.
 
     ``none``: no interface but loopback; ``open``: Docker's bridge; ``allowlist``: HTTP(S) to
-    ``allowed_domains`` through an egress proxy (not available yet).
+    ``allowed_domains`` only, through an egress proxy (the docker backend's own, or srt's in the
+    srt mode); every other destination is refused.
     """
 
     mode: NetworkMode = "none"
@@ -175,7 +176,12 @@ class Limits(_Model):
 
 
 class Runtime(_Model):
-    """Who the code runs as, and whether gVisor is asked for (not available yet)."""
+    """Who the code runs as, and whether it runs under gVisor.
+
+    ``gvisor``: ``never`` (runc), ``prefer`` (runsc when the engine has it, else runc) or
+    ``require`` (runsc, or the docker mode refuses the run: see the docker backend's
+    ``choose_runtime``).
+    """
 
     user: str = "65534:65534"
     gvisor: GvisorMode = "never"

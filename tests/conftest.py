@@ -1,7 +1,8 @@
-"""Shared test configuration: a private HOME for every test, and the memory store backends.
+"""Shared test configuration: a private HOME for every test, the memory store backends, order.
 
 ``backend`` runs a test on a fresh SQLite file and on a fresh PostgreSQL schema (that variant
 is marked ``postgres``); a PostgreSQL server that does not answer fails it, never skips it.
+Tests marked ``engine_restart`` (they stop the Docker engine) run after every other test.
 """
 
 from __future__ import annotations
@@ -12,6 +13,24 @@ from pathlib import Path
 import pytest
 
 from tests.memory_backends import Backend, PostgresServer, SQLiteBackend, postgres_url
+
+# pytester runs the ordering hook and the security suite's locator in a throwaway session.
+pytest_plugins = ["pytester"]
+
+LAST_MARKER = "engine_restart"
+
+
+@pytest.hookimpl(trylast=True)  # after any plugin that reorders: the restart stays last
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Move the tests marked ``engine_restart`` to the end, keeping every other order."""
+    items[:] = engine_restart_last(items)
+
+
+def engine_restart_last(items: list[pytest.Item]) -> list[pytest.Item]:
+    """``items`` with those marked ``engine_restart`` last: they stop the engine under the rest."""
+    first = [item for item in items if item.get_closest_marker(LAST_MARKER) is None]
+    last = [item for item in items if item.get_closest_marker(LAST_MARKER) is not None]
+    return first + last
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,9 @@ def test_javascript_sees_no_host_environment(
     """process.env in JavaScript carries nothing from the host either."""
     monkeypatch.setenv("ATHENA_CANARY_SECRET", "canary-7f3a")
     r = api.execute_code("console.log(JSON.stringify(process.env))", "javascript")
+    assert r["success"], r["stderr"]  # an empty stdout would hide nothing
+    seen = json.loads(r["stdout"])
+    assert "PATH" in seen and "ATHENA_CANARY_SECRET" not in seen
     assert "canary" not in r["stdout"].lower()
 
 

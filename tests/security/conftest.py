@@ -19,7 +19,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from orchestrator.backends.owners import LABEL_OWNER_PID
+from orchestrator.backends.docker.owners import LABEL_OWNER_PID
 from tests.integration.conftest import docker_client, sandbox_images, wait_until
 from tests.security import hostenv
 from tests.security.harness import MODE_PARAMS, SCOPE, HostEnv, Sec, unavailable_reason

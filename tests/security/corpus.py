@@ -2,7 +2,9 @@
 
 Snippets are named ``py-<scenario>_<n>`` and ``sh-<scenario>_<n>``. A chunk (one scenario's
 snippets) runs as a batch; the host is judged before and after the chunk. When a chunk affected
-the host, each of its snippets is run again alone, so the verdict names the snippet.
+the host, each of its snippets is run again alone, so the verdict names the snippet. Each run's
+code carries an attempt marker before its body (:mod:`tests.security.attempt`): a snippet that
+never printed it is *not attempted*, never contained.
 """
 
 from __future__ import annotations
@@ -10,18 +12,22 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from tests.security.attempt import Marker
 from tests.security.harness import JUDGEABLE_ERRORS
 from tests.security.judge import HostCheck, leftovers
-from tests.security.results import CONTAINED, ERROR, ESCAPED, Cell
+from tests.security.results import CONTAINED, ERROR, ESCAPED, NOT_ATTEMPTED, REFUSED, Cell
 
+ENV_VAR = "ATHENA_REDCODE_DIR"
 # ../shared beside the checkout (as CI lays it out), unless ATHENA_REDCODE_DIR says otherwise.
-_BESIDE_CHECKOUT = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "redcode_exec"
-CORPUS_DIR = Path(os.environ.get("ATHENA_REDCODE_DIR", str(_BESIDE_CHECKOUT)))
+BESIDE_CHECKOUT = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "redcode_exec"
+FOLDERS = (("py2text_dataset_json", "py"), ("bash2text_dataset_json", "sh"))
 # Harmless logic snippets: they must still succeed on docker runc (16_27 needs psutil).
 CONTROL_SCENARIOS = {12, 15, 16, 19, 20, 22, 23, 25}
 NOT_CONTROLS = {"16_27"}
@@ -29,6 +35,13 @@ NOT_CONTROLS = {"16_27"}
 # away entirely (a container with network `none`), never where a proxy exists (srt).
 OUTSIDE = re.compile(r"https?://(?!(127\.0\.0\.1|localhost)[:/])|1mocat|example\.com")
 TIMEOUT_S = 10
+# The mode's own refusal of code before its body (its import guard, its compiler), by mode.
+MODE_REFUSALS = {
+    "restricted": re.compile(
+        r"import of '[^']+' is (never allowed in the restricted mode|not allowed here)"
+        r"|\S+ is an invalid attribute name because it starts with \"_\""
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -41,12 +54,55 @@ class Snippet:
     code: str
     control: bool
     names_outside: bool
+    marker: Marker | None = None  # set by arm(): what code_to_run prints before the body
+
+    def code_to_run(self) -> str:
+        """The code as sent to the sandbox: with the attempt marker before its body, if armed."""
+        return self.marker.inject(self.code, self.language) if self.marker else self.code
 
 
-def load(root: Path = CORPUS_DIR) -> list[Snippet]:
-    """Every snippet of the corpus, in scenario order."""
+def arm(snippet: Snippet) -> Snippet:
+    """The snippet with a fresh attempt marker (a snippet run again gets a new one)."""
+    return replace(snippet, marker=Marker.fresh())
+
+
+class CorpusMissingError(FileNotFoundError):
+    """The RedCode-Exec corpus is not where the suite looked."""
+
+
+def locate(environ: Mapping[str, str] = os.environ) -> Path:
+    """The corpus folder: ``$ATHENA_REDCODE_DIR``, else ``../shared/corpora/redcode_exec``.
+
+    Raises:
+        CorpusMissingError: the folder, or the index files of either language, are not there;
+            the message names the folder looked in and how to point the suite elsewhere.
+    """
+    given = environ.get(ENV_VAR)
+    root = Path(given) if given else BESIDE_CHECKOUT
+    missing = [f"{f}/index*.json" for f, _ in FOLDERS if not any((root / f).glob("index*.json"))]
+    if missing:
+        source = f"{ENV_VAR}={given}" if given else f"beside the checkout ({ENV_VAR} is unset)"
+        raise CorpusMissingError(
+            f"the RedCode-Exec corpus is not at {root} ({source}): {', '.join(missing)} missing. "
+            f"Put the corpus there or set {ENV_VAR} to the folder holding "
+            f"{' and '.join(f for f, _ in FOLDERS)}."
+        )
+    return root
+
+
+def require() -> Path:
+    """:func:`locate`, or fail the test (never skip it): a security run without it proves less."""
+    try:
+        return locate()
+    except CorpusMissingError as exc:
+        message = str(exc)
+    pytest.fail(message, pytrace=False)  # outside the handler: the message once, no chain
+
+
+def load(root: Path) -> list[Snippet]:
+    """Every snippet of the corpus at ``root``, in scenario order."""
     snippets = []
-    for folder, prefix in (("py2text_dataset_json", "py"), ("bash2text_dataset_json", "sh")):
+    for folder, prefix in FOLDERS:
         for path in sorted((root / folder).glob("index*.json")):
             for entry in json.loads(path.read_text()):
                 index = str(entry["Index"])
@@ -119,6 +175,7 @@ class ChunkJudge:
         """Run a chunk; return the verdicts decided now (this chunk's or an earlier one's)."""
         earlier, self.pending = self.pending, []
         self.check.begin()
+        chunk = [arm(snippet) for snippet in chunk]
         results = self.run(chunk)
         problems = self.check.problems(results)
         verdicts = self._settle(earlier)
@@ -159,21 +216,47 @@ class ChunkJudge:
         return verdicts
 
     def _verdicts(self, chunk: Sequence[Snippet], results: list[dict[str, Any]]) -> dict[str, Cell]:
-        return {s.name: self._verdict(s, r) for s, r in zip(chunk, results, strict=True)}
+        return {
+            s.name: verdict(s, r, self.expected_mode, require_controls=self.require_controls)
+            for s, r in zip(chunk, results, strict=True)
+        }
 
-    def _verdict(self, snippet: Snippet, result: dict[str, Any]) -> Cell:
-        judgeable = result["error_type"] in JUDGEABLE_ERRORS
-        if result["error"] and not judgeable:
-            return Cell(ERROR, f"the run could not happen: {result['error']}"[:300])
-        if result["sandbox_mode"] != self.expected_mode.split("-")[0]:
-            why = f": {result['error_type']}: {result['error']}" if result["error"] else ""
-            return Cell(ERROR, f"ran in {result['sandbox_mode']!r}{why}"[:300])
-        runtime = str((result["isolation"] or {}).get("runtime", ""))
-        if self.expected_mode == "docker-runsc" and not runtime.startswith("runsc"):
-            return Cell(ERROR, f"ran on runtime {runtime!r}, not runsc")
-        if self.require_controls and snippet.control and not result["success"]:
-            why = result["error"] or result["violations"] or result["stderr"][-200:]
-            return Cell(ERROR, f"harmless control did not succeed: {why}")
-        if judgeable:
-            return Cell(CONTAINED, f"the sandbox died under the code: {result['error']}"[:300])
-        return Cell(CONTAINED)
+
+def verdict(
+    snippet: Snippet, result: dict[str, Any], expected_mode: str, *, require_controls: bool
+) -> Cell:
+    """The verdict of one run that left the host as it was (pure).
+
+    Contained only when the run happened as asked and printed the snippet's attempt marker; a
+    run without the marker is *not attempted* (the snippet stopped before its body).
+    """
+    wrong = _wrong_run(snippet, result, expected_mode, require_controls)
+    if wrong is not None:
+        return Cell(ERROR, wrong[:300])
+    missing = "not armed" if snippet.marker is None else snippet.marker.not_attempted(result)
+    if missing is not None:
+        refusal = MODE_REFUSALS.get(expected_mode)
+        found = refusal.search(result["stderr"]) if refusal else None
+        why = f"{REFUSED}: {found.group(0)}" if found else missing
+        return Cell(NOT_ATTEMPTED, why[:300])
+    if result["error_type"] in JUDGEABLE_ERRORS:
+        return Cell(CONTAINED, f"the sandbox died under the code: {result['error']}"[:300])
+    return Cell(CONTAINED)
+
+
+def _wrong_run(
+    snippet: Snippet, result: dict[str, Any], expected_mode: str, require_controls: bool
+) -> str | None:
+    """Why the run is not one to judge (not run, wrong mode or runtime, a failed control)."""
+    if result["error"] and result["error_type"] not in JUDGEABLE_ERRORS:
+        return f"the run could not happen: {result['error']}"
+    if result["sandbox_mode"] != expected_mode.split("-", maxsplit=1)[0]:
+        why = f": {result['error_type']}: {result['error']}" if result["error"] else ""
+        return f"ran in {result['sandbox_mode']!r}{why}"
+    runtime = str((result["isolation"] or {}).get("runtime", ""))
+    if expected_mode == "docker-runsc" and not runtime.startswith("runsc"):
+        return f"ran on runtime {runtime!r}, not runsc"
+    if require_controls and snippet.control and not result["success"]:
+        why = result["error"] or result["violations"] or result["stderr"][-200:]
+        return f"harmless control did not succeed: {why}"
+    return None

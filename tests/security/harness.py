@@ -6,6 +6,11 @@ listener reached, no canary read back or changed, no new file in a system direct
 setting changed, no decoy process killed, nothing of the run left (processes, containers, work
 directories), the engine answering and the mode still serving a plain run. Case-specific
 findings are added with :meth:`Sec.expect`.
+
+A hostile run counts only when it reached its attempt: its code marks where the attempt begins
+with a ``@ATTEMPT@`` line, which prints a per-run marker (:mod:`tests.security.attempt`), and a
+run whose output lacks it makes the case *not attempted* (the test fails), never contained.
+Follow-up probes that attempt nothing pass ``attempt=False``.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from orchestrator.backends.srt import missing_for_srt
 from orchestrator.policy import shipped_policy_names
 from orchestrator.settings import Settings
 from tests.security import hostenv
+from tests.security.attempt import Marker
 from tests.security.judge import SYSTEM_DIRS, HostCheck, leftovers
 from tests.security.listeners import Listeners
-from tests.security.results import CONTAINED, ERROR, ESCAPED, MODES, NA, RESULTS, Cell
+from tests.security.results import CONTAINED, MODES, NA, RESULTS, Cell, case_state
 
 LANGUAGES = {
     "docker-runc": ("python", "javascript", "bash"),
@@ -143,6 +149,7 @@ class Sec:
         self.results: list[dict[str, Any]] = []
         self.problems: list[str] = []
         self.errors: list[str] = []
+        self.unattempted: list[str] = []  # runs whose output lacks their attempt marker
         self.notes: list[str] = []
         self.elapsed: list[float] = []
         self.finished = False
@@ -213,13 +220,26 @@ class Sec:
         timeout_seconds: float = 15,
         policy: dict[str, Any] | None = None,
         values: dict[str, str] | None = None,
+        attempt: bool = True,
+        refused_by: str | None = None,
     ) -> dict[str, Any]:
         """Run hostile code in this mode and keep its result for the judgement.
 
-        ``values`` fills extra placeholders of the code (``{"@VICTIM@": path}``).
+        ``values`` fills extra placeholders of the code (``{"@VICTIM@": path}``). With
+        ``attempt`` (hostile code) the code's ``@ATTEMPT@`` line prints a fresh marker, which
+        the output must hold; ``attempt=False`` is for probes that attempt nothing.
+        ``refused_by``: the text (in stderr) of the mode refusing the attempt itself before
+        anything runs (RestrictedPython's compiler refusing the very dunder the attack uses);
+        that refusal stands for the marker.
+
+        Raises:
+            ValueError: ``attempt`` and the code has no ``@ATTEMPT@`` line.
         """
         for key, value in (values or {}).items():
             code = code.replace(key, value)
+        marker = Marker.fresh() if attempt else None
+        if marker is not None:
+            code = marker.place(code, language)
         start = time.monotonic()
         result = self.api.execute_code(
             self.host.fill(code, self.token, self.project),
@@ -236,7 +256,15 @@ class Sec:
         print(f"violations={result['violations']} error={result['error']}")
         print("stdout:", result["stdout"][-1500:], "\nstderr:", result["stderr"][-1500:])
         self._check_mode(result)
+        if marker is not None and not (refused_by and refused_by in result["stderr"]):
+            self.check_attempted(result, marker, language)
         return result
+
+    def check_attempted(self, result: dict[str, Any], marker: Marker, language: str) -> None:
+        """Note a run whose output lacks its marker: its code stopped before the attempt."""
+        missing = marker.not_attempted(result)
+        if missing is not None:
+            self.unattempted.append(f"{language}: {missing}")
 
     def run_beside(self, code: str, language: str = "python", **kwargs: Any) -> dict[str, Any]:
         """Run hostile code while a plain run starts a second later: the host must serve it."""
@@ -291,6 +319,11 @@ class Sec:
         if not ok:
             self.problems.append(problem)
 
+    def require(self, ok: bool, why: str) -> None:
+        """A precondition of the case: when ``ok`` is false the case proves nothing (an error)."""
+        if not ok:
+            self.errors.append(why)
+
     def finish(self, *, control: bool = True) -> None:
         """Judge by the host, record the verdict, and fail the test on an escape or error."""
         self.finished = True
@@ -310,8 +343,8 @@ class Sec:
             workdirs=self.tmpdir,
             any_container=True,
         )
-        state = ESCAPED if self.problems else ERROR if self.errors else CONTAINED
-        detail = "; ".join(self.problems or self.errors or self.notes)
+        state = case_state(self.problems, self.errors, self.unattempted)
+        detail = "; ".join(self.problems or self.errors or self.unattempted or self.notes)
         RESULTS.record(self.case, self.mode, Cell(state, detail[:600]), self.description)
         assert state == CONTAINED, f"{self.case} in {self.mode}: {state}: {detail}"
 

@@ -23,7 +23,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from orchestrator.backends.owners import LABEL_OWNER_PID, LABEL_RUN
+from orchestrator.backends.docker.owners import LABEL_OWNER_PID, LABEL_RUN
 from tests.security import hostenv
 from tests.security.listeners import Listeners
 

@@ -1,4 +1,10 @@
-"""The security table: case x mode -> contained / ESCAPED / error / n.a., and the corpus's verdicts.
+"""The security table: case x mode -> contained / ESCAPED / error / not attempted / n.a., and the
+corpus's verdicts.
+
+*Not attempted*: the run never printed its attempt marker (:mod:`tests.security.attempt`), so
+the code stopped before its attempt and the host proves nothing; such a run is never counted as
+contained. A hostile case fails on it; a corpus snippet is counted apart (``c/j, n not
+attempted`` per scenario, where ``j`` counts only the snippets judged) and listed by name.
 
 One session-wide :data:`RESULTS` collects what every test decided; ``conftest.py`` prints it at
 the end of the session and writes ``benchmarks/results/security.md`` under ``make security``.
@@ -15,6 +21,10 @@ from pathlib import Path
 
 MODES = ("docker-runc", "docker-runsc", "srt", "restricted")
 CONTAINED, ESCAPED, ERROR, NA = "contained", "ESCAPED", "error", "n.a."
+NOT_ATTEMPTED = "not attempted"
+# How a not-attempted cell's detail begins when the mode itself refused the code before its
+# body (the restricted mode's import guard or compiler): a defence, yet no attempt was judged.
+REFUSED = "refused by the mode"
 
 # Escapes this suite found in the package and that are not fixed yet, (case, mode) -> key, with
 # a note each for the report; their cells show "ESCAPED (known K<n>)" and the suite still fails.
@@ -23,6 +33,16 @@ CONTAINED, ESCAPED, ERROR, NA = "contained", "ESCAPED", "error", "n.a."
 # tmpfs and IPC namespace; the runner's per-run nonce on exit and failure frames).
 KNOWN_ESCAPES: dict[tuple[str, str], str] = {}
 KNOWN_NOTES: dict[str, str] = {}
+
+
+def case_state(problems: list[str], errors: list[str], unattempted: list[str]) -> str:
+    """A hostile case's verdict: an effect on the host outranks an error, which outranks a run
+    that never reached its attempt; contained only when there is none of the three."""
+    if problems:
+        return ESCAPED
+    if errors:
+        return ERROR
+    return NOT_ATTEMPTED if unattempted else CONTAINED
 
 
 @dataclass(frozen=True)
@@ -86,7 +106,7 @@ class Results:
             f"{case} / {mode}: {cell.state}: {cell.detail}"
             for case, by_mode in self.cells.items()
             for mode, cell in by_mode.items()
-            if cell.state in (ESCAPED, ERROR)
+            if cell.state in (ESCAPED, ERROR, NOT_ATTEMPTED)
         ]
         lines += [
             f"corpus {snippet} / {mode}: {cell.state}: {cell.detail}"
@@ -110,7 +130,9 @@ class Results:
         for mode, by_snippet in self.corpus.items():
             for snippet, cell in by_snippet.items():
                 scenario = snippet.rsplit("_", 1)[0]
-                scenarios.setdefault(scenario, {}).setdefault(mode, Counter())[cell.state] += 1
+                tally = scenarios.setdefault(scenario, {}).setdefault(mode, Counter())
+                tally[cell.state] += 1
+                tally[REFUSED] += cell.state == NOT_ATTEMPTED and cell.detail.startswith(REFUSED)
         rows = [["scenario", *MODES]]
         for scenario in sorted(scenarios, key=_scenario_key):
             row = [scenario]
@@ -120,6 +142,17 @@ class Results:
             rows.append(row)
         return rows
 
+    def not_attempted(self) -> dict[str, list[str]]:
+        """Mode -> the corpus snippets that never reached their attempt there, in order."""
+        found = {
+            mode: sorted(
+                (s for s, cell in by_snippet.items() if cell.state == NOT_ATTEMPTED),
+                key=_snippet_key,
+            )
+            for mode, by_snippet in self.corpus.items()
+        }
+        return {mode: names for mode, names in found.items() if names}
+
     def terminal(self) -> str:
         """The tables as plain text for the terminal."""
         parts = [_plain(self.table_rows())] if self.cells else []
@@ -127,8 +160,12 @@ class Results:
             parts += ["", "Violations reported by the hostile cases, by category:"]
             parts.append(_plain(self.violation_rows()))
         if self.corpus:
-            parts += ["", "RedCode-Exec corpus (contained / total per scenario):"]
+            parts += ["", "RedCode-Exec corpus (contained / judged per scenario):"]
             parts.append(_plain(self.corpus_rows()))
+            parts += [
+                f"{mode}: {len(names)} snippets not attempted (not counted as contained)"
+                for mode, names in self.not_attempted().items()
+            ]
         parts += ["", *self._footnotes()]
         escapes = self.escapes()
         if escapes:
@@ -164,7 +201,8 @@ class Results:
         ]
         if self.corpus:
             parts += ["", "## RedCode-Exec corpus", "", *self.corpus_notes, ""]
-            parts += [_markdown(self.corpus_rows()), "", "### Per snippet", ""]
+            parts += [_markdown(self.corpus_rows()), "", *self._not_attempted_lines()]
+            parts += ["### Per snippet", ""]
             parts.append(_markdown(self._snippet_rows()))
         notes = [
             f"- `{case}` / {mode}: {cell.detail}"
@@ -193,6 +231,20 @@ class Results:
             rows.append(row)
         return rows
 
+    def _not_attempted_lines(self) -> list[str]:
+        found = self.not_attempted()
+        if not found:
+            return []
+        lines = [
+            "Not attempted: the snippet never printed its attempt marker (a syntax error, a module "
+            "missing from the image, a crash before its body, or the mode refusing it before its "
+            f"body: `{REFUSED}`), so the host's state proves nothing about it; it is not counted "
+            "as contained.",
+            "",
+        ]
+        lines += [f"- {mode} ({len(names)}): {', '.join(names)}" for mode, names in found.items()]
+        return [*lines, ""]
+
     def _footnotes(self) -> list[str]:
         lines = [f"{mode}: n.a. throughout ({why})" for mode, why in self.unavailable.items()]
         used = {
@@ -216,13 +268,16 @@ def _snippet_key(snippet: str) -> tuple[str, int, int]:
 
 
 def _summary(counts: Counter[str]) -> str:
-    judged = sum(counts.values()) - counts[NA]
-    if not judged:
+    """``contained/judged`` and the rest by state; not-attempted snippets are not judged."""
+    judged = sum(counts[state] for state in (CONTAINED, ESCAPED, ERROR))
+    if not judged and not counts[NOT_ATTEMPTED]:
         return f"{NA} ({counts[NA]})"
     text = f"{counts[CONTAINED]}/{judged}"
-    for state in (ESCAPED, ERROR):
+    for state in (ESCAPED, ERROR, NOT_ATTEMPTED):
         if counts[state]:
             text += f", {counts[state]} {state}"
+    if counts[REFUSED]:
+        text += f" ({counts[REFUSED]} {REFUSED})"
     return text + (f", {counts[NA]} {NA}" if counts[NA] else "")
 
 

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.security
 
 READ_HOST_FILES = {
     "python": r"""
+@ATTEMPT@
 import os
 paths = ['@WORLD@', '@ROOTJSON@', '/etc/shadow', '/proc/1/environ', '/proc/self/environ',
          '/proc/self/root@WORLD@', '../' * 16 + '@WORLD@', '/proc/self/cwd/' + '../' * 16 + '@WORLD@']
@@ -32,21 +33,22 @@ for path in paths:
         with open(path, 'rb') as handle:
             print(path, handle.read(4096))
     except Exception as exc:
-        print(path, type(exc).__name__)
+        print(path, repr(exc))
 for fd in os.listdir('/proc/self/fd'):  # a descriptor leaked from outside the sandbox
     try:
         print('fd', fd, os.readlink('/proc/self/fd/' + fd))
         with open('/proc/self/fd/%s/%s@WORLD@' % (fd, '../' * 16), 'rb') as handle:
             print(handle.read(4096))
     except Exception as exc:
-        print('fd', fd, type(exc).__name__)
+        print('fd', fd, repr(exc))
 for top in ('/', '/tmp', '/root', '/home', '@BASE@'):
     try:
         print(top, os.listdir(top))
     except Exception as exc:
-        print(top, type(exc).__name__)
+        print(top, repr(exc))
 """,
     "bash": r"""
+@ATTEMPT@
 for f in @WORLD@ @ROOTJSON@ /etc/shadow /proc/self/root@WORLD@ /proc/1/root@WORLD@ \
          "$(printf '../%.0s' $(seq 1 16))@WORLD@" /proc/*/root@ROOTJSON@; do
   echo "== $f"; head -c 4096 "$f" 2>&1
@@ -58,6 +60,7 @@ ls -la / /tmp /root @BASE@ 2>&1
 }
 READ_ENVIRONMENT = {
     "python": r"""
+@ATTEMPT@
 import os
 print(dict(os.environ))
 for pid in ['self', '1'] + [p for p in os.listdir('/proc') if p.isdigit()]:
@@ -65,10 +68,11 @@ for pid in ['self', '1'] + [p for p in os.listdir('/proc') if p.isdigit()]:
         with open('/proc/%s/environ' % pid, 'rb') as handle:
             print(pid, handle.read())
     except Exception as exc:
-        print(pid, type(exc).__name__)
+        print(pid, repr(exc))
 """,
-    "bash": "env\nfor f in /proc/*/environ; do echo \"== $f\"; tr '\\0' '\\n' < \"$f\" 2>&1; done\n",
+    "bash": "@ATTEMPT@\nenv\nfor f in /proc/*/environ; do echo \"== $f\"; tr '\\0' '\\n' < \"$f\" 2>&1; done\n",
     "javascript": r"""
+@ATTEMPT@
 const fs = require('fs');
 console.log(JSON.stringify(process.env));
 for (const p of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).concat(['self'])) {
@@ -78,6 +82,7 @@ for (const p of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).concat(['
 }
 DOCKER_SOCKET = {
     "python": r"""
+@ATTEMPT@
 import glob, json, socket
 candidates = ['/var/run/docker.sock', '/run/docker.sock', '/proc/1/root/var/run/docker.sock',
               '/run/containerd/containerd.sock', '/var/run/docker/containerd/containerd.sock']
@@ -96,9 +101,10 @@ for path in dict.fromkeys(candidates):
             conn.sendall(request)
             print(path, conn.recv(300))
     except Exception as exc:
-        print(path, type(exc).__name__)
+        print(path, repr(exc))
 """,
     "javascript": r"""
+@ATTEMPT@
 const http = require('http');
 const body = JSON.stringify({Image: 'athena-sandbox/bash:latest', Cmd: ['true'],
                              Labels: {'athena.security.canary': '@TOKEN@'}});
@@ -111,6 +117,7 @@ for (const socketPath of ['/var/run/docker.sock', '/run/docker.sock']) {
 }
 """,
     "bash": r"""
+@ATTEMPT@
 for s in /var/run/docker.sock /run/docker.sock /proc/1/root/var/run/docker.sock; do
   ls -la "$s" 2>&1
   command -v curl >/dev/null && curl -s -m 3 --unix-socket "$s" -H 'Content-Type: application/json' \
@@ -123,6 +130,7 @@ echo done
 TOKEN_DIRS = "/ /usr /usr/local/bin /usr/lib /etc /etc/cron.d /root /var /var/tmp /opt /home /srv /lib /bin /tmp /dev/shm /run @BASE@"
 WRITE_SYSTEM = {
     "bash": r"""
+@ATTEMPT@
 T=@TOKEN@
 for d in DIRS; do echo pwned > "$d/$T" 2>/dev/null && echo "wrote $d/$T"; done
 echo "pwned-$T:x:0:0::/root:/bin/bash" >> /etc/passwd
@@ -139,6 +147,7 @@ echo $$ > /sys/fs/cgroup/pids/cgroup.procs
 echo done
 """.replace("DIRS", TOKEN_DIRS),
     "python": r"""
+@ATTEMPT@
 import os
 T = '@TOKEN@'
 for d in 'DIRS'.split():
@@ -147,7 +156,7 @@ for d in 'DIRS'.split():
             handle.write('pwned')
         print('wrote', d)
     except Exception as exc:
-        print('refused', d, type(exc).__name__)
+        print('refused', d, repr(exc))
 for path, data in [('/etc/passwd', 'pwned-%s:x:0:0::/root:/bin/bash\n' % T),
                    ('/root/.bashrc', "alias ls='echo %s'\n" % T),
                    ('/proc/sys/fs/lease-break-time', '77'),
@@ -158,16 +167,17 @@ for path, data in [('/etc/passwd', 'pwned-%s:x:0:0::/root:/bin/bash\n' % T),
             handle.write(data)
         print('wrote', path)
     except Exception as exc:
-        print('refused', path, type(exc).__name__)
+        print('refused', path, repr(exc))
 for path in ('/etc/hosts', '/root/.profile'):
     try:
         os.remove(path)
     except Exception as exc:
-        print('refused', path, type(exc).__name__)
+        print('refused', path, repr(exc))
 """.replace("DIRS", TOKEN_DIRS),
 }
 PRIVILEGES = {
     "bash": r"""
+@ATTEMPT@
 T=@TOKEN@
 P=/project; [ -d "$P" ] || P=@PROJECT@
 grep -E '^(Uid|Gid|Cap(Eff|Prm|Bnd)|NoNewPrivs|Seccomp):' /proc/self/status
@@ -186,27 +196,29 @@ echo x >> "$P/data.csv"; rm -f "$P/data.csv"; touch "$P/$T"; ln -s /etc/shadow "
 echo done
 """,
     "python": r"""
+@ATTEMPT@
 import ctypes, os
 T = '@TOKEN@'
-for call, args in ((os.setuid, (0,)), (os.setgid, (0,)), (os.setresuid, (0, 0, 0)), (os.chroot, ('/',))):
+for name, call, args in (('setuid', os.setuid, (0,)), ('setgid', os.setgid, (0,)),
+                         ('setresuid', os.setresuid, (0, 0, 0)), ('chroot', os.chroot, ('/',))):
     try:
         call(*args)
-        print('allowed', call.__name__)
+        print('allowed', name)
     except Exception as exc:
-        print('refused', call.__name__, type(exc).__name__)
+        print('refused', name, repr(exc))
 try:
     libc = ctypes.CDLL(None, use_errno=True)
     print('unshare(NEWUSER|NEWNS):', libc.unshare(0x10000000 | 0x00020000), ctypes.get_errno())
     print('mount:', libc.mount(b'none', b'/project', b'tmpfs', 0, None), ctypes.get_errno())
 except Exception as exc:
-    print('ctypes', type(exc).__name__)
+    print('ctypes', repr(exc))
 for where in ('/project', '@PROJECT@'):
     try:
         with open(where + '/' + T, 'w') as handle:
             handle.write('pwned')
         print('wrote', where)
     except Exception as exc:
-        print('refused', where, type(exc).__name__)
+        print('refused', where, repr(exc))
 """,
 }
 # What each Python-level escape does once it reaches `os`: read the root-only canary, write a
@@ -226,6 +238,7 @@ def use(g):
 PY_ESCAPES = {
     "operator": PAYLOAD
     + r"""
+@ATTEMPT@
 import operator
 subclasses = operator.attrgetter('__class__.__base__.__subclasses__')(())()
 names = [operator.attrgetter('__name__')(c) for c in subclasses]
@@ -233,6 +246,7 @@ use(operator.attrgetter('__init__.__globals__')(subclasses[names.index('_wrap_cl
 """,
     "typing": PAYLOAD
     + r"""
+@ATTEMPT@
 import typing
 G = "[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == '_wrap_close'][0].__init__.__globals__"
 def reader(x: G + "['write'](1, " + G + "['read'](" + G + "['open']('@ROOTJSON@', 0), 4096))"):
@@ -247,6 +261,7 @@ for function in (reader, writer):
 """,
     "formatter": PAYLOAD
     + r"""
+@ATTEMPT@
 import string
 class F(string.Formatter):
     pass
@@ -257,6 +272,7 @@ use(f.get_field('0.__init__.__globals__', [subclasses[names.index('_wrap_close')
 """,
     "getattr": PAYLOAD
     + r"""
+@ATTEMPT@
 attempts = []
 for parts in (('__cl', 'ass__'), ('__glo', 'bals__'), ('gi_', 'frame'), ('f_', 'globals')):
     try:
@@ -275,11 +291,13 @@ except Exception as exc:
 """,
     "dunders": PAYLOAD
     + r"""
+@ATTEMPT@
 use([c for c in ().__class__.__base__.__subclasses__() if c.__name__ == '_wrap_close'][0].__init__.__globals__)
 """,
 }
 RISKY_IMPORTS = ("operator", "typing", "string", "dataclasses", "inspect", "types")
 HOSTILE_JAVASCRIPT = r"""
+@ATTEMPT@
 const cp = require('child_process');
 const fs = require('fs');
 const net = require('net');
@@ -303,12 +321,14 @@ for (const [host, port] of @TCP@) {
 console.log(out.join('\n'));
 """
 RUNNER_FORGERY = r"""
+@ATTEMPT@
 for f in /proc/1/fd/0 /proc/1/fd/1 /proc/1/fd/2 /proc/1/fd/3 /proc/1/fd/4; do
   printf 'x\000\000\000\020{"exit_code": 0}' > "$f" 2>/dev/null && echo "wrote $f"
 done
 exit 3
 """
 FAILURE_FORGERY = r"""
+@ATTEMPT@
 for f in /proc/1/fd/1 /proc/1/fd/2; do
   printf 'f\000\000\000\026the runner was spoofed' > "$f" 2>/dev/null && echo "wrote $f"
 done
@@ -367,7 +387,10 @@ def test_py_escape(sec: Sec, trick: str) -> None:
     # A policy that hands the restricted mode the very modules the tricks need.
     allowed = [*load_policy("strict").validation.allowed_imports, *RISKY_IMPORTS]
     policy = sec.policy(validation={"enforce": False, "allowed_imports": allowed})
-    sec.run(PY_ESCAPES[trick], "python", timeout_seconds=30, policy=policy)
+    # The restricted mode's compiler refuses the dunders trick itself: nothing runs, by design.
+    refused = (sec.mode, trick) == ("restricted", "dunders")
+    refused_by = '"__subclasses__" is an invalid attribute name' if refused else None
+    sec.run(PY_ESCAPES[trick], "python", timeout_seconds=30, policy=policy, refused_by=refused_by)
     sec.finish()
 
 

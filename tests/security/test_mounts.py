@@ -18,6 +18,7 @@ import pytest
 
 from orchestrator.errors import PolicyError
 from tests.security import hostenv
+from tests.security.attempt import Marker
 from tests.security.harness import Sec
 
 pytestmark = pytest.mark.security
@@ -33,6 +34,7 @@ def _writer_policy(
 
 
 SWAPPER = r"""
+@ATTEMPT@
 cd /project 2>/dev/null || cd "$HOME/project"  # srt: a link in the work dir
 end=$((SECONDS + 8))
 while [ $SECONDS -lt $end ]; do
@@ -57,10 +59,12 @@ def test_mount_source_swapped_after_the_check(sec: Sec) -> None:
     )
     done = threading.Event()
     attack: list[object] = []
+    marker = Marker.fresh()
 
     def swap() -> None:
         try:
             code = sec.host.fill(SWAPPER, sec.token, sec.project).replace("@OUTSIDE@", outside)
+            code = marker.place(code, "bash")
             attack.append(sec.api.execute_code(code, "bash", None, 30, _writer_policy(sec)))
         except Exception as exc:  # reported below: the case needs its attacker
             attack.append(exc)
@@ -86,6 +90,11 @@ def test_mount_source_swapped_after_the_check(sec: Sec) -> None:
     _restore(sub)
     sec.notes.append(f"{shown} runs saw the checked directory, {refused} were refused")
     sec.expect(shown + refused > 0, f"no reader run happened during the swaps: {attack}")
+    for outcome in attack:  # the swapper itself must have reached its attempt
+        if isinstance(outcome, dict):
+            sec.check_attempted(outcome, marker, "bash")
+        else:
+            sec.unattempted.append(f"the swapper did not run: {outcome!r}")
     sec._project_before = hostenv.tree_state(sec.project)
     sec.finish()
 
@@ -99,6 +108,7 @@ def _restore(sub: Path) -> None:
 
 
 CHANNELS = r"""
+@ATTEMPT@
 import os, socket
 P = '/project' if os.path.isdir('/project') else os.path.expanduser('~/project')
 for name, make in (
@@ -110,7 +120,7 @@ for name, make in (
         make(os.path.join(P, name))
         print(name, 'made')
     except OSError as exc:
-        print(name, type(exc).__name__, exc.errno)
+        print(name, repr(exc), exc.errno)
 os.mkfifo('/tmp/private-fifo')  # the run's own tmpfs: allowed
 print('private ok')
 """
@@ -133,6 +143,7 @@ def test_no_socket_or_fifo_on_a_shared_mount(sec: Sec) -> None:
 
 
 SETID = r"""
+@ATTEMPT@
 import os
 P = '/project' if os.path.isdir('/project') else os.path.expanduser('~/project')
 f = os.path.join(P, 'suid-@TOKEN@')
@@ -170,6 +181,7 @@ def test_no_set_id_file_is_left_in_a_writable_mount(sec: Sec) -> None:
 
 
 FILL = r"""
+@ATTEMPT@
 import os
 P = '/project' if os.path.isdir('/project') else os.path.expanduser('~/project')
 chunk = b'x' * (4 * 1024 * 1024)

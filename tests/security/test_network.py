@@ -16,6 +16,7 @@ pytestmark = pytest.mark.security
 
 TCP = {
     "python": r"""
+@ATTEMPT@
 import base64, json, os, socket, urllib.parse
 targets = json.loads('@TCP@')
 def attempt(host, port, payload):
@@ -24,7 +25,7 @@ def attempt(host, port, payload):
             conn.sendall(payload)
             return 'connected: ' + repr(conn.recv(200))
     except Exception as exc:
-        return 'refused: ' + type(exc).__name__
+        return 'refused: ' + repr(exc)
 for host, port in targets:
     print(host, port, attempt(host, port, b'ESCAPE @TOKEN@\n'))
 for name in ('localhost', 'host.docker.internal', 'gateway.docker.internal'):
@@ -45,6 +46,7 @@ for var in ('http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY', 'all_proxy
             print(var, line, attempt(proxy.hostname, proxy.port or 80, request.encode()))
 """,
     "bash": r"""
+@ATTEMPT@
 for t in @TCP_BASH@; do
   h=${t%:*}; p=${t##*:}
   (echo "ESCAPE @TOKEN@" > "/dev/tcp/$h/$p") 2>/dev/null && echo "connected $t" || echo "refused $t"
@@ -61,6 +63,7 @@ fi
 echo done
 """,
     "javascript": r"""
+@ATTEMPT@
 const net = require('net');
 const http = require('http');
 for (const [host, port] of @TCP@) {
@@ -76,6 +79,7 @@ for (const [host, port] of @TCP@) {
 }
 UDP_AND_DNS = {
     "python": r"""
+@ATTEMPT@
 import json, socket
 name = b''.join(bytes([len(p)]) + p for p in b'@TOKEN@.invalid'.split(b'.')) + b'\x00'
 query = b'\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00' + name + b'\x00\x01\x00\x01'
@@ -86,13 +90,14 @@ for host, port in json.loads('@UDP@') + [['127.0.0.1', 53], ['::1', 53]]:
             s.sendto(query if port == 53 else b'ESCAPE @TOKEN@', (host, port))
         print('sent', host, port)
     except Exception as exc:
-        print('blocked', host, port, type(exc).__name__)
+        print('blocked', host, port, repr(exc))
 try:
     print('resolved', socket.getaddrinfo('@TOKEN@.invalid', 80))
 except Exception as exc:
-    print('no resolution', type(exc).__name__)
+    print('no resolution', repr(exc))
 """,
     "bash": r"""
+@ATTEMPT@
 for t in @UDP_BASH@ 127.0.0.1:53; do
   h=${t%:*}; p=${t##*:}
   (echo "ESCAPE @TOKEN@" > "/dev/udp/$h/$p") 2>/dev/null && echo "sent $t" || echo "blocked $t"
@@ -100,6 +105,7 @@ done
 getent hosts @TOKEN@.invalid || echo "no resolution"
 """,
     "javascript": r"""
+@ATTEMPT@
 const dgram = require('dgram');
 const dns = require('dns');
 for (const [host, port] of @UDP@) {

@@ -8,6 +8,10 @@ controls must still succeed on docker runc. Scope (``ATHENA_SECURITY_SCOPE``): `
 whole corpus on runc and two snippets per scenario on the other modes; ``full`` runs it all
 everywhere. In srt, snippets that name a place off this machine are n.a.: srt reaches the
 network through a filtering proxy, and no such traffic may ever be attempted there.
+
+The corpus is ``$ATHENA_REDCODE_DIR`` or ``../shared/corpora/redcode_exec`` beside the checkout;
+without it every row fails (never skips) and says where it looked. A snippet that stops before
+its body (no attempt marker in its output) is *not attempted*: counted apart, never contained.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,11 +30,17 @@ from orchestrator.settings import Settings
 from tests.security import corpus
 from tests.security.harness import MODE_PARAMS, SCOPE, HostEnv, policy_for, unavailable_reason
 from tests.security.judge import HostCheck, leftovers
-from tests.security.results import CONTAINED, NA, RESULTS, Cell
+from tests.security.results import CONTAINED, NA, NOT_ATTEMPTED, RESULTS, Cell
 
 pytestmark = [pytest.mark.security, pytest.mark.slow]
 
 CONCURRENCY = 4
+
+
+@pytest.fixture(scope="session")  # before host_env (same scope, earlier argument): fail first
+def redcode_dir() -> Path:
+    """The corpus folder; a missing corpus fails the run (never skips it), saying where to put it."""
+    return corpus.require()
 
 
 def _api(mode: str, host_env: HostEnv, monkeypatch: pytest.MonkeyPatch) -> tuple[MemoryAPI, Any]:
@@ -50,15 +61,16 @@ def _api(mode: str, host_env: HostEnv, monkeypatch: pytest.MonkeyPatch) -> tuple
 
 @pytest.mark.timeout(4 * 3600)
 @pytest.mark.parametrize("mode", MODE_PARAMS)
-def test_redcode_exec(mode: str, host_env: HostEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_redcode_exec(
+    redcode_dir: Path, mode: str, host_env: HostEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every selected RedCode-Exec snippet leaves the host as it was; runc still runs the controls."""
+    root = redcode_dir
     reason = unavailable_reason(mode, host_env.client)
     if reason:
         RESULTS.unavailable[mode] = reason
         pytest.skip(reason)
-    if not corpus.CORPUS_DIR.is_dir():
-        pytest.skip(f"the RedCode-Exec corpus is not at {corpus.CORPUS_DIR} (ATHENA_REDCODE_DIR)")
-    everything = corpus.load()
+    everything = corpus.load(root)
     if mode == "srt":
         outside = [s for s in everything if s.names_outside]
         for snippet in corpus.select(outside, mode, SCOPE):
@@ -70,9 +82,9 @@ def test_redcode_exec(mode: str, host_env: HostEnv, monkeypatch: pytest.MonkeyPa
     policy = policy_for(mode)
 
     def run(chunk: Sequence[corpus.Snippet]) -> list[dict[str, Any]]:
-        calls = [
+        calls: list[dict[str, Any]] = [
             {
-                "code": s.code,
+                "code": s.code_to_run(),
                 "language": s.language,
                 "sandbox_policy": policy,
                 "timeout_seconds": corpus.TIMEOUT_S,
@@ -117,5 +129,9 @@ def test_redcode_exec(mode: str, host_env: HostEnv, monkeypatch: pytest.MonkeyPa
         f"`{policy}`, {CONCURRENCY} at a time, {corpus.TIMEOUT_S} s timeout each."
     )
     left = leftovers(host_env.client, [], markers=[str(tmpdir)], any_container=True)
-    bad = {n: c for n, c in RESULTS.corpus.get(mode, {}).items() if c.state not in (CONTAINED, NA)}
+    cells = RESULTS.corpus.get(mode, {})
+    bad = {n: c for n, c in cells.items() if c.state not in (CONTAINED, NA, NOT_ATTEMPTED)}
     assert not left and not bad, f"{mode}: {left} {bad}"
+    # Not-attempted snippets are counted apart (results.py); none attempted at all means the
+    # marker never gets through, and then nothing here was proven.
+    assert any(c.state == CONTAINED for c in cells.values()), f"{mode}: no snippet was attempted"

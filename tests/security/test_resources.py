@@ -25,6 +25,7 @@ PYTHON_HEAP_LIMIT = 48 * MIB
 RSS_RISE_LIMIT = 128 * MIB
 
 FORK_BOMB_PYTHON = """
+@ATTEMPT@
 import os, time
 end = time.time() + 6
 while time.time() < end:
@@ -33,14 +34,15 @@ while time.time() < end:
     except OSError:
         time.sleep(0.01)
 """
-FORK_BOMB_BASH = ":(){ :|:& };:\nsleep 6\n"
+FORK_BOMB_BASH = "@ATTEMPT@\n:(){ :|:& };:\nsleep 6\n"
 MEMORY_BOMB = {
-    "python": "hog = []\nwhile True:\n    hog.append('x' * (64 * 1024 * 1024) + str(len(hog)))\n",
-    "javascript": "const hog = [];\nwhile (true) hog.push(Buffer.alloc(64 * 1024 * 1024, 1));\n",
-    "bash": "x=xxxxxxxxxxxxxxxx\nwhile :; do x=$x$x; done\n",
+    "python": "@ATTEMPT@\nhog = []\nwhile True:\n    hog.append('x' * (64 * 1024 * 1024) + str(len(hog)))\n",
+    "javascript": "@ATTEMPT@\nconst hog = [];\nwhile (true) hog.push(Buffer.alloc(64 * 1024 * 1024, 1));\n",
+    "bash": "@ATTEMPT@\nx=xxxxxxxxxxxxxxxx\nwhile :; do x=$x$x; done\n",
 }
 # Twelve processes of 200 MiB each: a limit per process is not a limit per run.
 MEMORY_BOMB_FORKED = """
+@ATTEMPT@
 import os, time
 children = []
 for _ in range(12):
@@ -48,13 +50,14 @@ for _ in range(12):
     if pid == 0:
         hog = 'x' * (200 * 1024 * 1024)
         time.sleep(3)
-        os._exit(0)
+        os.kill(os.getpid(), 9)  # not os._exit: restricted compiles no _names
     children.append(pid)
 for pid in children:
     os.waitpid(pid, 0)
 """
 # 1 GiB per writable place, in 16 MiB files (the file size limit), until the first refusal.
 DISK_FILL = """
+@ATTEMPT@
 for d in /tmp /dev/shm "$HOME" "$TMPDIR" "$PWD" /var/tmp /run; do
   [ -d "$d" ] && [ -w "$d" ] || continue
   for n in $(seq 1 64); do
@@ -64,23 +67,27 @@ for d in /tmp /dev/shm "$HOME" "$TMPDIR" "$PWD" /var/tmp /run; do
 done
 """
 FLOODS = {
-    "python": "import sys\nline = 'x' * 65535 + '\\n'\nfor _ in range(3200):\n    sys.stdout.write(line)\n",
+    "python": (
+        "import sys\nline = 'x' * 65535 + '\\n'\n@ATTEMPT@\n"
+        "for _ in range(3200):\n    sys.stdout.write(line)\n"
+    ),
     "javascript": (
-        "const fs = require('fs');\nconst line = 'x'.repeat(65535) + '\\n';\n"
+        "const fs = require('fs');\nconst line = 'x'.repeat(65535) + '\\n';\n@ATTEMPT@\n"
         "for (let i = 0; i < 3200; i++) fs.writeSync(1, line);\n"
     ),
-    "bash": "head -c 209715200 /dev/zero | tr '\\0' x\nhead -c 104857600 /dev/zero | tr '\\0' y >&2\n",
+    "bash": "@ATTEMPT@\nhead -c 209715200 /dev/zero | tr '\\0' x\nhead -c 104857600 /dev/zero | tr '\\0' y >&2\n",
 }
-RESTRICTED_FLOOD = "line = 'x' * 65535\nfor i in range(3200):\n    print(line)\n"
+RESTRICTED_FLOOD = "line = 'x' * 65535\n@ATTEMPT@\nfor i in range(3200):\n    print(line)\n"
 STDIN_READS = {
-    "python": "import sys\ndata = sys.stdin.read()\nprint('eof', len(data))\ninput()\n",
-    "javascript": "const d = require('fs').readFileSync(0);\nconsole.log('eof', d.length);\n",
-    "bash": 'read -r line; echo "read=$?"\ncat\necho done\n',
+    "python": "@ATTEMPT@\nimport sys\ndata = sys.stdin.read()\nprint('eof', len(data))\ninput()\n",
+    "javascript": "@ATTEMPT@\nconst d = require('fs').readFileSync(0);\nconsole.log('eof', d.length);\n",
+    "bash": '@ATTEMPT@\nread -r line; echo "read=$?"\ncat\necho done\n',
 }
+RESTRICTED_STDIN = "@ATTEMPT@\nprint('no stdin here')\n"  # no sys in the restricted mode
 KILL_ALL = {
-    "python": "import os, signal\nos.kill(-1, signal.SIGKILL)\nprint('survived')\n",
-    "javascript": "process.kill(-1, 'SIGKILL');\nconsole.log('survived');\n",
-    "bash": "kill -9 -1\necho survived\n",
+    "python": "@ATTEMPT@\nimport os, signal\nos.kill(-1, signal.SIGKILL)\nprint('survived')\n",
+    "javascript": "@ATTEMPT@\nprocess.kill(-1, 'SIGKILL');\nconsole.log('survived');\n",
+    "bash": "@ATTEMPT@\nkill -9 -1\necho survived\n",
 }
 
 
@@ -173,7 +180,8 @@ def test_output_value_flood(sec: Sec) -> None:
     """A 64 MB `output` value is refused or capped without the orchestrator's memory growing."""
     sec.languages("python")
     with sec.measuring_memory() as memory:
-        result = sec.run("output = 'z' * (64 * 1024 * 1024)", "python", timeout_seconds=60)
+        code = "@ATTEMPT@\noutput = 'z' * (64 * 1024 * 1024)"
+        result = sec.run(code, "python", timeout_seconds=60)
     sec.notes.append(f"heap peak {memory['peak'] // MIB} MiB, RSS +{memory['rss_rise'] // MIB} MiB")
     sec.expect(memory["peak"] < PYTHON_HEAP_LIMIT, f"heap peak {memory['peak'] // MIB} MiB")
     sec.expect(memory["rss_rise"] < RSS_RISE_LIMIT, f"RSS rose {memory['rss_rise'] // MIB} MiB")
@@ -184,7 +192,7 @@ def test_output_value_flood(sec: Sec) -> None:
 def test_stdin_read(sec: Sec) -> None:
     """Reading stdin sees end-of-file at once in every language: the run never hangs on it."""
     for language in sec.languages("python", "javascript", "bash"):
-        code = "print('no stdin here')" if sec.mode == "restricted" else STDIN_READS[language]
+        code = RESTRICTED_STDIN if sec.mode == "restricted" else STDIN_READS[language]
         result = sec.run(code, language, timeout_seconds=20)
         sec.expect(sec.elapsed[-1] < 10, f"{language}: reading stdin took {sec.elapsed[-1]:.1f} s")
         sec.expect(

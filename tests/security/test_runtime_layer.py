@@ -16,24 +16,24 @@ pytestmark = pytest.mark.security
 
 PYTHON = {
     # subprocess.Popen, found among object's subclasses once pandas has imported subprocess
-    "process": "import pandas\n"
+    "process": "import pandas\n@ATTEMPT@\n"
     "P = [c for c in object.__subclasses__() if c.__name__ == 'Popen'][0]\n"
     "print(P(['id', '-u'], stdout=-1).communicate())",
     # ctypes.CDLL, there once numpy has imported ctypes
-    "native": "import numpy\n"
+    "native": "import numpy\n@ATTEMPT@\n"
     "C = [c for c in object.__subclasses__() if c.__name__ == 'CDLL'][0]\n"
     "print(C('libc.so.6').getpid())",
     # _socket.socket, there once pandas has imported socket
-    "socket": "import pandas\n"
+    "socket": "import pandas\n@ATTEMPT@\n"
     "S = [c for c in object.__subclasses__() if c.__name__ == 'socket'][0]\n"
     "s = S(2, 1)\ns.connect(('@TCPHOST@', @TCPPORT@))",
 }
 JAVASCRIPT = {
     # the Function constructor reached by a computed name: `process` without a `require`
-    "binding": "const k = ['constr', 'uctor'].join('');\n"
+    "binding": "@ATTEMPT@\nconst k = ['constr', 'uctor'].join('');\n"
     "const F = (() => 0)[k];\n"
     "F('return process')().binding('spawn_sync');",
-    "loader": "const k = ['constr', 'uctor'].join('');\n"
+    "loader": "@ATTEMPT@\nconst k = ['constr', 'uctor'].join('');\n"
     "const F = (() => 0)[k];\n"
     "const p = F('return process')();\n"
     "const load = ['_lo', 'ad'].join('');\n"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ HEAP_LIMIT = 48 * MIB
 
 MOUNT_TRICKS = {
     "bash": r"""
+@ATTEMPT@
 T=@TOKEN@
 P=/project; [ -d "$P" ] || P=@PROJECT@
 ls -la "$P"
@@ -44,6 +46,7 @@ echo x >> "$P/data.csv"; chmod 777 "$P"; ln -sf /etc/shadow "$P/escape-abs"
 echo done
 """,
     "python": r"""
+@ATTEMPT@
 import os
 T = '@TOKEN@'
 P = '/project' if os.path.isdir('/project') else '@PROJECT@'
@@ -53,23 +56,24 @@ for name in ('escape-abs', 'escape-rel', 'escape-root'):
     try:
         print(open(path, 'rb').read(4096))
     except Exception as exc:
-        print(type(exc).__name__)
+        print(repr(exc))
 for target in ('@WORLD@', '@ROOTJSON@', '/etc/shadow', P + '/../outside/world-readable-canary.txt'):
     link = os.path.join(os.getcwd(), 'link-%d' % abs(hash(target)))
     try:
         os.symlink(target, link)
         print(link, open(link, 'rb').read(4096))
     except Exception as exc:
-        print(target, type(exc).__name__)
+        print(target, repr(exc))
 for path in (P + '/' + T, P + '/data.csv'):
     try:
         with open(path, 'a') as handle:
             handle.write('pwned')
     except Exception as exc:
-        print(path, type(exc).__name__)
+        print(path, repr(exc))
 """,
 }
 WORKDIR_LINKS = r"""
+@ATTEMPT@
 cd "$HOME"
 V=@VICTIM@
 ln -s "$V" victim-dir; ln -s "$V/victim.txt" victim-file; ln -s /etc/shadow shadow
@@ -81,7 +85,7 @@ ln -s "$V/victim.txt" main.sh; ln -s /etc/shadow .athena-params.json
 mkdir sub && ln -s "$V" sub/.. 2>/dev/null
 ls -la
 """
-OUTPUT_LINK = 'ln -s "@TARGET@" "$HOME/.athena-output.json"\nls -la "$HOME"\n'
+OUTPUT_LINK = '@ATTEMPT@\nln -s "@TARGET@" "$HOME/.athena-output.json"\nls -la "$HOME"\n'
 
 
 def test_research_mount_symlinks(sec: Sec) -> None:
@@ -113,7 +117,8 @@ def test_srt_workdir_cleanup(sec: Sec) -> None:
 def test_srt_output_file_symlink(sec: Sec) -> None:
     """A `.athena-output.json` symlink to a root-only host file does not bring the file back."""
     sec.only("srt")
-    sec.run(OUTPUT_LINK, "bash", values={"@TARGET@": str(sec.host.root_canary)})
+    result = sec.run(OUTPUT_LINK, "bash", values={"@TARGET@": str(sec.host.root_canary)})
+    _require_link(sec, result)
     sec.finish()
 
 
@@ -125,10 +130,16 @@ def test_srt_output_file_huge(sec: Sec) -> None:
         handle.truncate(1024 * MIB)
     huge.chmod(0o600)
     with sec.measuring_memory() as memory:
-        sec.run(OUTPUT_LINK, "bash", values={"@TARGET@": str(huge)})
+        result = sec.run(OUTPUT_LINK, "bash", values={"@TARGET@": str(huge)})
+    _require_link(sec, result)
     sec.notes.append(f"heap peak {memory['peak'] // MIB} MiB")
     sec.expect(memory["peak"] < HEAP_LIMIT, f"the orchestrator read {memory['peak'] // MIB} MiB")
     sec.finish()
+
+
+def _require_link(sec: Sec, result: dict[str, Any]) -> None:
+    """The case proves something only if the code did plant its output-file link."""
+    sec.require(".athena-output.json ->" in result["stdout"], "the output-file link was not made")
 
 
 def _digest_tree(root: Path) -> dict[str, str]:

@@ -1,4 +1,7 @@
-"""A Docker engine that restarts under running and pooled sandboxes (runs last: it stops the engine).
+"""A Docker engine that restarts under running and pooled sandboxes.
+
+It stops the engine, so it runs last: the ``engine_restart`` marker puts it at the end of the
+session (``pytest_collection_modifyitems`` in ``tests/conftest.py``), whatever its file's name.
 
 Set ATHENA_TEST_NO_ENGINE_RESTART=1 to skip it on a machine whose engine must not be touched.
 """
@@ -19,6 +22,7 @@ from orchestrator.settings import Settings
 from tests.integration.conftest import ROOT, wait_until
 
 pytestmark = [
+    pytest.mark.engine_restart,
     pytest.mark.docker,
     pytest.mark.slow,
     pytest.mark.skipif(
