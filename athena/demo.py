@@ -28,11 +28,20 @@ EXAMPLES: tuple[tuple[str, str, dict[str, Any]], ...] = (
         'echo "$PARAM_GREETING from $(id -un); root fs: $(touch /x 2>&1 | cut -d: -f3)"',
         {"greeting": "hi"},
     ),
+    (
+        "ruby",
+        'puts "#{parameters["greeting"]} from ruby #{RUBY_VERSION}, '
+        'tmp writable: #{File.writable?("/tmp")}"\n'
+        "output = {words: parameters['greeting'].split.size}\n",
+        {"greeting": "good day"},
+    ),
 )
 GUARANTEES: tuple[tuple[str, str, str, float], ...] = (
     ("endless loop", "python", "while True:\n    pass\n", 1.0),
     ("memory bomb", "python", "hog = bytearray(2 * 1024**3)\n", 10.0),
-    ("fork bomb", "bash", ":(){ :|:& };:\n", 3.0),
+    # The shell stays alive (a builtin loop, no fork) so the bomb meets the process limit while
+    # the run is still going; a shell that exits at once ends the run before the limit is met.
+    ("fork bomb", "bash", ":(){ :|:& };:\nwhile (( SECONDS < 2 )); do true; done\n", 5.0),
     ("forbidden import", "python", "import subprocess\nsubprocess.run(['id'])\n", 10.0),
 )
 

@@ -7,7 +7,7 @@ and back to back (it may not); `print(1)` in python, javascript and bash; a burs
 warm run (background threads included); the timeout overshoot. Targets are ratios between rows
 of the same run, never absolute times: machines are shared and noisy.
 
-Prints a Markdown table (the one in the README) and writes benchmarks/results/latest.json.
+Prints a Markdown table (the one in docs/benchmarks.md) and writes benchmarks/results/latest.json.
 """
 
 from __future__ import annotations
@@ -35,7 +35,12 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "20"))
 BURST, BURST_THREADS, BURST_ROUNDS = 48, 8, 3
 OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 IMAGE = "athena-sandbox/python:latest"
-PRINT_ONE = {"python": "print(1)", "javascript": "console.log(1)", "bash": "echo 1"}
+PRINT_ONE = {
+    "python": "print(1)",
+    "javascript": "console.log(1)",
+    "bash": "echo 1",
+    "ruby": "puts 1",
+}
 TARGETS = {
     "srt mode p50 / srt CLI p50": 1.10,
     "warm python p50 / naive docker run p50": 0.06,
@@ -298,7 +303,7 @@ def ratios(figures: dict[str, Any]) -> dict[str, float]:
 
 
 def table(figures: dict[str, Any]) -> str:
-    """Render the figures as the README's Markdown."""
+    """Render the figures as docs/benchmarks.md's Markdown."""
     latency = figures["latency_ms"]
     naive = latency["naive docker run --rm (SDK), python"]["p50"]
     lines = [

@@ -6,7 +6,7 @@ each srt run gets its own cgroup (memory, pids) that every process of the run is
 work directory that is a tmpfs of the policy's size (its pages count against the cgroup), and
 its own SysV IPC namespace (srt's bubblewrap does not unshare IPC, so shared memory a run made
 would otherwise outlive it in the host's namespace). Without root, srt keeps only its rlimits;
-the README says so.
+docs/isolation.md says so.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from datetime import datetime
 import pytest
 
 from athena.mcp.memory_api import MemoryAPI
+from orchestrator.languages import LANGUAGES
 from tests.contract import ISSUE_RESULT_KEYS
 
 pytestmark = pytest.mark.docker
@@ -48,7 +49,7 @@ def test_languages_and_aliases_run(api: MemoryAPI, language: str, code: str, exp
     r = api.execute_code(code, language)
     assert r["success"], r
     assert r["stdout"] == expected
-    assert r["language"] in {"python", "javascript", "bash"}
+    assert r["language"] in {language.name for language in LANGUAGES}
 
 
 def test_python_sees_parameters_and_json_without_import(api: MemoryAPI) -> None:

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from orchestrator.images import definition_hash, images_dir
+from orchestrator.languages import LANGUAGES
 
 
 def test_hash_changes_with_a_file_and_with_the_base(tmp_path: Path) -> None:
@@ -21,5 +22,5 @@ def test_hash_changes_with_a_file_and_with_the_base(tmp_path: Path) -> None:
 
 def test_every_language_has_a_definition() -> None:
     """images/ holds the runner and one folder per language, each with a Dockerfile."""
-    for name in ("runner", "python", "javascript", "bash"):
-        assert (images_dir() / name / "Dockerfile").is_file()
+    for name in ("runner", *(language.image for language in LANGUAGES)):
+        assert (images_dir() / name / "Dockerfile").is_file(), name

@@ -14,6 +14,7 @@ from orchestrator import models
 from orchestrator.backends.reader import outcome_from_frames
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import RequestError
+from orchestrator.languages import LANGUAGES
 from orchestrator.models import ExecutionRequest, Isolation
 from orchestrator.orchestrator import Orchestrator
 from orchestrator.run import RunOutcome, RunSpec
@@ -182,7 +183,7 @@ def test_code_with_a_lone_surrogate_is_refused() -> None:
         ExecutionRequest.create("print('\udcff')")
 
 
-@pytest.mark.parametrize("language", ["python", "javascript", "bash"])
+@pytest.mark.parametrize("language", [language.name for language in LANGUAGES])
 @pytest.mark.parametrize(
     ("parameters", "place"),
     [
