@@ -10,9 +10,12 @@ every ``require`` and ``import()`` and a closed ``process.binding`` (``images/ja
 jsboot.js``). Each refusal raises in the code (``PermissionError`` / an ``Error`` with code
 ``ERR_ACCESS_DENIED``) and becomes a ``policy:`` violation of the run. Bash has no such layer:
 command names can be computed at run time, so for bash the static check is advice and the
-container is the boundary. Ruby has no in-process layer either (its static check is advice too),
-but its interpreter needs neither processes nor sockets, so its guard carries only what the
-Docker runner refuses in the kernel (``processes``, ``sockets``); its bootstrap ignores the rest.
+container is the boundary. Ruby's interpreter needs neither processes nor sockets, so its guard
+carries what the Docker runner refuses in the kernel (``processes``, ``sockets``); where it
+forbids processes, its bootstrap (``images/ruby/rbboot.rb``) also replaces every Ruby way to
+start one (``system``, backticks, ``spawn``, ``fork``, ``IO.popen``, ``open("|cmd")``,
+``PTY.spawn``...) by a refusal (``Errno::EPERM``, a ``policy:`` violation), the only run-time
+layer in srt mode. Ruby's sockets and libraries have no in-process refusal.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def javascript_guard(policy: Policy) -> dict[str, Any] | None:
 
 
 def ruby_guard(policy: Policy) -> dict[str, Any] | None:
-    """The Ruby guard of ``policy``: the kernel's refusals only (:func:`kernel_denials`)."""
+    """The Ruby guard of ``policy`` (``images/ruby/rbboot.rb`` and :func:`kernel_denials`)."""
     rules = policy.validation
     processes = "subprocess" in rules.forbidden_imports or bool(
         _PROCESS_CALLS & set(rules.forbidden_calls)

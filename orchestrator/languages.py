@@ -239,7 +239,7 @@ LANGUAGES: tuple[Language, ...] = (
         parameters_blob=_json_blob,
         validator="orchestrator.validator.ruby:check_ruby",
         grammar="tree_sitter_ruby",
-        guard=ruby_guard,  # the kernel's refusals only: rbboot.rb has no in-process layer
+        guard=ruby_guard,  # the kernel's refusals, and rbboot.rb's of process creation
     ),
 )
 _BY_NAME = {n: lang for lang in LANGUAGES for n in (lang.name, *lang.aliases)}

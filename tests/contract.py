@@ -86,7 +86,7 @@ SNIPPETS = {
         output="output = {'rows' => [1, 2], 'name' => 'é'}",
         memory="hog = 'x' * (2 * 1024 ** 3)",
         unseen_spawn=(
-            "begin\n  Gem::Util.popen('true')\n  puts 'spawned'\n"
+            "begin\n  $stdout.class.read(['|', 'true'].join)\n  puts 'spawned'\n"
             "rescue SystemCallError\n  puts 'refused'\nend"
         ),
         error="ArgumentError",

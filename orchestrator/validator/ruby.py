@@ -10,8 +10,17 @@ is forbidden when ``forbidden_imports`` names it or the Python module it stands 
 rule applies: a library name computed at run time, a method reached by a computed name (``send``,
 ``public_send``, ``method``, ``const_get``), a path computed at run time given to a method that
 runs ``|command`` paths, and the guarded modules (``Kernel``, ``Process``, ``IO``...) handed on as
-values. As for bash, the check is advice: Ruby has no run-time guard, the container is the
-boundary.
+values (``Object::Kernel`` and ``::Kernel`` are ``Kernel``). The methods that start a process
+(``system``, ``spawn``, ``exec``, ``fork``, ``popen``, ``syscall``...) are refused on any
+receiver: ``Kernel`` reached as a value (``method(:puts).owner``, ``ObjectSpace``) or a
+subclass of ``IO`` (``File.popen``) cannot be told apart by reading. Where ``eval`` is forbidden,
+code that comes from somewhere the check never read is refused too: ``load`` and
+``require_relative`` (the run's own directories hold only what it wrote itself), ``require`` of a
+path, changes to where libraries are found (``$LOAD_PATH``), templates that run code (``erb``),
+``RubyVM`` (compiles and runs strings and bytecode) and ``Gem`` (``Gem::Specification.load`` runs
+a file, ``Gem.use_paths`` loads libraries the run wrote). The check is advice: the run-time
+layer (the runner's kernel rules, and ``images/ruby/rbboot.rb``'s refusal of process creation)
+enforces, the container is the boundary.
 
 Rules: ``forbidden_library``, ``forbidden_call``, ``dynamic_import``, ``dynamic_call``,
 ``dynamic_code``, ``module_alias``, and ``syntax`` (a warning).
@@ -74,9 +83,35 @@ _CALLS: dict[tuple[str, str], tuple[str, ...]] = {
     ("Process", "kill"): ("os.kill", "os.killpg"),
     ("Dir", "chroot"): ("os.chroot",),
     **{("Process", m): ("os.setuid", "os.setgid") for m in ("uid=", "gid=", "euid=", "egid=")},
-    ("Marshal", "load"): ("pickle", "marshal"),
-    ("Marshal", "restore"): ("pickle", "marshal"),
+    **{(k, m): ("pickle", "marshal") for k in ("Marshal",) for m in ("load", "restore")},
+    **{
+        (k, m): ("pickle", "marshal")
+        for k in ("YAML", "Psych")
+        for m in ("unsafe_load", "unsafe_load_file")
+    },
 }
+# Methods that start a process on any receiver (Kernel as a value, File.popen): their owner.
+_ANY_RECEIVER = {
+    **dict.fromkeys(("system", "spawn", "exec", "`", "fork", "syscall"), "Kernel"),
+    "popen": "IO",
+    "daemon": "Process",
+}
+# Where eval is forbidden: libraries that run strings as code, and what moves library lookup.
+_CODE_LIBRARIES = frozenset({"erb", "irb", "debug"})
+_CODE_MODULES = {
+    "RubyVM": "RubyVM compiles and runs strings and bytecode",
+    "Gem": "rubygems runs gem specifications (Ruby files) and moves where libraries are found",
+}
+_LOAD_PATHS = frozenset({"$LOAD_PATH", "$:", "$-I"})
+_FILE_LOADERS = frozenset({"load", "require_relative"})
+# Methods whose result or block argument is their receiver (or a copy of it).
+_IDENTITY = frozenset(
+    {"itself", "dup", "clone", "then", "yield_self", "tap", "freeze", "singleton_class",
+     "instance_exec", "module_exec", "class_exec", "ancestors", "to_proc"}
+)  # fmt: skip
+_IVARS = frozenset(
+    {"instance_variable_set", "instance_variable_get", "class_variable_set", "class_variable_get"}
+)
 # Methods that run a command when their path starts with "|" (open, IO.read, URI.open ...).
 _PIPE_PATHS = frozenset(
     {("Kernel", "open"), ("URI", "open")}
@@ -109,6 +144,11 @@ class _Rules:
                 libraries.setdefault(library, entry)
         imports, calls = frozenset(rules.forbidden_imports), frozenset(rules.forbidden_calls)
         return cls(libraries, imports, calls)
+
+    @property
+    def code(self) -> bool:
+        """Whether the policy forbids running strings as code (``eval`` and its kind)."""
+        return any(self.field(e) for e in _CODE)
 
     @property
     def active(self) -> bool:
@@ -149,9 +189,18 @@ def _check(node: Node, rules: _Rules) -> list[ValidationIssue]:
     if node.type == "identifier" and _bare_call(node):
         return _forbidden(node, rules, "Kernel", text(node), f"calling {text(node)}")
     if node.type in {"constant", "scope_resolution"} and _handed_on(node):
-        return [_alias(node, f"the module {text(node).lstrip(':')} is handed on as a value")]
+        return [_alias(node, f"the module {_module(node)} is handed on as a value")]
     if node.type == "alias":
         return _aliased(node, [n for n in node.named_children if n.type != "comment"], rules)
+    return _code_sources(node) if rules.code else []
+
+
+def _code_sources(node: Node) -> list[ValidationIssue]:
+    """Modules and globals that run or load code the checks never read (where eval is forbidden)."""
+    if node.type == "constant" and text(node) in _CODE_MODULES:
+        return [_code(node, _CODE_MODULES[text(node)])]
+    if node.type == "global_variable" and text(node) in _LOAD_PATHS:
+        return [_moved(node, f"changing {text(node)}")]
     return []
 
 
@@ -171,7 +220,16 @@ def _plain(
 ) -> list[ValidationIssue]:
     if module is not None and (module, method) in _PIPE_PATHS:
         return _pipe_path(node, args, rules, module, method)
-    return _forbidden(node, rules, module or "", method, f"calling {_name(module, method)}")
+    if module is None and method == "open" and args and _pipe(args[0]):
+        return _forbidden(node, rules, "Kernel", "system", "open of a '|' path (a command)")
+    if (module, method) == ("ObjectSpace", "each_object"):
+        return [_alias(node, "ObjectSpace.each_object hands on every module, Kernel among them")]
+    if method in _IVARS and module is not None and module != "Kernel":
+        return [_alias(node, f"{method} reaches the inner state of {module}")]
+    owner = module or ""
+    if rules.forbidding(owner, method) is None and method in _ANY_RECEIVER:
+        owner = _ANY_RECEIVER[method]  # a process starts whatever it is called on
+    return _forbidden(node, rules, owner, method, f"calling {_name(module, method)}")
 
 
 def _string_eval(
@@ -191,8 +249,16 @@ def _target(node: Node) -> tuple[str | None, str | None]:
     if receiver is None or receiver.type == "self":
         return "Kernel", name
     if receiver.type in {"constant", "scope_resolution"}:
-        return text(receiver).lstrip(":"), name
+        return _module(receiver), name
     return None, name
+
+
+def _module(node: Node) -> str:
+    """A constant path's module: ``::Kernel`` and ``Object::Kernel`` are ``Kernel``."""
+    name = text(node).lstrip(":")
+    while name.startswith("Object::"):
+        name = name.removeprefix("Object::").lstrip(":")
+    return name
 
 
 def _arguments(node: Node) -> list[Node]:
@@ -213,9 +279,13 @@ def _forbidden(
 def _library(
     node: Node, args: list[Node], rules: _Rules, module: str | None, loader: str
 ) -> list[ValidationIssue]:
-    if module != "Kernel" or not rules.libraries or not args:
+    if module != "Kernel" or not args:
         return []
     name = _literal(args[-1] if loader == "autoload" else args[0])
+    if rules.code and (name is None or loader in _FILE_LOADERS or not _library_name(name)):
+        return [_unread_file(node, loader, name)]
+    if not rules.libraries:
+        return []
     if name is None:
         message = (
             f"a library name computed at run time ({snippet(node)}) cannot be checked against "
@@ -233,6 +303,26 @@ def _library(
     return [error("forbidden_library", line(node), message)]
 
 
+def _library_name(name: str) -> bool:
+    """Whether ``require`` of ``name`` loads an installed library that runs no strings."""
+    return not name.startswith(("/", ".", "~")) and name.removesuffix(".rb") not in _CODE_LIBRARIES
+
+
+def _unread_file(node: Node, loader: str, name: str | None) -> ValidationIssue:
+    """What a loader of code the checks never read is refused as (where eval is forbidden)."""
+    if name is None:
+        message = (
+            f"a library name computed at run time ({snippet(node)}) may be a file the run "
+            "wrote itself, which the checks never read, so it is refused"
+        )
+        return error("dynamic_import", line(node), message)
+    if loader in _FILE_LOADERS:
+        return _code(node, f"{loader} runs a file the checks never read as code")
+    if name.startswith(("/", ".", "~")):
+        return _code(node, f"{loader} of a path runs a file the checks never read as code")
+    return _code(node, f"the library {name!r} runs strings as code")
+
+
 def _by_name(
     node: Node, args: list[Node], rules: _Rules, module: str | None, how: str
 ) -> list[ValidationIssue]:
@@ -248,9 +338,26 @@ def _by_name(
         return [error("dynamic_call", line(node), message)]
     if name in _STRING_EVALS and how in _SENDS and len(args) > 1:
         return [_code(node, f"{name} of a string runs it as code")]
+    if name in _LOADERS:  # send(:require, "open3") is require "open3"
+        return _loader(node, args[1:], rules, name, how)
     # send and method reach private methods too: every object's Kernel#system among them.
     owner = module if module and rules.forbidding(module, name) else "Kernel"
     return _forbidden(node, rules, owner, name, f"reaching {_name(module, name)} by {how}")
+
+
+def _loader(
+    node: Node, args: list[Node], rules: _Rules, loader: str, how: str
+) -> list[ValidationIssue]:
+    """A loader reached by name: sent, it loads its argument; looked up, what it will load."""
+    if how in _SENDS:
+        return _library(node, args, rules, "Kernel", loader)
+    if not (rules.libraries or rules.code):
+        return []
+    message = (
+        f"{loader} taken as a value ({snippet(node)}) loads libraries whose names cannot be "
+        "checked against the policy, so it is refused"
+    )
+    return [error("dynamic_import", line(node), message)]
 
 
 def _constant(
@@ -264,7 +371,7 @@ def _constant(
             "module whose methods the policy forbids, so it is refused"
         )
         return [error("dynamic_call", line(node), message)]
-    if name is not None and name.lstrip(":") in _GUARDED:
+    if name is not None and name.lstrip(":") in _GUARDED | {"RubyVM"}:
         return [_alias(node, f"const_get hands on the module {name}")]
     return []
 
@@ -330,6 +437,12 @@ def _literal(node: Node) -> str | None:
     return None
 
 
+def _pipe(node: Node) -> bool:
+    """Whether ``node`` is a literal path that names a command (``"|id"``)."""
+    path = _literal(node)
+    return path is not None and path.startswith("|")
+
+
 def _variables(root: Node) -> frozenset[str]:
     """The names the code assigns as local variables anywhere."""
     lefts = (n.child_by_field_name("left") for n in walk(root) if n.type in _ASSIGNMENTS)
@@ -346,12 +459,13 @@ def _bare_call(node: Node) -> bool:
 
 def _handed_on(node: Node) -> bool:
     """A guarded module used otherwise than as a call's receiver or a constant's scope."""
-    name = text(node).lstrip(":")
+    name = _module(node)
     parent = node.parent
     if name not in _GUARDED or parent is None:
         return False
     if parent.type == "call" and parent.child_by_field_name("receiver") == node:
-        return False
+        _, method = _target(parent)
+        return method in _IDENTITY  # Kernel.itself, Kernel.then { |k| ... } hand it on
     if parent.type == "scope_resolution" and parent.child_by_field_name("scope") == node:
         return False
     if parent.type == "argument_list" and parent.parent is not None:
@@ -376,6 +490,14 @@ def _alias(node: Node, what: str) -> ValidationIssue:
         "policy; it is refused"
     )
     return error("module_alias", line(node), message)
+
+
+def _moved(node: Node, what: str) -> ValidationIssue:
+    message = (
+        f"{what} ({snippet(node)}) changes where libraries are loaded from, so a library the "
+        "run wrote itself could be loaded past these checks; it is refused"
+    )
+    return error("dynamic_import", line(node), message)
 
 
 def _code(node: Node, what: str) -> ValidationIssue:

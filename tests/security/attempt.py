@@ -25,6 +25,7 @@ _STATEMENTS = {
     "python": "print({prefix!r}, {nonce!r}, sep='-', flush=True)",
     "bash": "printf '%s-%s\\n' {prefix} {nonce}",
     "javascript": "console.log([{prefix!r}, {nonce!r}].join('-'));",
+    "ruby": "puts [{prefix!r}, {nonce!r}].join('-')",
 }
 # Top-level statements that set a Python snippet up rather than attempt anything.
 _PREAMBLE = (ast.Import, ast.ImportFrom)

@@ -35,6 +35,7 @@ import pytest
 
 from athena.mcp.memory_api import MemoryAPI
 from orchestrator.backends.srt import missing_for_srt
+from orchestrator.languages import LANGUAGES as REGISTRY
 from orchestrator.policy import shipped_policy_names
 from orchestrator.settings import Settings
 from tests.security import hostenv
@@ -43,11 +44,12 @@ from tests.security.judge import SYSTEM_DIRS, HostCheck, leftovers
 from tests.security.listeners import Listeners
 from tests.security.results import CONTAINED, MODES, NA, RESULTS, Cell, case_state
 
+# What each mode runs, from the registry: a new language is in every case that has code for it.
 LANGUAGES = {
-    "docker-runc": ("python", "javascript", "bash"),
-    "docker-runsc": ("python", "javascript", "bash"),
-    "srt": ("python", "javascript", "bash"),
-    "restricted": ("python",),
+    "docker-runc": tuple(lang.name for lang in REGISTRY),
+    "docker-runsc": tuple(lang.name for lang in REGISTRY),
+    "srt": tuple(lang.name for lang in REGISTRY),
+    "restricted": tuple(lang.name for lang in REGISTRY if lang.restricted),
 }
 GVISOR_POLICY = "strict-gvisor"
 # A sandbox that died under the code (not before it) still leaves a host to judge.

@@ -57,6 +57,30 @@ find / \( -path /proc -o -path /sys \) -prune -o -maxdepth 6 -name '*canary*' -p
   head -20 | while read -r f; do echo "== $f"; head -c 4096 "$f"; done
 ls -la / /tmp /root @BASE@ 2>&1
 """,
+    "ruby": r"""
+@ATTEMPT@
+paths = ['@WORLD@', '@ROOTJSON@', '/etc/shadow', '/proc/1/environ', '/proc/self/environ',
+         '/proc/self/root@WORLD@', '../' * 16 + '@WORLD@', '/proc/self/cwd/' + '../' * 16 + '@WORLD@']
+Dir.children('/proc').grep(/\A\d+\z/).each do |pid|
+  paths += ["/proc/#{pid}/root@WORLD@", "/proc/#{pid}/root@ROOTJSON@", "/proc/#{pid}/environ"]
+end
+paths.each do |path|
+  puts "#{path} #{File.binread(path, 4096).inspect}"
+rescue Exception => e
+  puts "#{path} #{e.inspect}"
+end
+Dir.children('/proc/self/fd').each do |fd|  # a descriptor leaked from outside the sandbox
+  puts "fd #{fd} #{File.readlink("/proc/self/fd/#{fd}")}"
+  puts IO.new(IO.sysopen("/proc/self/fd/#{fd}/#{'../' * 16}@WORLD@"), 'rb').read(4096).inspect
+rescue Exception => e
+  puts "fd #{fd} #{e.inspect}"
+end
+['/', '/tmp', '/root', '/home', '@BASE@'].each do |top|
+  puts "#{top} #{Dir.children(top).inspect}"
+rescue Exception => e
+  puts "#{top} #{e.inspect}"
+end
+""",
 }
 READ_ENVIRONMENT = {
     "python": r"""
@@ -78,6 +102,15 @@ console.log(JSON.stringify(process.env));
 for (const p of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).concat(['self'])) {
   try { console.log(p, fs.readFileSync(`/proc/${p}/environ`, 'utf8')); } catch (e) { console.log(p, e.code); }
 }
+""",
+    "ruby": r"""
+@ATTEMPT@
+puts ENV.to_h.inspect
+(['self', '1'] + Dir.children('/proc').grep(/\A\d+\z/)).each do |pid|
+  puts "#{pid} #{File.binread("/proc/#{pid}/environ").inspect}"
+rescue Exception => e
+  puts "#{pid} #{e.inspect}"
+end
 """,
 }
 DOCKER_SOCKET = {
@@ -125,6 +158,26 @@ for s in /var/run/docker.sock /run/docker.sock /proc/1/root/var/run/docker.sock;
     http://docker/containers/create
 done
 echo done
+""",
+    "ruby": r"""
+@ATTEMPT@
+require 'socket'
+candidates = ['/var/run/docker.sock', '/run/docker.sock', '/proc/1/root/var/run/docker.sock',
+              '/run/containerd/containerd.sock', '/var/run/docker/containerd/containerd.sock']
+%w[/run/*.sock /var/run/*.sock /run/*/*.sock /tmp/*.sock /tmp/*/*.sock
+   /proc/*/root/run/docker.sock /proc/*/root/var/run/docker.sock].each { |p| candidates += Dir.glob(p) }
+body = JSON.generate({ 'Image' => 'athena-sandbox/bash:latest', 'Cmd' => ['true'],
+                       'Labels' => { 'athena.security.canary' => '@TOKEN@' } })
+request = "POST /containers/create HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n" \
+          "Content-Length: #{body.bytesize}\r\n\r\n#{body}"
+candidates.uniq.each do |path|
+  UNIXSocket.open(path) do |conn|
+    conn.write(request)
+    puts "#{path} #{IO.select([conn], nil, nil, 3) ? conn.readpartial(300).inspect : 'silent'}"
+  end
+rescue Exception => e
+  puts "#{path} #{e.inspect}"
+end
 """,
 }
 TOKEN_DIRS = "/ /usr /usr/local/bin /usr/lib /etc /etc/cron.d /root /var /var/tmp /opt /home /srv /lib /bin /tmp /dev/shm /run @BASE@"
@@ -327,6 +380,26 @@ for f in /proc/1/fd/0 /proc/1/fd/1 /proc/1/fd/2 /proc/1/fd/3 /proc/1/fd/4; do
 done
 exit 3
 """
+# Ruby writes the frames through every descriptor it has (fd 4 is its own value channel).
+RUNNER_FORGERY_RUBY = r"""
+@ATTEMPT@
+frame = "x\x00\x00\x00\x10{\"exit_code\": 0}".b
+(0..9).each do |fd|
+  io = IO.for_fd(fd, 'wb', autoclose: false)
+  io.write(frame)
+  io.flush
+  puts "wrote fd #{fd}"
+rescue Exception => e
+  puts "fd #{fd} #{e.class}"
+end
+(0..4).each do |fd|
+  File.binwrite("/proc/1/fd/#{fd}", frame)
+  puts "wrote /proc/1/fd/#{fd}"
+rescue Exception => e
+  puts "/proc/1/fd/#{fd} #{e.class}"
+end
+exit 3
+"""
 FAILURE_FORGERY = r"""
 @ATTEMPT@
 for f in /proc/1/fd/1 /proc/1/fd/2; do
@@ -338,21 +411,21 @@ exit 3
 
 def test_read_host_files(sec: Sec) -> None:
     """Host canaries (world-readable and root-only) never come back, whatever path is tried."""
-    for language in sec.languages("python", "bash"):
+    for language in sec.languages(*READ_HOST_FILES):
         sec.run(READ_HOST_FILES[language], language, timeout_seconds=60)
     sec.finish()
 
 
 def test_read_host_environment(sec: Sec) -> None:
     """A secret in the orchestrator's environment reaches no run (env, /proc/*/environ)."""
-    for language in sec.languages("python", "javascript", "bash"):
+    for language in sec.languages(*READ_ENVIRONMENT):
         sec.run(READ_ENVIRONMENT[language], language, timeout_seconds=30)
     sec.finish()
 
 
 def test_docker_socket(sec: Sec) -> None:
     """No run reaches the Docker socket: no container labelled with the run's token appears."""
-    for language in sec.languages("python", "javascript", "bash"):
+    for language in sec.languages(*DOCKER_SOCKET):
         sec.run(DOCKER_SOCKET[language], language, timeout_seconds=30)
     made = sec.host.client.api.containers(
         all=True, filters={"label": f"athena.security.canary={sec.token}"}
@@ -365,7 +438,7 @@ def test_docker_socket(sec: Sec) -> None:
 
 def test_write_system_dirs(sec: Sec) -> None:
     """Writes to /usr /etc /root /proc/sys /sys and cgroups change nothing on the host."""
-    for language in sec.languages("bash", "python"):
+    for language in sec.languages(*WRITE_SYSTEM):
         sec.run(WRITE_SYSTEM[language], language, timeout_seconds=30)
     for made in glob.glob(f"/sys/fs/cgroup/*/{sec.token}"):
         os.rmdir(made)
@@ -375,7 +448,7 @@ def test_write_system_dirs(sec: Sec) -> None:
 
 def test_privileges(sec: Sec) -> None:
     """setuid copies, su, capsh, remounts, unshare and nsenter leave the read-only project as it was."""
-    for language in sec.languages("bash", "python"):
+    for language in sec.languages(*PRIVILEGES):
         sec.run(PRIVILEGES[language], language, research=True, timeout_seconds=30)
     sec.finish()
 
@@ -401,10 +474,12 @@ def test_hostile_javascript(sec: Sec) -> None:
     sec.finish()
 
 
-def test_runner_channel_forgery(sec: Sec) -> None:
+@pytest.mark.parametrize("language", ["bash", "ruby"])
+def test_runner_channel_forgery(sec: Sec, language: str) -> None:
     """Code cannot write the runner's report channel: its own exit status comes back unforged."""
     sec.only("docker-runc", "docker-runsc")
-    result = sec.run(RUNNER_FORGERY, "bash", timeout_seconds=20)
+    code = {"bash": RUNNER_FORGERY, "ruby": RUNNER_FORGERY_RUBY}[language]
+    result = sec.run(code, language, timeout_seconds=20)
     sec.expect(result["exit_code"] == 3, f"the exit status came back as {result['exit_code']}")
     sec.expect(result["error"] is None, f"the report broke: {result['error']}")
     sec.finish()

@@ -49,6 +49,23 @@ spawn('/bin/bash', ['-c', "trap '' HUP TERM; exec -a @TOKEN@-jsbash sleep 300"],
       { detached: true, stdio: 'ignore', env }).unref();
 console.log('started');
 """,
+    "ruby": r"""
+@ATTEMPT@
+ENV['ATHENA_SEC_TOKEN'] = '@TOKEN@'
+pid = fork do
+  Process.setsid
+  fork do
+    trap('TERM', 'IGNORE')
+    trap('HUP', 'IGNORE')
+    exec(['/bin/sleep', '@TOKEN@-rbdaemon'], '300')
+  end
+  exit!(0)
+end
+Process.wait(pid)
+Process.detach(Process.spawn(['/bin/sleep', '@TOKEN@-rbspawn'], '300', pgroup: true,
+                             in: :close, out: File::NULL, err: File::NULL))
+puts 'started'
+""",
 }
 IPC = {
     "python": r"""
@@ -100,7 +117,7 @@ print('FOUND' if hits else 'CLEAN', hits[:10])
 
 def test_background_daemons(sec: Sec) -> None:
     """setsid, nohup, double-fork and signal-ignoring daemons die with their run: nothing is left."""
-    for language in sec.languages("bash", "python", "javascript"):
+    for language in sec.languages(*DAEMONS):
         sec.run(DAEMONS[language], language, timeout_seconds=30)
         sec.expect(sec.elapsed[-1] < 20, f"{language}: the run waited {sec.elapsed[-1]:.0f} s")
     sec.finish()
@@ -109,7 +126,7 @@ def test_background_daemons(sec: Sec) -> None:
 def test_ipc_outlives_run(sec: Sec) -> None:
     """SysV shared memory, queues and semaphores of a run are gone with it (host and next run)."""
     made = []
-    for language in sec.languages("python", "bash"):
+    for language in sec.languages(*IPC):
         result = sec.run(IPC[language], language, timeout_seconds=30)
         made.append(bool(re.search(r"^(shmget [0-9]|Shared memory id: )", result["stdout"], re.M)))
     if sec.mode != "restricted":  # there ctypes and processes are refused: nothing is made
@@ -133,4 +150,24 @@ def test_files_persist_between_runs(sec: Sec) -> None:
         seen = probe["stdout"] + probe["stderr"]
         sec.expect(sec.token not in seen, f"the next run saw the last one's files: {seen[:300]!r}")
         sec.expect(probe["stdout"].startswith(("CLEAN", "probe")), f"probe: {probe['stdout']!r}")
+    sec.finish()
+
+
+# Signals ignored, an exit hook and a finalizer that never return: the run must still end.
+RUBY_EXIT_HOOKS = r"""
+%w[TERM INT HUP QUIT USR1 USR2].each { |s| trap(s, 'IGNORE') }
+@ATTEMPT@
+at_exit { loop { begin; sleep 1; rescue Exception; end } }
+ObjectSpace.define_finalizer('@TOKEN@'.dup, proc { sleep 300 })
+puts 'armed'
+"""
+
+
+def test_ruby_exit_hooks_end_at_the_timeout(sec: Sec) -> None:
+    """Ruby's at_exit, finalizers and ignored signals do not outlive the run's timeout."""
+    sec.languages("ruby")
+    result = sec.run(RUBY_EXIT_HOOKS, "ruby", timeout_seconds=3)
+    categories = [v["category"] for v in result["violation_details"]]
+    sec.expect("timeout" in categories, f"the run was not stopped at its timeout: {categories}")
+    sec.expect(sec.elapsed[-1] < 15, f"the run waited {sec.elapsed[-1]:.0f} s")
     sec.finish()

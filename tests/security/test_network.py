@@ -76,6 +76,38 @@ for (const [host, port] of @TCP@) {
     .on('error', () => {});
 }
 """,
+    "ruby": r"""
+@ATTEMPT@
+require 'socket'
+require 'uri'
+targets = JSON.parse('@TCP@')
+def attempt(host, port, payload)
+  Socket.tcp(host, port, connect_timeout: 3) do |conn|
+    conn.write(payload)
+    "connected: #{IO.select([conn], nil, nil, 3) ? conn.readpartial(200).inspect : 'silent'}"
+  end
+rescue Exception => e
+  "refused: #{e.inspect}"
+end
+targets.each { |host, port| puts "#{host} #{port} #{attempt(host, port, "ESCAPE @TOKEN@\n")}" }
+%w[localhost host.docker.internal gateway.docker.internal].each do |name|
+  puts "#{name} #{attempt(name, targets[0][1], "ESCAPE @TOKEN@\n")}"
+end
+%w[http_proxy HTTP_PROXY https_proxy HTTPS_PROXY all_proxy ALL_PROXY].each do |var|
+  url = ENV[var]
+  next unless url&.start_with?('http')
+  proxy = URI(url)
+  pair = "#{URI.decode_www_form_component(proxy.user || '')}:#{URI.decode_www_form_component(proxy.password || '')}"
+  auth = proxy.user ? "Proxy-Authorization: Basic #{[pair].pack('m0')}\r\n" : ''
+  targets.each do |host, port|
+    where = host.include?(':') ? "[#{host}]:#{port}" : "#{host}:#{port}"
+    ["CONNECT #{where} HTTP/1.1", "GET http://#{where}/@TOKEN@ HTTP/1.1"].each do |line|
+      request = "#{line}\r\nHost: #{where}\r\n#{auth}\r\n"
+      puts "#{var} #{line} #{attempt(proxy.hostname, proxy.port || 80, request)}"
+    end
+  end
+end
+""",
 }
 UDP_AND_DNS = {
     "python": r"""
@@ -115,18 +147,37 @@ for (const [host, port] of @UDP@) {
 }
 dns.lookup('@TOKEN@.invalid', (e, a) => console.log('lookup', e && e.code, a));
 """,
+    "ruby": r"""
+@ATTEMPT@
+require 'socket'
+name = '@TOKEN@.invalid'.split('.').map { |p| [p.bytesize].pack('C') + p }.join + "\x00"
+query = "\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00".b + name.b + "\x00\x01\x00\x01".b
+(JSON.parse('@UDP@') + [['127.0.0.1', 53], ['::1', 53]]).each do |host, port|
+  s = UDPSocket.new(host.include?(':') ? Socket::AF_INET6 : Socket::AF_INET)
+  s.send(port == 53 ? query : 'ESCAPE @TOKEN@', 0, host, port)
+  s.close
+  puts "sent #{host} #{port}"
+rescue Exception => e
+  puts "blocked #{host} #{port} #{e.inspect}"
+end
+begin
+  puts "resolved #{Addrinfo.getaddrinfo('@TOKEN@.invalid', 80).inspect}"
+rescue Exception => e
+  puts "no resolution #{e.inspect}"
+end
+""",
 }
 
 
 def test_tcp_to_host(sec: Sec) -> None:
     """TCP from every language to listeners on every host address (and via proxies) never lands."""
-    for language in sec.languages("python", "javascript", "bash"):
+    for language in sec.languages(*TCP):
         sec.run(TCP[language], language, timeout_seconds=60)
     sec.finish()
 
 
 def test_udp_and_dns(sec: Sec) -> None:
     """UDP datagrams and DNS queries towards the host (127.0.0.1:53 included) never arrive."""
-    for language in sec.languages("python", "javascript", "bash"):
+    for language in sec.languages(*UDP_AND_DNS):
         sec.run(UDP_AND_DNS[language], language, timeout_seconds=30)
     sec.finish()

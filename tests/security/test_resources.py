@@ -35,10 +35,22 @@ while time.time() < end:
         time.sleep(0.01)
 """
 FORK_BOMB_BASH = "@ATTEMPT@\n:(){ :|:& };:\nsleep 6\n"
+FORK_BOMB_RUBY = """
+@ATTEMPT@
+stop = Time.now + 6
+while Time.now < stop
+  begin
+    fork
+  rescue SystemCallError, NotImplementedError
+    sleep 0.01
+  end
+end
+"""
 MEMORY_BOMB = {
     "python": "@ATTEMPT@\nhog = []\nwhile True:\n    hog.append('x' * (64 * 1024 * 1024) + str(len(hog)))\n",
     "javascript": "@ATTEMPT@\nconst hog = [];\nwhile (true) hog.push(Buffer.alloc(64 * 1024 * 1024, 1));\n",
     "bash": "@ATTEMPT@\nx=xxxxxxxxxxxxxxxx\nwhile :; do x=$x$x; done\n",
+    "ruby": "@ATTEMPT@\nhog = []\nloop { hog << ('x' * (64 * 1024 * 1024)) + hog.size.to_s }\n",
 }
 # Twelve processes of 200 MiB each: a limit per process is not a limit per run.
 MEMORY_BOMB_FORKED = """
@@ -76,18 +88,21 @@ FLOODS = {
         "for (let i = 0; i < 3200; i++) fs.writeSync(1, line);\n"
     ),
     "bash": "@ATTEMPT@\nhead -c 209715200 /dev/zero | tr '\\0' x\nhead -c 104857600 /dev/zero | tr '\\0' y >&2\n",
+    "ruby": "line = 'x' * 65535 + \"\\n\"\n@ATTEMPT@\n3200.times { $stdout.write(line) }\n",
 }
 RESTRICTED_FLOOD = "line = 'x' * 65535\n@ATTEMPT@\nfor i in range(3200):\n    print(line)\n"
 STDIN_READS = {
     "python": "@ATTEMPT@\nimport sys\ndata = sys.stdin.read()\nprint('eof', len(data))\ninput()\n",
     "javascript": "@ATTEMPT@\nconst d = require('fs').readFileSync(0);\nconsole.log('eof', d.length);\n",
     "bash": '@ATTEMPT@\nread -r line; echo "read=$?"\ncat\necho done\n',
+    "ruby": '@ATTEMPT@\ndata = $stdin.read\nputs "eof #{data.size}"\ngets\n',
 }
 RESTRICTED_STDIN = "@ATTEMPT@\nprint('no stdin here')\n"  # no sys in the restricted mode
 KILL_ALL = {
     "python": "@ATTEMPT@\nimport os, signal\nos.kill(-1, signal.SIGKILL)\nprint('survived')\n",
     "javascript": "@ATTEMPT@\nprocess.kill(-1, 'SIGKILL');\nconsole.log('survived');\n",
     "bash": "@ATTEMPT@\nkill -9 -1\necho survived\n",
+    "ruby": "@ATTEMPT@\nProcess.kill(:KILL, -1)\nputs 'survived'\n",
 }
 
 
@@ -114,9 +129,16 @@ def test_fork_bomb_bash(sec: Sec) -> None:
     sec.finish()
 
 
+def test_fork_bomb_ruby(sec: Sec) -> None:
+    """A Ruby fork bomb is held by the pids limit; the host serves a run beside it."""
+    sec.languages("ruby")
+    _process_rise(sec, FORK_BOMB_RUBY, "ruby")
+    sec.finish()
+
+
 def test_memory_bomb(sec: Sec) -> None:
     """Memory bombs in every language stop near the limit; host memory and a run beside hold."""
-    for language in sec.languages("python", "javascript", "bash"):
+    for language in sec.languages(*MEMORY_BOMB):
         sampler = hostenv.Sampler({"available": hostenv.mem_available_bytes})
         with sampler.running():
             result = sec.run_beside(MEMORY_BOMB[language], language, timeout_seconds=15)
@@ -160,7 +182,7 @@ def test_disk_fill(sec: Sec) -> None:
     sec.finish()
 
 
-@pytest.mark.parametrize("language", ["python", "javascript", "bash"])
+@pytest.mark.parametrize("language", sorted(FLOODS))
 def test_output_flood(sec: Sec, language: str) -> None:
     """A 200 MB output flood leaves the orchestrator's memory flat and the output capped."""
     sec.languages(language)
@@ -176,12 +198,13 @@ def test_output_flood(sec: Sec, language: str) -> None:
     sec.finish()
 
 
-def test_output_value_flood(sec: Sec) -> None:
+@pytest.mark.parametrize("language", ["python", "ruby"])
+def test_output_value_flood(sec: Sec, language: str) -> None:
     """A 64 MB `output` value is refused or capped without the orchestrator's memory growing."""
-    sec.languages("python")
+    sec.languages(language)
     with sec.measuring_memory() as memory:
-        code = "@ATTEMPT@\noutput = 'z' * (64 * 1024 * 1024)"
-        result = sec.run(code, "python", timeout_seconds=60)
+        code = "@ATTEMPT@\noutput = 'z' * (64 * 1024 * 1024)"  # Python and Ruby alike
+        result = sec.run(code, language, timeout_seconds=60)
     sec.notes.append(f"heap peak {memory['peak'] // MIB} MiB, RSS +{memory['rss_rise'] // MIB} MiB")
     sec.expect(memory["peak"] < PYTHON_HEAP_LIMIT, f"heap peak {memory['peak'] // MIB} MiB")
     sec.expect(memory["rss_rise"] < RSS_RISE_LIMIT, f"RSS rose {memory['rss_rise'] // MIB} MiB")
@@ -191,7 +214,7 @@ def test_output_value_flood(sec: Sec) -> None:
 
 def test_stdin_read(sec: Sec) -> None:
     """Reading stdin sees end-of-file at once in every language: the run never hangs on it."""
-    for language in sec.languages("python", "javascript", "bash"):
+    for language in sec.languages(*STDIN_READS):
         code = RESTRICTED_STDIN if sec.mode == "restricted" else STDIN_READS[language]
         result = sec.run(code, language, timeout_seconds=20)
         sec.expect(sec.elapsed[-1] < 10, f"{language}: reading stdin took {sec.elapsed[-1]:.1f} s")
@@ -204,6 +227,31 @@ def test_stdin_read(sec: Sec) -> None:
 
 def test_kill_all(sec: Sec) -> None:
     """`kill -9 -1` reaches no host process (decoys as root, 65534, 61000) nor a run beside it."""
-    for language in sec.languages("python", "javascript", "bash"):
+    for language in sec.languages(*KILL_ALL):
         sec.run_beside(KILL_ALL[language], language, timeout_seconds=10)
+    sec.finish()
+
+
+# NUL, invalid UTF-8 (a UTF-16 surrogate's encoding among it), terminal escapes, and an `output`
+# that JSON cannot write: bytes a reader of the result must never choke on.
+RUBY_BYTES = r"""
+@ATTEMPT@
+$stdout.write("a\x00b\xff\xed\xa0\x80c\n".b)
+$stderr.write("\xc3\x28\x00\e]0;title\a\r\n".b)
+output = { 'bad' => "\xed\xa0\x80".dup.force_encoding('UTF-8') }
+"""
+
+
+def test_ruby_bytes_that_are_not_text(sec: Sec) -> None:
+    """Bytes that are not UTF-8 text come back repaired (strict UTF-8), the run's status intact."""
+    sec.languages("ruby")
+    result = sec.run(RUBY_BYTES, "ruby", timeout_seconds=20)
+    for stream in ("stdout", "stderr"):
+        try:
+            result[stream].encode("utf-8")
+        except UnicodeEncodeError as exc:
+            sec.expect(False, f"{stream} holds text that is not UTF-8: {exc}")
+    sec.expect("a\x00b\ufffd" in result["stdout"], f"stdout came back as {result['stdout']!r}")
+    sec.expect(result["error"] is None, f"the report broke: {result['error']}")
+    sec.expect(result["exit_code"] == 0 and result["output"] is None, f"result: {result['output']}")
     sec.finish()

@@ -65,3 +65,25 @@ def test_javascript_past_the_validator(sec: Sec, what: str) -> None:
     sec.expect("policy" in categories, f"no policy violation: {result['violations']}")
     sec.expect("ERR_ACCESS_DENIED" in result["stderr"], "the refusal did not reach the code")
     sec.finish()
+
+
+RUBY = {
+    # Kernel reached as a value, a command path built at run time: the static check cannot tell
+    # this `open` from File's.
+    "open": "@ATTEMPT@\nk = method(:puts).owner\ncommand = ['|', 'id -u'].join\n"
+    'k.open(command) { |f| puts "ran: #{f.read}" }\n',
+    # IO reached as $stdout's class: its read runs a "|" path
+    "io-read": "@ATTEMPT@\nio = $stdout.class\nputs \"ran: #{io.read(['|', 'id -u'].join)}\"\n",
+}
+
+
+@pytest.mark.parametrize("what", sorted(RUBY))
+def test_ruby_past_the_validator(sec: Sec, what: str) -> None:
+    """Ruby that starts a process by a route no reader follows is refused inside, and reported."""
+    sec.only("docker-runc", "docker-runsc", "srt")
+    result = sec.run(RUBY[what], "ruby", policy=sec.policy(validation={"enforce": True}))
+    categories = [v["category"] for v in result["violation_details"]]
+    sec.expect("policy" in categories, f"no policy violation: {result['violations']}")
+    sec.expect("ran:" not in result["stdout"], f"the process ran: {result['stdout']!r}")
+    sec.expect("Operation not permitted" in result["stderr"], "the refusal did not reach the code")
+    sec.finish()

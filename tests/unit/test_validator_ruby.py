@@ -51,6 +51,12 @@ def found(code: str, rules: Validation = STRICT) -> list[tuple[int | None, str, 
         "Process.daemon",
         "Process.kill(9, 1)",
         'eval("1 + 1")',
+        "Object::Kernel.system('id')",
+        "::Object::Kernel.spawn('id')",
+        "method(:puts).owner.system('id')",
+        "File.popen('id')",
+        "m.exec('id')",
+        "x.open('|id')",
     ],
 )
 def test_process_spawning_and_its_disguises_are_forbidden_calls(code: str) -> None:
@@ -81,6 +87,8 @@ def test_the_message_names_the_ruby_call_and_the_policy_entry() -> None:
         ('require "fiddle"', "ctypes"),
         ('require "openssl"', "ssl"),
         ('Kernel.require "socket"', "socket"),
+        ("Kernel.send(:require, 'open3')", "subprocess"),
+        ("method(:puts).owner.public_send(:require, 'socket')", "socket"),
     ],
 )
 def test_libraries_standing_in_for_forbidden_modules_are_refused(code: str, entry: str) -> None:
@@ -110,6 +118,26 @@ def test_libraries_standing_in_for_forbidden_modules_are_refused(code: str, entr
         ("Object.const_get(:Kernel)", "module_alias"),
         ("alias run system", "module_alias"),
         ("alias_method :run, :system", "module_alias"),
+        ("k = Object::Kernel", "module_alias"),
+        ("Kernel.then { |k| k }", "module_alias"),
+        ("m = Kernel.dup", "module_alias"),
+        ("ObjectSpace.each_object(Module) { |m| m }", "module_alias"),
+        ("Process.instance_variable_set(:@x, 1)", "module_alias"),
+        ("Object.const_get(:RubyVM)", "module_alias"),
+        ("load 'x.rb'", "dynamic_code"),
+        ("require_relative 'helper'", "dynamic_code"),
+        ("require '/tmp/x'", "dynamic_code"),
+        ("require './x'", "dynamic_code"),
+        ("require 'erb'", "dynamic_code"),
+        ("RubyVM::InstructionSequence.compile(s).eval", "dynamic_code"),
+        ("$LOAD_PATH.unshift('/tmp')", "dynamic_import"),
+        ("$: << '.'", "dynamic_import"),
+        ("Gem.use_paths(nil, ['/tmp/g'])", "dynamic_code"),
+        ("Gem::Specification.load('/tmp/x.gemspec')", "dynamic_code"),
+        ("Gem.paths = {'GEM_PATH' => '/tmp/g'}", "dynamic_code"),
+        ("YAML.unsafe_load(text)", "forbidden_call"),
+        ("method(:require).call('open3')", "dynamic_import"),
+        ("send(:load, 'x.rb')", "dynamic_code"),
     ],
 )
 def test_what_cannot_be_read_is_refused(code: str, rule: str) -> None:
@@ -121,7 +149,11 @@ def test_what_cannot_be_read_is_refused(code: str, rule: str) -> None:
     "code",
     [
         "puts JSON.generate(parameters)",
-        "require 'json'\nrequire 'set'\nrequire_relative 'helper'",
+        "require 'json'\nrequire 'set'",
+        "Thread.current.kill",
+        "x.then { |y| y + 1 }",
+        "File.open('data.csv').read",
+        "$stdout.puts 1",
         "File.open(path) { |f| f.read }",
         "File.read(path)",
         "open('data.csv').each_line { |l| puts l }",
@@ -160,6 +192,18 @@ def test_a_policy_without_spawning_entries_lets_ruby_spawn() -> None:
         (2, "error", "forbidden_library"),
     ]
     assert found("system('id')\nrequire 'socket'", rules) == [(2, "error", "forbidden_library")]
+
+
+def test_code_from_files_is_refused_only_where_eval_is() -> None:
+    """load and require_relative run unread files as code: refused only when eval is forbidden."""
+    code = "require_relative 'helper'\nload 'x.rb'\n$LOAD_PATH << '.'"
+    assert found(code, Validation(forbidden_imports=("subprocess",))) == []
+    rules = Validation(forbidden_calls=("eval",))
+    assert found(code, rules) == [
+        (1, "error", "dynamic_code"),
+        (2, "error", "dynamic_code"),
+        (3, "error", "dynamic_import"),
+    ]
 
 
 def test_a_syntax_error_is_a_warning() -> None:
