@@ -132,6 +132,8 @@ class FakeEngine:
         streams: attach streams to hand out before ``sock``, in order.
         refusals: messages of the start refusals to raise (500), in order; then starts succeed.
         starts: ids of the containers started (or refused), in order.
+        container_state: what ``state`` reports (``Running``, ``OOMKilled``, ``ExitCode``).
+        history: what ``events`` reports, e.g. ``[{"Action": "oom"}]``.
     """
 
     container_id = "c0ffee" * 10
@@ -143,6 +145,8 @@ class FakeEngine:
         self.streams: list[socket.socket] = []
         self.refusals: list[str] = []
         self.starts: list[str] = []
+        self.container_state: dict[str, Any] = {"Running": True}
+        self.history: list[dict[str, Any]] = []
 
     def container_body(self, create: dict[str, Any], host_config: dict[str, Any]) -> dict[str, Any]:
         """The create body in the Engine API's shape (the fields tests look at)."""
@@ -169,8 +173,12 @@ class FakeEngine:
             raise EngineError(500, self.refusals.pop(0))
 
     def state(self, container_id: str) -> dict[str, Any]:
-        """Always running."""
-        return {"Running": True}
+        """The scripted ``container_state`` (running, unless a test says otherwise)."""
+        return dict(self.container_state)
+
+    def events(self, container_id: str, since: float, wait: float) -> list[dict[str, Any]]:
+        """The scripted ``history``."""
+        return list(self.history)
 
     def address(self, container_id: str, network: str) -> str:
         """A fixed address."""

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import time
 import tracemalloc
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from athena.mcp.memory_api import MemoryAPI
+from orchestrator.backends.docker.backend import DockerBackend
+from orchestrator.backends.docker.engine import KMSG, DockerEngine, kernel_oom
+from orchestrator.settings import Settings
 
 pytestmark = pytest.mark.docker
 
@@ -155,3 +163,42 @@ def test_resources_are_reported_when_tracked(api: MemoryAPI) -> None:
     assert resources["peak_memory_bytes"] > 50 * 1024 * 1024
     assert resources["cpu_time_ms"] > 0 and resources["wall_time_ms"] > 0
     assert api.execute_code("pass")["resources"] is None
+
+
+class LateEngine(DockerEngine):
+    """The real engine, asked too late: an ended container reads as removed already."""
+
+    def state(self, container_id: str) -> dict[str, Any]:
+        state = super().state(container_id)
+        return state if state.get("Running") else {}
+
+
+@pytest.fixture
+def late_gvisor_api(tmp_path: Path, project_dir: Path) -> Iterator[MemoryAPI]:
+    """A MemoryAPI whose Docker backend cannot inspect a container once it has ended."""
+    settings = Settings(project_dir=project_dir, pool_size=0)
+    factory = partial(LateEngine.from_env, settings.docker_api_timeout)
+    backend = DockerBackend(settings, engine_factory=factory)
+    with MemoryAPI.create(tmp_path / "m.db", settings=settings, backends=[backend]) as api:
+        yield api
+
+
+def test_an_oom_kill_of_the_whole_gvisor_sandbox_is_a_memory_violation(
+    late_gvisor_api: MemoryAPI,
+) -> None:
+    """Under runsc the OOM kill takes the sandbox, runner and all; with no exit frame and no
+    container left to inspect, the engine's event log still makes it a `memory:` violation."""
+    for code in ("hog = b'x' * 2**31", "hog = bytearray(2 * 1024 ** 3)"):
+        r = late_gvisor_api.execute_code(code, timeout_seconds=20, sandbox_policy="strict-gvisor")
+        assert r["error"] is None and r["isolation"]["runtime"].startswith("runsc"), r
+        assert not r["success"] and r["exit_code"] == 137
+        assert [v["category"] for v in r["violation_details"]] == ["memory"], r
+
+
+@pytest.mark.skipif(not os.access(KMSG, os.R_OK), reason="the kernel log needs CAP_SYSLOG")
+def test_the_kernel_log_names_the_sandbox_the_oom_killer_hit(api: MemoryAPI) -> None:
+    """The kernel's log records the OOM kill in a gVisor sandbox's cgroup, and in no other."""
+    bomb = api.execute_code("hog = b'x' * 2**31", sandbox_policy="strict-gvisor")
+    calm = api.execute_code("pass", sandbox_policy="strict-gvisor")
+    assert bomb["sandbox_id"] and calm["sandbox_id"]
+    assert kernel_oom(bomb["sandbox_id"]) and not kernel_oom(calm["sandbox_id"])

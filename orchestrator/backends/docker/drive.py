@@ -6,8 +6,12 @@ import dataclasses
 import select
 import socket
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
+
+import structlog
 
 from orchestrator.backends.docker.egress import EgressSetup, Refusal
 from orchestrator.backends.docker.engine import Engine
@@ -21,10 +25,15 @@ from orchestrator.errors import RunCancelledError, SandboxFailedError
 from orchestrator.models import ExecutionRequest, Isolation
 from orchestrator.run import SIGKILL, ExitReport, RunOutcome, RunSpec, build_outcome
 
+log = structlog.get_logger(__name__)
+
 # How long past its timeout a run may go before we kill the container ourselves; the runner
 # normally kills the code at the timeout and reports well within this.
 KILL_GRACE_S = 0.5
 IDLE_CHECK_S = 2.0
+# How long a run whose runner sent no exit frame waits for the engine's log of the container's end
+# (its removal, "destroy", normally follows within a few hundred milliseconds).
+ENDING_WAIT_S = 3.0
 _CLOSED_MID_RUN = (
     "the run was cut short: the API was closed (close() was called) while it ran, "
     "and its sandbox was killed"
@@ -37,6 +46,40 @@ class Message:
 
     payload: bytes
     nonce: str
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How the engine saw a container end whose runner sent no exit frame.
+
+    Attributes:
+        exit_code: the container's exit status, when the engine knows it.
+        oom_killed: the kernel's OOM killer acted in the container's memory cgroup.
+    """
+
+    exit_code: int | None = None
+    oom_killed: bool = False
+
+
+def judge_ending(state: Mapping[str, Any], events: Sequence[Mapping[str, Any]] = ()) -> Ending:
+    """Judge how a container ended from its inspected ``State`` and its events in the engine.
+
+    Under gVisor the memory limit is enforced on the whole sandbox, so running out of memory
+    can kill gVisor itself, runner and all, with no exit frame. The engine's ``OOMKilled`` is set
+    only when its OOM notice arrives before the exit, and the state is gone once the container
+    is removed; an ``oom`` event in the engine's log says the same and outlives both. A SIGKILL
+    (137) alone is not taken as evidence of memory: anything may have killed the sandbox.
+    """
+    exit_code = state.get("ExitCode") if state.get("Running") is False else None
+    oom_killed = bool(state.get("OOMKilled"))
+    for event in events:
+        action = event.get("Action")
+        if action == "oom":
+            oom_killed = True
+        elif action == "die" and exit_code is None:
+            code = ((event.get("Actor") or {}).get("Attributes") or {}).get("exitCode")
+            exit_code = int(str(code)) if str(code).isdigit() else None
+    return Ending(exit_code if isinstance(exit_code, int) else None, oom_killed)
 
 
 @dataclass(frozen=True)
@@ -97,6 +140,7 @@ class Driver:
             sandbox.sock.sendall(payload)
         except OSError as exc:
             raise NeverStarted(f"could not send the request: {exc}") from exc
+        sent_at = time.time()
         timed_out = self._pump(sandbox, reader, spec)
         refusals: list[Refusal] = self.egress.release(sandbox.address) if sandbox.address else []
         if spec.cancel.cancelled and reader.exit_info is None:
@@ -105,7 +149,7 @@ class Driver:
             raise RunCancelledError(_CLOSED_MID_RUN)
         if reader.begun_at is None and reader.exit_info is None:
             raise NeverStarted("the runner ended before it took the request")
-        outcome = self._outcome(sandbox, reader, timed_out, request)
+        outcome = self._outcome(sandbox, reader, timed_out, request, sent_at)
         return dataclasses.replace(
             outcome, network_refusals=tuple((r.host, r.port, r.reason) for r in refusals)
         )
@@ -153,7 +197,12 @@ class Driver:
         return bool(self.engine.state(sandbox.container_id).get("Running"))
 
     def _outcome(
-        self, sandbox: Sandbox, reader: RunReader, timed_out: bool, request: ExecutionRequest
+        self,
+        sandbox: Sandbox,
+        reader: RunReader,
+        timed_out: bool,
+        request: ExecutionRequest,
+        sent_at: float,
     ) -> RunOutcome:
         """The outcome from the runner's report, or what the engine saw when there is none."""
         isolation = Isolation(
@@ -169,18 +218,37 @@ class Driver:
                 track_resources=request.track_resources,
                 mount_targets=[m.target for m in request.policy.filesystem.mounts],
             )
+        elapsed = (time.monotonic() - (reader.begun_at or time.monotonic())) * 1000
         if timed_out:
-            elapsed = (time.monotonic() - (reader.begun_at or time.monotonic())) * 1000
             return build(ExitReport(signal=SIGKILL, timed_out=True, run_ms=elapsed))
-        state = self.engine.state(sandbox.container_id)
-        if state.get("OOMKilled"):
-            return build(ExitReport(signal=SIGKILL, oom_killed=True), started=started)
+        ending = self._ending(sandbox.container_id, sent_at)
+        if ending.oom_killed:
+            report = ExitReport(signal=SIGKILL, oom_killed=True, run_ms=elapsed)
+            return build(report, started=started)
         detail = reader.runner_stderr.decode(errors="replace").strip()
         raise SandboxFailedError(
             "the sandbox ended without reporting a result"
-            + (f" (container exit status {state['ExitCode']})" if "ExitCode" in state else "")
+            + (
+                f" (container exit status {ending.exit_code})"
+                if ending.exit_code is not None
+                else ""
+            )
             + (f": {detail}" if detail else "")
         )
+
+    def _ending(self, container_id: str, sent_at: float) -> Ending:
+        """How the engine saw the container end; its event log only when the state is not enough.
+
+        Only runs without an exit frame get here: a run with one costs no engine call.
+        """
+        state = self.engine.state(container_id)
+        if state.get("OOMKilled"):
+            return judge_ending(state)
+        # A second early from the send: the engine's clock is ours, its "since" is in seconds.
+        ending = judge_ending(state, self.engine.events(container_id, sent_at - 1.0, ENDING_WAIT_S))
+        if ending.oom_killed:
+            log.info("an OOM kill took the whole sandbox", container=container_id[:12])
+        return ending
 
 
 def _take(reader: RunReader, data: bytes) -> None:

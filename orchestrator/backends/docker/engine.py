@@ -13,7 +13,9 @@ error, a broken connection an ``OSError`` or a requests error; the backend maps 
 
 from __future__ import annotations
 
+import os
 import socket
+import time
 from contextlib import suppress
 from typing import Any, Protocol
 
@@ -27,6 +29,9 @@ from orchestrator.backends.docker.fastpath import FastEngine
 from orchestrator.errors import SandboxFailedError
 
 log = structlog.get_logger(__name__)
+
+KMSG = "/dev/kmsg"
+_KMSG_MAX_RECORDS = 200_000  # far more than a ring buffer holds; a bound, not a budget
 
 
 class Stream(Protocol):
@@ -57,6 +62,15 @@ class Engine(Protocol):
 
     def state(self, container_id: str) -> dict[str, Any]:
         """A container's ``State`` (``Running``, ``OOMKilled``, ``ExitCode``); {} once gone."""
+        ...
+
+    def events(self, container_id: str, since: float, wait: float) -> list[dict[str, Any]]:
+        """A container's events from ``since`` (Unix time) to its removal, or ``wait`` s from now.
+
+        The engine keeps them after the container is gone; [] when they cannot be read. An
+        OOM notice the engine got only after the removal is dropped by the engine, so an
+        ``oom`` event from the host kernel's log (``"source": "kernel"``) may stand in for it.
+        """
         ...
 
     def address(self, container_id: str, network: str) -> str:
@@ -162,6 +176,29 @@ class DockerEngine:
             return state
         return {}
 
+    def events(self, container_id: str, since: float, wait: float) -> list[dict[str, Any]]:
+        """See :class:`Engine`."""
+        # The engine streams until ``until``; nothing of a container follows its "destroy".
+        seen: list[dict[str, Any]] = []
+        with suppress(docker.errors.DockerException, OSError, ValueError):
+            stream = self._api.events(
+                since=int(since),
+                until=f"{time.time() + wait:.3f}",
+                filters={"container": container_id},
+                decode=True,
+            )
+            try:
+                for event in stream:
+                    seen.append(event)
+                    if event.get("Action") == "destroy":
+                        break
+            finally:
+                stream.close()
+        local = unix_socket_path() is not None  # the kernel log is this host's, not the engine's
+        if local and not any(e.get("Action") == "oom" for e in seen) and kernel_oom(container_id):
+            seen.append({"Action": "oom", "source": "kernel"})
+        return seen
+
     def address(self, container_id: str, network: str) -> str:
         """See :class:`Engine`."""
         networks = self._api.inspect_container(container_id)["NetworkSettings"]["Networks"]
@@ -203,6 +240,37 @@ class DockerEngine:
     def close(self) -> None:
         """See :class:`Engine`."""
         self._client.close()
+
+
+def kernel_oom(container_id: str, path: str = KMSG) -> bool:
+    """Whether the kernel's log records an OOM kill in the memory cgroup of a container.
+
+    Under gVisor the kernel may kill the sandbox itself; dockerd hears of it only after the
+    container's exit and removal, and drops the notice. The kernel's own line
+    (``oom-kill:...,oom_memcg=/docker/<id>,...``) outlives both. False when the log cannot be
+    read (no CAP_SYSLOG) or the line has left the ring buffer.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        for _ in range(_KMSG_MAX_RECORDS):
+            try:
+                record = os.read(fd, 8192)
+            except BrokenPipeError:  # a record was overwritten under us: read on
+                continue
+            except OSError:  # BlockingIOError: the end of the log
+                return False
+            if not record:  # a plain file standing in for the log, read to its end
+                return False
+            if b"oom-kill:" in record and b"oom_memcg=" in record:
+                memcg = record.split(b"oom_memcg=", 1)[1].split(b",", 1)[0]
+                if container_id.encode() in memcg:
+                    return True
+        return False
+    finally:
+        os.close(fd)
 
 
 def _removal_failed(container_id: str, exc: Exception) -> None:
