@@ -11,7 +11,6 @@ import pytest
 
 from memory_store import (
     STRATEGIES,
-    Embedder,
     NewMemory,
     RecallQuery,
     StoreOptions,
@@ -40,8 +39,7 @@ def vectors(backend: Backend) -> int:
 
 
 def test_the_fake_is_an_embedder(embedder: HashingEmbedder) -> None:
-    """HashingEmbedder satisfies the protocol and gives unit vectors."""
-    assert isinstance(embedder, Embedder)
+    """HashingEmbedder gives unit vectors."""
     (vector,) = embedder.embed(["deploy the service"])
     assert sum(v * v for v in vector) == pytest.approx(1.0)
 

@@ -157,11 +157,11 @@ def test_each_store_implements_the_protocol_signatures(store: Store) -> None:
             assert implemented[param].default == spec.default, f"{name}({param})"
 
 
-def test_store_errors_join_the_error_tree() -> None:
-    """StoreError is a SandboxError and StoreConfigError is also a ValueError."""
-    assert issubclass(StoreError, SandboxError)
-    assert issubclass(StoreConfigError, StoreError)
-    assert issubclass(StoreConfigError, ValueError)
+def test_a_bad_store_target_is_caught_as_value_error_and_sandbox_error() -> None:
+    """An unsupported store URL is a StoreConfigError, caught as ValueError or SandboxError too."""
+    for caught in (StoreConfigError, StoreError, ValueError, SandboxError):
+        with pytest.raises(caught, match="unsupported memory store scheme 'mysql'"):
+            open_store("mysql://localhost/db")
 
 
 # --------------------------------------------------------------------------- record and read

@@ -32,12 +32,14 @@ def bash_blob(parameters: dict[str, Any]) -> bytes:
 # --------------------------------------------------------------------------- request errors
 
 
-def test_request_errors_belong_to_the_error_tree() -> None:
-    """RequestError is a ValueError and SandboxError; UnknownLanguageError is also a LookupError."""
-    assert issubclass(RequestError, ValueError)
-    assert issubclass(RequestError, SandboxError)
-    assert issubclass(UnknownLanguageError, RequestError)
-    assert issubclass(UnknownLanguageError, LookupError)
+def test_request_errors_are_caught_as_the_builtins_callers_expect() -> None:
+    """A bad request is caught as ValueError and SandboxError; an unknown language as LookupError."""
+    for caught in (ValueError, SandboxError):
+        with pytest.raises(caught, match="code must be a string, not int"):
+            ExecutionRequest.create(42)  # type: ignore[arg-type]
+    for caught in (LookupError, RequestError):
+        with pytest.raises(caught, match="unknown language 'cobol'"):
+            get_language("cobol")
 
 
 @pytest.mark.parametrize("code", [None, b"print(1)", 42, ["print(1)"]])

@@ -71,9 +71,7 @@ def test_shipped_policy_names_are_the_files_in_policies() -> None:
 @pytest.mark.parametrize("name", sorted(p.stem for p in REPO_POLICIES.glob("*.yaml")))
 def test_every_shipped_policy_loads(name: str) -> None:
     """Each shipped policy file loads into a Policy carrying its own name."""
-    policy = load_policy(name)
-    assert isinstance(policy, Policy)
-    assert policy.name == name
+    assert load_policy(name).name == name
 
 
 def test_strict_isolates_and_forbids_dangerous_modules_and_calls() -> None:
