@@ -1,15 +1,19 @@
 # athena-sandbox. The two commands of the README: `make demo` and `make test`.
-# Everything runs from a project-local virtualenv (.venv); Docker is started when none answers.
+# Everything runs from a project-local virtualenv (.venv). scripts/setup.sh installs and starts
+# what the machine lacks (as root; as another user it names the one command to run as root).
+# Each set-up step that takes more than a few seconds prints one [setup] line; the rest is quiet.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv docker-up gvisor postgres-up images node-tools demo doctor test test-unit test-integration test-postgres lint bench sweep clean
+.PHONY: help setup setup-demo fresh-check venv docker-up gvisor postgres-up images node-tools demo doctor test test-unit test-integration test-postgres lint bench sweep clean
 
 help:
 	@echo "make demo              set up everything and run examples under the three policies"
+	@echo "make setup             install and start what make test needs (root, once; idempotent)"
+	@echo "make fresh-check       both commands on a throwaway clean Debian 12 with its own engine"
 	@echo "make test              all tests, integration tests against the real Docker engine included"
 	@echo "make test-unit         unit tests only (no Docker, no PostgreSQL)"
 	@echo "make test-postgres     the memory store tests on PostgreSQL (starts it on 127.0.0.1)"
@@ -22,20 +26,34 @@ help:
 	@echo "make gvisor            install gVisor's runsc and register it with the Docker engine"
 	@echo "make postgres-up       install and start PostgreSQL on 127.0.0.1 for the store tests"
 
+# The machine: Debian packages, the Docker engine, runsc, PostgreSQL (scripts/setup.sh says which).
+setup:
+	@bash scripts/setup.sh test
+
+setup-demo:
+	@bash scripts/setup.sh demo
+
+# Both commands in a throwaway privileged container with its own engine, from a clean clone
+# (FRESH_SRC=dir to check a directory instead); docs/fresh-machine.md has what it runs and times.
+fresh-check:
+	bash scripts/fresh-check.sh $(FRESH_SRC)
+
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@echo "[setup] creating .venv and installing the project and its dev tools with pip (once; again when pyproject.toml changes)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install --quiet --upgrade pip
+	@$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
 
 venv: $(STAMP)
 
 docker-up:
-	bash scripts/ensure-docker.sh
+	@bash scripts/ensure-docker.sh
 
 # The srt fallback: Anthropic's Sandbox Runtime from npm, pinned in package-lock.json.
 node_modules/.package-lock.json: package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	@echo "[setup] installing the srt mode's Node tools with npm ci (once; again when package-lock.json changes)"
+	@npm ci --no-audit --no-fund --loglevel=error >/dev/null
 
 node-tools: node_modules/.package-lock.json
 
@@ -46,22 +64,25 @@ doctor: venv
 gvisor: docker-up
 	bash scripts/ensure-runsc.sh
 
+# Quiet unless it fails: its progress goes to .venv/images.log.
 images: venv docker-up
-	$(BIN)/athena-sandbox images
+	@echo "[setup] building the sandbox images (once; later runs rebuild only what changed)"
+	@$(BIN)/athena-sandbox images >$(VENV)/images.log 2>&1 || { tail -n 40 $(VENV)/images.log; exit 1; }
 
-demo: images
+demo: setup-demo images
 	$(BIN)/athena-sandbox demo
 
 # The embeddings extra (torch, CPU build from local files) so the hybrid recall is tested too.
 $(VENV)/.embeddings: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,embeddings]'
-	touch $(VENV)/.embeddings
+	@echo "[setup] installing the embeddings extra (torch, CPU build) with pip (once)"
+	@$(BIN)/pip install --quiet -e '.[dev,embeddings]'
+	@touch $(VENV)/.embeddings
 
 # PostgreSQL on 127.0.0.1 for the memory store tests (role athena, database athena_test); root.
 postgres-up:
 	bash scripts/ensure-postgres.sh
 
-test: images node-tools gvisor $(VENV)/.embeddings postgres-up
+test: setup images node-tools $(VENV)/.embeddings
 	$(BIN)/pytest -q
 
 test-unit: venv

@@ -37,7 +37,10 @@ def definition_hash(directory: Path, *inputs: str) -> str:
     digest = hashlib.sha256()
     for item in inputs:
         digest.update(item.encode() + b"\0")
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+    # Bytecode a host-side loader caches beside a boot file (the inprocess mode imports
+    # pyboot.py) is not part of the definition: hashing it would rebuild the image for nothing.
+    files = (p for p in directory.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    for path in sorted(files):
         digest.update(str(path.relative_to(directory)).encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]

@@ -5,8 +5,8 @@ set -euo pipefail
 
 log() { printf '[ensure-docker] %s\n' "$*" >&2; }
 
+# Quiet when there is nothing to do: make runs this before every image build.
 if docker info >/dev/null 2>&1; then
-  log "Docker engine already answers."
   exit 0
 fi
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,14 @@ import docker.errors
 import pytest
 
 from athena.mcp.memory_api import MemoryAPI
-from orchestrator.backends.owners import LABEL_RUN, LABEL_SANDBOX
+from orchestrator.backends.docker.owners import (
+    LABEL_OWNER_HOST,
+    LABEL_OWNER_PID,
+    LABEL_OWNER_STARTED,
+    LABEL_RUN,
+    LABEL_SANDBOX,
+    owner_labels,
+)
 from orchestrator.images import ImageBuilder
 from orchestrator.settings import Settings
 
@@ -37,13 +44,32 @@ def sandbox_images(docker_client: docker.DockerClient) -> dict[str, str]:
     return ImageBuilder(progress=lambda _line: None, client=docker_client).build_all()
 
 
+OWNER_KEYS = (LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_OWNER_STARTED)
+
+
+def owned_by(
+    containers: Iterable[dict[str, Any]], owner: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """Keep the containers (low-level list entries) whose owner labels all equal ``owner``'s."""
+    return [
+        c for c in containers if all((c.get("Labels") or {}).get(k) == owner[k] for k in OWNER_KEYS)
+    ]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_leftover_containers(docker_client: docker.DockerClient) -> Iterator[None]:
-    """After the whole suite, no sandbox container of ours may exist."""
+    """After the whole suite, no sandbox container this test process owns may exist.
+
+    Only this process's (host, pid and start time): another user of the same engine, or a
+    second suite running beside this one, never fails it. Containers of the suite's child
+    processes are left to the start-up sweep and to .ci/run's check of dead owners.
+    """
     yield
+    mine = owner_labels()
     deadline = time.monotonic() + 10
     while True:
-        left = docker_client.api.containers(all=True, filters={"label": LABEL_SANDBOX})
+        listed = docker_client.api.containers(all=True, filters={"label": LABEL_SANDBOX})
+        left = owned_by(listed, mine)
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.2)

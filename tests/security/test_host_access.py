@@ -480,8 +480,14 @@ def test_runner_channel_forgery(sec: Sec, language: str) -> None:
     sec.only("docker-runc", "docker-runsc")
     code = {"bash": RUNNER_FORGERY, "ruby": RUNNER_FORGERY_RUBY}[language]
     result = sec.run(code, language, timeout_seconds=20)
-    sec.expect(result["exit_code"] == 3, f"the exit status came back as {result['exit_code']}")
-    sec.expect(result["error"] is None, f"the report broke: {result['error']}")
+    if sec.mode == "docker-runsc" and "runner sent garbage" in (result["error"] or ""):
+        # gVisor lets the code open /proc/1/fd/1 (docs/isolation.md): bytes landing inside a
+        # frame garble that run's own report, which then fails; forging a success must not work.
+        sec.expect(not result["success"], "a garbled report was taken as a success")
+        sec.notes.append("the code garbled its own report (a gVisor limitation); the run failed")
+    else:
+        sec.expect(result["exit_code"] == 3, f"the exit status came back as {result['exit_code']}")
+        sec.expect(result["error"] is None, f"the report broke: {result['error']}")
     sec.finish()
 
 
