@@ -82,6 +82,11 @@ def line(node: tree_sitter.Node) -> int:
     return node.start_point.row + 1
 
 
+def refused(rule: str, node: tree_sitter.Node, what: str, why: str) -> ValidationIssue:
+    """An error at ``node``: what was found, the code itself, then why it is refused."""
+    return error(rule, line(node), f"{what} ({snippet(node)}){why}")
+
+
 def syntax_warning(root: tree_sitter.Node, language: str, runtime: str) -> list[ValidationIssue]:
     """Return one warning for the first parse error: the grammar may lag behind the runtime."""
     errors = (n for n in walk(root) if n.is_error or n.is_missing)

@@ -29,6 +29,7 @@ from orchestrator.validator.common import (
     line,
     match,
     parse,
+    refused,
     snippet,
     syntax_warning,
     text,
@@ -354,11 +355,11 @@ def _pattern(node: Node) -> list[ValidationIssue]:
 
 
 def _alias(node: Node, what: str) -> ValidationIssue:
-    message = (
-        f"{what} ({snippet(node)}), so what it loads or reaches cannot be checked against "
-        "javascript.forbidden_modules; it is refused"
+    why = (
+        ", so what it loads or reaches cannot be checked against javascript.forbidden_modules; "
+        "it is refused"
     )
-    return error("module_alias", line(node), message)
+    return refused("module_alias", node, what, why)
 
 
 def _dynamic_call(node: Node, owner: str) -> ValidationIssue:
@@ -370,8 +371,8 @@ def _dynamic_call(node: Node, owner: str) -> ValidationIssue:
 
 
 def _dynamic_code(node: Node, what: str) -> ValidationIssue:
-    message = (
-        f"{what} ({snippet(node)}); code built at run time can load any module, past "
-        "javascript.forbidden_modules, so it is refused"
+    why = (
+        "; code built at run time can load any module, past javascript.forbidden_modules, so it "
+        "is refused"
     )
-    return error("dynamic_code", line(node), message)
+    return refused("dynamic_code", node, what, why)

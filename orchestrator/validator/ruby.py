@@ -40,6 +40,7 @@ from orchestrator.validator.common import (
     line,
     match,
     parse,
+    refused,
     snippet,
     syntax_warning,
     text,
@@ -485,24 +486,21 @@ def _name(module: str | None, method: str) -> str:
 
 
 def _alias(node: Node, what: str) -> ValidationIssue:
-    message = (
-        f"{what} ({snippet(node)}), so the calls made through it cannot be checked against the "
-        "policy; it is refused"
-    )
-    return error("module_alias", line(node), message)
+    why = ", so the calls made through it cannot be checked against the policy; it is refused"
+    return refused("module_alias", node, what, why)
 
 
 def _moved(node: Node, what: str) -> ValidationIssue:
-    message = (
-        f"{what} ({snippet(node)}) changes where libraries are loaded from, so a library the "
-        "run wrote itself could be loaded past these checks; it is refused"
+    why = (
+        " changes where libraries are loaded from, so a library the run wrote itself could be "
+        "loaded past these checks; it is refused"
     )
-    return error("dynamic_import", line(node), message)
+    return refused("dynamic_import", node, what, why)
 
 
 def _code(node: Node, what: str) -> ValidationIssue:
-    message = (
-        f"{what} ({snippet(node)}); code built at run time can do anything the policy forbids, "
-        "past these checks, so it is refused"
+    why = (
+        "; code built at run time can do anything the policy forbids, past these checks, so it "
+        "is refused"
     )
-    return error("dynamic_code", line(node), message)
+    return refused("dynamic_code", node, what, why)
