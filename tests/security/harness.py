@@ -242,13 +242,34 @@ class Sec:
         marker = Marker.fresh() if attempt else None
         if marker is not None:
             code = marker.place(code, language)
+        filled = self.host.fill(code, self.token, self.project)
+        result = self._execute(filled, language, timeout_seconds, policy, research)
+        if (
+            marker is not None
+            and result["error_type"] == "SandboxFailedError"
+            and marker.not_attempted(result) is not None
+        ):
+            # A sandbox that died before the code reached its attempt judged nothing (a rare
+            # runc start-up kill, exit 137 with no output): run the attack once more, so the
+            # case is judged on an attempt; a second such death fails it as not attempted.
+            self.notes.append(f"{language}: the first sandbox died before the attempt; re-run")
+            result = self._execute(filled, language, timeout_seconds, policy, research)
+        self._check_mode(result)
+        if marker is not None and not (refused_by and refused_by in result["stderr"]):
+            self.check_attempted(result, marker, language)
+        return result
+
+    def _execute(
+        self,
+        code: str,
+        language: str,
+        timeout_seconds: float,
+        policy: dict[str, Any] | None,
+        research: bool,
+    ) -> dict[str, Any]:
         start = time.monotonic()
         result = self.api.execute_code(
-            self.host.fill(code, self.token, self.project),
-            language,
-            None,
-            timeout_seconds,
-            policy or self.policy(research=research),
+            code, language, None, timeout_seconds, policy or self.policy(research=research)
         )
         self.elapsed.append(time.monotonic() - start)
         self.results.append(result)
@@ -257,9 +278,6 @@ class Sec:
         print(f"--- {self.mode} {language}: success={result['success']} exit={result['exit_code']}")
         print(f"violations={result['violations']} error={result['error']}")
         print("stdout:", result["stdout"][-1500:], "\nstderr:", result["stderr"][-1500:])
-        self._check_mode(result)
-        if marker is not None and not (refused_by and refused_by in result["stderr"]):
-            self.check_attempted(result, marker, language)
         return result
 
     def check_attempted(self, result: dict[str, Any], marker: Marker, language: str) -> None:
