@@ -11,21 +11,26 @@ relation types are free-form: trimmed and lower-cased (``"Failure "`` is stored 
 ``"failure"``). Every text argument must be valid Unicode (a lone surrogate such as
 ``"\ud800"`` is a ``RequestError`` naming the argument), and contexts nest at most 64 levels
 of dicts and lists.
+
+Tenants: an API acts for one tenant (``default`` unless ``create(tenant=...)`` says otherwise);
+:meth:`MemoryAPI.for_tenant` gives another tenant's view sharing the orchestrator, settings and
+store connections. A tenant sees only its own records, and its runs are filed under it.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from athena.policies import describe_policy, get_shipped_policy, shipped_policies
 from athena.procedures import generate, validate_code
 from athena.settings import Settings
 from memory_store import checks
 from memory_store.consolidation.strategies import days_back as check_days_back
 from memory_store.consolidation.strategies import strategy_named
 from memory_store.embeddings import EmbeddingsMode
-from memory_store.errors import RecordNotFoundError
+from memory_store.errors import MissingExtraError, RecordNotFoundError
 from memory_store.factory import open_store
 from memory_store.protocol import Store
 from memory_store.records import CodeGenerator, ProcedureRecord
@@ -40,12 +45,18 @@ from memory_store.requests import (
 )
 from orchestrator.backends.base import Backend
 from orchestrator.errors import PolicyError, RequestError
-from orchestrator.models import Event, ExecutionRequest, check_text
+from orchestrator.models import DEFAULT_TENANT, Event, ExecutionRequest, check_tenant, check_text
 from orchestrator.orchestrator import Orchestrator
 from orchestrator.policy import Policy, load_policy
 from orchestrator.settings import Settings as OrchestratorSettings
 
+if TYPE_CHECKING:
+    from athena.service.client import RemoteMemoryAPI
+
 PolicySpec = Policy | Mapping[str, Any] | str | os.PathLike[str] | None
+MAX_EXECUTION_ID_CHARS = 256
+"""The longest execution id ``get_execution`` looks up (ids made here are 32 hex digits)."""
+_SERVICE_MODULES = frozenset({"httpx", "httpx_sse", "httpcore"})
 _CALL_KEYS = frozenset(
     {
         "code",
@@ -82,7 +93,16 @@ class MemoryAPI:
     forms, :meth:`prewarm`. Memory: :meth:`remember`, :meth:`recall`, :meth:`forget`,
     :meth:`remember_event`, :meth:`recall_events`, :meth:`remember_procedure`,
     :meth:`generate_procedure_code`, :meth:`validate_procedure_code`,
-    :meth:`remember_entity`, :meth:`relate_entities`, :meth:`consolidate`.
+    :meth:`remember_entity`, :meth:`relate_entities`, :meth:`consolidate`. Records and
+    policies: :meth:`get_execution`, :meth:`list_policies`, :meth:`get_policy`. Tenants:
+    :attr:`tenant`, :meth:`for_tenant`; a remote sandbox: :meth:`connect`.
+
+    Args:
+        store: the store (or a tenant's view of it) this API reads and writes; the API acts
+            for its tenant.
+        orchestrator: runs the code (and records it, when built with a recorder).
+        settings: the application's settings.
+        code_generator: what ``generate_procedure_code`` uses instead of its template.
     """
 
     def __init__(
@@ -97,6 +117,9 @@ class MemoryAPI:
         self._orchestrator = orchestrator
         self._settings = settings
         self._code_generator = code_generator
+        self._tenant = store.tenant
+        self._owned: Store | None = None  # what close() closes besides the orchestrator
+        self._is_view = False  # a for_tenant view closes nothing
 
     @classmethod
     def create(
@@ -107,8 +130,9 @@ class MemoryAPI:
         backends: Sequence[Backend] | None = None,
         embeddings: EmbeddingsMode | None = None,
         code_generator: CodeGenerator | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> MemoryAPI:
-        """Open the memory store and an orchestrator.
+        """Open the memory store and an orchestrator, for one tenant.
 
         Args:
             db_path: the store: a SQLite path or ``sqlite:///`` URL, or a
@@ -125,22 +149,84 @@ class MemoryAPI:
                 (``ATHENA_MEMORY_EMBEDDINGS``, else auto).
             code_generator: what ``generate_procedure_code`` uses instead of its template
                 (any callable from a procedure record to Python source).
+            tenant: whose records this API reads and writes, and whose runs it files
+                (1 to 64 of a-z, 0-9, ``_``, ``.``, ``-``; :meth:`for_tenant` gives others).
 
         Raises:
+            RequestError: ``tenant`` is not a valid tenant name.
             StoreConfigError: the store path or URL cannot be used.
             StoreError: the store cannot be opened (e.g. the PostgreSQL server refuses).
             MissingExtraError: embeddings are ``on`` but the embeddings extra is not installed,
                 or a PostgreSQL URL is given without the postgres extra.
         """
+        check_tenant(tenant)
         chosen = Settings.of(settings)
         chosen = chosen.model_copy(update={"store": chosen.store.with_embeddings(embeddings)})
         store = open_store(db_path, chosen.store)
+        # The orchestrator records every tenant's runs in the store, each under its own tenant.
         orchestrator = Orchestrator(settings=chosen.orchestrator, backends=backends, recorder=store)
-        return cls(store, orchestrator, chosen, code_generator=code_generator)
+        view = store if tenant == store.tenant else store.scoped(tenant)
+        api = cls(view, orchestrator, chosen, code_generator=code_generator)
+        api._owned = store
+        return api
+
+    @classmethod
+    def connect(
+        cls, url: str, token: str | None = None, *, timeout: float = 300.0
+    ) -> RemoteMemoryAPI:
+        """Return a client of a remote sandbox (``athena-sandbox serve``) with this API's methods.
+
+        The client has the same methods, signatures, result dicts and exceptions; it needs the
+        ``service`` extra (``pip install 'athena-sandbox[service]'``).
+
+        Args:
+            url: the server, e.g. ``http://127.0.0.1:8000``.
+            token: the bearer token (``athena-sandbox tokens add``); None for a server
+                without tokens.
+            timeout: seconds to wait for an answer (a run may take up to its timeout).
+
+        Raises:
+            MissingExtraError: the service extra (httpx) is not installed.
+            RequestError: a URL or token the client cannot use.
+        """
+        try:
+            from athena.service.client import RemoteMemoryAPI
+        except ImportError as exc:
+            if (exc.name or "").split(".")[0] in _SERVICE_MODULES:
+                raise MissingExtraError(
+                    "MemoryAPI.connect needs the service extra: "
+                    "pip install 'athena-sandbox[service]'"
+                ) from exc
+            raise
+        return RemoteMemoryAPI(url, token, timeout=timeout)
+
+    @property
+    def tenant(self) -> str:
+        """The tenant this API acts for: its records, and the runs it starts."""
+        return self._tenant
+
+    def for_tenant(self, tenant: str) -> MemoryAPI:
+        """Return this API for another tenant, sharing orchestrator, settings and connections.
+
+        Runs the view starts are filed under ``tenant``, and it sees only that tenant's
+        records. Closing the view closes nothing shared (close this API for that).
+
+        Raises:
+            RequestError: ``tenant`` is not a valid tenant name.
+        """
+        check_tenant(tenant)
+        view = MemoryAPI(
+            self._store.scoped(tenant),
+            self._orchestrator,
+            self._settings,
+            code_generator=self._code_generator,
+        )
+        view._is_view = True
+        return view
 
     @property
     def store(self) -> Store:
-        """The memory store runs are recorded in."""
+        """The memory store runs are recorded in (this API's tenant's view of it)."""
         return self._store
 
     @property
@@ -231,8 +317,20 @@ class MemoryAPI:
         *,
         track_resources: bool = False,
         record: bool = True,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Like :meth:`execute_code`, for asyncio; cancelling the awaiting task kills the run.
+
+        Args:
+            code: as :meth:`execute_code`, and so are the other arguments but ``on_event``.
+            language: as :meth:`execute_code`.
+            parameters: as :meth:`execute_code`.
+            timeout_seconds: as :meth:`execute_code`.
+            sandbox_policy: as :meth:`execute_code`.
+            track_resources: as :meth:`execute_code`.
+            record: as :meth:`execute_code`.
+            on_event: called from a worker thread with each event dict as it happens, those
+                :meth:`execute_code_stream` yields (the ``exit`` event, with the result, last).
 
         Raises:
             RequestError: bad arguments, as :meth:`execute_code`.
@@ -241,7 +339,8 @@ class MemoryAPI:
         request = self._request(
             code, language, parameters, timeout_seconds, sandbox_policy, track_resources, record
         )
-        return (await self._orchestrator.aexecute(request)).to_dict()
+        listener = None if on_event is None else _dict_listener(on_event)
+        return (await self._orchestrator.aexecute(request, on_event=listener)).to_dict()
 
     def execute_code_batch(
         self, calls: Sequence[Mapping[str, Any]], concurrency: int = 4
@@ -289,6 +388,7 @@ class MemoryAPI:
             record=record,
             max_code_bytes=self._settings.orchestrator.max_code_bytes,
             max_parameters_bytes=self._settings.orchestrator.max_parameters_bytes,
+            tenant=self._tenant,
         )
 
     def _request_from_call(self, call: Mapping[str, Any]) -> ExecutionRequest:
@@ -324,7 +424,7 @@ class MemoryAPI:
         content: str,
         memory_type: str = "semantic",
         context: Mapping[str, Any] | None = None,
-        tags: list[str] | None = None,
+        tags: list[str] | str | None = None,
     ) -> int:
         """Remember a piece of knowledge; return its id.
 
@@ -346,7 +446,7 @@ class MemoryAPI:
         query: str,
         limit: int = 5,
         context: Mapping[str, Any] | None = None,
-        kinds: list[str] | None = None,
+        kinds: list[str] | str | None = None,
     ) -> list[dict[str, Any]]:
         """Return what the store knows that best matches ``query``, best first.
 
@@ -577,16 +677,86 @@ class MemoryAPI:
         chosen = strategy_named(strategy)
         return self._store.consolidate(chosen, check_days_back(days_back)).to_dict()
 
+    # ------------------------------------------------------------------ records and policies
+
+    def get_execution(self, execution_id: str) -> dict[str, Any] | None:
+        """Return a recorded run of this tenant: what was asked, what happened, its events.
+
+        Returns:
+            ``{"execution_id", "request": {"code", "language", "parameters" (``{}`` when
+            they were redacted), "policy" (the whole policy config, name included),
+            "timeout_seconds" (what the caller asked; None when they did not)}, "result":
+            <the dict execute_code returned>, "events": [<the event dicts execute_code_stream
+            yielded, the exit event with its result last>]}``; None when no run of this
+            tenant has the id. Output past the policy's ``max_output_bytes`` is cut from the
+            events as from the result. Runs recorded before schema version 3 have no events.
+
+        Raises:
+            RequestError: the id is not a string, is empty, is over 256 characters or holds
+                a lone surrogate.
+            StoreError: the store cannot be read.
+        """
+        if not isinstance(execution_id, str):
+            raise RequestError(f"execution_id must be a string, not {type(execution_id).__name__}")
+        if not execution_id or len(execution_id) > MAX_EXECUTION_ID_CHARS:
+            raise RequestError(
+                f"execution_id must be 1 to {MAX_EXECUTION_ID_CHARS} characters "
+                f"(execute_code's result has it), not {len(execution_id)}"
+            )
+        record = self._store.get_execution(execution_id)
+        if record is None:
+            return None
+        return {
+            "execution_id": record.execution_id,
+            "request": {
+                "code": record.code,
+                "language": record.language,
+                "parameters": record.parameters,
+                "policy": record.policy_config,
+                "timeout_seconds": record.requested_timeout_seconds,
+            },
+            "result": record.result,
+            "events": record.events,
+        }
+
+    def list_policies(self) -> list[dict[str, Any]]:
+        """Return the shipped policies, each described: what it allows, in a dict and a sentence.
+
+        Each is ``athena.policies.describe_policy``'s dict: ``name``, ``description``,
+        ``summary`` (one sentence: network, mounts, memory, CPUs, processes, timeout,
+        validation, isolation modes), ``network``, ``mounts``, ``limits``, ``fallback`` and
+        the whole ``config``.
+        """
+        return shipped_policies()
+
+    def get_policy(self, name: str) -> dict[str, Any]:
+        """Return one shipped policy, described as :meth:`list_policies` describes each.
+
+        Raises:
+            RequestError: ``name`` is not a string.
+            PolicyNotFoundError: no shipped policy has this name (the message names them).
+        """
+        return describe_policy(get_shipped_policy(name))
+
     def close(self) -> None:
-        """Kill runs still going and close the store."""
+        """Kill runs still going and close the store; a :meth:`for_tenant` view closes nothing."""
+        if self._is_view:
+            return
         self._orchestrator.close()
-        self._store.close()
+        (self._owned or self._store).close()
 
     def __enter__(self) -> MemoryAPI:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _dict_listener(on_event: Callable[[dict[str, Any]], None]) -> Callable[[Event], None]:
+    def listen(event: Event) -> None:
+        on_event(event.to_dict())
+
+    return listen
 
 
 def _checked(generator: CodeGenerator) -> CodeGenerator:

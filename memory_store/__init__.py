@@ -3,7 +3,9 @@
 Open it with :func:`open_store` (a path, ``sqlite:///absolute/path``,
 ``postgresql://user:password@host/database``, :attr:`StoreOptions.target` or
 ``~/.athena/memory.db``): a :class:`SQLiteStore` or, for shared deployments, a
-:class:`PostgresStore` (the ``postgres`` extra). Use it through the :class:`Store` protocol
+:class:`PostgresStore` (the ``postgres`` extra). Every record belongs to a tenant: a store as
+opened is the ``default`` tenant's, ``store.scoped("team-a")`` is another's view, and nothing
+a view reads, searches or deletes is another tenant's. Use it through the :class:`Store` protocol
 with the checked inputs (:class:`NewMemory`, :class:`RecallQuery`, ...), or through
 ``athena.api.MemoryAPI``, which takes and returns plain values. :class:`StoreOptions` is the
 store's whole configuration.

@@ -30,6 +30,10 @@ MAX_TAGS = 50
 MAX_LIMIT = 1000
 
 
+MAX_OBJECT_ID = 2**63 - 1
+"""The largest id a record can have (SQL BIGINT)."""
+
+
 def label(value: object, field: str) -> str:
     """Return a label normalised: trimmed, lower case, inner whitespace collapsed.
 
@@ -177,18 +181,27 @@ def _iterable(value: object, field: str) -> Iterable[object]:
 
 
 def object_id(value: object, field: str = "id") -> int:
-    """Return a store id: an int, or a string of digits (as JSON clients send them).
+    """Return a store id: an int, or a string of ASCII digits (as JSON clients send them).
+
+    Ids are SQL ``BIGINT`` values, so an id above ``MAX_OBJECT_ID`` (2**63 - 1) is refused here
+    rather than overflowing in the database driver.
 
     Raises:
-        RequestError: anything else, or an id below 1.
+        RequestError: anything else, or an id below 1 or above ``MAX_OBJECT_ID``.
 
     """
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
+    if isinstance(value, str):
+        digits = value.strip()
+        # isdigit() alone admits "²" and other digits int() refuses; cap the length before int().
+        if digits.isascii() and digits.isdigit() and len(digits) <= 20:
+            value = int(digits)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(f"{field} must be a whole number, not {value!r}")
+        shown = value if not isinstance(value, str) or len(value) <= 40 else value[:40] + "..."
+        raise RequestError(f"{field} must be a whole number, not {shown!r}")
     if value < 1:
         raise RequestError(f"{field} must be 1 or more, not {value}")
+    if value > MAX_OBJECT_ID:
+        raise RequestError(f"{field} must be at most {MAX_OBJECT_ID} (2**63 - 1): no record has it")
     return value
 
 

@@ -3,12 +3,16 @@
 Every backend takes the checked inputs of :mod:`memory_store.requests` and returns the models of
 :mod:`memory_store.records`; SQL and ranking stay behind this protocol, so the backend (SQLite
 or PostgreSQL) can be swapped without the API noticing.
+
+Every store serves one tenant (``default`` as opened); :meth:`Store.scoped` gives a view of
+another, sharing the connections. All that a store reads, writes, searches, consolidates or
+deletes is its tenant's: another tenant's record behaves exactly like an unknown id.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterable, Sequence
+from typing import Protocol, Self, runtime_checkable
 
 from memory_store.consolidation.strategies import Strategy
 from memory_store.records import (
@@ -31,7 +35,7 @@ from memory_store.requests import (
     NewRelation,
     RecallQuery,
 )
-from orchestrator.models import ExecutionRequest, ExecutionResult
+from orchestrator.models import Event, ExecutionRequest, ExecutionResult
 
 AnyRecord = (
     MemoryRecord | EventRecord | ExecutionRecord | ProcedureRecord | EntityRecord | RelationRecord
@@ -43,13 +47,33 @@ AnyRecord = (
 class Store(Protocol):
     """A memory store: executions, events, memories, procedures, entities and relations."""
 
-    def record_execution(self, request: ExecutionRequest, result: ExecutionResult) -> int:
-        """Persist one execution and its ``execution`` event in one transaction.
+    @property
+    def tenant(self) -> str:
+        """The tenant whose records this store (or view) reads and writes."""
+        ...
+
+    def scoped(self, tenant: str) -> Self:
+        """Return a view confined to ``tenant``, sharing the connections (closing it does nothing).
+
+        Raises:
+            RequestError: not a valid tenant name.
+
+        """
+        ...
+
+    def record_execution(
+        self, request: ExecutionRequest, result: ExecutionResult, events: Sequence[Event] = ()
+    ) -> int:
+        """Persist one execution, its events and its ``execution`` event in one transaction.
+
+        The record is filed under ``request.tenant``; ``events`` are the run's events in order
+        (the exit event last), kept with the record.
 
         Returns:
             The id of the execution record.
 
         Raises:
+            RequestError: a view is given another tenant's request.
             StoreError: the store cannot write, or this execution is already recorded.
 
         """

@@ -45,6 +45,12 @@ class ExecutionRecord(_Frozen):
         created_at: when the run was recorded (UTC).
         parameters_redacted: the parameters were not kept (``parameters`` is then ``{}``),
             by the ``redact_parameters`` setting or the policy's ``records.redact_parameters``.
+        events: the run's events as ``execute_code_stream`` yields them, the ``exit`` event
+            (last) with its result; output past the policy's ``max_output_bytes`` is cut as
+            in ``stdout``/``stderr`` (see :mod:`orchestrator.eventlog`). Empty for runs
+            recorded before schema version 3, or recorded without events.
+        requested_timeout_seconds: the timeout the caller asked for (None: they did not; the
+            policy's limit applied). ``result["timeout_seconds"]`` is the one the run had.
 
     """
 
@@ -67,6 +73,8 @@ class ExecutionRecord(_Frozen):
     execution_time_ms: float
     created_at: datetime
     parameters_redacted: bool = False
+    events: list[dict[str, JsonValue]] = Field(default_factory=list)
+    requested_timeout_seconds: float | None = None
 
 
 class EventRecord(_Frozen):

@@ -26,6 +26,22 @@ class Admission:
         self._admitted = threading.Semaphore(running + queued)
         self._limits = (running, queued)
         self._queue_wait = queue_wait
+        self._waiting = 0  # admitted, not yet in a sandbox (read by the service's metrics)
+        self._count_lock = threading.Lock()
+
+    @property
+    def waiting(self) -> int:
+        """How many admitted runs wait for a place in a sandbox right now."""
+        return self._waiting
+
+    def _wait_for_place(self, cancel: CancelToken) -> None:
+        with self._count_lock:
+            self._waiting += 1
+        try:
+            _acquire(self._running, None, cancel)
+        finally:
+            with self._count_lock:
+                self._waiting -= 1
 
     @contextmanager
     def slot(self, cancel: CancelToken) -> Iterator[None]:
@@ -43,7 +59,7 @@ class Admission:
                 "ATHENA_MAX_QUEUED_RUNS or ATHENA_QUEUE_WAIT_SECONDS."
             )
         try:
-            _acquire(self._running, None, cancel)
+            self._wait_for_place(cancel)
             try:
                 yield
             finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -26,8 +27,10 @@ from orchestrator.text import MAX_JSON_DEPTH, check_json_text, check_text, find_
 __all__ = [
     "DEFAULT_MAX_CODE_BYTES",
     "DEFAULT_MAX_PARAMETERS_BYTES",
+    "DEFAULT_TENANT",
     "FAILING_CATEGORIES",
     "MAX_JSON_DEPTH",
+    "TENANT_PATTERN",
     "Event",
     "ExecutionRequest",
     "ExecutionResult",
@@ -37,6 +40,7 @@ __all__ = [
     "Violation",
     "ViolationCategory",
     "check_json_text",
+    "check_tenant",
     "check_text",
     "find_lone_surrogate",
 ]
@@ -51,6 +55,29 @@ FAILING_CATEGORIES: frozenset[str] = frozenset({"timeout", "memory", "processes"
 
 DEFAULT_MAX_CODE_BYTES = 1024 * 1024
 DEFAULT_MAX_PARAMETERS_BYTES = 1024 * 1024
+DEFAULT_TENANT = "default"
+"""The tenant of the library, of ``athena-sandbox mcp`` and of a service without tokens."""
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+"""A tenant name: 1 to 64 of a-z, 0-9, ``_``, ``.`` and ``-``, starting with a letter or digit."""
+_TENANT_RE = re.compile(TENANT_PATTERN)
+
+
+def check_tenant(name: object) -> str:
+    """Return ``name`` when it is a valid tenant name (see :data:`TENANT_PATTERN`).
+
+    Raises:
+        RequestError: not a string, or not 1 to 64 of lower-case letters, digits, ``_``, ``.``
+            and ``-`` starting with a letter or digit.
+    """
+    if not isinstance(name, str):
+        raise RequestError(f"a tenant name must be a string, not {type(name).__name__}")
+    if _TENANT_RE.fullmatch(name) is None:
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise RequestError(
+            f"tenant name {shown!r} is not valid: use 1 to 64 lower-case letters, digits, '_', "
+            "'.' or '-', starting with a letter or digit (e.g. 'default', 'team-a')"
+        )
+    return name
 
 
 class _Frozen(BaseModel):
@@ -220,6 +247,7 @@ class ExecutionRequest(_Frozen):
         execution_id: unique id of this run.
         track_resources: report cgroup figures in ``resources``.
         record: persist the run in the memory store.
+        tenant: whose run it is: the memory store files its record under this tenant.
     """
 
     code: str
@@ -230,6 +258,7 @@ class ExecutionRequest(_Frozen):
     execution_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     track_resources: bool = False
     record: bool = True
+    tenant: str = Field(DEFAULT_TENANT, pattern=TENANT_PATTERN)
 
     @classmethod
     def create(
@@ -244,6 +273,7 @@ class ExecutionRequest(_Frozen):
         record: bool = True,
         max_code_bytes: int = DEFAULT_MAX_CODE_BYTES,
         max_parameters_bytes: int = DEFAULT_MAX_PARAMETERS_BYTES,
+        tenant: str = DEFAULT_TENANT,
     ) -> ExecutionRequest:
         r"""Check the caller's arguments and build a request.
 
@@ -254,9 +284,11 @@ class ExecutionRequest(_Frozen):
         Raises:
             RequestError: code that is not a string, is too large or holds a lone surrogate;
                 parameters that are not a JSON object, hold a lone surrogate or nest too deep;
-                a timeout that is not a positive number.
+                a timeout that is not a positive number; a tenant name that is not valid
+                (see :func:`check_tenant`).
             UnknownLanguageError: a language we do not run.
         """
+        check_tenant(tenant)
         if not isinstance(code, str):
             raise RequestError(f"code must be a string, not {type(code).__name__}")
         check_text(code, "code")
@@ -277,6 +309,7 @@ class ExecutionRequest(_Frozen):
             policy=policy if policy is not None else load_policy(None),
             track_resources=track_resources,
             record=record,
+            tenant=tenant,
         )
 
     def effective_timeout(self) -> float:

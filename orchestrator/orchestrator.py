@@ -30,6 +30,7 @@ from orchestrator.errors import (
     RunError,
     SandboxFailedError,
 )
+from orchestrator.eventlog import EventLog
 from orchestrator.languages import get_language
 from orchestrator.models import Event, ExecutionRequest, ExecutionResult, ValidationIssue
 from orchestrator.policy import MODE_STRENGTH, Policy, load_policy, resolve_mounts
@@ -44,8 +45,13 @@ log = structlog.get_logger(__name__)
 class Recorder(Protocol):
     """Where runs are persisted (the memory store implements this)."""
 
-    def record_execution(self, request: ExecutionRequest, result: ExecutionResult) -> int:
-        """Persist one run; return the record's id."""
+    def record_execution(
+        self, request: ExecutionRequest, result: ExecutionResult, events: Sequence[Event] = ()
+    ) -> int:
+        """Persist one run and its events (in order, the ``exit`` event last); return its id.
+
+        The events' output is capped as :mod:`orchestrator.eventlog` describes.
+        """
         ...
 
 
@@ -162,6 +168,9 @@ class Orchestrator:
             max_output_bytes=request.policy.limits.max_output_bytes,
             parameters=request.parameters,
         )
+        events = self._event_log(request)
+        if events is not None:
+            context.subscribe(events)
         if on_event is not None:
             context.subscribe(on_event)
         issues: tuple[ValidationIssue, ...] = ()
@@ -174,14 +183,20 @@ class Orchestrator:
             )
             if request.policy.validation.enforce and any(i.severity == "error" for i in issues):
                 failed = validation_failed_result(request, issues, timeout, _since(started))
-                return self._finish(request, failed, context)
+                return self._finish(request, failed, context, events)
             outcome = self._run_in_sandbox(request, timeout, context, cancel or CancelToken())
         except RunError as exc:
             failed = failed_result(request, exc, context, issues, timeout, _since(started))
-            exc.result = self._finish(request, failed, context)
+            exc.result = self._finish(request, failed, context, events)
             raise
         result = assemble_result(request, outcome, context, issues, timeout, _since(started))
-        return self._finish(request, result, context)
+        return self._finish(request, result, context, events)
+
+    def _event_log(self, request: ExecutionRequest) -> EventLog | None:
+        """An event log for a run that will be recorded, else None (nothing is collected)."""
+        if self._recorder is None or not request.record:
+            return None
+        return EventLog(request.policy.limits.max_output_bytes)
 
     def _run_in_sandbox(
         self,
@@ -309,6 +324,19 @@ class Orchestrator:
                 found.append((backend.name, backend.unavailable_reason(language)))
         return found
 
+    def queue_depth(self) -> int:
+        """How many admitted runs wait for a place in a sandbox right now."""
+        return self._admission.waiting
+
+    def pool_sizes(self) -> dict[tuple[str, str], int]:
+        """Ready warm sandboxes per (mode, language), for the backends that keep a pool."""
+        sizes: dict[tuple[str, str], int] = {}
+        for backend in self._backends:
+            read = getattr(backend, "pool_sizes", None)  # only pooled backends have it
+            if read is not None:
+                sizes.update({(backend.name, lang): n for lang, n in read().items()})
+        return sizes
+
     def _choose_backend(self, policy: Policy, language: str) -> Backend:
         """The strongest mode the policy accepts, this process allows, and this machine has."""
         reasons: list[str] = []
@@ -340,25 +368,28 @@ class Orchestrator:
         log.warning("falling back to a weaker isolation mode", mode=mode, reasons=reasons)
 
     def _finish(
-        self, request: ExecutionRequest, result: ExecutionResult, context: ExecutionContext
+        self,
+        request: ExecutionRequest,
+        result: ExecutionResult,
+        context: ExecutionContext,
+        events: EventLog | None,
     ) -> ExecutionResult:
         """Record the result, then tell listeners the run is over (every run ends with this)."""
-        self._record(request, result)
-        context.emit(
-            Event(
-                kind="exit",
-                exit_code=result.exit_code,
-                elapsed_ms=context.elapsed_ms(),
-                result=result,
-            )
+        exit_event = Event(
+            kind="exit", exit_code=result.exit_code, elapsed_ms=context.elapsed_ms(), result=result
         )
+        if events is not None:
+            self._record(request, result, events.events(exit_event))
+        context.emit(exit_event)
         return result
 
-    def _record(self, request: ExecutionRequest, result: ExecutionResult) -> None:
+    def _record(
+        self, request: ExecutionRequest, result: ExecutionResult, events: list[Event]
+    ) -> None:
         if self._recorder is None or not request.record:
             return
         try:
-            self._recorder.record_execution(request, result)
+            self._recorder.record_execution(request, result, events=events)
         except Exception as exc:  # a lost record must not lose the result the caller waits for
             log.error(
                 "could not record the execution",

@@ -3,6 +3,9 @@
 The decisions are in :mod:`memory_store.consolidation.strategies` (pure); these functions
 read and write through :class:`~memory_store.sql.db.Db`. Each writing function runs inside one
 transaction the caller holds.
+
+A consolidation is one tenant's: it reads, groups, merges, decays and prunes that tenant's
+records only, and its patterns are the tenant's (a pattern key is unique per tenant).
 """
 
 from __future__ import annotations
@@ -45,24 +48,24 @@ _TAIL = (
 
 
 def run(
-    tx: Transactions, ranker: Ranker, strategy: Strategy, days_back: float
+    tx: Transactions, ranker: Ranker, strategy: Strategy, days_back: float, tenant: str
 ) -> ConsolidationReport:
-    """Consolidate the last ``days_back`` days under ``strategy`` (see ``consolidate``).
+    """Consolidate a tenant's last ``days_back`` days under ``strategy`` (see ``consolidate``).
 
     Each phase is its own transaction, so other writers never wait for the whole run.
     """
     started = time.perf_counter()
     now = datetime.now(UTC)
     since = iso(now - timedelta(days=days_back))
-    runs = tx.read(lambda db: executions_since(db, since))
-    events = tx.read(lambda db: events_since(db, since))
+    runs = tx.read(lambda db: executions_since(db, since, tenant))
+    events = tx.read(lambda db: events_since(db, since, tenant))
     groups = group_executions(runs, strategy) + group_events(events, strategy)
-    outcomes = tx.write(lambda db: [upsert_pattern(db, g) for g in groups])
+    outcomes = tx.write(lambda db: [upsert_pattern(db, g, tenant) for g in groups])
     ranker.embed_ids([i for what, i in outcomes if what != "unchanged"])
-    merged = _merge_window(tx, strategy, since)
-    decayed_count = tx.write(lambda db: decay(db, strategy, now))
-    pruned = tx.write(lambda db: prune(db, strategy, now))
-    vectors = ranker.embed_pending(strategy.embed_limit)
+    merged = _merge_window(tx, strategy, since, tenant)
+    decayed_count = tx.write(lambda db: decay(db, strategy, now, tenant))
+    pruned = tx.write(lambda db: prune(db, strategy, now, tenant))
+    vectors = ranker.embed_pending(strategy.embed_limit, tenant)
     return ConsolidationReport(
         strategy=strategy.name,
         days_back=days_back,
@@ -78,14 +81,14 @@ def run(
     )
 
 
-def _merge_window(tx: Transactions, strategy: Strategy, since: str) -> int:
-    """Find near-duplicates with reads, then merge them in one short write."""
-    window = tx.read(lambda db: memories_since(db, since, strategy.max_memories_scanned))
+def _merge_window(tx: Transactions, strategy: Strategy, since: str, tenant: str) -> int:
+    """Find a tenant's near-duplicates with reads, then merge them in one short write."""
+    window = tx.read(lambda db: memories_since(db, since, strategy.max_memories_scanned, tenant))
     pairs: list[tuple[int, int]] = []
     for memory in window:
         if PINNED in memory.tags:
             continue
-        other = tx.read(partial(duplicate_of, memory=memory, strategy=strategy))
+        other = tx.read(partial(duplicate_of, memory=memory, strategy=strategy, tenant=tenant))
         if other is not None:
             pairs.append((other.id, memory.id))
 
@@ -94,10 +97,10 @@ def _merge_window(tx: Transactions, strategy: Strategy, since: str) -> int:
         done = 0
         for older_id, newer_id in pairs:
             keep_id = kept_by.get(older_id, older_id)
-            keep, newer = _memory(db, keep_id), _memory(db, newer_id)
+            keep, newer = _memory(db, keep_id, tenant), _memory(db, newer_id, tenant)
             if keep is None or newer is None or keep.id == newer.id:
                 continue
-            merge(db, keep, newer)
+            merge(db, keep, newer, tenant)
             kept_by[newer_id] = keep_id
             done += 1
         return done
@@ -105,18 +108,20 @@ def _merge_window(tx: Transactions, strategy: Strategy, since: str) -> int:
     return tx.write(apply) if pairs else 0
 
 
-def _memory(db: Db, memory_id: int) -> MemoryRecord | None:
-    row = db.execute("SELECT * FROM memories WHERE id = ?", (memory_id,)).fetchone()
+def _memory(db: Db, memory_id: int, tenant: str) -> MemoryRecord | None:
+    row = db.execute(
+        "SELECT * FROM memories WHERE id = ? AND tenant = ?", (memory_id, tenant)
+    ).fetchone()
     return None if row is None else memory_from_row(dict(row))
 
 
-def executions_since(db: Db, since: str) -> list[ExecutionFacts]:
-    """Return the executions recorded since ``since``, oldest first."""
+def executions_since(db: Db, since: str, tenant: str) -> list[ExecutionFacts]:
+    """Return the tenant's executions recorded since ``since``, oldest first."""
     rows = db.execute(
         f"SELECT id, language, success, substr(code, 1, 500), {_TAIL}, "
         "error, error_type, violations, created_at "
-        "FROM executions WHERE created_at >= ? ORDER BY created_at, id",
-        (since,),
+        "FROM executions WHERE tenant = ? AND created_at >= ? ORDER BY created_at, id",
+        (tenant, since),
     )
     return [
         ExecutionFacts(
@@ -134,20 +139,21 @@ def executions_since(db: Db, since: str) -> list[ExecutionFacts]:
     ]
 
 
-def events_since(db: Db, since: str) -> list[EventFacts]:
-    """Return the events (not those mirroring executions) since ``since``, oldest first."""
+def events_since(db: Db, since: str, tenant: str) -> list[EventFacts]:
+    """Return the tenant's events (not those of executions) since ``since``, oldest first."""
     rows = db.execute(
         "SELECT id, event_type, outcome, substr(content, 1, 1000), created_at FROM events "
-        "WHERE created_at >= ? AND event_type != 'execution' ORDER BY created_at, id",
-        (since,),
+        "WHERE tenant = ? AND created_at >= ? AND event_type != 'execution' "
+        "ORDER BY created_at, id",
+        (tenant, since),
     )
     return [
         EventFacts(r[0], r[1], r[2], r[3], datetime.fromisoformat(r[4])) for r in rows.fetchall()
     ]
 
 
-def upsert_pattern(db: Db, group: Group) -> tuple[str, int]:
-    """Write or update the pattern memory of a group.
+def upsert_pattern(db: Db, group: Group, tenant: str) -> tuple[str, int]:
+    """Write or update the tenant's pattern memory of a group.
 
     Returns:
         ``("created" | "updated" | "unchanged", memory id)``.
@@ -155,12 +161,13 @@ def upsert_pattern(db: Db, group: Group) -> tuple[str, int]:
     """
     db.lock_writes()  # select-then-insert: two consolidations must not both create the pattern
     found = db.execute(
-        "SELECT id, context FROM memories WHERE pattern_key = ?", (group.key,)
+        "SELECT id, context FROM memories WHERE tenant = ? AND pattern_key = ?",
+        (tenant, group.key),
     ).fetchone()
     if found is None:
         first, last, count = min(group.times), max(group.times), len(set(group.ids))
         memory = _pattern_memory(group, count, first, last)
-        memory_id = insert_memory(db, memory, pattern_key=group.key)
+        memory_id = insert_memory(db, memory, tenant, pattern_key=group.key)
         _add_sources(db, memory_id, group.ids)
         return "created", memory_id
     memory_id, old_context = found[0], json.loads(found[1])
@@ -208,27 +215,35 @@ def _pattern_memory(group: Group, count: int, first: datetime, last: datetime) -
 # --------------------------------------------------------------------------- merging
 
 
-def memories_since(db: Db, since: str, limit: int) -> list[MemoryRecord]:
-    """Return up to ``limit`` memories (patterns aside) made since ``since``, oldest first."""
+def memories_since(db: Db, since: str, limit: int, tenant: str) -> list[MemoryRecord]:
+    """Return up to ``limit`` of a tenant's non-pattern memories since ``since``, oldest first."""
     rows = db.execute(
-        "SELECT * FROM memories WHERE created_at >= ? AND pattern_key IS NULL "
+        "SELECT * FROM memories WHERE tenant = ? AND created_at >= ? AND pattern_key IS NULL "
         "ORDER BY created_at, id LIMIT ?",
-        (since, limit),
+        (tenant, since, limit),
     )
     return [memory_from_row(dict(r)) for r in rows.fetchall()]
 
 
-def duplicate_of(db: Db, memory: MemoryRecord, strategy: Strategy) -> MemoryRecord | None:
-    """Return an older memory near-identical to ``memory`` (same type and context), if any."""
+def duplicate_of(
+    db: Db, memory: MemoryRecord, strategy: Strategy, tenant: str
+) -> MemoryRecord | None:
+    """Return the tenant's older memory near-identical to ``memory`` (same type, context)."""
     terms = query_terms(memory.content)
     candidates = db.keyword_ranking(
-        terms, ["memory"], {"memory_type": memory.memory_type}, strategy.merge_candidates + 1
+        tenant,
+        terms,
+        ["memory"],
+        {"memory_type": memory.memory_type},
+        strategy.merge_candidates + 1,
     )
     mine = set(words(memory.content))
     for candidate_id, _score in candidates:
         if candidate_id >= memory.id:
             continue  # only into an older one: the older id is kept
-        row = db.execute("SELECT * FROM memories WHERE id = ?", (candidate_id,)).fetchone()
+        row = db.execute(
+            "SELECT * FROM memories WHERE id = ? AND tenant = ?", (candidate_id, tenant)
+        ).fetchone()
         if row is None or row["pattern_key"] is not None:
             continue
         other = memory_from_row(dict(row))
@@ -239,7 +254,7 @@ def duplicate_of(db: Db, memory: MemoryRecord, strategy: Strategy) -> MemoryReco
     return None
 
 
-def merge(db: Db, keep: MemoryRecord, newer: MemoryRecord) -> None:
+def merge(db: Db, keep: MemoryRecord, newer: MemoryRecord, tenant: str) -> None:
     """Merge ``newer`` into ``keep`` (the older): tags, importance, use, merged ids."""
     tags = list(dict.fromkeys([*keep.tags, *newer.tags]))
     merged_ids = [*keep.merged_ids, newer.id, *newer.merged_ids]
@@ -266,27 +281,27 @@ def merge(db: Db, keep: MemoryRecord, newer: MemoryRecord) -> None:
             importance=keep.importance,
         )
         replace_document(db, keep.id, memory_document(memory), iso(keep.created_at))
-    delete_record(db, newer.id)
+    delete_record(db, newer.id, tenant)
 
 
 # --------------------------------------------------------------------------- decay and pruning
 
 
-def _idle_rows(db: Db, before: str) -> list[Any]:
+def _idle_rows(db: Db, before: str, tenant: str) -> list[Any]:
     return db.execute(
         "SELECT id, importance, tags, COALESCE(last_accessed_at, created_at) AS idle_since, "
-        "decayed_at FROM memories WHERE COALESCE(last_accessed_at, created_at) < ?",
-        (before,),
+        "decayed_at FROM memories WHERE tenant = ? AND COALESCE(last_accessed_at, created_at) < ?",
+        (tenant, before),
     ).fetchall()
 
 
-def decay(db: Db, strategy: Strategy, now: datetime) -> int:
-    """Decay the importance of memories idle past the grace period; return how many."""
+def decay(db: Db, strategy: Strategy, now: datetime, tenant: str) -> int:
+    """Decay the importance of a tenant's memories idle past the grace period; return how many."""
     if strategy.half_life_days is None:
         return 0
     grace = timedelta(days=strategy.idle_days)
     updates = []
-    for row in _idle_rows(db, iso(now - grace)):
+    for row in _idle_rows(db, iso(now - grace), tenant):
         if PINNED in json.loads(row["tags"]):
             continue
         start = datetime.fromisoformat(row["idle_since"]) + grace
@@ -300,16 +315,16 @@ def decay(db: Db, strategy: Strategy, now: datetime) -> int:
     return len(updates)
 
 
-def prune(db: Db, strategy: Strategy, now: datetime) -> int:
-    """Remove idle memories whose importance fell below the floor; return how many."""
+def prune(db: Db, strategy: Strategy, now: datetime, tenant: str) -> int:
+    """Remove a tenant's idle memories whose importance fell below the floor; return how many."""
     if strategy.prune_below is None:
         return 0
-    rows = _idle_rows(db, iso(now - timedelta(days=strategy.idle_days)))
+    rows = _idle_rows(db, iso(now - timedelta(days=strategy.idle_days)), tenant)
     doomed = [
         r["id"]
         for r in rows
         if r["importance"] < strategy.prune_below and PINNED not in json.loads(r["tags"])
     ]
     for memory_id in doomed:
-        delete_record(db, memory_id)
+        delete_record(db, memory_id, tenant)
     return len(doomed)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
-from memory_store.sql.db import marks
+from memory_store.sql.db import in_tenant, marks
 from memory_store.sql.documents import BODY_WEIGHT, TAGS_WEIGHT, TITLE_WEIGHT, Document
 from memory_store.sql.rows import json_text
 from memory_store.sql.search import BROAD_MATCHES, plan_scoring, root
@@ -37,6 +37,7 @@ WRITE_LOCK = 1_096_040_002
 """Advisory lock namespace (with a hash of the schema name) of writers that create records."""
 # ts_rank_cd's weights are {D, C, B, A}: body (D; C unused), tags (B), title (A).
 _BODY, _TAGS = BODY_WEIGHT / TITLE_WEIGHT, TAGS_WEIGHT / TITLE_WEIGHT
+_IN_TENANT = in_tenant("search.id")
 _RANK = f"ts_rank_cd('{{{_BODY},{_BODY},{_TAGS},1.0}}'::float4[], search.tsv, QUERY, 1)"
 
 
@@ -100,11 +101,12 @@ class PostgresDb:
             cursor.executemany(to_pyformat(sql), rows)
         return cursor
 
-    def new_object(self, kind: str, created_at: str) -> int:
+    def new_object(self, kind: str, created_at: str, tenant: str) -> int:
         """Take the next id of the one sequence, in commit order (see :meth:`lock_writes`)."""
         self.lock_writes()
         row: Any = self.execute(
-            "INSERT INTO objects (kind, created_at) VALUES (?, ?) RETURNING id", (kind, created_at)
+            "INSERT INTO objects (kind, created_at, tenant) VALUES (?, ?, ?) RETURNING id",
+            (kind, created_at, tenant),
         ).fetchone()
         return int(row[0])
 
@@ -133,25 +135,26 @@ class PostgresDb:
         )
 
     def filters(
-        self, kinds: Sequence[str], context: Mapping[str, JsonValue]
+        self, tenant: str, kinds: Sequence[str], context: Mapping[str, JsonValue]
     ) -> tuple[str, list[Any]]:
-        """Return SQL conditions on ``search`` for kinds and context (``jsonb`` equality)."""
-        sql = f" AND search.kind IN ({marks(len(kinds))})"
-        args: list[Any] = list(kinds)
+        """Return SQL conditions on ``search`` for tenant, kinds and context (``jsonb`` ==)."""
+        sql = f" AND {_IN_TENANT} AND search.kind IN ({marks(len(kinds))})"
+        args: list[Any] = [tenant, *kinds]
         for key, value in context.items():
             sql += " AND search.ctx -> ?::text = ?::jsonb"
             args += [key, jsonb_text(json_text(value))]
         return sql, args
 
-    def _match_counts(self, terms: Sequence[str], cap: int) -> dict[str, int]:
-        """Count each term's matches, stopping past ``cap`` (one statement for all terms)."""
+    def _match_counts(self, tenant: str, terms: Sequence[str], cap: int) -> dict[str, int]:
+        """Count each term's matches of a tenant, stopping past ``cap`` (one statement)."""
         parts, args = [], []
         for term in terms:
             query, words = tsquery([term])
             parts.append(
-                f"(SELECT count(*) FROM (SELECT 1 FROM search WHERE tsv @@ {query} LIMIT ?) m)"
+                "(SELECT count(*) FROM (SELECT 1 FROM search "
+                f"WHERE tsv @@ {query} AND {_IN_TENANT} LIMIT ?) m)"
             )
-            args += [*words, cap + 1]
+            args += [*words, tenant, cap + 1]
         row: Any = self.execute(f"SELECT {', '.join(parts)}", args).fetchone()
         return {term: int(count) for term, count in zip(terms, row, strict=True)}
 
@@ -169,33 +172,34 @@ class PostgresDb:
 
     def keyword_ranking(
         self,
+        tenant: str,
         terms: Sequence[str],
         kinds: Sequence[str],
         context: Mapping[str, JsonValue],
         n: int,
     ) -> list[tuple[int, float]]:
-        """Return up to ``n`` ``(id, ts_rank_cd)`` pairs, best first."""
+        """Return up to ``n`` ``(id, ts_rank_cd)`` pairs of a tenant, best first."""
         if not terms:
             return []
         with self._index_scans():
-            counts = self._match_counts(terms, BROAD_MATCHES)
+            counts = self._match_counts(tenant, terms, BROAD_MATCHES)
             chosen, broad = plan_scoring(terms, counts.__getitem__)
             if not chosen:
                 return []
             query, words = tsquery(chosen)
             source = "search"
-            if broad:  # only the newest matches: walk the primary key backwards
+            if broad:  # only the tenant's newest matches: walk the primary key backwards
                 source = (
                     f"(SELECT id, kind, ctx, tsv FROM search WHERE tsv @@ {query} "
-                    f"ORDER BY id DESC LIMIT {BROAD_MATCHES}) AS search"
+                    f"AND {_IN_TENANT} ORDER BY id DESC LIMIT {BROAD_MATCHES}) AS search"
                 )
-            where, args = self.filters(kinds, context)
+            where, args = self.filters(tenant, kinds, context)
             rank = _RANK.replace("QUERY", query)
             sql = (
                 f"SELECT search.id, {rank} AS s FROM {source} "
                 f"WHERE search.tsv @@ {query}{where} ORDER BY s DESC, search.id DESC LIMIT ?"
             )
-            prefix = [*words, *words, *words] if broad else [*words, *words]
+            prefix = [*words, *words, tenant, *words] if broad else [*words, *words]
             rows = self.execute(sql, (*prefix, *args, n)).fetchall()
         return [(int(r[0]), float(r[1])) for r in rows]
 

@@ -226,7 +226,16 @@ _V2: Migration = (
     _index_v1_records,
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
+# Version 3: tenants, an execution's events and requested timeout (see the SQLite schema).
+_TENANT_TABLES = ("objects", "executions", "events", "memories", "entities")
+_V3: Migration = (
+    *(f"ALTER TABLE {t} ADD COLUMN tenant text NOT NULL DEFAULT 'default'" for t in _TENANT_TABLES),
+    "ALTER TABLE executions ADD COLUMN events text NOT NULL DEFAULT '[]'",
+    "ALTER TABLE executions ADD COLUMN requested_timeout_seconds double precision",
+    *schema.V3_INDEXES,
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
 """Migration N (1-based) turns a version N-1 database into version N."""
 
 

@@ -19,7 +19,7 @@ Open it with ``open_store("postgresql://user:password@host:5432/database")``, wi
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from memory_store.embeddings import Embedder
 from memory_store.errors import StoreError
@@ -122,8 +122,13 @@ class PostgresStore(SqlStore):
         finally:
             conn.close()
 
+    @property
+    def closed(self) -> bool:
+        """Whether the store (a view: the store it is of) is closed."""
+        return cast(PostgresStore, self._root)._closed
+
     def _check_open(self) -> None:
-        if self._closed:
+        if self.closed:
             raise StoreError(f"{self._target.shown}: the memory store is closed")
 
     def _reading(self, work: Work[T]) -> T:
@@ -154,7 +159,9 @@ class PostgresStore(SqlStore):
     # ----------------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
-        """Close the pool and its connections; closing twice is harmless."""
+        """Close the pool and its connections; closing twice is harmless. A view's does nothing."""
+        if self.is_view:
+            return
         with self._state_lock:
             if self._closed:
                 return
@@ -162,5 +169,5 @@ class PostgresStore(SqlStore):
         self._pool.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<PostgresStore {self._target.shown!r} {state} {self.ranking}>"
+        state = "closed" if self.closed else "open"
+        return f"<PostgresStore {self._target.shown!r} {state} {self.ranking} tenant={self.tenant}>"

@@ -63,8 +63,8 @@ class Db(Protocol):
         """Run one statement once per parameter row."""
         ...
 
-    def new_object(self, kind: str, created_at: str) -> int:
-        """Take the next id of the store's one sequence for a record of ``kind``."""
+    def new_object(self, kind: str, created_at: str, tenant: str) -> int:
+        """Take the next id of the store's one sequence for a record of ``kind`` of ``tenant``."""
         ...
 
     def lock_writes(self) -> None:
@@ -90,19 +90,24 @@ class Db(Protocol):
         ...
 
     def filters(
-        self, kinds: Sequence[str], context: Mapping[str, JsonValue]
+        self, tenant: str, kinds: Sequence[str], context: Mapping[str, JsonValue]
     ) -> tuple[str, list[Any]]:
-        """Return SQL conditions on ``search`` for kinds and a context filter, and their values."""
+        """Return SQL conditions on ``search`` (tenant, kinds, context) and their values."""
         ...
 
     def keyword_ranking(
         self,
+        tenant: str,
         terms: Sequence[str],
         kinds: Sequence[str],
         context: Mapping[str, JsonValue],
         n: int,
     ) -> list[tuple[int, float]]:
-        """Return up to ``n`` ``(id, raw score)`` pairs matching any term, best first."""
+        """Return up to ``n`` ``(id, raw score)`` pairs of a tenant matching any term, best first.
+
+        Every count and cut of the scoring plan is the tenant's too: other tenants' records
+        change neither what is found nor its order.
+        """
         ...
 
     def ranked_events(
@@ -110,7 +115,8 @@ class Db(Protocol):
     ) -> list[Any]:
         """Return ``events`` rows (alias ``e``) matching any term, with the raw score ``s``.
 
-        ``where`` holds extra conditions on ``e`` (each starting with `` AND ``).
+        ``where`` holds extra conditions on ``e`` (each starting with `` AND ``), the tenant's
+        among them.
         """
         ...
 
@@ -129,6 +135,11 @@ class Transactions(Protocol):
     def write(self, work: Callable[[Db], T]) -> T:
         """Run ``work`` in one write transaction (retried whole when the database asks)."""
         ...
+
+
+def in_tenant(id_column: str) -> str:
+    """Return the condition that the record ``id_column`` names is the bound tenant's."""
+    return f"EXISTS (SELECT 1 FROM objects o WHERE o.id = {id_column} AND o.tenant = ?)"
 
 
 def marks(count: int) -> str:

@@ -24,14 +24,15 @@ from memory_store.sql.rows import event_from_row
 
 def keep_matching(
     db: Db,
+    tenant: str,
     ids: Sequence[int],
     kinds: Sequence[str],
     context: Mapping[str, JsonValue],
 ) -> list[int]:
-    """Return the ids, in order, that exist and pass the kinds and context filters."""
+    """Return the ids, in order, that exist, are the tenant's and pass the kinds and context."""
     if not ids:
         return []
-    where, args = db.filters(kinds, context)
+    where, args = db.filters(tenant, kinds, context)
     sid = db.search_id
     sql = f"SELECT {sid} FROM search WHERE {sid} IN ({marks(len(ids))}){where}"
     kept = {r[0] for r in db.execute(sql, (*ids, *args)).fetchall()}
@@ -136,13 +137,13 @@ def touch(db: Db, memory_ids: Sequence[int], now: str) -> None:
 
 
 def find_events(
-    db: Db, query: EventQuery, terms: Sequence[str] | None
+    db: Db, tenant: str, query: EventQuery, terms: Sequence[str] | None
 ) -> list[tuple[EventRecord, float | None]]:
-    """Return events by type and time: ranked by ``terms`` when given, else newest first.
+    """Return a tenant's events by type and time: ranked by ``terms``, else newest first.
 
     The float is the dialect's raw score (higher is better), None without terms.
     """
-    where, args = "", []
+    where, args = " AND e.tenant = ?", [tenant]
     if query.event_type is not None:
         where += " AND e.event_type = ?"
         args.append(query.event_type)

@@ -17,7 +17,7 @@ import json
 from typing import Any
 
 from memory_store.requests import NewEvent
-from memory_store.sql.db import Db
+from memory_store.sql.db import Db, in_tenant
 from memory_store.sql.documents import Document, event_document, execution_document
 
 
@@ -61,31 +61,38 @@ def put_vector(db: Db, object_id: int, kind: str, model: str, vector: bytes) -> 
     )
 
 
-def vectors_since(db: Db, seq: int, model: str) -> list[tuple[int, int, str, bytes]]:
-    """Return ``(seq, object_id, kind, vector)`` of ``model``'s vectors stored after ``seq``."""
+def vectors_since(db: Db, seq: int, model: str, tenant: str) -> list[tuple[int, int, str, bytes]]:
+    """Return ``(seq, object_id, kind, vector)`` of a tenant's ``model`` vectors after ``seq``."""
     rows = db.execute(
         "SELECT seq, object_id, kind, vector FROM embeddings WHERE seq > ? AND model = ? "
-        "ORDER BY seq",
-        (seq, model),
+        f"AND {in_tenant('embeddings.object_id')} ORDER BY seq",
+        (seq, model, tenant),
     )
     return [(r[0], r[1], r[2], bytes(r[3])) for r in rows.fetchall()]
 
 
-def unembedded(db: Db, after_id: int, model: str, limit: int) -> list[tuple[int, str, str]]:
-    """Return ``(id, kind, text)`` of indexed records after ``after_id`` with no vector yet."""
+def unembedded(
+    db: Db, after_id: int, model: str, limit: int, tenant: str
+) -> list[tuple[int, str, str]]:
+    """Return ``(id, kind, text)`` of a tenant's indexed records after ``after_id``, no vector."""
     sid = db.search_id
     rows = db.execute(
         f"SELECT s.{sid}, s.kind, s.title, s.body FROM search s "
         f"LEFT JOIN embeddings e ON e.object_id = s.{sid} AND e.model = ? "
-        f"WHERE s.{sid} > ? AND e.object_id IS NULL ORDER BY s.{sid} LIMIT ?",
-        (model, after_id, limit),
+        f"WHERE s.{sid} > ? AND e.object_id IS NULL AND {in_tenant(f's.{sid}')} "
+        f"ORDER BY s.{sid} LIMIT ?",
+        (model, after_id, tenant, limit),
     )
     return [(r[0], r[1], " ".join(p for p in (r[2], r[3]) if p)[:2000]) for r in rows.fetchall()]
 
 
-def last_indexed_id(db: Db) -> int:
-    """Return the highest id in the full-text index (0 when empty)."""
-    row = db.execute(f"SELECT MAX({db.search_id}) FROM search").fetchone()
+def last_indexed_id(db: Db, tenant: str) -> int:
+    """Return the highest id of a tenant's records (0: none), indexed or not.
+
+    Read from ``objects`` (index ``objects_tenant_id``): a record's full-text row is written in
+    the transaction that makes its id, so every indexed record of the tenant is at or below.
+    """
+    row = db.execute("SELECT MAX(id) FROM objects WHERE tenant = ?", (tenant,)).fetchone()
     return int(row[0] or 0)
 
 

@@ -9,6 +9,10 @@ fusion (k=60). Either way the top candidates get the mild recency and importance
 
 Records written without a vector (executions, imported memories) are embedded lazily, a small
 batch per recall, so recording a run never waits for the model.
+
+Everything is per tenant: the keyword candidates, the vectors held in memory (one
+:class:`~memory_store.embeddings.VectorIndex` per tenant that recalled), the lazy embedding and
+the events, so one tenant's records never reach, crowd out or reorder another's results.
 """
 
 from __future__ import annotations
@@ -40,38 +44,38 @@ class Ranker:
     def __init__(self, tx: Transactions, embedder: Embedder | None) -> None:
         self._tx = tx
         self._embedder = embedder
-        self._vectors = VectorIndex()
-        self._watermark = 0
+        self._vectors: dict[str, VectorIndex] = {}
+        self._watermarks: dict[str, int] = {}
 
     @property
     def embedder(self) -> Embedder | None:
         """The embedder, when ranking is hybrid."""
         return self._embedder
 
-    def recall(self, query: RecallQuery) -> list[RecallHit]:
-        """Return the best hits of a query, best first (see the module docstring)."""
+    def recall(self, query: RecallQuery, tenant: str) -> list[RecallHit]:
+        """Return a tenant's best hits of a query, best first (see the module docstring)."""
         terms = query_terms(query.query)
         wanted = max(query.limit * 4, 20)
         keyword = self._tx.read(
-            lambda db: db.keyword_ranking(terms, query.kinds, query.context, wanted)
+            lambda db: db.keyword_ranking(tenant, terms, query.kinds, query.context, wanted)
         )
         if self._embedder is None:
             scores = dict(
                 zip([i for i, _ in keyword], relative([s for _, s in keyword]), strict=True)
             )
         else:
-            nearest = self._nearest(query, wanted)
+            nearest = self._nearest(query, wanted, tenant)
             scores = rrf([[i for i, _ in keyword], nearest] if keyword else [nearest])
         return self._finish(scores, query.limit)
 
-    def _nearest(self, query: RecallQuery, wanted: int) -> list[int]:
+    def _nearest(self, query: RecallQuery, wanted: int, tenant: str) -> list[int]:
         assert self._embedder is not None
-        self.embed_pending(PENDING_PER_RECALL)
-        self._refresh()
+        self.embed_pending(PENDING_PER_RECALL, tenant)
+        vectors = self._refresh(tenant)
         vector = self._embedder.embed([query.query])[0]
-        ids = self._vectors.nearest(vector, query.kinds, wanted)
+        ids = vectors.nearest(vector, query.kinds, wanted)
         return self._tx.read(
-            lambda db: searching.keep_matching(db, ids, query.kinds, query.context)
+            lambda db: searching.keep_matching(db, tenant, ids, query.kinds, query.context)
         )
 
     def _finish(self, relevance: Mapping[int, float], limit: int) -> list[RecallHit]:
@@ -90,12 +94,12 @@ class Ranker:
             self._tx.write(lambda db: searching.touch(db, memories, stamp))
         return hits
 
-    def recall_events(self, query: EventQuery) -> list[EventHit]:
-        """Return events by words (ranked), type and time; without words, newest first."""
+    def recall_events(self, query: EventQuery, tenant: str) -> list[EventHit]:
+        """Return a tenant's events by words (ranked), type and time; else newest first."""
         terms = None if query.query is None else query_terms(query.query)
         if terms is not None and not terms:
             return []  # words were asked for, but the query had none
-        found = self._tx.read(lambda db: searching.find_events(db, query, terms))
+        found = self._tx.read(lambda db: searching.find_events(db, tenant, query, terms))
         raw = [s for _, s in found if s is not None]
         scaled = iter(relative(raw)) if raw else iter(())
         return [
@@ -104,20 +108,21 @@ class Ranker:
 
     # ----------------------------------------------------------------------- vectors
 
-    def embed_pending(self, limit: int) -> int:
-        """Embed up to ``limit`` indexed records that have no vector yet; return how many."""
+    def embed_pending(self, limit: int, tenant: str) -> int:
+        """Embed up to ``limit`` of a tenant's indexed records without a vector; return how many."""
         if self._embedder is None or limit < 1:
             return 0
-        name, after = self._embedder.name, self._watermark
+        name, after = self._embedder.name, self._watermarks.get(tenant, 0)
 
         def scan(db: Db) -> tuple[int, list[tuple[int, str, str]]]:
-            last = index.last_indexed_id(db)  # first: rows added later are in the scan
-            return last, index.unembedded(db, after, name, limit)
+            last = index.last_indexed_id(db, tenant)  # first: rows added later are in the scan
+            return last, index.unembedded(db, after, name, limit, tenant)
 
         last, pending = self._tx.read(scan)
         # Everything up to `last` without a vector is in `pending`, unless the batch was full.
         newest = pending[-1][0] if pending else 0
-        self._watermark = newest if len(pending) == limit else max(last, after, newest)
+        mark = newest if len(pending) == limit else max(last, after, newest)
+        self._watermarks[tenant] = mark
         if not pending:
             return 0
         vectors = self._embedder.embed([text for _, _, text in pending])
@@ -145,7 +150,10 @@ class Ranker:
 
         self._tx.write(store)
 
-    def _refresh(self) -> None:
+    def _refresh(self, tenant: str) -> VectorIndex:
+        """Return the tenant's vectors, with those stored since the last look added."""
         assert self._embedder is not None
-        name, seq = self._embedder.name, self._vectors.seq
-        self._vectors.add(self._tx.read(lambda db: index.vectors_since(db, seq, name)))
+        vectors = self._vectors.setdefault(tenant, VectorIndex())
+        name, seq = self._embedder.name, vectors.seq
+        vectors.add(self._tx.read(lambda db: index.vectors_since(db, seq, name, tenant)))
+        return vectors

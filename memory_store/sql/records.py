@@ -4,6 +4,9 @@ Every insert takes a new id of the one sequence first (:meth:`~memory_store.sql.
 writes the kind's row with it, and indexes the record's document
 (:mod:`memory_store.sql.documents`) in the same transaction. The SQL here is the common subset
 of SQLite and PostgreSQL (``ON CONFLICT ... DO NOTHING`` included).
+
+Every function takes the tenant it works for: records are written under it, and a record of
+another tenant is read, linked and deleted exactly as an id that does not exist.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from memory_store.records import (
     RelationRecord,
 )
 from memory_store.requests import NewEntity, NewEvent, NewMemory, NewProcedure, NewRelation
-from memory_store.sql.db import Db, utc_now
+from memory_store.sql.db import Db, in_tenant, utc_now
 from memory_store.sql.documents import (
     Document,
     entity_document,
@@ -59,6 +62,9 @@ EXECUTION_COLUMNS = (
     "sandbox_mode",
     "execution_time_ms",
     "created_at",
+    "tenant",
+    "events",
+    "requested_timeout_seconds",
 )
 _INSERT_EXECUTION = (
     f"INSERT INTO executions ({', '.join(EXECUTION_COLUMNS)}) "
@@ -84,7 +90,8 @@ def insert_execution(db: Db, values: dict[str, Any], summary: str, outcome: str)
     """
     # The time is taken inside the transaction, so created_at follows commit order.
     now = utc_now()
-    execution_ref = db.new_object("execution", now)
+    tenant = values["tenant"]
+    execution_ref = db.new_object("execution", now, tenant)
     row = {**values, "id": execution_ref, "created_at": now}
     inserted = db.execute(_INSERT_EXECUTION, [row[c] for c in EXECUTION_COLUMNS]).rowcount
     if not inserted:  # the caller's transaction rolls back, the id taken above with it
@@ -92,19 +99,19 @@ def insert_execution(db: Db, values: dict[str, Any], summary: str, outcome: str)
     db.put_document(execution_ref, execution_document(values, summary, outcome), now)
     context = {"execution_id": values["execution_id"], "execution_ref": execution_ref}
     event = NewEvent(event_type="execution", content=summary, outcome=outcome, context=context)
-    insert_event(db, event, ref_id=execution_ref, now=now)
+    insert_event(db, event, tenant, ref_id=execution_ref, now=now)
     return execution_ref
 
 
 def insert_event(
-    db: Db, event: NewEvent, *, ref_id: int | None = None, now: str | None = None
+    db: Db, event: NewEvent, tenant: str, *, ref_id: int | None = None, now: str | None = None
 ) -> int:
-    """Insert an event and its document; return its id."""
+    """Insert an event of ``tenant`` and its document; return its id."""
     now = now or utc_now()
-    event_id = db.new_object("event", now)
+    event_id = db.new_object("event", now, tenant)
     db.execute(
-        "INSERT INTO events (id, event_type, content, outcome, context, created_at, ref_id) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO events (id, event_type, content, outcome, context, created_at, ref_id, "
+        "tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
             event_id,
             event.event_type,
@@ -113,6 +120,7 @@ def insert_event(
             json_text(event.context),
             now,
             ref_id,
+            tenant,
         ),
     )
     db.put_document(event_id, event_document(event), now)
@@ -122,16 +130,17 @@ def insert_event(
 def insert_memory(
     db: Db,
     memory: NewMemory,
+    tenant: str,
     *,
     pattern_key: str | None = None,
     now: str | None = None,
 ) -> int:
-    """Insert a memory and its document; return its id."""
+    """Insert a memory of ``tenant`` and its document; return its id."""
     now = now or utc_now()
-    memory_id = db.new_object("memory", now)
+    memory_id = db.new_object("memory", now, tenant)
     db.execute(
         "INSERT INTO memories (id, memory_type, content, context, tags, importance, "
-        "pattern_key, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "pattern_key, created_at, updated_at, tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             memory_id,
             memory.memory_type,
@@ -142,6 +151,7 @@ def insert_memory(
             pattern_key,
             now,
             now,
+            tenant,
         ),
     )
     db.put_document(memory_id, memory_document(memory), now)
@@ -167,10 +177,10 @@ def update_memory(db: Db, memory_id: int, memory: NewMemory) -> None:
     replace_document(db, memory_id, memory_document(memory), created.fetchone()[0])
 
 
-def insert_procedure(db: Db, procedure: NewProcedure) -> int:
-    """Insert a procedure and its document; return its id."""
+def insert_procedure(db: Db, procedure: NewProcedure, tenant: str) -> int:
+    """Insert a procedure of ``tenant`` and its document; return its id."""
     now = utc_now()
-    procedure_id = db.new_object("procedure", now)
+    procedure_id = db.new_object("procedure", now, tenant)
     steps = json_text([s.model_dump(mode="json") for s in procedure.steps])
     db.execute(
         "INSERT INTO procedures (id, name, category, steps, context, created_at) "
@@ -200,8 +210,8 @@ def entity_key(name: str) -> str:
     return f"{key[:100]}#{hashlib.sha256(key.encode('utf-8')).hexdigest()}"
 
 
-def upsert_entity(db: Db, entity: NewEntity) -> tuple[int, Document]:
-    """Insert an entity, or merge the context into the one of the same type and name.
+def upsert_entity(db: Db, entity: NewEntity, tenant: str) -> tuple[int, Document]:
+    """Insert an entity, or merge the context into the tenant's one of the same type and name.
 
     Returns:
         The entity's id and its (new) document.
@@ -210,16 +220,25 @@ def upsert_entity(db: Db, entity: NewEntity) -> tuple[int, Document]:
     db.lock_writes()  # select-then-insert: no other writer may insert the same entity between
     key = entity_key(entity.name)
     found = db.execute(
-        "SELECT id, context, created_at, name FROM entities WHERE entity_type = ? AND name_key = ?",
-        (entity.entity_type, key),
+        "SELECT id, context, created_at, name FROM entities "
+        "WHERE tenant = ? AND entity_type = ? AND name_key = ?",
+        (tenant, entity.entity_type, key),
     ).fetchone()
     if found is None:
         now = utc_now()
-        entity_id = db.new_object("entity", now)
+        entity_id = db.new_object("entity", now, tenant)
         db.execute(
-            "INSERT INTO entities (id, name, name_key, entity_type, context, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (entity_id, entity.name, key, entity.entity_type, json_text(entity.context), now),
+            "INSERT INTO entities (id, name, name_key, entity_type, context, created_at, tenant) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                entity_id,
+                entity.name,
+                key,
+                entity.entity_type,
+                json_text(entity.context),
+                now,
+                tenant,
+            ),
         )
         doc = entity_document(entity)
         db.put_document(entity_id, doc, now)
@@ -235,16 +254,16 @@ def upsert_entity(db: Db, entity: NewEntity) -> tuple[int, Document]:
     return found[0], doc
 
 
-def upsert_relation(db: Db, relation: NewRelation) -> int:
-    """Insert a relation (or update the context of the same link); return its id.
+def upsert_relation(db: Db, relation: NewRelation, tenant: str) -> int:
+    """Insert a relation of ``tenant`` (or update the context of the same link); return its id.
 
     Raises:
-        RecordNotFoundError: the source or the target does not exist.
+        RecordNotFoundError: the source or the target does not exist (in this tenant).
 
     """
     db.lock_writes()  # select-then-insert, as for entities
     for field, object_id in (("source_id", relation.source_id), ("target_id", relation.target_id)):
-        if kind_of(db, object_id) is None:
+        if kind_of(db, object_id, tenant) is None:
             raise RecordNotFoundError(f"{field} {object_id}: no record has this id")
     context = json_text(relation.context)
     found = db.execute(
@@ -255,7 +274,7 @@ def upsert_relation(db: Db, relation: NewRelation) -> int:
         db.execute("UPDATE relations SET context = ? WHERE id = ?", (context, found[0]))
         return int(found[0])
     now = utc_now()
-    relation_id = db.new_object("relation", now)
+    relation_id = db.new_object("relation", now, tenant)
     db.execute(
         "INSERT INTO relations (id, source_id, target_id, relation_type, context, created_at) "
         "VALUES (?, ?, ?, ?, ?, ?)",
@@ -264,15 +283,17 @@ def upsert_relation(db: Db, relation: NewRelation) -> int:
     return relation_id
 
 
-def kind_of(db: Db, object_id: int) -> str | None:
-    """Return the kind of the record with this id, or None."""
-    row = db.execute("SELECT kind FROM objects WHERE id = ?", (object_id,)).fetchone()
+def kind_of(db: Db, object_id: int, tenant: str) -> str | None:
+    """Return the kind of the tenant's record with this id, or None."""
+    row = db.execute(
+        "SELECT kind FROM objects WHERE id = ? AND tenant = ?", (object_id, tenant)
+    ).fetchone()
     return None if row is None else str(row[0])
 
 
-def get_record(db: Db, object_id: int) -> AnyRecord | None:
-    """Return the record with this id, whatever its kind, or None."""
-    kind = kind_of(db, object_id)
+def get_record(db: Db, object_id: int, tenant: str) -> AnyRecord | None:
+    """Return the tenant's record with this id, whatever its kind, or None."""
+    kind = kind_of(db, object_id, tenant)
     if kind is None or kind not in _TABLES:
         return None
     table, convert = _TABLES[kind]
@@ -280,15 +301,17 @@ def get_record(db: Db, object_id: int) -> AnyRecord | None:
     return None if row is None else convert(dict(row))
 
 
-def delete_record(db: Db, object_id: int) -> bool:
-    """Delete a record of any kind and everything that hangs on it; tell whether it existed."""
-    return db.execute("DELETE FROM objects WHERE id = ?", (object_id,)).rowcount > 0
+def delete_record(db: Db, object_id: int, tenant: str) -> bool:
+    """Delete a tenant's record and everything that hangs on it; tell whether it existed."""
+    cursor = db.execute("DELETE FROM objects WHERE id = ? AND tenant = ?", (object_id, tenant))
+    return cursor.rowcount > 0
 
 
-def relations_of(db: Db, object_id: int) -> list[RelationRecord]:
-    """Return the relations from or to a record, oldest first."""
+def relations_of(db: Db, object_id: int, tenant: str) -> list[RelationRecord]:
+    """Return the tenant's relations from or to a record, oldest first."""
     rows = db.execute(
-        "SELECT * FROM relations WHERE source_id = ? OR target_id = ? ORDER BY id",
-        (object_id, object_id),
+        f"SELECT * FROM relations r WHERE (r.source_id = ? OR r.target_id = ?) "
+        f"AND {in_tenant('r.id')} ORDER BY r.id",
+        (object_id, object_id, tenant),
     )
     return [relation_from_row(dict(row)) for row in rows.fetchall()]

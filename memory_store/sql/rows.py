@@ -8,7 +8,7 @@ never fails on its text.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from memory_store.records import (
@@ -19,7 +19,7 @@ from memory_store.records import (
     ProcedureRecord,
     RelationRecord,
 )
-from orchestrator.models import ExecutionRequest, ExecutionResult
+from orchestrator.models import Event, ExecutionRequest, ExecutionResult
 
 REDACTED_PARAMETERS: dict[str, Any] = {}
 """What a redacted execution keeps of its parameters (``parameters_redacted`` says so)."""
@@ -44,13 +44,34 @@ def json_text(value: Any) -> str:
     return text(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
 
 
+def event_dicts(events: Sequence[Event]) -> list[dict[str, Any]]:
+    """Return the events as stored: their dicts, the exit event without its result.
+
+    The result is the row's own (``execution_from_row`` puts it back), so it is stored once.
+    """
+    found = []
+    for event in events:
+        if event.kind == "exit":
+            data = event.model_copy(update={"result": None}).to_dict()
+            data.pop("result", None)
+            found.append(data)
+        else:
+            found.append(event.to_dict())
+    return found
+
+
 def execution_values(
-    request: ExecutionRequest, result: ExecutionResult, *, redact_parameters: bool = False
+    request: ExecutionRequest,
+    result: ExecutionResult,
+    *,
+    redact_parameters: bool = False,
+    events: Sequence[Event] = (),
 ) -> dict[str, Any]:
     """Return the column values of an execution row, without ``id`` and ``created_at``.
 
     With ``redact_parameters`` (or the policy's ``records.redact_parameters``) the parameters
-    are stored as ``{}`` and ``parameters_redacted`` is true; code and output are kept.
+    are stored as ``{}`` and ``parameters_redacted`` is true; code and output are kept. The
+    row belongs to ``request.tenant``.
     """
     redact = redact_parameters or request.policy.records.redact_parameters
     return {
@@ -74,22 +95,35 @@ def execution_values(
         "result": json_text({k: v for k, v in result.to_dict().items() if k not in _OWN_COLUMNS}),
         "sandbox_mode": result.sandbox_mode,
         "execution_time_ms": result.execution_time_ms,
+        "tenant": request.tenant,
+        "events": json_text(event_dicts(events)),
+        "requested_timeout_seconds": request.timeout_seconds,
     }
 
 
 def execution_from_row(row: Mapping[str, Any]) -> ExecutionRecord:
-    """Return the record of an ``executions`` row (JSON columns as text)."""
+    """Return the record of an ``executions`` row (JSON columns as text).
+
+    The exit event gets its result back (the row's result, output included).
+    """
     data = dict(row)
+    data.pop("tenant", None)
     for key in EXECUTION_JSON_COLUMNS:
         data[key] = json.loads(data[key])
     data["success"] = bool(data["success"])
     data["parameters_redacted"] = bool(data.get("parameters_redacted", 0))
     data["result"].update({key: data[key] for key in _OWN_COLUMNS})
+    events = json.loads(data.get("events") or "[]")
+    for event in events:
+        if event.get("type") == "exit":
+            event["result"] = data["result"]
+    data["events"] = events
     return ExecutionRecord.model_validate(data)
 
 
 def _loaded(row: Mapping[str, Any], *columns: str) -> dict[str, Any]:
     data = dict(row)
+    data.pop("tenant", None)  # a view's records are all of its tenant
     for column in columns:
         data[column] = json.loads(data[column])
     return data

@@ -7,15 +7,21 @@ else (what each call writes and reads, ranking, consolidation, retention, redact
 and in the shared modules :mod:`~memory_store.sql.records`, :mod:`~memory_store.sql.index`,
 :mod:`~memory_store.sql.hits`, :mod:`~memory_store.sql.ranking` and
 :mod:`~memory_store.consolidation.runner`.
+
+Tenants: a store opened is the ``default`` tenant's; :meth:`SqlStore.scoped` gives a view of
+another tenant sharing its connections. Every read, write, search and deletion of a view is
+confined to its tenant; another tenant's record behaves exactly like an id that does not exist.
+Retention (``prune_expired``) is store-wide.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import structlog
 from pydantic import JsonValue
@@ -58,7 +64,14 @@ from memory_store.sql.ranking import Ranker
 from memory_store.sql.rows import event_from_row, execution_from_row, execution_values, text
 from memory_store.summary import summarize_execution
 from orchestrator.errors import RequestError
-from orchestrator.models import ExecutionRequest, ExecutionResult, check_text
+from orchestrator.models import (
+    DEFAULT_TENANT,
+    Event,
+    ExecutionRequest,
+    ExecutionResult,
+    check_tenant,
+    check_text,
+)
 
 _log = structlog.get_logger(__name__)
 
@@ -89,6 +102,8 @@ class SqlStore(ABC):
         self._tx = _Transactions(self)
         self._ranker = Ranker(self._tx, self._embedder)
         self._last_retention = 0.0
+        self._tenant = DEFAULT_TENANT
+        self._root: SqlStore = self
 
     @abstractmethod
     def _reading(self, work: Work[T]) -> T:
@@ -109,6 +124,31 @@ class SqlStore(ABC):
         self.close()
 
     @property
+    def tenant(self) -> str:
+        """The tenant whose records this store (or view) reads and writes."""
+        return self._tenant
+
+    @property
+    def is_view(self) -> bool:
+        """True for a view made by :meth:`scoped` (closing it closes nothing)."""
+        return self._root is not self
+
+    def scoped(self, tenant: str) -> Self:
+        """Return a view of this store confined to ``tenant``, sharing its connections.
+
+        The view is of the same class; closing it does nothing (close the store itself).
+        Records and searches of other tenants are invisible to it, as unknown ids are.
+
+        Raises:
+            RequestError: ``tenant`` is not a valid tenant name.
+
+        """
+        check_tenant(tenant)
+        view = copy.copy(self._root)
+        view._tenant = tenant
+        return cast(Self, view)
+
+    @property
     def options(self) -> StoreOptions:
         """The store's options."""
         return self._options
@@ -120,16 +160,22 @@ class SqlStore(ABC):
 
     # ----------------------------------------------------------------------- executions
 
-    def record_execution(self, request: ExecutionRequest, result: ExecutionResult) -> int:
-        """Persist one execution and its ``execution`` event in one transaction.
+    def record_execution(
+        self, request: ExecutionRequest, result: ExecutionResult, events: Sequence[Event] = ()
+    ) -> int:
+        """Persist one execution, its events and its ``execution`` event in one transaction.
 
-        Parameters are redacted (stored as ``{}``) when the options or the request's policy ask.
+        The record is filed under ``request.tenant`` (the store the orchestrator records in
+        takes every tenant's runs; a view takes only its own tenant's). Parameters are redacted
+        (stored as ``{}``) when the options or the request's policy ask. ``events`` are kept
+        as dicts, the exit event's result being the record's own.
 
         Returns:
             The id of the execution record.
 
         Raises:
-            RequestError: the result belongs to another request.
+            RequestError: the result belongs to another request, or a view is given another
+                tenant's request.
             StoreError: the store cannot write, or this execution is already recorded.
 
         """
@@ -138,9 +184,14 @@ class SqlStore(ABC):
                 f"the result is of execution {result.execution_id}, "
                 f"the request of {request.execution_id}"
             )
+        if self.is_view and request.tenant != self._tenant:
+            raise RequestError(
+                f"the request is tenant {request.tenant!r}'s, this store view is tenant "
+                f"{self._tenant!r}'s: record it through the store or that tenant's view"
+            )
         # Serialised before the transaction: it is held only for the inserts.
         values = execution_values(
-            request, result, redact_parameters=self._options.redact_parameters
+            request, result, redact_parameters=self._options.redact_parameters, events=events
         )
         summary = text(summarize_execution(request, result))
         outcome = "success" if result.success else "failure"
@@ -160,8 +211,8 @@ class SqlStore(ABC):
         """
         if isinstance(execution_id, str):
             check_text(execution_id, "execution_id")
-        sql = "SELECT * FROM executions WHERE execution_id = ?"
-        row = self._reading(lambda db: db.execute(sql, (execution_id,)).fetchone())
+        sql = "SELECT * FROM executions WHERE execution_id = ? AND tenant = ?"
+        row = self._reading(lambda db: db.execute(sql, (execution_id, self._tenant)).fetchone())
         return None if row is None else execution_from_row(dict(row))
 
     def list_executions(
@@ -192,16 +243,20 @@ class SqlStore(ABC):
         _check_limit(limit)
         if isinstance(value, str):
             check_text(value, column)
-        where, args = ("", ()) if value is None else (f"WHERE {column} = ?", (value,))
+        where, args = ("", ()) if value is None else (f" AND {column} = ?", (value,))
         # id breaks ties: writers take the time inside their transaction.
-        sql = f"SELECT * FROM {table} {where} ORDER BY created_at DESC, id DESC LIMIT ?"
-        return self._reading(lambda db: db.execute(sql, (*args, limit)).fetchall())
+        sql = (
+            f"SELECT * FROM {table} WHERE tenant = ?{where} "
+            "ORDER BY created_at DESC, id DESC LIMIT ?"
+        )
+        return self._reading(lambda db: db.execute(sql, (self._tenant, *args, limit)).fetchall())
 
     def prune_expired(self) -> int:
         """Remove execution records (and their events) older than ``retention_days``.
 
         Runs when the store opens and, after writes, at most once a minute; call it to run it
-        now. Deletes in batches, so other writers wait little.
+        now. Deletes in batches, so other writers wait little. Retention is store-wide: a
+        view prunes every tenant's expired executions too.
 
         Returns:
             How many executions were removed (0 without a retention setting).
@@ -210,7 +265,7 @@ class SqlStore(ABC):
             StoreError: the store cannot write.
 
         """
-        self._last_retention = time.monotonic()
+        self._root._last_retention = time.monotonic()
         if self._options.retention_days is None:
             return 0
         cutoff = iso(datetime.now(UTC) - timedelta(days=self._options.retention_days))
@@ -232,7 +287,7 @@ class SqlStore(ABC):
         return removed
 
     def _afterwrite(self) -> None:
-        if time.monotonic() - self._last_retention >= _options.RETENTION_CHECK_SECONDS:
+        if time.monotonic() - self._root._last_retention >= _options.RETENTION_CHECK_SECONDS:
             self.prune_expired()
 
     # ----------------------------------------------------------------------- writing
@@ -278,7 +333,9 @@ class SqlStore(ABC):
         """
         self._check_size("memory", {"content": memory.content}, memory.context)
         return self._insert(
-            "memory", memory_document(memory), lambda db: records.insert_memory(db, memory)
+            "memory",
+            memory_document(memory),
+            lambda db: records.insert_memory(db, memory, self._tenant),
         )
 
     def add_memories(self, memories: Iterable[NewMemory]) -> list[int]:
@@ -300,7 +357,7 @@ class SqlStore(ABC):
 
         def work(db: Db) -> list[int]:
             now = utc_now()
-            return [records.insert_memory(db, m, now=now) for m in items]
+            return [records.insert_memory(db, m, self._tenant, now=now) for m in items]
 
         ids = self._writing(work)
         self._after_bulk(len(ids))
@@ -321,7 +378,7 @@ class SqlStore(ABC):
         """
         self._check_size("event", {"content": event.content}, event.context)
         return self._insert(
-            "event", event_document(event), lambda db: records.insert_event(db, event)
+            "event", event_document(event), lambda db: records.insert_event(db, event, self._tenant)
         )
 
     def add_procedure(self, procedure: NewProcedure) -> int:
@@ -335,7 +392,9 @@ class SqlStore(ABC):
         sizes = {"name": utf8_size(procedure.name), "steps": steps_size(procedure.steps)}
         self._check_size("procedure", sizes, procedure.context)
         doc = procedure_document(procedure)
-        return self._insert("procedure", doc, lambda db: records.insert_procedure(db, procedure))
+        return self._insert(
+            "procedure", doc, lambda db: records.insert_procedure(db, procedure, self._tenant)
+        )
 
     def add_entity(self, entity: NewEntity) -> int:
         """Remember an entity, or merge the context into the one of the same type and name.
@@ -350,7 +409,9 @@ class SqlStore(ABC):
         """
         self._check_size("entity", {"name": entity.name}, entity.context)
         return self._insert(
-            "entity", entity_document(entity), lambda db: records.upsert_entity(db, entity)[0]
+            "entity",
+            entity_document(entity),
+            lambda db: records.upsert_entity(db, entity, self._tenant)[0],
         )
 
     def add_relation(self, relation: NewRelation) -> int:
@@ -360,11 +421,12 @@ class SqlStore(ABC):
             The relation's id.
 
         Raises:
-            RecordNotFoundError: the source or the target does not exist.
+            RecordNotFoundError: the source or the target does not exist (or is another
+                tenant's).
             StoreError: the store cannot write.
 
         """
-        return self._writing(lambda db: records.upsert_relation(db, relation))
+        return self._writing(lambda db: records.upsert_relation(db, relation, self._tenant))
 
     # ----------------------------------------------------------------------- reading by id
 
@@ -375,7 +437,7 @@ class SqlStore(ABC):
             StoreError: the store cannot be read.
 
         """
-        return self._reading(lambda db: records.get_record(db, object_id))
+        return self._reading(lambda db: records.get_record(db, object_id, self._tenant))
 
     def kind_of(self, object_id: int) -> str | None:
         """Return the kind of the record with this id, or None.
@@ -384,7 +446,7 @@ class SqlStore(ABC):
             StoreError: the store cannot be read.
 
         """
-        return self._reading(lambda db: records.kind_of(db, object_id))
+        return self._reading(lambda db: records.kind_of(db, object_id, self._tenant))
 
     def relations(self, object_id: int) -> list[RelationRecord]:
         """Return the relations from or to a record, oldest first.
@@ -393,7 +455,7 @@ class SqlStore(ABC):
             StoreError: the store cannot be read.
 
         """
-        return self._reading(lambda db: records.relations_of(db, object_id))
+        return self._reading(lambda db: records.relations_of(db, object_id, self._tenant))
 
     def forget(self, object_id: int) -> bool:
         """Delete a record of any kind, with its index rows, vector and relations.
@@ -407,7 +469,7 @@ class SqlStore(ABC):
             StoreError: the store cannot write.
 
         """
-        return self._writing(lambda db: records.delete_record(db, object_id))
+        return self._writing(lambda db: records.delete_record(db, object_id, self._tenant))
 
     # ----------------------------------------------------------------------- searching
 
@@ -420,7 +482,7 @@ class SqlStore(ABC):
             StoreError: the store cannot be read or written.
 
         """
-        return self._ranker.recall(query)
+        return self._ranker.recall(query, self._tenant)
 
     def recall_events(self, query: EventQuery) -> list[EventHit]:
         """Return events by words (ranked), type and time; without words, newest first.
@@ -429,7 +491,7 @@ class SqlStore(ABC):
             StoreError: the store cannot be read.
 
         """
-        return self._ranker.recall_events(query)
+        return self._ranker.recall_events(query, self._tenant)
 
     def consolidate(self, strategy: Strategy, days_back: float) -> ConsolidationReport:
         """Find patterns, merge near-duplicates, decay and prune (see :mod:`consolidate`).
@@ -438,7 +500,7 @@ class SqlStore(ABC):
             StoreError: the store cannot be read or written.
 
         """
-        return consolidation.run(self._tx, self._ranker, strategy, days_back)
+        return consolidation.run(self._tx, self._ranker, strategy, days_back, self._tenant)
 
 
 class _Transactions:

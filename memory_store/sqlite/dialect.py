@@ -15,11 +15,12 @@ from typing import Any
 
 from pydantic import JsonValue
 
-from memory_store.sql.db import marks
+from memory_store.sql.db import in_tenant, marks
 from memory_store.sql.documents import BODY_WEIGHT, TAGS_WEIGHT, TITLE_WEIGHT, Document
 from memory_store.sql.search import BROAD_MATCHES, match_expression, plan_scoring, term_expression
 
 _CTX_ENTRY = "SELECT 1 FROM json_each(search.ctx) j WHERE j.key = ?"
+_IN_TENANT = in_tenant("search.rowid")
 _BM25 = f"bm25(search, {TITLE_WEIGHT}, {BODY_WEIGHT}, {TAGS_WEIGHT})"
 _INSERT_DOCUMENT = (
     "INSERT INTO search (rowid, title, body, tags, kind, ctx, created_at) "
@@ -57,10 +58,11 @@ class SQLiteDb:
         """Run one statement once per parameter row (``rowcount`` is the sum)."""
         return self.conn.executemany(sql, parameters)
 
-    def new_object(self, kind: str, created_at: str) -> int:
+    def new_object(self, kind: str, created_at: str, tenant: str) -> int:
         """Take the next id of the one sequence (``objects``, AUTOINCREMENT)."""
         cursor = self.conn.execute(
-            "INSERT INTO objects (kind, created_at) VALUES (?, ?)", (kind, created_at)
+            "INSERT INTO objects (kind, created_at, tenant) VALUES (?, ?, ?)",
+            (kind, created_at, tenant),
         )
         assert cursor.lastrowid is not None  # an INSERT into a rowid table always sets it
         return cursor.lastrowid
@@ -79,11 +81,11 @@ class SQLiteDb:
         )
 
     def filters(
-        self, kinds: Sequence[str], context: Mapping[str, JsonValue]
+        self, tenant: str, kinds: Sequence[str], context: Mapping[str, JsonValue]
     ) -> tuple[str, list[Any]]:
-        """Return SQL conditions on ``search`` for kinds and context (``json_each``)."""
-        sql = f" AND search.kind IN ({marks(len(kinds))})"
-        args: list[Any] = list(kinds)
+        """Return SQL conditions on ``search`` for tenant, kinds and context (``json_each``)."""
+        sql = f" AND {_IN_TENANT} AND search.kind IN ({marks(len(kinds))})"
+        args: list[Any] = [tenant, *kinds]
         for key, value in context.items():
             if value is None:
                 sql += f" AND EXISTS ({_CTX_ENTRY} AND j.type = 'null')"
@@ -93,34 +95,43 @@ class SQLiteDb:
             args += [key, _sql_value(value)]
         return sql, args
 
-    def _matches_at_most(self, term: str, cap: int) -> int:
-        """Count the records matching one term, stopping past ``cap`` (so it costs little)."""
-        sql = "SELECT COUNT(*) FROM (SELECT 1 FROM search WHERE search MATCH ? LIMIT ?)"
-        return int(self.conn.execute(sql, (term_expression(term), cap + 1)).fetchone()[0])
+    def _matches_at_most(self, tenant: str, term: str, cap: int) -> int:
+        """Count a tenant's records matching one term, stopping past ``cap`` (it costs little)."""
+        sql = (
+            "SELECT COUNT(*) FROM "
+            f"(SELECT 1 FROM search WHERE search MATCH ? AND {_IN_TENANT} LIMIT ?)"
+        )
+        return int(self.conn.execute(sql, (term_expression(term), tenant, cap + 1)).fetchone()[0])
 
-    def _scoring_plan(self, terms: Sequence[str]) -> tuple[str, int] | None:
+    def _scoring_plan(self, tenant: str, terms: Sequence[str]) -> tuple[str, int] | None:
         """Return the MATCH expression to score and the lowest id worth scoring."""
-        chosen, broad = plan_scoring(terms, lambda t: self._matches_at_most(t, BROAD_MATCHES))
+        chosen, broad = plan_scoring(
+            terms, lambda t: self._matches_at_most(tenant, t, BROAD_MATCHES)
+        )
         match = match_expression(chosen)
         if match is None or not broad:
             return None if match is None else (match, 0)
-        sql = "SELECT rowid FROM search WHERE search MATCH ? ORDER BY rowid DESC LIMIT 1 OFFSET ?"
-        row = self.conn.execute(sql, (match, BROAD_MATCHES - 1)).fetchone()
+        sql = (
+            f"SELECT rowid FROM search WHERE search MATCH ? AND {_IN_TENANT} "
+            "ORDER BY rowid DESC LIMIT 1 OFFSET ?"
+        )
+        row = self.conn.execute(sql, (match, tenant, BROAD_MATCHES - 1)).fetchone()
         return match, 0 if row is None else int(row[0])
 
     def keyword_ranking(
         self,
+        tenant: str,
         terms: Sequence[str],
         kinds: Sequence[str],
         context: Mapping[str, JsonValue],
         n: int,
     ) -> list[tuple[int, float]]:
-        """Return up to ``n`` ``(id, bm25)`` pairs, best first (BM25 made positive)."""
-        plan = self._scoring_plan(terms)
+        """Return up to ``n`` ``(id, bm25)`` pairs of a tenant, best first (BM25 made positive)."""
+        plan = self._scoring_plan(tenant, terms)
         if plan is None:
             return []
         match, lowest = plan
-        where, args = self.filters(kinds, context)
+        where, args = self.filters(tenant, kinds, context)
         sql = (
             f"SELECT rowid, -{_BM25} AS s FROM search WHERE search MATCH ? AND rowid >= ?{where} "
             "ORDER BY s DESC LIMIT ?"

@@ -18,6 +18,13 @@ Version 2 adds memories, procedures, entities, relations, consolidation's patter
 embeddings, the full-text index ``search`` (FTS5, ``porter unicode61``: stemming, case and
 accent folding), ``executions.parameters_redacted`` and ``events.ref_id``, and indexes what
 version 1 recorded.
+
+Version 3 adds tenants: every record belongs to one (``objects.tenant``; records that existed
+before belong to ``default``). ``executions``, ``events``, ``memories`` and ``entities`` repeat
+the tenant for their indexes and unique keys: an entity's type and name, and a pattern's key,
+are unique per tenant. Executions keep their events (``events``: JSON, the exit event without
+its result, which is the row's) and the timeout the caller asked for
+(``requested_timeout_seconds``, NULL when they did not).
 """
 
 from __future__ import annotations
@@ -99,6 +106,30 @@ def _index_v1_records(conn: sqlite3.Connection) -> None:
 
 
 _RECORD = "id INTEGER PRIMARY KEY REFERENCES objects(id) ON DELETE CASCADE"
+_TENANT_TABLES = ("objects", "executions", "events", "memories", "entities")
+V3_INDEXES = (
+    "CREATE INDEX objects_tenant_id ON objects (tenant, id)",
+    # Unique per tenant, no longer across the store.
+    "DROP INDEX entities_type_name",
+    "CREATE UNIQUE INDEX entities_tenant_type_name ON entities (tenant, entity_type, name_key)",
+    "DROP INDEX memories_pattern_key",
+    "CREATE UNIQUE INDEX memories_tenant_pattern_key ON memories (tenant, pattern_key) "
+    "WHERE pattern_key IS NOT NULL",
+    # Every listing is a tenant's: these replace the indexes of versions 1 and 2 that lead
+    # with the time (executions_created_at stays: retention is store-wide).
+    "DROP INDEX executions_language_created_at",
+    "CREATE INDEX executions_tenant_created_at ON executions (tenant, created_at)",
+    "CREATE INDEX executions_tenant_language_created_at "
+    "ON executions (tenant, language, created_at)",
+    "DROP INDEX events_created_at",
+    "DROP INDEX events_type_created_at",
+    "CREATE INDEX events_tenant_created_at ON events (tenant, created_at)",
+    "CREATE INDEX events_tenant_type_created_at ON events (tenant, event_type, created_at)",
+    "DROP INDEX memories_created_at",
+    "DROP INDEX memories_type_created_at",
+    "CREATE INDEX memories_tenant_created_at ON memories (tenant, created_at)",
+)
+"""Version 3's index changes: the same SQL in both dialects (PostgreSQL's schema uses it)."""
 _V2: Migration = (
     "ALTER TABLE executions ADD COLUMN parameters_redacted INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE events ADD COLUMN ref_id INTEGER REFERENCES objects(id) ON DELETE CASCADE",
@@ -193,7 +224,15 @@ _V2: Migration = (
     _index_v1_records,
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
+_TENANT = "tenant TEXT NOT NULL DEFAULT 'default'"
+_V3: Migration = (
+    *(f"ALTER TABLE {t} ADD COLUMN {_TENANT}" for t in _TENANT_TABLES),
+    "ALTER TABLE executions ADD COLUMN events TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE executions ADD COLUMN requested_timeout_seconds REAL",
+    *V3_INDEXES,
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
 """Migration N (1-based) turns a version N-1 database into version N."""
 
 

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from memory_store.embeddings import Embedder
 from memory_store.errors import StoreError
@@ -106,10 +106,15 @@ class SQLiteStore(SqlStore):
         except sqlite3.Error as exc:
             raise StoreError(f"{self._path}: the memory store failed: {exc}") from exc
 
+    @property
+    def closed(self) -> bool:
+        """Whether the store (a view: the store it is of) is closed."""
+        return cast(SQLiteStore, self._root)._closed
+
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         with self._lock, self._translated():
-            if self._closed:
+            if self.closed:
                 raise StoreError(f"{self._path}: the memory store is closed")
             yield self._conn
 
@@ -124,12 +129,14 @@ class SQLiteStore(SqlStore):
     # ----------------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
-        """Close the connection; closing twice is harmless."""
+        """Close the connection; closing twice is harmless. Closing a view does nothing."""
+        if self.is_view:
+            return
         with self._lock:
             if not self._closed:
                 self._closed = True
                 self._conn.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<SQLiteStore {str(self._path)!r} {state} {self.ranking}>"
+        state = "closed" if self.closed else "open"
+        return f"<SQLiteStore {str(self._path)!r} {state} {self.ranking} tenant={self.tenant}>"

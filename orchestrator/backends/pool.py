@@ -137,6 +137,11 @@ class WarmPool(Generic[K, S]):
             slot = self._slots.get(key)
             return len(slot.ready) if slot else 0
 
+    def ready_counts(self) -> dict[K, int]:
+        """How many ready sandboxes each key that was asked for has right now."""
+        with self._cond:
+            return {key: len(slot.ready) for key, slot in self._slots.items()}
+
     def last_error(self, key: K) -> str | None:
         """Why the last launch for ``key`` failed, as ``"ErrorType: message"``.
 

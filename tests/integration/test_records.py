@@ -66,3 +66,27 @@ def test_athena_memory_db_is_honoured(tmp_path: Path, monkeypatch: pytest.Monkey
         r = api.execute_code("print(1)")
     with SQLiteStore(target) as store:
         assert store.get_execution(r["execution_id"]) is not None
+
+
+def test_get_execution_holds_the_events_the_stream_gave(api: MemoryAPI) -> None:
+    """A real run's record keeps the streamed events (begin, output, exit with its result)."""
+    streamed = list(api.execute_code_stream("print('first')\nprint('second')"))
+    result = streamed[-1]["result"]
+    got = api.get_execution(result["execution_id"])
+    assert got is not None and got["events"] == streamed
+    assert got["events"][0]["type"] == "begin" and got["result"] == result
+    assert got["request"]["code"] == "print('first')\nprint('second')"
+    assert api.for_tenant("someone-else").get_execution(result["execution_id"]) is None
+
+
+def test_a_flood_is_cut_in_the_recorded_events_as_in_the_result(api: MemoryAPI) -> None:
+    """Output past max_output_bytes is cut from the stored events too: head, marker, tail."""
+    policy = {"extends": "strict", "limits": {"max_output_bytes": 4096}}
+    code = "for i in range(40000):\n    print(f'{i:07d}')"
+    result = api.execute_code(code, sandbox_policy=policy)
+    got = api.get_execution(result["execution_id"])
+    assert got is not None and "athena-sandbox cut" in result["stdout"]
+    text = "".join(e["text"] for e in got["events"] if e["type"] == "stdout")
+    assert len(text.encode()) < 4096 + 200  # the marker's length aside, within the limit
+    assert text[:1000] == result["stdout"][:1000] and text[-500:] == result["stdout"][-500:]
+    assert "athena-sandbox cut" in text

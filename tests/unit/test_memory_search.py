@@ -136,6 +136,14 @@ def test_ids_accept_digit_strings() -> None:
             object_id(bad)
 
 
+def test_ids_beyond_bigint_or_odd_digits_are_request_errors() -> None:
+    """An id over 2**63 - 1, a non-ASCII digit or 5,000 digits is a RequestError, not a crash."""
+    assert object_id(2**63 - 1) == 2**63 - 1
+    for bad in (2**63, 10**30, "\u00b2", "9" * 5000, "\u0661"):
+        with pytest.raises(RequestError):
+            object_id(bad)
+
+
 def test_moments_accept_dates_datetimes_and_iso_text() -> None:
     """Dates, naive or aware datetimes and ISO strings become UTC; an end date covers its day."""
     assert moment(date(2026, 1, 2), "d") == datetime(2026, 1, 2, tzinfo=UTC)

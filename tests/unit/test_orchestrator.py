@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,16 +35,22 @@ class ListRecorder:
     """A recorder keeping what it is given."""
 
     records: list[tuple[ExecutionRequest, ExecutionResult]] = field(default_factory=list)
+    events: list[list[Event]] = field(default_factory=list)
 
-    def record_execution(self, request: ExecutionRequest, result: ExecutionResult) -> int:
+    def record_execution(
+        self, request: ExecutionRequest, result: ExecutionResult, events: Sequence[Event] = ()
+    ) -> int:
         self.records.append((request, result))
+        self.events.append(list(events))
         return len(self.records)
 
 
 class BrokenRecorder:
     """A recorder whose store is down."""
 
-    def record_execution(self, request: ExecutionRequest, result: ExecutionResult) -> int:
+    def record_execution(
+        self, request: ExecutionRequest, result: ExecutionResult, events: Sequence[Event] = ()
+    ) -> int:
         raise OSError("disk full")
 
 
@@ -253,6 +259,49 @@ def test_a_failing_recorder_does_not_lose_the_result() -> None:
             "error": "OSError: disk full",
         }
     ]
+
+
+def test_the_recorder_gets_every_event_of_the_run_exit_last() -> None:
+    """The recorder receives the events on_event saw, in order, the exit event with the result."""
+    recorder = ListRecorder()
+    seen: list[Event] = []
+    backend = FakeBackend(FakeRun(stdout="out", stderr="err", signal=11))
+    result = orchestrator(backend, recorder).run(request(), on_event=seen.append)
+    (events,) = recorder.events
+    assert [(e.kind, e.text) for e in events] == [(e.kind, e.text) for e in seen]
+    assert [e.kind for e in events] == ["stdout", "stderr", "violation", "exit"]
+    assert events[-1].result == result
+
+
+def test_recorded_events_keep_the_head_and_tail_of_a_flood() -> None:
+    """Output past max_output_bytes is cut from the stored events as from the result, marked."""
+    recorder = ListRecorder()
+    policy = {"extends": "strict", "limits": {"max_output_bytes": 2048}}
+    flood = "".join(f"{i:05d}\n" for i in range(3000))  # 18,000 bytes
+
+    def script(_: ExecutionRequest) -> FakeRun:
+        return FakeRun()
+
+    class Chunky(FakeBackend):
+        def run(self, req: Any, spec: Any, context: Any) -> Any:
+            for start in range(0, len(flood), 600):
+                context.feed("stdout", flood[start : start + 600].encode())
+            return super().run(req, spec, context)
+
+    result = orchestrator(Chunky(script), recorder).run(request(policy=policy))
+    (events,) = recorder.events
+    text = "".join(e.text for e in events if e.kind == "stdout")
+    assert text.startswith(flood[:1024]) and text.endswith(flood[-600:])
+    assert "[... athena-sandbox cut " in text and len(text.encode()) < 2048 + 100
+    assert len(text) <= len(result.stdout) + 600
+    assert events[-1].kind == "exit"
+
+
+def test_record_false_collects_no_events() -> None:
+    """A run that is not recorded gives the recorder nothing (no events are kept for it)."""
+    recorder = ListRecorder()
+    orchestrator(FakeBackend(FakeRun(stdout="x")), recorder).run(request(record=False))
+    assert recorder.events == []
 
 
 # --------------------------------------------------------------------------- events

@@ -8,7 +8,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,7 +102,9 @@ class ListRecorder:
 
     results: list[ExecutionResult] = field(default_factory=list)
 
-    def record_execution(self, request: ExecutionRequest, result: ExecutionResult) -> int:
+    def record_execution(
+        self, request: ExecutionRequest, result: ExecutionResult, events: Sequence[Event] = ()
+    ) -> int:
         self.results.append(result)
         return len(self.results)
 

@@ -226,6 +226,13 @@ class DockerBackend:
         blueprint = self._blueprints.build(engine, get_language(language).name, policy, spec)
         return self._pool.prewarm(blueprint.key, timeout)
 
+    def pool_sizes(self) -> dict[str, int]:
+        """Ready warm containers per language right now (all policies together)."""
+        sizes: dict[str, int] = {}
+        for (language, _fingerprint), ready in self._pool.ready_counts().items():
+            sizes[language] = sizes.get(language, 0) + ready
+        return sizes
+
     def _take(self, engine: Engine, blueprint: Blueprint, execution_id: str) -> Sandbox:
         if self._settings.pool_size_for(blueprint.key[0]) > 0:
             sandbox = self._pool.take(blueprint.key, wait=self._settings.pool_wait_seconds)
