@@ -179,6 +179,111 @@ def policy_check(paths: tuple[Path, ...]) -> None:
     sys.exit(1 if failed else 0)
 
 
+# --------------------------------------------------------------------------- tokens
+
+_TOKENS_FILE = click.option(
+    "--file",
+    "token_file",
+    envvar="ATHENA_TOKENS_FILE",
+    default=None,
+    help="The token file [default: $ATHENA_TOKENS_FILE].",
+)
+
+
+def _tokens_path(token_file: str | None) -> str:
+    """Return the token file's path, or a usage error saying how to name one."""
+    if not token_file:
+        raise click.UsageError("name the token file: --file FILE, or set ATHENA_TOKENS_FILE")
+    return token_file
+
+
+@main.group()
+def tokens() -> None:
+    """Manage the bearer tokens of `serve --tokens FILE` (each names a tenant)."""
+
+
+@tokens.command("add")
+@click.argument("tenant")
+@_TOKENS_FILE
+@click.option(
+    "--policies",
+    default="strict,research",
+    show_default=True,
+    help="Comma-separated policies the tenant may use (development mounts the project: opt-in).",
+)
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(1, 1024),
+    default=8,
+    show_default=True,
+    help="How many runs the tenant may have in flight at once (more: 429).",
+)
+def tokens_add(tenant: str, token_file: str | None, policies: str, max_in_flight: int) -> None:
+    """Create a token for TENANT; print it alone on stdout (shown only this once)."""
+    from athena.service.tokens import TokenFile
+
+    file = TokenFile(_tokens_path(token_file))
+    names = [name.strip() for name in policies.split(",") if name.strip()]
+    try:
+        info, token = file.add(tenant, names, max_in_flight)
+    except SandboxError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"created {info.id} for tenant {info.tenant!r} (policies: {', '.join(info.policies)}; "
+        f"max in flight: {info.max_in_flight}) in {file.path}. The token below is shown only "
+        "now; the file keeps only its hash.",
+        err=True,
+    )
+    click.echo(token)
+
+
+@tokens.command("list")
+@_TOKENS_FILE
+@click.option("--json", "as_json", is_flag=True, help="Print the tokens as a JSON list.")
+def tokens_list(token_file: str | None, as_json: bool) -> None:
+    """List the tokens: id, tenant, policies, max in flight, created (never a token or hash)."""
+    from athena.service.tokens import TokenFile
+
+    file = TokenFile(_tokens_path(token_file))
+    try:
+        infos = file.list()
+    except SandboxError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps([info.model_dump(mode="json") for info in infos], indent=2))
+        return
+    if not infos:
+        click.echo(f"no tokens in {file.path}", err=True)
+        return
+    rows = [("ID", "TENANT", "POLICIES", "MAX IN FLIGHT", "CREATED")]
+    rows += [
+        (i.id, i.tenant, ",".join(i.policies), str(i.max_in_flight), i.created_at.isoformat())
+        for i in infos
+    ]
+    widths = [max(len(row[col]) for row in rows) for col in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+@tokens.command("revoke")
+@click.argument("token_id")
+@_TOKENS_FILE
+def tokens_revoke(token_id: str, token_file: str | None) -> None:
+    """Revoke the token TOKEN_ID; servers refuse it from their next request."""
+    from athena.service.tokens import TokenFile
+
+    file = TokenFile(_tokens_path(token_file))
+    try:
+        revoked = file.revoke(token_id)
+    except SandboxError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not revoked:
+        raise click.ClickException(
+            f"no token {token_id!r} in {file.path}; see `athena-sandbox tokens list`"
+        )
+    click.echo(f"revoked {token_id}; servers reading {file.path} refuse it from now on", err=True)
+
+
 @main.command()
 def sweep() -> None:
     """Remove sandbox containers whose owner process is dead."""
@@ -225,6 +330,73 @@ def demo(db: str | None) -> None:
 
     try:
         run_demo(db, echo=click.echo)
+    except SandboxError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command("mcp")
+@click.option(
+    "--db",
+    default=None,
+    help="Memory store path or URL (default: ATHENA_MEMORY_URL, ATHENA_MEMORY_DB, ~/.athena).",
+)
+@click.option(
+    "--policies",
+    default="strict,research",
+    show_default=True,
+    help="Comma-separated policies the client may use (development mounts the project: opt-in).",
+)
+def mcp_command(db: str | None, policies: str) -> None:
+    """Serve the memory API's tools over MCP on stdin/stdout (tenant default; logs on stderr)."""
+    import anyio
+
+    from athena.api import MemoryAPI
+    from athena.service.mcp import serve_stdio
+    from athena.service.tokens import local_tenant
+
+    try:
+        tenant = local_tenant([name.strip() for name in policies.split(",") if name.strip()])
+    except SandboxError as exc:
+        raise click.BadParameter(str(exc), param_hint="--policies") from exc
+    try:
+        anyio.run(serve_stdio, lambda: MemoryAPI.create(db), tenant)
+    except SandboxError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--tokens",
+    "tokens_file",
+    envvar="ATHENA_TOKENS_FILE",
+    default=None,
+    help="Token file: a bearer token on every request [default: $ATHENA_TOKENS_FILE; none].",
+)
+@click.option(
+    "--db", default=None, help="Memory store path or URL (default: ATHENA_MEMORY_URL/_DB)."
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds runs in flight may take to finish on SIGTERM before they are killed.",
+)
+def serve_command(
+    host: str, port: int, tokens_file: str | None, db: str | None, grace: float
+) -> None:
+    """Serve the HTTP API (/v1, /healthz, /readyz, /metrics) and MCP at /mcp."""
+    from athena.service.serve import check_listen, serve
+
+    try:
+        check_listen(host, tokens_file)
+    except SandboxError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    try:
+        serve(host=host, port=port, tokens_file=tokens_file, db=db, grace_seconds=grace)
     except SandboxError as exc:
         raise click.ClickException(str(exc)) from exc
 

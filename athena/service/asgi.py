@@ -1,0 +1,178 @@
+"""Pure-ASGI middleware that answers before FastAPI reads or parses anything.
+
+:class:`AuthMiddleware` (outermost) checks the bearer token and puts the request's tenant in
+``scope["state"]["athena_tenant"]``; a missing or wrong token gets 401 before one byte of the
+body is read, and says nothing of what was wrong. :class:`BodyLimitMiddleware` then refuses a
+body over the limit with 413: at once from ``Content-Length``, or as soon as a chunked body's
+running count goes over. It reads the body whole (it is small: at most the limit) and hands it
+to the app in one message; later ``receive`` calls reach the server, so the app still sees the
+client disconnect (what cancels a streamed run).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from athena.service.wire import envelope
+
+if TYPE_CHECKING:
+    from athena.service.tokens import Tenant, TokenFile
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+TENANT_KEY = "athena_tenant"
+UNAUTHORIZED_MESSAGE = "a valid bearer token is required"
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+async def send_json(
+    send: Send,
+    status: int,
+    body: dict[str, Any],
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Send a whole JSON response."""
+    payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode("ascii")),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def tenant_of(scope: Scope) -> Tenant:
+    """The tenant :class:`AuthMiddleware` put in the scope.
+
+    Raises:
+        KeyError: the request did not go through the middleware.
+    """
+    tenant: Tenant = scope["state"][TENANT_KEY]
+    return tenant
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def bearer_token(scope: Scope) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    raw = _header(scope, b"authorization")
+    if raw is None:
+        return None
+    scheme, _, token = raw.decode("latin-1").strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+class AuthMiddleware:
+    """Resolves the tenant of each request from its bearer token, or answers 401.
+
+    Args:
+        app: the next ASGI app.
+        tokens: the token file; None: no-token mode, every request is ``local``'s.
+        local: the tenant of no-token mode (and of the open paths).
+    """
+
+    def __init__(self, app: ASGIApp, tokens: TokenFile | None, local: Tenant) -> None:
+        self._app = app
+        self._tokens = tokens
+        self._local = local
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Set the tenant and go on, or answer 401 without reading the body."""
+        if scope["type"] not in {"http", "websocket"}:
+            await self._app(scope, receive, send)
+            return
+        tenant: Tenant | None = self._local
+        if self._tokens is not None and scope.get("path") not in OPEN_PATHS:
+            token = bearer_token(scope)
+            tenant = None if token is None else self._tokens.verify(token)
+        if tenant is None:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await send_json(
+                send,
+                401,
+                envelope("Unauthorized", UNAUTHORIZED_MESSAGE),
+                [(b"www-authenticate", b"Bearer")],
+            )
+            return
+        state = scope.setdefault("state", {})
+        state[TENANT_KEY] = tenant
+        await self._app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``max_bytes`` with 413, before the app reads them.
+
+    Args:
+        app: the next ASGI app.
+        max_bytes: the largest body accepted.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self._app = app
+        self._max = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read the body up to the limit and hand it on, or answer 413."""
+        if scope["type"] != "http" or scope.get("method") not in _BODY_METHODS:
+            await self._app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > self._max:
+            await self._too_large(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left before it sent the body: nobody to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max:
+                await self._too_large(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        await self._app(scope, _replay(b"".join(chunks), receive), send)
+
+    async def _too_large(self, send: Send) -> None:
+        message = f"the request body is over the server's limit of {self._max} bytes; send less"
+        await send_json(
+            send, 413, envelope("PayloadTooLarge", message), [(b"connection", b"close")]
+        )
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``body`` once, then passes on to the server's."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

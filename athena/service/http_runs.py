@@ -1,0 +1,246 @@
+"""Routes that run code: execute, stream (Server-Sent Events), batch, prewarm, executions.
+
+Every run goes through the same gate: the server must not be draining (503 ``Draining``), the
+policy must be one the tenant may use (:func:`athena.service.gate.resolve_policy`, 400), and
+the tenant must have a free in-flight slot (429 ``TooManyRuns`` with ``Retry-After``). A run
+that fails (``success: false``) is a 200 with the result dict, as the local API returns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from athena.service import responses, schemas
+from athena.service.asgi import Receive, Scope, Send, tenant_of
+from athena.service.gate import resolve_policy
+from athena.service.state import Service
+from athena.service.wire import envelope
+from orchestrator.errors import PolicyError, RequestError
+
+router = APIRouter(prefix="/v1", tags=["runs"])
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` entry of these error statuses (each the envelope)."""
+    return {status: {"model": responses.ErrorEnvelope} for status in statuses}
+
+
+_ERRORS = errors(400, 401, 413, 422, 429, 503)
+
+
+def service_of(request: Request) -> Service:
+    """The :class:`Service` of the request's app."""
+    service: Service = request.app.state.service
+    return service
+
+
+def _call(body: schemas.ExecuteBody, request: Request) -> dict[str, Any]:
+    """``execute_code``'s keyword arguments, with the policy resolved for the tenant."""
+    return {
+        "code": body.code,
+        "language": body.language,
+        "parameters": body.parameters,
+        "timeout_seconds": body.timeout_seconds,
+        "sandbox_policy": resolve_policy(body.sandbox_policy, tenant_of(request.scope)),
+        "track_resources": body.track_resources,
+        "record": body.record,
+    }
+
+
+@router.post("/execute", response_model=responses.ExecutionResult, responses=_ERRORS)
+async def execute(body: schemas.ExecuteBody, request: Request) -> Response:
+    """Run code in a never-used sandbox; return the result dict (``success`` may be false)."""
+    service = service_of(request)
+    service.refuse_if_draining()
+    tenant = tenant_of(request.scope)
+    call = _call(body, request)
+    api = service.view(tenant)
+    with service.in_flight.slots(tenant.name, tenant.max_in_flight):
+        result = await service.run(api.execute_code_async(**call))
+    service.metrics.observe_run(result)
+    return JSONResponse(result)
+
+
+@router.post(
+    "/execute/stream",
+    response_class=Response,
+    responses={
+        **_ERRORS,
+        200: {
+            "description": "Server-Sent Events, one per run event, the exit event last.",
+            "content": {"text/event-stream": {"schema": responses.SSE_EVENT_SCHEMA}},
+        },
+    },
+)
+async def execute_stream(body: schemas.ExecuteBody, request: Request) -> Response:
+    """Run code and stream its events; closing the connection kills the run."""
+    service = service_of(request)
+    service.refuse_if_draining()
+    tenant = tenant_of(request.scope)
+    call = _call(body, request)
+    api = service.view(tenant)
+    service.in_flight.acquire(tenant.name, tenant.max_in_flight)
+    try:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        def on_event(event: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        task = service.start_run(api.execute_code_async(**call, on_event=on_event))
+        task.add_done_callback(lambda _task: events.put_nowait(None))
+        first = await _first_event(events, task)
+    except BaseException:
+        service.in_flight.release(tenant.name)
+        raise
+
+    async def close(finished: bool) -> None:
+        try:
+            if not finished:
+                task.cancel()
+            await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is None:
+                service.metrics.observe_run(task.result())
+        finally:
+            service.in_flight.release(tenant.name)
+
+    return EventStream(first, events, close)
+
+
+async def _first_event(
+    events: asyncio.Queue[dict[str, Any] | None], task: asyncio.Task[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Wait for the run's first event; raise what the run raised before it began."""
+    getter = asyncio.ensure_future(events.get())
+    try:
+        await asyncio.wait([getter, task], return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        getter.cancel()
+        task.cancel()
+        raise
+    if not getter.done() or getter.result() is None:
+        # The run ended before its first event (the queue's None comes from the task's end):
+        # what it raised (a RequestError, PolicyError...) becomes a normal JSON error response.
+        getter.cancel()
+        await asyncio.wait([task])
+        task.result()
+        return None
+    return getter.result()
+
+
+class EventStream(Response):
+    """A ``text/event-stream`` of a run's events that notices the client leaving at once.
+
+    Starlette's streaming response notices a disconnect only when it next sends; a run that
+    prints nothing for a minute must be killed as soon as its client goes, so this response
+    listens for ``http.disconnect`` while it streams.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        first: dict[str, Any] | None,
+        events: asyncio.Queue[dict[str, Any] | None],
+        close: Callable[[bool], Awaitable[None]],
+    ) -> None:
+        # Not Response.__init__: it would add ``content-length: 0``.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-store"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        self._first = first
+        self._events = events
+        self._close = close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Stream until the exit event or the client leaves; then end the run."""
+        pump = asyncio.ensure_future(self._pump(send))
+        listen = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait([pump, listen], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            finished = pump.done() and not pump.cancelled() and pump.exception() is None
+            pump.cancel()
+            listen.cancel()
+            await asyncio.shield(self._close(finished))
+            await asyncio.wait([pump, listen])
+            if not pump.cancelled():
+                pump.exception()  # a send to a client that left: nothing to report
+
+    async def _pump(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        event = self._first
+        while event is not None:
+            data = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+            chunk = f"event: {event['type']}\ndata: {data}\n\n"
+            await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
+            if event["type"] == "exit":
+                break
+            event = await self._events.get()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+@router.post("/execute/batch", response_model=responses.BatchResults, responses=_ERRORS)
+async def execute_batch(body: schemas.BatchBody, request: Request) -> Response:
+    """Run several calls, at most ``concurrency`` (capped by the tenant's limit) at a time."""
+    service = service_of(request)
+    service.refuse_if_draining()
+    tenant = tenant_of(request.scope)
+    if body.concurrency < 1:
+        raise RequestError(f"concurrency must be at least 1, not {body.concurrency}")
+    calls = []
+    for index, call in enumerate(body.calls):
+        try:
+            calls.append(_call(call, request))
+        except (RequestError, PolicyError) as exc:
+            raise type(exc)(f"calls[{index}]: {exc}") from exc
+    if not calls:
+        return JSONResponse({"results": []})
+    api = service.view(tenant)
+    wanted = min(body.concurrency, len(calls))
+    with service.in_flight.slots(tenant.name, tenant.max_in_flight, wanted) as granted:
+        results = await asyncio.to_thread(api.execute_code_batch, calls, granted)
+    for result in results:
+        service.metrics.observe_run(result)
+    return JSONResponse({"results": results})
+
+
+@router.post("/prewarm", response_model=responses.Ready, responses=_ERRORS)
+async def prewarm(body: schemas.PrewarmBody, request: Request) -> Response:
+    """Fill the warm pool of (language, policy) now; say whether a sandbox is ready."""
+    service = service_of(request)
+    service.refuse_if_draining()
+    tenant = tenant_of(request.scope)
+    policy = resolve_policy(body.sandbox_policy, tenant)
+    api = service.view(tenant)
+    ready = await asyncio.to_thread(api.prewarm, body.language, policy)
+    return JSONResponse({"ready": ready})
+
+
+@router.get(
+    "/executions/{execution_id:path}",
+    response_model=responses.ExecutionRecord,
+    responses=errors(400, 401, 404, 422, 503),
+)
+def get_execution(execution_id: str, request: Request) -> Response:
+    """A recorded execution of this tenant: request, result and events (404 if none)."""
+    record = service_of(request).view(tenant_of(request.scope)).get_execution(execution_id)
+    if record is None:
+        message = f"no execution {execution_id!r} among this tenant's records"
+        return JSONResponse(envelope("ExecutionNotFound", message), status_code=404)
+    return JSONResponse(record)

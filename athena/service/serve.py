@@ -1,0 +1,159 @@
+"""``athena-sandbox serve``: the HTTP API (and MCP at ``/mcp``) under uvicorn, with a drain.
+
+On SIGTERM (or SIGINT) the server drains: at once ``/readyz`` answers 503 and new runs get 503
+``Draining`` (connections are still accepted, so clients are told rather than refused); runs in
+flight finish within the grace period, or are cancelled (killed, their containers removed, their
+records saying so) when it is over; then uvicorn stops, the API closes (orchestrator and store),
+and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import threading
+from collections.abc import Generator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import structlog
+import uvicorn
+
+from athena.service.http import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_BODY_BYTES, create_app
+from athena.service.inflight import InFlight
+from athena.service.state import Service
+from orchestrator.errors import RequestError
+
+if TYPE_CHECKING:
+    from athena.api import MemoryAPI
+    from athena.service.mcp import McpHttpMount
+
+log = structlog.get_logger(__name__)
+
+LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``)."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listen(host: str, tokens_file: str | os.PathLike[str] | None) -> None:
+    """Refuse to listen beyond this machine without tokens.
+
+    Raises:
+        RequestError: ``host`` is not a loopback address and no tokens file is given.
+    """
+    if tokens_file is None and not is_loopback(host):
+        raise RequestError(
+            f"refusing to listen on {host!r} without tokens: anyone who can reach it could run "
+            "code. Create a token (athena-sandbox tokens add TENANT --file FILE) and pass "
+            "--tokens FILE (or ATHENA_TOKENS_FILE), or listen on 127.0.0.1"
+        )
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server whose first SIGTERM drains the service before it stops."""
+
+    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+        super().__init__(config)
+        self._service = service
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """First signal: drain; a second SIGINT: stop at once (uvicorn's force exit)."""
+        if self._service.is_draining():
+            if sig == signal.SIGINT:
+                self.force_exit = True
+            return
+        log.info("draining", grace_seconds=self._service.grace_seconds)
+        self._service.start_draining()
+
+    async def on_tick(self, counter: int) -> bool:
+        """Stop once the drain is done (runs finished, or killed after the grace period)."""
+        if self._service.drain_done() and not self.should_exit:
+            log.info("drained")
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+    @contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """Install our handlers; unlike uvicorn's, do not re-raise the signal after the drain."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def _mcp_mount(api: MemoryAPI, in_flight: InFlight, loopback: bool) -> McpHttpMount:
+    """H4's MCP server over Streamable HTTP, counting runs against the same limits."""
+    from athena.service.mcp import LOOPBACK_HOSTS, build_http_mount
+
+    return build_http_mount(
+        api, inflight=in_flight, allowed_hosts=LOOPBACK_HOSTS if loopback else None
+    )
+
+
+def serve(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    tokens_file: str | os.PathLike[str] | None = None,
+    db: str | None = None,
+    grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> None:
+    """Serve the HTTP API until SIGTERM, then drain, close everything and return.
+
+    Raises:
+        RequestError: a non-loopback host without tokens.
+        TokenFileError: the tokens file cannot be read.
+        StoreError: the store cannot be opened.
+    """
+    from athena.api import MemoryAPI
+    from athena.service.tokens import TokenFile
+
+    check_listen(host, tokens_file)
+    tokens = None
+    if tokens_file is not None:
+        tokens = TokenFile(Path(tokens_file))
+        tokens.list()  # a missing or broken file fails now, not on the first request
+    api = MemoryAPI.create(db)
+    try:
+        in_flight = InFlight()
+        app = create_app(
+            api,
+            tokens=tokens,
+            max_body_bytes=max_body_bytes,
+            grace_seconds=grace_seconds,
+            mcp=_mcp_mount(api, in_flight, is_loopback(host)),
+            in_flight=in_flight,
+        )
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            lifespan="on",
+        )
+        server = DrainingServer(config, app.state.service)
+        log.info("serving", url=f"http://{host}:{port}", tokens=tokens is not None)
+        server.run()
+    finally:
+        api.close()
+        log.info("stopped")

@@ -1,0 +1,236 @@
+"""The service's pure parts: auth and body-limit middleware, the in-flight limiter, statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from athena.service.asgi import AuthMiddleware, BodyLimitMiddleware, Message, bearer_token
+from athena.service.http import status_of
+from athena.service.inflight import InFlight
+from athena.service.metrics import outcome_of
+from athena.service.serve import check_listen, is_loopback
+from athena.service.tokens import TokenFile, local_tenant
+from athena.service.wire import TooManyRunsError
+from memory_store.errors import RecordNotFoundError, StoreError
+from orchestrator.errors import (
+    PolicyNotFoundError,
+    QueueFullError,
+    RequestError,
+    UnknownLanguageError,
+)
+
+
+class Recorder:
+    """A fake next app: remembers the scope and the body it read, answers 204."""
+
+    def __init__(self) -> None:
+        self.called = False
+        self.body = b""
+        self.scope: dict[str, Any] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.called, self.scope = True, scope
+        while True:
+            message = await receive()
+            self.body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _scope(path: str = "/v1/execute", headers: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+    }
+
+
+def _call(app: Any, scope: dict[str, Any], chunks: list[bytes]) -> tuple[list[Message], int]:
+    """Drive an ASGI app; return what it sent and how many body messages it read."""
+    sent: list[Message] = []
+    reads = 0
+
+    async def receive() -> Message:
+        nonlocal reads
+        reads += 1
+        if reads <= len(chunks):
+            return {
+                "type": "http.request",
+                "body": chunks[reads - 1],
+                "more_body": reads < len(chunks),
+            }
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent, reads
+
+
+def _status(sent: list[Message]) -> int:
+    return int(sent[0]["status"])
+
+
+def _body(sent: list[Message]) -> Any:
+    return json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> tuple[TokenFile, str]:
+    """A token file with one token for tenant alice."""
+    file = TokenFile(tmp_path / "tokens.json")
+    _info, token = file.add("alice")
+    return file, token
+
+
+def test_missing_token_is_401_before_the_body_is_read(tokens: tuple[TokenFile, str]) -> None:
+    """No token: 401 with the envelope and WWW-Authenticate, and not one body read."""
+    inner = Recorder()
+    sent, reads = _call(AuthMiddleware(inner, tokens[0], local_tenant()), _scope(), [b"x" * 10])
+    assert _status(sent) == 401 and reads == 0 and not inner.called
+    assert (b"www-authenticate", b"Bearer") in sent[0]["headers"]
+    assert _body(sent) == {
+        "error": {"type": "Unauthorized", "message": "a valid bearer token is required"}
+    }
+
+
+def test_wrong_token_gets_the_same_401(tokens: tuple[TokenFile, str]) -> None:
+    """A wrong token and a malformed header answer exactly like a missing one."""
+    for header in (f"Bearer {tokens[1]}x", f"Basic {tokens[1]}", "Bearer"):
+        scope = _scope(headers={"Authorization": header})
+        sent, reads = _call(AuthMiddleware(Recorder(), tokens[0], local_tenant()), scope, [b""])
+        assert _status(sent) == 401 and reads == 0
+        assert _body(sent)["error"]["message"] == "a valid bearer token is required"
+
+
+def test_a_valid_token_puts_its_tenant_in_the_scope(tokens: tuple[TokenFile, str]) -> None:
+    """The tenant of the token is in scope["state"]["athena_tenant"]."""
+    inner = Recorder()
+    scope = _scope(headers={"Authorization": f"bearer {tokens[1]}"})
+    _call(AuthMiddleware(inner, tokens[0], local_tenant()), scope, [b"{}"])
+    assert inner.scope["state"]["athena_tenant"].name == "alice"
+
+
+def test_health_paths_and_no_token_mode_need_no_token(tokens: tuple[TokenFile, str]) -> None:
+    """/healthz and /readyz are open; without a token file every request is the local tenant's."""
+    sent, _ = _call(AuthMiddleware(Recorder(), tokens[0], local_tenant()), _scope("/readyz"), [])
+    assert _status(sent) == 204
+    inner = Recorder()
+    _call(AuthMiddleware(inner, None, local_tenant()), _scope(), [b""])
+    assert inner.scope["state"]["athena_tenant"].name == "default"
+
+
+def test_content_length_over_the_limit_is_413_unread() -> None:
+    """A declared length over the limit: 413 before any body read."""
+    scope = _scope(headers={"Content-Length": "101"})
+    sent, reads = _call(BodyLimitMiddleware(Recorder(), 100), scope, [b"x" * 101])
+    assert _status(sent) == 413 and reads == 0
+    assert _body(sent)["error"]["type"] == "PayloadTooLarge"
+
+
+def test_chunked_body_is_cut_off_as_soon_as_it_is_over() -> None:
+    """A body without a length: 413 at the chunk that goes over, later chunks unread."""
+    inner = Recorder()
+    sent, reads = _call(BodyLimitMiddleware(inner, 100), _scope(), [b"x" * 60] * 5)
+    assert _status(sent) == 413 and reads == 2 and not inner.called
+
+
+def test_a_body_within_the_limit_reaches_the_app_whole() -> None:
+    """Chunks within the limit arrive as one body; later receives reach the server."""
+    inner = Recorder()
+    sent, _ = _call(BodyLimitMiddleware(inner, 100), _scope(), [b"ab", b"cd", b"ef"])
+    assert _status(sent) == 204 and inner.body == b"abcdef"
+
+
+def test_bearer_token_parsing() -> None:
+    """Only ``Bearer <token>`` (any case) gives a token."""
+    assert bearer_token(_scope(headers={"Authorization": "BEARER  abc "})) == "abc"
+    assert bearer_token(_scope(headers={"Authorization": "Token abc"})) is None
+    assert bearer_token(_scope()) is None
+
+
+def test_in_flight_limit_and_batch_slots() -> None:
+    """A tenant gets at most its limit; a batch takes what is free; over it: TooManyRuns."""
+    limiter = InFlight()
+    assert limiter.acquire("a", 3) == 1
+    assert limiter.acquire("a", 3, wanted=5) == 2
+    with pytest.raises(TooManyRunsError) as caught:
+        limiter.acquire("a", 3)
+    assert caught.value.retry_after >= 1 and "limit (3)" in str(caught.value)
+    assert limiter.acquire("b", 1) == 1  # another tenant is not affected
+    limiter.release("a", 2)
+    with limiter.slots("a", 3, wanted=4) as granted:
+        assert granted == 2 and limiter.counts() == {"a": 3, "b": 1}
+    assert limiter.total() == 2
+
+
+def test_status_of_each_error_class() -> None:
+    """Each error class gets the status the spec gives it."""
+    assert status_of(RequestError("x")) == 400
+    assert status_of(UnknownLanguageError("x")) == 400
+    assert status_of(PolicyNotFoundError("x")) == 400
+    assert status_of(RecordNotFoundError("x")) == 404
+    assert status_of(TooManyRunsError("x")) == 429
+    assert status_of(QueueFullError("x")) == 429
+    assert status_of(StoreError("x")) == 503
+
+
+def test_outcome_labels() -> None:
+    """A result dict maps to one bounded outcome label."""
+    assert outcome_of({"success": True}) == "success"
+    assert outcome_of({"success": False, "error_type": "RunCancelledError"}) == "cancelled"
+    assert outcome_of({"success": False, "violations": ["timeout: killed"]}) == "timeout"
+    assert outcome_of({"success": False, "error": "Code validation failed"}) == "rejected"
+    assert outcome_of({"success": False, "error_type": "QueueFullError"}) == "error"
+    assert outcome_of({"success": False, "exit_code": 1}) == "failure"
+
+
+def test_non_loopback_host_needs_tokens(tmp_path: Path) -> None:
+    """Listening beyond loopback without a token file is refused, saying what to do."""
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
+    check_listen("127.0.0.1", None)
+    check_listen("0.0.0.0", tmp_path / "tokens.json")
+    with pytest.raises(RequestError, match="--tokens FILE"):
+        check_listen("0.0.0.0", None)
+
+
+def test_admission_counts_runs_waiting_for_a_place() -> None:
+    """Admission.waiting (the queue-depth gauge) counts runs admitted but not yet running."""
+    import threading
+
+    from orchestrator.admission import Admission
+    from orchestrator.run import CancelToken
+
+    admission = Admission(running=1, queued=2, queue_wait=5.0)
+    release = threading.Event()
+    entered = threading.Event()
+
+    def hold() -> None:
+        with admission.slot(CancelToken()):
+            entered.set()
+            release.wait(10)
+
+    first = threading.Thread(target=hold)
+    first.start()
+    entered.wait(5)
+    second = threading.Thread(target=hold)
+    second.start()
+    deadline = time.monotonic() + 5
+    while admission.waiting != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert admission.waiting == 1
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert admission.waiting == 0
