@@ -1,0 +1,366 @@
+"""The MCP server's tools: their arguments, the descriptions a model reads, and what each calls.
+
+Each tool is a :class:`ToolSpec`: a name, a description, a strict pydantic model of its
+arguments (unknown arguments refused; its JSON schema is the tool's input schema) and a
+function ``(api, tenant, arguments) -> dict`` over :class:`~athena.api.MemoryAPI`. The dict is
+the tool's structured content; lists come wrapped (``{"results": [...]}``) because structured
+content is an object. ``execute_code`` streams, so :mod:`athena.service.mcp` runs it itself
+(its ``call`` is None); :func:`run_summary` is the short text an LLM reads of its result.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from memory_store.consolidation.strategies import STRATEGIES
+from memory_store.errors import RecordNotFoundError
+from memory_store.requests import SEARCH_KINDS
+from orchestrator.languages import LANGUAGES
+
+if TYPE_CHECKING:
+    from athena.api import MemoryAPI
+    from athena.service.tokens import Tenant
+
+TEXT_LIMIT = 4000
+"""Characters of stdout (and of stderr) the text block keeps; the structured content has all."""
+
+LANGUAGE_NAMES = ", ".join(f"{lang.name} ({', '.join(lang.aliases)})" for lang in LANGUAGES)
+_CONTEXT = "JSON object kept with the record (recall's `context` filter matches its pairs)."
+
+
+class ToolArgs(BaseModel):
+    """Base of the argument models: strict types, unknown arguments refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ExecuteCodeArgs(ToolArgs):
+    """execute_code's arguments (MemoryAPI.execute_code's, with its defaults)."""
+
+    code: str = Field(description="The source code to run, as one string.")
+    language: str = Field(
+        "python", description=f"The language (case-insensitive): {LANGUAGE_NAMES}."
+    )
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description="JSON object handed to the code as data, never as code: python, javascript "
+        "and ruby see it as the variable `parameters`; bash as environment variables "
+        "PARAMETERS (the JSON) and PARAM_<KEY>. Pass values here instead of formatting them "
+        "into the code.",
+    )
+    timeout_seconds: float | None = Field(
+        None,
+        description="Seconds before the run is killed (above 0); capped by the policy's "
+        "limit. null: the policy's limit.",
+    )
+    sandbox_policy: str | dict[str, Any] | None = Field(None, description="(set per tenant)")
+    track_resources: bool = Field(
+        False, description="Add `resources` to the result: peak memory, CPU time, wall time."
+    )
+    record: bool = Field(
+        True,
+        description="Keep the run in memory (recall and get_execution find it, consolidate "
+        "learns from it). false: nothing is stored.",
+    )
+
+
+class RememberArgs(ToolArgs):
+    """remember's arguments."""
+
+    content: str = Field(description="The knowledge to keep, as text (not empty).")
+    memory_type: str = Field(
+        "semantic", description="Free-form kind: semantic, episodic, procedural, preference..."
+    )
+    context: dict[str, Any] | None = Field(None, description=_CONTEXT)
+    tags: list[str] | None = Field(
+        None, description="Words to file it under; the tag `pinned` keeps it from decay."
+    )
+
+
+class RecallArgs(ToolArgs):
+    """recall's arguments."""
+
+    query: str = Field(description="Words to look for (any text; operators are just words).")
+    limit: int = Field(5, description="How many results at most (1..1000).")
+    context: dict[str, Any] | None = Field(
+        None, description="Only records whose context has each of these key/value pairs."
+    )
+    kinds: list[str] | None = Field(
+        None,
+        description=f"Kinds to search: {', '.join(SEARCH_KINDS)} (null: all).",
+    )
+
+
+class RememberEventArgs(ToolArgs):
+    """remember_event's arguments."""
+
+    event_type: str = Field(description="Free-form: action, decision, error, observation...")
+    content: str = Field(description="What happened.")
+    outcome: str | None = Field(
+        None, description="Free-form: success, failure, partial, unknown... (or null)."
+    )
+    context: dict[str, Any] | None = Field(None, description=_CONTEXT)
+
+
+class RememberProcedureArgs(ToolArgs):
+    """remember_procedure's arguments."""
+
+    name: str = Field(description="What the procedure is called.")
+    steps: list[str | dict[str, Any]] = Field(
+        description="Ordered steps: strings, or objects with a `description` (or `action`), an "
+        "optional `name` and optional Python `code` the generated step runs."
+    )
+    category: str = Field("general", description="Free-form: general, analysis, deployment...")
+    context: dict[str, Any] | None = Field(None, description=_CONTEXT)
+
+
+class ProcedureIdArgs(ToolArgs):
+    """generate_procedure_code's arguments."""
+
+    procedure_id: int = Field(description="The id remember_procedure returned.")
+
+
+class ValidateProcedureCodeArgs(ToolArgs):
+    """validate_procedure_code's arguments."""
+
+    code: str = Field(description="Python source to check.")
+    procedure_id: int | None = Field(
+        None, description="The procedure it implements (checked to exist), or null."
+    )
+
+
+class RememberEntityArgs(ToolArgs):
+    """remember_entity's arguments."""
+
+    name: str = Field(description="The entity's name (the same type and name again: same id).")
+    entity_type: str = Field(description="Free-form: person, service, dataset, process...")
+    context: dict[str, Any] | None = Field(
+        None, description="JSON object kept with it, merged over the old one on a repeat."
+    )
+
+
+class ConsolidateArgs(ToolArgs):
+    """consolidate's arguments."""
+
+    strategy: str = Field(
+        "balanced",
+        description=f"From least to most work: {', '.join(STRATEGIES)}.",
+    )
+    days_back: float = Field(7, description="Learn from the last this many days (above 0).")
+
+
+class NoArgs(ToolArgs):
+    """A tool without arguments."""
+
+
+class GetExecutionArgs(ToolArgs):
+    """get_execution's arguments."""
+
+    execution_id: str = Field(description="The `execution_id` of an execute_code result.")
+
+
+Call = Callable[["MemoryAPI", "Tenant", Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """One tool: its name, description, argument model and the call behind it."""
+
+    name: str
+    description: str
+    arguments: type[ToolArgs]
+    call: Call | None
+    read_only: bool = False
+
+    def input_schema(self, policies: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+        """The JSON schema of the arguments (``sandbox_policy`` listing the tenant's policies)."""
+        schema = copy.deepcopy(_schema(self.arguments))
+        properties = schema.get("properties", {})
+        if "sandbox_policy" in properties:
+            chosen = properties["sandbox_policy"]
+            chosen["description"] = policy_help(policies)
+            if policies:
+                chosen["anyOf"][0]["enum"] = [p["name"] for p in policies]
+        if "strategy" in properties:
+            properties["strategy"]["enum"] = list(STRATEGIES)
+        return schema
+
+
+def _schema(model: type[ToolArgs]) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    schema.pop("description", None)
+    for prop in schema.get("properties", {}).values():
+        prop.pop("title", None)
+    schema.setdefault("properties", {})
+    return schema
+
+
+def policy_help(policies: Sequence[dict[str, Any]]) -> str:
+    """What ``sandbox_policy`` accepts, naming each policy the tenant may use and what it allows."""
+    lines = [
+        "The policy that confines the run: the name of one of the policies below, or an object "
+        'that `extends` one of them (e.g. {"extends": "strict", "limits": {"memory_mb": 512}}); '
+        "an object may change limits and validation but may not add mounts, widen the network "
+        "or weaken the isolation. null: strict (or the first policy below if strict is not "
+        "yours). File paths are refused. Policies you may use:"
+    ]
+    lines += [f"- {_named(p['name'], p['summary'])}" for p in policies]
+    return "\n".join(lines)
+
+
+def _named(name: str, summary: str) -> str:
+    return summary if summary.startswith(f"{name}:") else f"{name}: {summary}"
+
+
+def _id(value: int) -> dict[str, Any]:
+    return {"id": value}
+
+
+def _get_execution(api: MemoryAPI, _tenant: Tenant, args: GetExecutionArgs) -> dict[str, Any]:
+    found = api.get_execution(args.execution_id)
+    if found is None:
+        raise RecordNotFoundError(
+            f"no execution has id {args.execution_id!r}: pass the execution_id an "
+            "execute_code result gave (runs with record=false are not kept)"
+        )
+    return found
+
+
+def tenant_policies(api: MemoryAPI, tenant: Tenant) -> list[dict[str, Any]]:
+    """The descriptions (``describe_policy``) of the shipped policies the tenant may use."""
+    by_name = {p["name"]: p for p in api.list_policies()}
+    return [by_name[name] for name in tenant.policies if name in by_name]
+
+
+TOOLS: tuple[ToolSpec, ...] = (
+    ToolSpec(
+        "execute_code",
+        "Run code in a fresh, throwaway sandbox (a container never used before) and return the "
+        f"result. Languages: {LANGUAGE_NAMES}. The sandbox_policy decides network, mounts, "
+        "limits and which code is refused before it runs (e.g. strict refuses imports such as "
+        "socket or subprocess: the result then has error 'Code validation failed' and the "
+        "findings in `issues`). Output streams to the client while it runs (progress and log "
+        "notifications). The result: success, exit_code, stdout, stderr, violations (what the "
+        "sandbox stopped: timeout, memory, network...), error and error_type, issues, output "
+        "(python: the value of a top-level variable `output`), execution_id (for "
+        "get_execution), execution_time_ms, sandbox_mode, policy.",
+        ExecuteCodeArgs,
+        None,
+    ),
+    ToolSpec(
+        "remember",
+        "Remember a piece of knowledge for later recall; returns {id}.",
+        RememberArgs,
+        lambda api, _t, a: _id(api.remember(a.content, a.memory_type, a.context, a.tags)),
+    ),
+    ToolSpec(
+        "recall",
+        "Find what memory knows that best matches a query, best first: memories, events, past "
+        "runs (executions), procedures and entities. Returns {results: [{id, kind, content, "
+        "score (0..1), created_at, type, tags, context}]}.",
+        RecallArgs,
+        lambda api, _t, a: {"results": api.recall(a.query, a.limit, a.context, a.kinds)},
+        read_only=True,
+    ),
+    ToolSpec(
+        "remember_event",
+        "Remember something that happened (an action, decision, error...); returns {id}.",
+        RememberEventArgs,
+        lambda api, _t, a: _id(api.remember_event(a.event_type, a.content, a.outcome, a.context)),
+    ),
+    ToolSpec(
+        "remember_procedure",
+        "Remember how to do something, as ordered steps; returns {id} (generate_procedure_code "
+        "turns it into Python).",
+        RememberProcedureArgs,
+        lambda api, _t, a: _id(api.remember_procedure(a.name, a.steps, a.category, a.context)),
+    ),
+    ToolSpec(
+        "generate_procedure_code",
+        "Turn a remembered procedure into runnable Python (one function per step, main(), "
+        "error handling) and validate it. Returns {success, procedure_id, code, confidence, "
+        "validation, issues, ...}; run the code with execute_code.",
+        ProcedureIdArgs,
+        lambda api, _t, a: api.generate_procedure_code(a.procedure_id),
+        read_only=True,
+    ),
+    ToolSpec(
+        "validate_procedure_code",
+        "Check Python code without running it: syntax, security (the strict policy's rules), "
+        "docstrings, error handling, type hints. Returns {success, quality_score (0..1), "
+        "checks, issues, ...}.",
+        ValidateProcedureCodeArgs,
+        lambda api, _t, a: api.validate_procedure_code(a.code, a.procedure_id),
+        read_only=True,
+    ),
+    ToolSpec(
+        "remember_entity",
+        "Remember an entity (a person, service, dataset, process...); returns {id}. The same "
+        "type and name again returns the same id.",
+        RememberEntityArgs,
+        lambda api, _t, a: _id(api.remember_entity(a.name, a.entity_type, a.context)),
+    ),
+    ToolSpec(
+        "consolidate",
+        "Learn from recent runs and events (pattern memories with counts), merge near-duplicate "
+        "memories, decay and prune unused ones. Returns a report of what it did.",
+        ConsolidateArgs,
+        lambda api, _t, a: api.consolidate(a.strategy, a.days_back),
+    ),
+    ToolSpec(
+        "list_policies",
+        "List the sandbox policies you may name in execute_code's sandbox_policy: for each, "
+        "its name, a one-sentence summary of what it allows, network, mounts, limits and the "
+        "whole config. Returns {policies: [...]}.",
+        NoArgs,
+        lambda api, tenant, _a: {"policies": tenant_policies(api, tenant)},
+        read_only=True,
+    ),
+    ToolSpec(
+        "get_execution",
+        "Fetch a recorded run by its execution_id: {execution_id, request (code, language, "
+        "parameters, policy, timeout_seconds), result (as execute_code returned it), events "
+        "(the output as it streamed)}.",
+        GetExecutionArgs,
+        _get_execution,
+        read_only=True,
+    ),
+)
+TOOLS_BY_NAME = {tool.name: tool for tool in TOOLS}
+
+
+def _cut(text: str, name: str) -> str:
+    if len(text) <= TEXT_LIMIT:
+        return text
+    half = TEXT_LIMIT // 2
+    cut = len(text) - 2 * half
+    note = f"\n[... {cut} characters cut here; the structured content has the whole {name}]\n"
+    return text[:half] + note + text[-half:]
+
+
+def run_summary(result: dict[str, Any]) -> str:
+    """The short text an LLM reads of an execute_code result: outcome, output, what went wrong."""
+    outcome = "succeeded" if result.get("success") else "failed"
+    lines = [
+        f"{outcome}: exit code {result.get('exit_code')}, {result.get('execution_time_ms')} ms, "
+        f"{result.get('language')} in {result.get('sandbox_mode')}, "
+        f"execution_id {result.get('execution_id')}"
+    ]
+    for name in ("stdout", "stderr"):
+        text = result.get(name) or ""
+        if text:
+            lines.append(f"--- {name} ---\n{_cut(text, name).rstrip(chr(10))}")
+    if result.get("output") is not None:
+        lines.append(f"output: {json.dumps(result['output'], ensure_ascii=False)}")
+    lines += [f"violation: {v}" for v in result.get("violations") or ()]
+    lines += [f"issue: {i.get('message', i)}" for i in result.get("issues") or ()]
+    if result.get("error"):
+        lines.append(f"error ({result.get('error_type')}): {result['error']}")
+    return "\n".join(lines)
