@@ -2,7 +2,8 @@
 
 The code of each behaviour in each language is in ``tests/contract.py`` (``SNIPPETS``). Modes: docker (cold and warm), srt, restricted and inprocess. For the fallback modes the Docker
 engine is made unreachable (a bogus DOCKER_HOST) and the process allows only that mode, so the
-ladder itself picks it.
+ladder itself picks it. ``remote`` runs every call through ``MemoryAPI.connect`` against one real
+``athena-sandbox serve`` for the module (Docker only, the strict policy, a tenant's token).
 """
 
 from __future__ import annotations
@@ -16,27 +17,31 @@ from typing import Any
 import pytest
 
 from athena.mcp.memory_api import MemoryAPI
+from athena.service.client import RemoteMemoryAPI
 from orchestrator.languages import LANGUAGES as REGISTRY
-from tests.contract import SNIPPETS
+from tests.contract import RESULT_KEYS, SNIPPETS
 from tests.integration.conftest import mode_settings
+from tests.service_server import ServiceServer, running_server
 
 pytestmark = pytest.mark.docker
 
-MODES = ["docker-cold", "docker-warm", "docker-runsc", "srt", "restricted", "inprocess"]
+MODES = ["docker-cold", "docker-warm", "docker-runsc", "srt", "restricted", "inprocess", "remote"]
 ALL = [lang.name for lang in REGISTRY]
 LANGUAGES = {mode: set(ALL) for mode in MODES}
 LANGUAGES["restricted"] = {lang.name for lang in REGISTRY if lang.restricted}
+DOCKER = ("docker-cold", "docker-warm", "docker-runsc", "remote")
+CANARY = "canary-7f3a"  # in the environment of the orchestrator (the server's too)
 
 
 class Mode:
     """A MemoryAPI bound to one isolation mode, and what that mode can do."""
 
-    def __init__(self, name: str, api: MemoryAPI) -> None:
+    def __init__(self, name: str, api: MemoryAPI | RemoteMemoryAPI) -> None:
         self.name, self.api = name, api
         self.policy = {"inprocess": "development", "docker-runsc": "strict-gvisor"}.get(
             name, "strict"
         )
-        self.sandbox_mode = name.split("-", maxsplit=1)[0]
+        self.sandbox_mode = "docker" if name == "remote" else name.split("-", maxsplit=1)[0]
 
     def run(self, code: str, language: str = "python", **kwargs: Any) -> dict[str, Any]:
         if language not in LANGUAGES[self.name]:
@@ -45,11 +50,32 @@ class Mode:
         result = self.api.execute_code(code, language, **kwargs)
         if result["error"] is None:
             assert result["sandbox_mode"] == self.sandbox_mode, result
+        assert set(result) == RESULT_KEYS, result  # remote: the local dict, key for key
         return result
+
+    def recorded(self, execution_id: str) -> tuple[str | None, bool]:
+        """The sandbox mode and success of a run as the store recorded it."""
+        if isinstance(self.api, RemoteMemoryAPI):
+            record = self.api.get_execution(execution_id)
+            assert record is not None
+            return record["result"]["sandbox_mode"], record["result"]["success"]
+        stored = self.api.store.get_execution(execution_id)
+        assert stored is not None
+        return stored.sandbox_mode, stored.success
 
     def needs(self, *modes: str) -> None:
         if self.name not in modes:
             pytest.skip(f"{self.name} does not have this behaviour")
+
+
+@pytest.fixture(scope="module")
+def remote_server(sandbox_images: Any) -> Iterator[ServiceServer]:
+    """One `athena-sandbox serve` for the remote mode (Docker only); it must leave nothing."""
+    env = {"ATHENA_SANDBOX_BACKENDS": "docker", "ATHENA_CANARY_SECRET": CANARY}
+    with running_server(tenants={"contract": {"policies": ["strict"]}}, env=env) as server:
+        yield server
+        assert server.stop() == 0, server.log()
+        assert server.containers() == [], server.log()
 
 
 @pytest.fixture(params=MODES)
@@ -61,6 +87,11 @@ def mode(
 ) -> Iterator[Mode]:
     """Each isolation mode in turn; the fallback ones with no Docker engine reachable."""
     name = request.param
+    if name == "remote":
+        server: ServiceServer = request.getfixturevalue("remote_server")
+        with MemoryAPI.connect(server.url, token=server.token) as remote:
+            yield Mode(name, remote)
+        return
     settings = mode_settings(name, tmp_path, project_dir, monkeypatch)
     with MemoryAPI.create(tmp_path / "memory.db", settings=settings) as api:
         yield Mode(name, api)
@@ -118,7 +149,7 @@ print("main done")
 
 def test_python_shutdown_still_happens(mode: Mode) -> None:
     """What the interpreter does at exit is seen: threads joined, atexit, objects released."""
-    mode.needs("docker-cold", "docker-warm", "docker-runsc", "srt", "inprocess")
+    mode.needs(*DOCKER, "srt", "inprocess")
     r = mode.run(SHUTDOWN)
     assert r["success"], r["stderr"]
     lines = r["stdout"].splitlines()
@@ -132,7 +163,7 @@ def test_python_shutdown_still_happens(mode: Mode) -> None:
 )
 def test_python_exit_statuses(mode: Mode, ending: str, exit_code: int, stderr: str) -> None:
     """sys.exit with a message prints it and exits 1; a number is the status, mod 256."""
-    mode.needs("docker-cold", "docker-warm", "docker-runsc", "srt", "inprocess")
+    mode.needs(*DOCKER, "srt", "inprocess")
     r = mode.run(f"import sys\nprint('before')\n{ending}")
     assert (r["exit_code"], r["stdout"], r["stderr"]) == (exit_code, "before\n", stderr)
 
@@ -182,7 +213,7 @@ def test_output_is_capped_head_and_tail(mode: Mode, language: str) -> None:
 @pytest.mark.parametrize("language", [n for n in ALL if SNIPPETS[n].memory is not None])
 def test_memory_limit(mode: Mode, language: str) -> None:
     """Going over the memory limit fails the run with a memory violation."""
-    mode.needs("docker-cold", "docker-warm", "docker-runsc", "srt", "restricted")
+    mode.needs(*DOCKER, "srt", "restricted")
     code = SNIPPETS[language].memory
     if mode.name == "restricted":
         code = "hog = 'x' * (2 * 1024 ** 3)"  # RestrictedPython has no bytearray
@@ -195,7 +226,7 @@ def test_memory_limit(mode: Mode, language: str) -> None:
 @pytest.mark.parametrize("language", [n for n in ALL if SNIPPETS[n].unseen_spawn is not None])
 def test_the_kernel_refuses_a_process_the_validator_did_not_see(mode: Mode, language: str) -> None:
     """Under strict, docker's runner refuses process creation in the kernel for this language."""
-    mode.needs("docker-cold", "docker-warm", "docker-runsc")
+    mode.needs(*DOCKER)
     code = SNIPPETS[language].unseen_spawn
     assert code is not None
     r = mode.run(code, language)
@@ -211,9 +242,9 @@ def test_killed_by_a_signal(mode: Mode) -> None:
 
 def test_host_environment_does_not_leak(mode: Mode, monkeypatch: pytest.MonkeyPatch) -> None:
     """A secret in the orchestrator's environment does not reach bash code."""
-    monkeypatch.setenv("ATHENA_CANARY_SECRET", "canary-7f3a")
+    monkeypatch.setenv("ATHENA_CANARY_SECRET", CANARY)
     r = mode.run("env", "bash")
-    assert r["success"] and "canary-7f3a" not in r["stdout"]
+    assert r["success"] and CANARY not in r["stdout"]
 
 
 def test_every_run_is_recorded_with_its_mode(mode: Mode) -> None:
@@ -221,9 +252,7 @@ def test_every_run_is_recorded_with_its_mode(mode: Mode) -> None:
     ok = mode.run("print(1)")
     failed = mode.run("raise RuntimeError('x')")
     for result in (ok, failed):
-        record = mode.api.store.get_execution(result["execution_id"])
-        assert record is not None and record.sandbox_mode == mode.sandbox_mode
-        assert record.success == result["success"]
+        assert mode.recorded(result["execution_id"]) == (mode.sandbox_mode, result["success"])
 
 
 def test_the_fallback_is_logged_once_with_the_reason(mode: Mode) -> None:
