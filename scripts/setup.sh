@@ -6,7 +6,8 @@
 #                                127.0.0.1, docker-compose (pytest-docker), the srt mode's tools
 #                                (Node.js, npm, bubblewrap, socat, ripgrep), the languages
 #                                the host modes run (ruby) and ps (the srt tests look for
-#                                processes that outlive a run; Debian's minimal systems lack it)
+#                                processes that outlive a run; Debian's minimal systems lack it),
+#                                curl and jq (the service page's examples run as written)
 #
 # Everything is checked first and only what is missing is installed or started: one
 # `apt-get update` and one `apt-get install` at most. A step that takes more than a few seconds
@@ -44,6 +45,8 @@ test_packages=(
   "ruby ruby"
   "pg_lsclusters postgresql"
   "ps procps"
+  "jq jq"
+  "curl curl"
 )
 
 missing_packages() {

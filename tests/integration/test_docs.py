@@ -3,7 +3,8 @@
 A fenced block's info string says what it is. Runnable: ``python`` (run with ``exec``),
 ``yaml policy`` (loaded as a policy file and used for a run), ``yaml policy-reference`` (loaded,
 and it must name every field of the schema), ``sh run`` (run with bash in the checkout). Shown
-only: ``text`` and ``sh``. Any other fence, or a runnable one this test would not collect (an
+only here: ``text``, ``sh``, ``json`` and ``bash`` (``test_docs_service.py`` runs the ``bash``
+blocks of docs/service.md against a real server). Any other fence, or a runnable one this test would not collect (an
 indented or ``~~~`` fence), fails ``test_every_block_is_marked_and_collected``.
 """
 
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNABLE = ("python", "yaml policy", "yaml policy-reference", "sh run")
-SHOWN = ("text", "sh")
+SHOWN = ("text", "sh", "bash", "json")  # bash: test_docs_service.py runs them
 # Column 0, backticks: the only fences the runner collects.
 COLLECTED_FENCE = re.compile(r"^```([^`\n]*)\n(.*?)^```[ \t]*$", re.M | re.S)
 # Any CommonMark fence (indented, backticks or tildes): what a reader would see as a block.
