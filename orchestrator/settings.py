@@ -36,6 +36,9 @@ class Settings(BaseSettings):
             (``ATHENA_POOL_SIZES`` takes JSON).
         pool_min_size: warm containers a (language, policy) keeps once idle for the TTL.
         pool_idle_ttl_seconds: seconds without a run after which a pool shrinks to the minimum.
+        pool_max_keys: how many (language, policy) pairs keep warm containers at once; the
+            least recently used beyond it shrink to none (so ever new inline policies cannot
+            pile up idle containers).
         pool_wait_seconds: how long a run waits for a warm container before it starts a cold
             one (0: never waits; an empty pool means the cold path).
         max_concurrent_runs: runs in sandboxes at once; more wait in the queue.
@@ -65,6 +68,7 @@ class Settings(BaseSettings):
     pool_sizes: dict[str, int] = Field(default_factory=dict)
     pool_min_size: int = Field(0, ge=0, le=64)
     pool_idle_ttl_seconds: float = Field(300.0, gt=0)
+    pool_max_keys: int = Field(8, ge=1, le=1024)
     pool_wait_seconds: float = Field(0.0, ge=0)
     max_concurrent_runs: int = Field(default_factory=lambda: 4 * (os.cpu_count() or 1), ge=1)
     max_queued_runs: int = Field(256, ge=0)

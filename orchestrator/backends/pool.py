@@ -7,7 +7,10 @@ sandboxes that have never run anything.
 
 Pools start lazily: a key gets sandboxes only after something asked for it (``take`` or
 ``prewarm``). A key not asked for during ``idle_ttl`` seconds shrinks to ``min_size``, so an idle
-process holds no more than that minimum.
+process holds no more than that minimum. At most ``max_keys`` keys (the most recently asked for)
+keep sandboxes at once: an older key shrinks to none and is forgotten, so callers that ask for
+ever new keys (a service whose tenants send ever new inline policies) cannot pile up idle
+sandboxes or bookkeeping.
 
 Keys do not hold each other up. A few worker threads launch for different keys at once, each key
 with at most one launch in flight, so a key whose launches hang holds one worker, not the pool.
@@ -70,6 +73,7 @@ class WarmPool(Generic[K, S]):
         size_for: how many ready sandboxes a key in use should have.
         min_size: how many a key keeps once idle for ``idle_ttl`` seconds.
         idle_ttl: seconds without demand after which a key shrinks to ``min_size``.
+        max_keys: how many keys, the most recently asked for, keep sandboxes at once.
         clock: monotonic clock of the idle TTL and the launch backoff (tests pass a fake one);
             ``take`` and ``prewarm`` wait in real time.
     """
@@ -83,10 +87,15 @@ class WarmPool(Generic[K, S]):
         size_for: Callable[[K], int],
         min_size: int = 0,
         idle_ttl: float = 300.0,
+        max_keys: int = 8,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be at least 1, not {max_keys}")
         self._launch, self._discard, self._is_alive = launch, discard, is_alive
         self._size_for, self._min_size, self._idle_ttl = size_for, min_size, idle_ttl
+        self._max_keys = max_keys
+        self._kept: set[K] = set()  # the keys that may hold sandboxes (the newest demand)
         self._clock = clock
         self._slots: dict[K, _Slot[S]] = {}  # in the order keys get their next launch
         self._cond = threading.Condition()
@@ -178,6 +187,7 @@ class WarmPool(Generic[K, S]):
     def _demand(self, key: K) -> _Slot[S]:
         slot = self._slots.setdefault(key, _Slot())
         slot.last_demand = self._clock()
+        self._keep_newest()
         if slot.given_up:  # someone wants the key again: it gets a fresh series of tries
             slot.failures, slot.retry_at = 0, 0.0
         if not self._workers and not self._closed:
@@ -203,7 +213,21 @@ class WarmPool(Generic[K, S]):
             self._discard_later(sandbox)
         return None
 
+    def _keep_newest(self) -> None:
+        """Keep the ``max_keys`` most recently asked-for keys; forget older ones once empty."""
+        if len(self._slots) <= self._max_keys:
+            self._kept = set(self._slots)
+            return
+        newest = sorted(self._slots, key=lambda k: self._slots[k].last_demand, reverse=True)
+        self._kept = set(newest[: self._max_keys])
+        for key in newest[self._max_keys :]:
+            slot = self._slots[key]
+            if not slot.ready and not slot.launching:
+                del self._slots[key]
+
     def _target(self, slot: _Slot[S], key: K) -> int:
+        if key not in self._kept:
+            return 0
         if self._clock() - slot.last_demand > self._idle_ttl:
             return min(self._min_size, self._size_for(key))
         return self._size_for(key)
@@ -218,6 +242,7 @@ class WarmPool(Generic[K, S]):
             alive = [s for s in slot.ready if self._is_alive(s)]
             drop.extend(s for s in slot.ready if s not in alive)
             slot.ready = deque(alive)
+        self._keep_newest()  # forgets the old keys emptied above
         return drop
 
     def _next_key(self, now: float) -> K | None:

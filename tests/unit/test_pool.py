@@ -240,6 +240,30 @@ def test_each_key_gets_its_own_size(make_pool: PoolFactory) -> None:
     assert (launcher.launched_for("a"), launcher.launched_for("b")) == (1, 3)
 
 
+def test_only_the_newest_keys_keep_sandboxes_and_old_keys_are_forgotten(
+    make_pool: PoolFactory,
+) -> None:
+    """With max_keys=2, a third key asked for empties and forgets the least recently used one."""
+    pool, launcher = make_pool({"a": 1, "b": 1, "c": 1}, max_keys=2)
+    for key in ("a", "b"):
+        assert pool.prewarm(key, timeout=2)
+    time.sleep(0.01)  # a later demand for c
+    assert pool.prewarm("c", timeout=2)
+    assert eventually(lambda: "a" not in pool.ready_counts())
+    assert pool.ready_counts() == {"b": 1, "c": 1}
+    assert [s.id for s in launcher.discarded] == [s.id for s in launcher.launched[:1]]
+
+
+def test_ever_new_keys_hold_at_most_max_keys_sandboxes(make_pool: PoolFactory) -> None:
+    """Fifty distinct keys asked for in turn leave at most max_keys ready sandboxes and slots."""
+    pool, _ = make_pool(max_keys=3)
+    for n in range(50):
+        pool.take(f"k{n}")
+    settle()
+    assert eventually(lambda: len(pool.ready_counts()) <= 3)
+    assert eventually(lambda: sum(pool.ready_counts().values()) <= 3 * 2)
+
+
 def test_take_without_wait_on_an_empty_pool_is_the_cold_path(make_pool: PoolFactory) -> None:
     """take(wait=0) on an empty pool returns None at once and starts filling the key."""
     pool, _ = make_pool({"a": 2}, Launcher(delay=0.05))

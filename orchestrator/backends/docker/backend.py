@@ -107,6 +107,7 @@ class DockerBackend:
             size_for=lambda key: self._settings.pool_size_for(key[0]),
             min_size=self._settings.pool_min_size,
             idle_ttl=self._settings.pool_idle_ttl_seconds,
+            max_keys=self._settings.pool_max_keys,
         )
         atexit.register(_close_at_exit, weakref.ref(self))
 
