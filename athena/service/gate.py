@@ -280,6 +280,8 @@ def _check_reach(policy: Policy, base: Policy) -> None:
     _check_runtime(policy, base)
     _check_fallback(policy, base)
     _check_imports(policy, base)
+    _check_limits(policy, base)
+    _check_enforcement(policy, base)
 
 
 def _refusal(field: str, base: Policy, what: str) -> PolicyError:
@@ -343,4 +345,34 @@ def _check_imports(policy: Policy, base: Policy) -> None:
             "validation.allowed_imports",
             base,
             f"{_shown(extra[0])} is not in it: list only some of the base's allowed_imports",
+        )
+
+
+_LIMITS = ("memory_mb", "cpus", "pids", "timeout_seconds", "max_output_bytes", "file_size_mb",
+           "open_files")  # fmt: skip
+
+
+def _check_limits(policy: Policy, base: Policy) -> None:
+    # A token grants its policies' share of the host; an inline dict may ask for less, never
+    # more (a tenant that needs more asks the operator for a token with a larger policy).
+    for field in _LIMITS:
+        mine, theirs = getattr(policy.limits, field), getattr(base.limits, field)
+        if mine > theirs:
+            raise _refusal(f"limits.{field}", base, f"ask for at most {theirs}, not {mine}")
+    if policy.filesystem.tmpfs_mb > base.filesystem.tmpfs_mb:
+        raise _refusal(
+            "filesystem.tmpfs_mb",
+            base,
+            f"ask for at most {base.filesystem.tmpfs_mb}, not {policy.filesystem.tmpfs_mb}",
+        )
+
+
+def _check_enforcement(policy: Policy, base: Policy) -> None:
+    # Outside a container (srt, restricted) the validator and its run-time guard are part of
+    # the wall; only where every mode left is a container may a caller turn them off.
+    if base.validation.enforce and not policy.validation.enforce and policy.fallback != ("docker",):
+        raise _refusal(
+            "validation.enforce",
+            base,
+            "keep it true, or set fallback: [docker] so the run never leaves a container",
         )

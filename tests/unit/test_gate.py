@@ -65,12 +65,13 @@ def test_other_types_are_refused(spec: object) -> None:
 
 
 def test_an_inline_policy_may_change_limits_and_validation() -> None:
-    """Limits and validation of the base may change; the rest stays the base's."""
+    """Lower limits and, in a container only, unenforced validation; the rest is the base's."""
     policy = resolve_policy(
         {
             "extends": "research",
             "limits": {"memory_mb": 64, "timeout_seconds": 5},
             "validation": {"enforce": False},
+            "fallback": ["docker"],
         },
         DEFAULT,
     )
@@ -78,6 +79,38 @@ def test_an_inline_policy_may_change_limits_and_validation() -> None:
     assert policy.limits.memory_mb == 64 and policy.limits.timeout_seconds == 5
     assert not policy.validation.enforce
     assert policy.network == base.network and policy.filesystem == base.filesystem
+
+
+@pytest.mark.parametrize(
+    ("limits", "field"),
+    [
+        ({"memory_mb": 257}, "limits.memory_mb"),
+        ({"timeout_seconds": 86400}, "limits.timeout_seconds"),
+        ({"cpus": 2}, "limits.cpus"),
+        ({"pids": 65}, "limits.pids"),
+        ({"max_output_bytes": 2**28}, "limits.max_output_bytes"),
+        ({"file_size_mb": 1024}, "limits.file_size_mb"),
+        ({"open_files": 4096}, "limits.open_files"),
+    ],
+)
+def test_an_inline_policy_may_not_raise_a_limit_over_its_base(
+    limits: dict[str, float], field: str
+) -> None:
+    """A token grants its policies' share of the host: an inline dict asks for less, never more."""
+    with pytest.raises(PolicyError, match=rf"sandbox_policy\.{field}: .*at most"):
+        resolve_policy({"extends": "strict", "limits": limits}, DEFAULT)
+    with pytest.raises(PolicyError, match=r"filesystem\.tmpfs_mb"):
+        resolve_policy({"extends": "strict", "filesystem": {"tmpfs_mb": 4096}}, DEFAULT)
+
+
+def test_validation_may_be_unenforced_only_where_every_mode_is_a_container() -> None:
+    """enforce: false with srt or restricted left in fallback is refused; docker alone is not."""
+    with pytest.raises(PolicyError, match=r"validation\.enforce: .*fallback: \[docker\]"):
+        resolve_policy({"extends": "strict", "validation": {"enforce": False}}, DEFAULT)
+    policy = resolve_policy(
+        {"extends": "strict", "validation": {"enforce": False}, "fallback": ["docker"]}, DEFAULT
+    )
+    assert not policy.validation.enforce and policy.fallback == ("docker",)
 
 
 def test_an_inline_policy_without_extends_extends_strict() -> None:
@@ -205,7 +238,7 @@ def test_an_inline_policy_may_not_reach_more_of_the_host(spec: dict[str, Any], f
         {"extends": "strict", "runtime": {"gvisor": "require"}},
         {"extends": "strict", "fallback": ["docker"]},
         {"extends": "development", "fallback": ["docker", "srt"]},
-        {"extends": "research", "filesystem": {"max_mount_write_bytes": 0, "tmpfs_mb": 512}},
+        {"extends": "research", "filesystem": {"max_mount_write_bytes": 0, "tmpfs_mb": 16}},
     ],
 )
 def test_an_inline_policy_may_narrow_its_base(spec: dict[str, Any]) -> None:

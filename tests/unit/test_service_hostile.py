@@ -70,6 +70,7 @@ def test_allowed_imports_may_shrink_and_other_validation_may_change() -> None:
     spec = {
         "extends": "research",
         "validation": {"allowed_imports": ["math"], "enforce": False, "forbidden_calls": []},
+        "fallback": ["docker"],
     }
     policy = resolve_policy(spec, TENANT)
     assert policy.validation.allowed_imports == ("math",) and not policy.validation.enforce
