@@ -72,10 +72,15 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 def bearer_token(scope: Scope) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, or None."""
-    raw = _header(scope, b"authorization")
-    if raw is None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None.
+
+    None as well when the request carries several ``Authorization`` headers: which one counts
+    would depend on who reads them (a proxy may check the last, this server the first).
+    """
+    found = [value for key, value in scope.get("headers", ()) if key == b"authorization"]
+    if len(found) != 1:
         return None
+    raw = bytes(found[0])
     scheme, _, token = raw.decode("latin-1").strip().partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None

@@ -37,6 +37,7 @@ from athena.service.asgi import (
     Receive,
     Scope,
     Send,
+    tenant_of,
 )
 from athena.service.inflight import InFlight
 from athena.service.metrics import CONTENT_TYPE
@@ -107,6 +108,10 @@ def _field_name(location: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(part) for part in location) or "body"
 
 
+_NOT_JSON = "send a JSON object as UTF-8 text with Content-Type: application/json"
+BODY_PARSE_FAILED = "There was an error parsing the body"  # FastAPI's detail for its 400
+
+
 def validation_response(exc: RequestValidationError) -> JSONResponse:
     """A 422 envelope naming each field that failed validation."""
     fields = []
@@ -115,11 +120,30 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
         text = str(error.get("msg", ""))
         if error.get("type") == "json_invalid":
             location, text = ["body"], f"not valid JSON ({text}); send a JSON object"
+        elif location == ["body"] and isinstance(error.get("input"), bytes | bytearray):
+            text = f"{text}: the body was not read as JSON; {_NOT_JSON}"
         fields.append({"field": _field_name(location), "message": text})
+    return _invalid(fields)
+
+
+def _invalid(fields: list[dict[str, str]]) -> JSONResponse:
     message = "the request is invalid: " + "; ".join(
         f"{f['field']}: {f['message']}" for f in fields
     )
     return JSONResponse(envelope("RequestError", message, fields=fields), status_code=422)
+
+
+def unparsable_body_response(cause: BaseException | None) -> JSONResponse:
+    """The 422 of a body FastAPI could not decode (bad UTF-8, too deep, a huge integer...)."""
+    if isinstance(cause, UnicodeDecodeError):
+        why = "it is not UTF-8 text (a compressed body is not accepted: send it uncompressed)"
+    elif isinstance(cause, RecursionError):
+        why = "it is nested too deeply; send flatter data"
+    elif isinstance(cause, ValueError) and "digits" in str(cause):
+        why = "a number in it has more than 4300 digits"
+    else:
+        why = "it could not be decoded"
+    return _invalid([{"field": "body", "message": f"not valid JSON: {why}; {_NOT_JSON}"}])
 
 
 def _install_errors(app: FastAPI) -> None:
@@ -132,6 +156,8 @@ def _install_errors(app: FastAPI) -> None:
 
     async def http_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400 and exc.detail == BODY_PARSE_FAILED:
+            return unparsable_body_response(exc.__cause__)
         kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
         return JSONResponse(
             envelope(kind, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
@@ -177,9 +203,10 @@ def _install_health(app: FastAPI, service: Service) -> None:
         },
         tags=["health"],
     )
-    def metrics() -> Response:
-        """Prometheus metrics (runs, latency, pools, queue, violations, in flight)."""
-        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+    def metrics(request: Request) -> Response:
+        """Prometheus metrics (runs, latency, pools, queue, violations; the caller's in flight)."""
+        text = service.metrics.render(tenant_of(request.scope).name)
+        return Response(text, media_type=CONTENT_TYPE)
 
 
 def _engine_status(service: Service) -> str:

@@ -15,7 +15,7 @@ from athena.api import MemoryAPI
 from athena.service import responses, schemas
 from athena.service.asgi import tenant_of
 from athena.service.http_runs import errors, service_of
-from orchestrator.errors import PolicyError
+from orchestrator.errors import PolicyError, PolicyNotFoundError
 
 router = APIRouter(prefix="/v1", tags=["memory"])
 _ERRORS = errors(400, 401, 404, 413, 422, 503)
@@ -133,8 +133,13 @@ def list_policies(request: Request) -> Response:
 )
 def get_policy(name: str, request: Request) -> Response:
     """One shipped policy, described (400 when unknown or not the tenant's to use)."""
-    described = _api(request).get_policy(name)
     tenant = tenant_of(request.scope)
+    try:
+        described = _api(request).get_policy(name)
+    except PolicyNotFoundError as exc:  # name the tenant's policies, not every shipped one
+        raise PolicyNotFoundError(
+            f"unknown policy {name!r}: tenant {tenant.name!r} may use {', '.join(tenant.policies)}"
+        ) from exc
     if described["name"] not in tenant.policies:
         raise PolicyError(
             f"policy {described['name']!r} is not one tenant {tenant.name!r} may use; "

@@ -62,7 +62,18 @@ async def execute(body: schemas.ExecuteBody, request: Request) -> Response:
     call = _call(body, request)
     api = service.view(tenant)
     with service.in_flight.slots(tenant.name, tenant.max_in_flight):
-        result = await service.run(api.execute_code_async(**call))
+        run = asyncio.ensure_future(service.run(api.execute_code_async(**call)))
+        listen = asyncio.ensure_future(_disconnected(request.receive))
+        try:
+            await asyncio.wait([run, listen], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            listen.cancel()
+            if not run.done():  # the client left (or we are cancelled): kill the run
+                run.cancel()
+                await asyncio.wait([run])
+        if run.cancelled():
+            return Response(status_code=499)  # nobody is left to read it
+        result = run.result()
     service.metrics.observe_run(result)
     return JSONResponse(result)
 
@@ -86,6 +97,7 @@ async def execute_stream(body: schemas.ExecuteBody, request: Request) -> Respons
     call = _call(body, request)
     api = service.view(tenant)
     service.in_flight.acquire(tenant.name, tenant.max_in_flight)
+    listen = asyncio.ensure_future(_disconnected(request.receive))
     try:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -95,10 +107,16 @@ async def execute_stream(body: schemas.ExecuteBody, request: Request) -> Respons
 
         task = service.start_run(api.execute_code_async(**call, on_event=on_event))
         task.add_done_callback(lambda _task: events.put_nowait(None))
-        first = await _first_event(events, task)
+        first = await _first_event(events, task, listen)
     except BaseException:
+        listen.cancel()
         service.in_flight.release(tenant.name)
         raise
+    if listen.done():  # the client left while the run waited for a place: it never starts
+        task.cancel()
+        await asyncio.wait([task])
+        service.in_flight.release(tenant.name)
+        return Response(status_code=499)
 
     async def close(finished: bool) -> None:
         try:
@@ -110,20 +128,30 @@ async def execute_stream(body: schemas.ExecuteBody, request: Request) -> Respons
         finally:
             service.in_flight.release(tenant.name)
 
-    return EventStream(first, events, close)
+    return EventStream(first, events, close, listen)
 
 
 async def _first_event(
-    events: asyncio.Queue[dict[str, Any] | None], task: asyncio.Task[dict[str, Any]]
+    events: asyncio.Queue[dict[str, Any] | None],
+    task: asyncio.Task[dict[str, Any]],
+    listen: asyncio.Future[None],
 ) -> dict[str, Any] | None:
-    """Wait for the run's first event; raise what the run raised before it began."""
+    """Wait for the run's first event (or the client leaving: then None, ``listen`` done).
+
+    Raises:
+        SandboxError: what the run raised before it began.
+    """
     getter = asyncio.ensure_future(events.get())
     try:
-        await asyncio.wait([getter, task], return_when=asyncio.FIRST_COMPLETED)
+        waiting: list[asyncio.Future[Any]] = [getter, task, listen]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         getter.cancel()
         task.cancel()
         raise
+    if listen.done() and not getter.done():
+        getter.cancel()
+        return None
     if not getter.done() or getter.result() is None:
         # The run ended before its first event (the queue's None comes from the task's end):
         # what it raised (a RequestError, PolicyError...) becomes a normal JSON error response.
@@ -149,6 +177,7 @@ class EventStream(Response):
         first: dict[str, Any] | None,
         events: asyncio.Queue[dict[str, Any] | None],
         close: Callable[[bool], Awaitable[None]],
+        listen: asyncio.Future[None],
     ) -> None:
         # Not Response.__init__: it would add ``content-length: 0``.
         self.status_code = 200
@@ -161,11 +190,12 @@ class EventStream(Response):
         self._first = first
         self._events = events
         self._close = close
+        self._listen = listen
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Stream until the exit event or the client leaves; then end the run."""
         pump = asyncio.ensure_future(self._pump(send))
-        listen = asyncio.ensure_future(_disconnected(receive))
+        listen = self._listen  # already listening while the run waited for its first event
         try:
             await asyncio.wait([pump, listen], return_when=asyncio.FIRST_COMPLETED)
         finally:

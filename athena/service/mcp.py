@@ -44,6 +44,7 @@ from athena.service import wire
 from athena.service.asgi import ASGIApp, Receive, Scope, Send, tenant_of
 from athena.service.gate import resolve_policy
 from athena.service.mcp_events import forward_events, killed_on_cancel
+from athena.service.mcp_limits import TEXT_BUDGET, cut_text, fit
 from athena.service.mcp_tools import (
     TOOLS,
     TOOLS_BY_NAME,
@@ -168,9 +169,9 @@ async def _call(
         if spec.call is None:
             assert isinstance(args, ExecuteCodeArgs)
             result = await _execute(ctx, api, tenant, args, limits)
-            return _success(result, run_summary(result))
+            return await anyio.to_thread.run_sync(_success, result, run_summary)
         data = await anyio.to_thread.run_sync(spec.call, api, tenant, args)
-        return _success(data, json.dumps(data, ensure_ascii=False, default=str))
+        return await anyio.to_thread.run_sync(_success, data, _as_text)
     except ValidationError as exc:
         return _failure(RequestError(arguments_message(spec, exc)))
     except SandboxError as exc:
@@ -201,9 +202,18 @@ def _signature(model: type[ToolArgs]) -> list[str]:
     ]
 
 
-def _success(data: dict[str, Any], text: str) -> types.CallToolResult:
+def _as_text(data: dict[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False, default=str)
+
+
+def _success(
+    data: dict[str, Any], summary: Callable[[dict[str, Any]], str]
+) -> types.CallToolResult:
+    """The tool result of ``data``, cut to fit one message (see :mod:`.mcp_limits`)."""
+    fitted = fit(data)
+    text = cut_text(summary(fitted), TEXT_BUDGET, "the result")
     return types.CallToolResult(
-        content=[types.TextContent(text=text)], structured_content=data, is_error=False
+        content=[types.TextContent(text=text)], structured_content=fitted, is_error=False
     )
 
 

@@ -30,6 +30,8 @@ Context = ServerRequestContext[Any, Any]
 
 RUN_LOGGER = "athena.run"
 """The logger name of the log notifications that carry a run's events."""
+MERGE_LIMIT = 64 * 1024
+"""The most characters of output one notification carries when queued chunks are merged."""
 CANCEL_WAIT_SECONDS = 30.0
 """How long a cancelled call waits for its run to be killed and recorded."""
 LOG_LEVELS: dict[str, types.LoggingLevel] = {
@@ -90,8 +92,14 @@ async def _send_events(ctx: Context, queue: asyncio.Queue[dict[str, Any] | None]
 
 
 def _merge(event: dict[str, Any], following: dict[str, Any]) -> bool:
-    """Append ``following``'s text to ``event`` when both are chunks of the same stream."""
+    """Append ``following``'s text to ``event`` when both are chunks of the same stream.
+
+    Not beyond :data:`MERGE_LIMIT` characters: one notification must stay far below the 1 MiB
+    a Server-Sent Event may take in the SDK's client (JSON may write a character as 6 bytes).
+    """
     if event["type"] != following["type"] or event["type"] not in {"stdout", "stderr"}:
+        return False
+    if len(event["text"]) + len(following["text"]) > MERGE_LIMIT:
         return False
     event["text"] += following["text"]
     event["elapsed_ms"] = following.get("elapsed_ms", event.get("elapsed_ms"))
@@ -111,7 +119,8 @@ class _Notifier:
         if self._broken:
             return
         try:
-            await self._send(event)
+            for part in _pieces(event):
+                await self._send(part)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             self._broken = True  # the client is gone; the run goes on until it is cancelled
             log.info("mcp_notify_failed", error=str(exc))
@@ -129,6 +138,17 @@ class _Notifier:
                 )
             )
             await self._ctx.session.send_notification(notification, self._ctx.request_id)
+
+
+def _pieces(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """An output event cut in chunks of at most :data:`MERGE_LIMIT` characters."""
+    text = event.get("text")
+    if not isinstance(text, str) or len(text) <= MERGE_LIMIT:
+        return [event]
+    return [
+        {**event, "text": text[start : start + MERGE_LIMIT]}
+        for start in range(0, len(text), MERGE_LIMIT)
+    ]
 
 
 def _progress_text(event: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@
 ``athena_violations_total``                violations by ``category``
 ``athena_warm_pool_ready``                 ready warm sandboxes by ``mode``, ``language``
 ``athena_queue_depth``                     runs waiting for a place in a sandbox
-``athena_runs_in_flight``                  runs in flight by ``tenant``
+``athena_runs_in_flight``                  runs in flight by ``tenant`` (the scraper's own only)
 ``athena_draining``                        1 while the server drains for shutdown
 =========================================  ==================================================
 
@@ -142,6 +142,31 @@ class ServiceMetrics:
         """Count one HTTP request."""
         self.http_seconds.labels(method, route, str(status)).observe(seconds)
 
-    def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+    def render(self, tenant: str | None = None) -> bytes:
+        """The Prometheus text exposition of every metric.
+
+        Args:
+            tenant: show only this tenant's row of ``athena_runs_in_flight`` (a tenant that
+                scrapes learns nothing of the others, not even their names); None: every row.
+        """
+        if tenant is None:
+            return generate_latest(self.registry)
+        return generate_latest(_OneTenant(self.registry, tenant))
+
+
+class _OneTenant(Collector):
+    """A registry's metrics, with the per-tenant rows of one tenant only."""
+
+    def __init__(self, registry: CollectorRegistry, tenant: str) -> None:
+        self._registry = registry
+        self._tenant = tenant
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the registry's metrics, other tenants' samples left out."""
+        for metric in self._registry.collect():
+            if any("tenant" in sample.labels for sample in metric.samples):
+                kept = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+                kept.samples = [s for s in metric.samples if s.labels.get("tenant") == self._tenant]
+                yield kept
+            else:
+                yield metric
