@@ -19,6 +19,7 @@ store connections. A tenant sees only its own records, and its runs are filed un
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -351,9 +352,52 @@ class MemoryAPI:
         call is checked before any runs.
 
         Raises:
-            RequestError: a call has bad arguments (the message names its index).
+            RequestError: a call has bad arguments (the message names its index), or
+                ``concurrency`` is not a whole number of at least 1.
             PolicyError: a call names an unknown or invalid policy.
         """
+        requests = self._checked_calls(calls, concurrency)
+        return [r.to_dict() for r in self._orchestrator.run_many(requests, concurrency)]
+
+    async def execute_code_batch_async(
+        self, calls: Sequence[Mapping[str, Any]], concurrency: int = 4
+    ) -> list[dict[str, Any]]:
+        """Like :meth:`execute_code_batch`, for asyncio.
+
+        Cancelling the awaiting task kills the runs still going and starts no more (each is
+        recorded as cancelled); the service runs batches this way, so a client that leaves
+        or a drain stops them.
+
+        Raises:
+            RequestError: a call has bad arguments (the message names its index), or
+                ``concurrency`` is not a whole number of at least 1.
+            PolicyError: a call names an unknown or invalid policy.
+        """
+        requests = self._checked_calls(calls, concurrency)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(request: ExecutionRequest) -> dict[str, Any]:
+            async with gate:
+                return (await self._orchestrator.aexecute(request)).to_dict()
+
+        tasks = [asyncio.ensure_future(one(request)) for request in requests]
+        try:
+            await asyncio.wait(tasks)  # unlike gather, cancelling this leaves the tasks to us
+        except asyncio.CancelledError:  # every run is killed and recorded before we go on
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+            raise
+        return [task.result() for task in tasks]
+
+    def _checked_calls(
+        self, calls: Sequence[Mapping[str, Any]], concurrency: int
+    ) -> list[ExecutionRequest]:
+        """Every call as a checked request, before any runs (mounts too)."""
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise RequestError(
+                f"concurrency must be a whole number of at least 1, not {concurrency!r}"
+            )
         requests = []
         for index, call in enumerate(calls):
             try:
@@ -362,7 +406,7 @@ class MemoryAPI:
             except (RequestError, PolicyError) as exc:
                 raise type(exc)(f"calls[{index}]: {exc}") from exc
             requests.append(request)
-        return [r.to_dict() for r in self._orchestrator.run_many(requests, concurrency)]
+        return requests
 
     def prewarm(self, language: str = "python", sandbox_policy: PolicySpec = None) -> bool:
         """Fill the warm pool of (language, policy) now, so the next run skips a cold start."""

@@ -260,7 +260,11 @@ class Orchestrator:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             cancel.cancel()
-            await asyncio.wait([future])  # the run is killed and recorded before we go on
+            while not future.done():  # the run is killed and recorded before we go on,
+                try:  # even if we are cancelled again meanwhile
+                    await asyncio.wait([future])
+                except asyncio.CancelledError:
+                    continue
             if not future.cancelled():
                 future.exception()  # retrieved: asyncio would log it as never retrieved
             raise

@@ -243,6 +243,34 @@ class RemoteMemoryAPI:
         answer = self._call("POST", "/v1/execute/batch", content, self._batch_timeouts(listed))
         return remote.dicts(answer, "results", self._url)
 
+    async def execute_code_batch_async(
+        self, calls: Sequence[Mapping[str, Any]], concurrency: int = 4
+    ) -> list[dict[str, Any]]:
+        """Like :meth:`execute_code_batch`, for asyncio; cancelling kills the batch's runs.
+
+        The batch has its own connection: cancelling the awaiting task closes it, and the
+        server kills the runs still going and starts no more.
+
+        Raises:
+            RequestError: a call has bad arguments (the message names its index).
+            PolicyError: a call names an unknown, invalid or not allowed policy.
+            ServiceError: the service refused (``TooManyRunsError``: no slot is free).
+        """
+        listed = remote.listed(calls)
+        body = {"calls": listed, "concurrency": concurrency}
+        content = remote.encode(body, lambda: remote.check_calls(listed))
+        async with self._async_client(None) as client:
+            try:
+                response = await client.post(
+                    "/v1/execute/batch",
+                    content=content,
+                    headers=_JSON,
+                    timeout=self._batch_timeouts(listed),
+                )
+            except httpx.TransportError as exc:
+                raise remote.unreachable(exc, self._url) from exc
+        return remote.dicts(self._answer(response), "results", self._url)
+
     def prewarm(self, language: str = "python", sandbox_policy: PolicySpec = None) -> bool:
         """Fill the server's warm pool of (language, policy) now, so the next run starts warm.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -24,6 +24,7 @@ from athena.service.wire import envelope
 from orchestrator.errors import PolicyError, RequestError
 
 router = APIRouter(prefix="/v1", tags=["runs"])
+T = TypeVar("T")
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -62,20 +63,25 @@ async def execute(body: schemas.ExecuteBody, request: Request) -> Response:
     call = _call(body, request)
     api = service.view(tenant)
     with service.in_flight.slots(tenant.name, tenant.max_in_flight):
-        run = asyncio.ensure_future(service.run(api.execute_code_async(**call)))
-        listen = asyncio.ensure_future(_disconnected(request.receive))
-        try:
-            await asyncio.wait([run, listen], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            listen.cancel()
-            if not run.done():  # the client left (or we are cancelled): kill the run
-                run.cancel()
-                await asyncio.wait([run])
-        if run.cancelled():
-            return Response(status_code=499)  # nobody is left to read it
-        result = run.result()
+        result = await _unless_left(request, service.run(api.execute_code_async(**call)))
+    if result is None:
+        return Response(status_code=499)  # nobody is left to read it
     service.metrics.observe_run(result)
     return JSONResponse(result)
+
+
+async def _unless_left(request: Request, work: Awaitable[T]) -> T | None:
+    """Await ``work``; None when the client leaves first (``work`` is cancelled: runs killed)."""
+    run = asyncio.ensure_future(work)
+    listen = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait([run, listen], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        listen.cancel()
+        if not run.done():  # the client left (or we are cancelled): kill the run
+            run.cancel()
+            await asyncio.wait([run])
+    return None if run.cancelled() else run.result()
 
 
 @router.post(
@@ -244,7 +250,10 @@ async def execute_batch(body: schemas.BatchBody, request: Request) -> Response:
     api = service.view(tenant)
     wanted = min(body.concurrency, len(calls))
     with service.in_flight.slots(tenant.name, tenant.max_in_flight, wanted) as granted:
-        results = await asyncio.to_thread(api.execute_code_batch, calls, granted)
+        batch = service.run(api.execute_code_batch_async(calls, granted))
+        results = await _unless_left(request, batch)
+    if results is None:
+        return Response(status_code=499)  # the client left: the runs still going were killed
     for result in results:
         service.metrics.observe_run(result)
     return JSONResponse({"results": results})

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 # An int stays an int (the local API's messages show the value as given: ``-1``, not ``-1.0``).
 StrictNumber = StrictInt | StrictFloat
+MAX_BATCH_CALLS = 10_000  # a batch over HTTP; a longer evaluation sends several
 MAX_ID = 2**63 - 1  # record ids are 64-bit in both stores
 RecordId = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
 Context = dict[str, Any]
@@ -43,7 +44,7 @@ class ExecuteBody(_Body):
 class BatchBody(_Body):
     """The arguments of ``execute_code_batch``."""
 
-    calls: list[ExecuteBody]
+    calls: list[ExecuteBody] = Field(max_length=MAX_BATCH_CALLS)
     concurrency: StrictInt = 4
 
 

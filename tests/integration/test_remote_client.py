@@ -8,6 +8,7 @@ local MemoryAPI does, or checks what only the wire adds (tokens, tenants, closin
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import httpx
 import pytest
 
 from athena.api import MemoryAPI
@@ -245,6 +247,30 @@ def test_batch_runs_every_call_in_order(remote: RemoteMemoryAPI) -> None:
     results = remote.execute_code_batch(calls, concurrency=2)
     assert [r["stdout"] for r in results] == ["0\n", "1\n", "2\n", "hi\n"]
     assert all(set(r) == RESULT_KEYS for r in results)
+
+
+def test_async_batch_runs_in_order_and_cancelling_it_kills_its_runs(
+    remote: RemoteMemoryAPI, server: ServiceServer
+) -> None:
+    """execute_code_batch_async gives the dicts in order; cancelling it kills the runs going."""
+    results = asyncio.run(remote.execute_code_batch_async([{"code": "print(7)"}] * 2))
+    assert [r["stdout"] for r in results] == ["7\n", "7\n"]
+
+    def in_flight() -> float:
+        text = httpx.get(f"{server.url}/metrics", headers=server.headers("alice"), timeout=30).text
+        found = re.search(r'athena_runs_in_flight{tenant="alice"} (\S+)', text)
+        return float(found.group(1)) if found else 0.0
+
+    async def run_and_cancel() -> None:
+        call = {"code": LOOP, "timeout_seconds": 120}
+        task = asyncio.ensure_future(remote.execute_code_batch_async([call] * 2, 2))
+        assert await asyncio.to_thread(wait_until, lambda: in_flight() == 2, 20)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(asyncio.wait_for(run_and_cancel(), 60))
+    assert wait_until(lambda: in_flight() == 0, 20), "the batch outlived its client"
 
 
 def test_prewarm_and_policies(remote: RemoteMemoryAPI, local: MemoryAPI) -> None:

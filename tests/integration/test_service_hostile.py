@@ -205,6 +205,21 @@ def test_leaving_a_plain_execute_kills_the_run_and_frees_the_slot(server: Servic
     assert_two_at_once(server)
 
 
+def test_leaving_a_batch_kills_its_runs_and_frees_its_slots(server: ServiceServer) -> None:
+    """A client that hangs up on POST /v1/execute/batch gets every run killed, none started after."""
+    leave_after(server, "/v1/execute/batch", {"calls": [{"code": SLEEPER}] * 4}, 2.0)
+    assert wait_until(lambda: in_flight(server) == 0, 8), "the batch outlived its client"
+    assert_two_at_once(server)
+
+
+def test_a_batch_of_more_than_ten_thousand_calls_is_a_422(server: ServiceServer) -> None:
+    """calls is capped at 10,000 (send several batches), so no batch holds its slots for days."""
+    with server.client() as alice:
+        answer = alice.post("/v1/execute/batch", json={"calls": [{"code": "1"}] * 10_001})
+    assert answer.status_code == 422
+    assert answer.json()["error"]["fields"][0]["field"] == "body.calls"
+
+
 def test_leaving_a_stream_while_it_waits_in_the_queue_frees_it(server: ServiceServer) -> None:
     """A stream whose client leaves while its run waits for a sandbox never runs, frees its slot."""
     bob = [

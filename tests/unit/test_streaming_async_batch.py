@@ -325,6 +325,27 @@ def test_cancelling_the_task_awaiting_arun_kills_and_records_the_run(
     assert (result.success, result.error_type) == (False, "RunCancelledError")
 
 
+def test_cancelling_arun_twice_still_waits_until_the_run_is_recorded(
+    make_orch: Callable[..., Orchestrator],
+) -> None:
+    """A second cancel while arun waits for the killed run does not cut that wait short."""
+    backend = BlockingBackend(wind_down=0.2)
+    recorder = ListRecorder()
+    orch = make_orch(backend, recorder)
+
+    async def twice() -> None:
+        task = asyncio.ensure_future(orch.arun(request("block()")))
+        assert await asyncio.to_thread(backend.started.wait, 2)
+        task.cancel()
+        await asyncio.sleep(0.05)  # arun is now waiting for the killed run
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert recorder.results, "arun returned before the run was recorded"
+
+    asyncio.run(twice())
+
+
 def test_cancelling_the_task_awaiting_execute_code_async_kills_and_records_the_run(
     make_api: Callable[..., MemoryAPI],
 ) -> None:
@@ -340,6 +361,46 @@ def test_cancelling_the_task_awaiting_execute_code_async_kills_and_records_the_r
     record = api.store.get_execution(backend.requests[0].execution_id)
     assert record is not None
     assert (record.success, record.error_type) == (False, "RunCancelledError")
+
+
+def test_execute_code_batch_async_returns_dicts_in_order_like_the_sync_batch(
+    make_api: Callable[..., MemoryAPI],
+) -> None:
+    """The async batch gives the sync batch's dicts, in the calls' order."""
+    api = make_api(FakeBackend(FakeRun(stdout="4\n")))
+    calls = [{"code": f"print({n})"} for n in range(5)]
+    results = asyncio.run(api.execute_code_batch_async(calls, concurrency=2))
+    assert [r["stdout"] for r in results] == ["4\n"] * 5
+    assert [set(r) for r in results] == [set(api.execute_code("1"))] * 5
+
+
+def test_a_bad_async_batch_call_or_concurrency_raises_before_anything_runs(
+    make_api: Callable[..., MemoryAPI],
+) -> None:
+    """A bad call (named by index) or a concurrency below 1 is a RequestError; nothing runs."""
+    backend = FakeBackend(FakeRun())
+    api = make_api(backend)
+    with pytest.raises(RequestError, match=r"calls\[1\]"):
+        asyncio.run(api.execute_code_batch_async([{"code": "1"}, {"code": 1}]))
+    with pytest.raises(RequestError, match="concurrency"):
+        asyncio.run(api.execute_code_batch_async([{"code": "1"}], concurrency=0))
+    assert backend.requests == []
+
+
+def test_cancelling_an_async_batch_kills_its_runs_and_starts_no_more(
+    make_api: Callable[..., MemoryAPI],
+) -> None:
+    """Cancelling the batch's task kills the run going and never starts the queued ones."""
+    backend = BlockingBackend(wind_down=0.05)
+    api = make_api(backend)
+    calls = [{"code": "block()"} for _ in range(3)]
+
+    def recorded() -> bool:
+        return api.store.get_execution(backend.requests[0].execution_id) is not None
+
+    asyncio.run(cancel_when_started(api.execute_code_batch_async(calls, 1), backend, recorded))
+    assert backend.saw_cancel.is_set()
+    assert len(backend.requests) == 1  # the two others never started
 
 
 def test_execute_code_async_returns_the_execute_code_dict(
