@@ -29,6 +29,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 TENANT_KEY = "athena_tenant"
 UNAUTHORIZED_MESSAGE = "a valid bearer token is required"
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
+FOREIGN_HOST_MESSAGE = (
+    "without tokens this server answers only requests addressed to 127.0.0.1, localhost or "
+    "[::1] (the Host header): serve with --tokens to answer other names"
+)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -71,6 +76,24 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def loopback_host(scope: Scope) -> bool:
+    """Whether the request's ``Host`` names this machine's loopback (any port).
+
+    Without tokens the server trusts whoever reaches it on loopback; a page in a browser that
+    rebinds its own name to 127.0.0.1 (DNS rebinding) reaches it too, but its requests carry
+    that name in ``Host``, so they are refused.
+    """
+    host = _header(scope, b"host")
+    if host is None:
+        return False
+    name = host.decode("latin-1").strip().lower()
+    if name.startswith("["):
+        name = name[: name.find("]") + 1]
+    else:
+        name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+    return name in LOOPBACK_NAMES
+
+
 def bearer_token(scope: Scope) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, or None.
 
@@ -106,9 +129,14 @@ class AuthMiddleware:
             await self._app(scope, receive, send)
             return
         tenant: Tenant | None = self._local
-        if self._tokens is not None and scope.get("path") not in OPEN_PATHS:
+        message = UNAUTHORIZED_MESSAGE
+        if scope.get("path") in OPEN_PATHS:
+            pass
+        elif self._tokens is not None:
             token = bearer_token(scope)
             tenant = None if token is None else self._tokens.verify(token)
+        elif not loopback_host(scope):
+            tenant, message = None, FOREIGN_HOST_MESSAGE
         if tenant is None:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
@@ -116,7 +144,7 @@ class AuthMiddleware:
             await send_json(
                 send,
                 401,
-                envelope("Unauthorized", UNAUTHORIZED_MESSAGE),
+                envelope("Unauthorized", message),
                 [(b"www-authenticate", b"Bearer")],
             )
             return

@@ -126,8 +126,46 @@ def test_health_paths_and_no_token_mode_need_no_token(tokens: tuple[TokenFile, s
     sent, _ = _call(AuthMiddleware(Recorder(), tokens[0], local_tenant()), _scope("/readyz"), [])
     assert _status(sent) == 204
     inner = Recorder()
-    _call(AuthMiddleware(inner, None, local_tenant()), _scope(), [b""])
+    _call(
+        AuthMiddleware(inner, None, local_tenant()),
+        _scope(headers={"Host": "127.0.0.1:8000"}),
+        [b""],
+    )
     assert inner.scope["state"]["athena_tenant"].name == "default"
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1:8000", "localhost", "LOCALHOST:1", "[::1]:8000", "[::1]"]
+)
+def test_no_token_mode_answers_loopback_names(host: str) -> None:
+    """Without tokens, a request addressed to a loopback name is the local tenant's."""
+    inner = Recorder()
+    sent, _ = _call(
+        AuthMiddleware(inner, None, local_tenant()), _scope(headers={"Host": host}), [b""]
+    )
+    assert _status(sent) == 204
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        None,
+        "evil.example:8000",
+        "127.0.0.1.evil.example",
+        "10.0.0.1:8000",
+        "localhost.:80",
+        "[::2]:8000",
+    ],
+)
+def test_no_token_mode_refuses_other_host_names(host: str | None) -> None:
+    """Without tokens, any other Host (a DNS-rebinding page's name) is a 401 saying why."""
+    inner = Recorder()
+    headers = {} if host is None else {"Host": host}
+    sent, reads = _call(
+        AuthMiddleware(inner, None, local_tenant()), _scope(headers=headers), [b"x"]
+    )
+    assert _status(sent) == 401 and reads == 0
+    assert "127.0.0.1, localhost or [::1]" in _body(sent)["error"]["message"]
 
 
 def test_content_length_over_the_limit_is_413_unread() -> None:
