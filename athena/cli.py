@@ -18,7 +18,7 @@ import click
 import structlog
 import yaml
 
-from orchestrator.errors import SandboxError
+from orchestrator.errors import RequestError, SandboxError
 from orchestrator.languages import LANGUAGES
 from orchestrator.policy import load_policy, shipped_policy_names
 from orchestrator.settings import Settings
@@ -397,6 +397,9 @@ def serve_command(
         sys.exit(2)
     try:
         serve(host=host, port=port, tokens_file=tokens_file, db=db, grace_seconds=grace)
+    except RequestError as exc:  # what to change in the set-up: a usage error, as above
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
     except SandboxError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -61,6 +61,31 @@ def check_listen(host: str, tokens_file: str | os.PathLike[str] | None) -> None:
         )
 
 
+def check_project_dir(project_dir: Path, secrets: dict[str, Path]) -> None:
+    """Refuse to serve when the project directory holds the store or the tokens file.
+
+    ``research`` and ``development`` mount the project directory into sandboxes; a store there
+    would let every tenant's runs read every tenant's records.
+
+    Args:
+        project_dir: the directory the policies mount.
+        secrets: what must stay out of it, by what it is (``"the memory store"``: its path).
+
+    Raises:
+        RequestError: one of ``secrets`` is in or below ``project_dir``.
+    """
+    root = project_dir.resolve()
+    for what, path in secrets.items():
+        resolved = path.expanduser().resolve()
+        if resolved == root or root in resolved.parents:
+            raise RequestError(
+                f"{what} ({resolved}) is inside the project directory {root}, which the research "
+                "and development policies mount into sandboxes: every tenant's runs could read "
+                "it. Set ATHENA_PROJECT_DIR to a directory of files meant for sandboxes, or keep "
+                f"{what} elsewhere"
+            )
+
+
 class DrainingServer(uvicorn.Server):
     """A uvicorn server whose first SIGTERM drains the service before it stops."""
 
@@ -119,7 +144,8 @@ def serve(
     """Serve the HTTP API until SIGTERM, then drain, close everything and return.
 
     Raises:
-        RequestError: a non-loopback host without tokens.
+        RequestError: a non-loopback host without tokens, or the project directory holds the
+            store or the tokens file.
         TokenFileError: the tokens file cannot be read.
         StoreError: the store cannot be opened.
     """
@@ -133,6 +159,11 @@ def serve(
         tokens.list()  # a missing or broken file fails now, not on the first request
     api = MemoryAPI.create(db)
     try:
+        secrets = {} if tokens_file is None else {"the tokens file": Path(tokens_file)}
+        store_path = getattr(api.store, "path", None)
+        if isinstance(store_path, Path):
+            secrets["the memory store"] = store_path
+        check_project_dir(api.orchestrator.settings.resolved_project_dir(), secrets)
         in_flight = InFlight()
         app = create_app(
             api,

@@ -430,3 +430,19 @@ def test_non_loopback_host_is_refused_without_tokens() -> None:
     )
     assert done.returncode == 2, done.stderr
     assert "without tokens" in done.stderr and "--tokens" in done.stderr
+
+
+def test_a_store_in_the_mounted_project_directory_is_refused(tmp_path: Path) -> None:
+    """serve exits 2 when its store is in the project directory research mounts into runs."""
+    env = {k: v for k, v in os.environ.items() if k != "ATHENA_TOKENS_FILE"}
+    env["ATHENA_PROJECT_DIR"] = str(tmp_path)
+    command = [sys.executable, "-m", "athena.cli", "serve", "--port", str(free_port())]
+    done = subprocess.run(
+        [*command, "--db", str(tmp_path / "memory.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "the memory store" in done.stderr and "ATHENA_PROJECT_DIR" in done.stderr
