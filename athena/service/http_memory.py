@@ -126,7 +126,7 @@ def list_policies(request: Request) -> Response:
 
 
 @router.get(
-    "/policies/{name:path}",
+    "/policies/{name:text}",
     response_model=responses.PolicyDescription,
     responses=_READS,
     tags=["policies"],

@@ -272,7 +272,7 @@ async def prewarm(body: schemas.PrewarmBody, request: Request) -> Response:
 
 
 @router.get(
-    "/executions/{execution_id:path}",
+    "/executions/{execution_id:text}",
     response_model=responses.ExecutionRecord,
     responses=errors(400, 401, 404, 422, 503),
 )

@@ -10,14 +10,35 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from starlette.convertors import Convertor, register_url_convertor
 
 # An int stays an int (the local API's messages show the value as given: ``-1``, not ``-1.0``).
 StrictNumber = StrictInt | StrictFloat
-MAX_BATCH_CALLS = 10_000  # a batch over HTTP; a longer evaluation sends several
+MAX_BATCH_CALLS = 1_000  # a batch over HTTP (HumanEval is 164); a longer evaluation sends several
 MAX_ID = 2**63 - 1  # record ids are 64-bit in both stores
 RecordId = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
 Context = dict[str, Any]
 PolicySpec = StrictStr | dict[str, Any] | None
+
+
+class _AnyText(Convertor[str]):
+    """A path parameter of any text, slashes and newlines included (``{name:text}``).
+
+    Starlette's ``path`` convertor is ``.*``, which stops at a newline (``/v1/policies/a%0Ab``
+    matched no route, and ``strict%0A`` was looked up as ``strict``); the API's own checks
+    answer for such names, as the local API does.
+    """
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("text", _AnyText())  # before the routers that use it are built
 
 
 class _Body(BaseModel):

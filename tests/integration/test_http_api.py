@@ -217,6 +217,15 @@ def test_policies_are_those_the_tenant_may_use(alice: httpx.Client) -> None:
     _error(alice.get("/v1/policies/nope"), 400, "PolicyNotFoundError")
 
 
+@pytest.mark.parametrize("name", ["strict%0A", "a%0Ab", "a/b", "%20strict"])
+def test_a_path_parameter_of_any_text_reaches_the_apis_own_check(
+    alice: httpx.Client, name: str
+) -> None:
+    """Slashes and newlines in a name are the API's to judge: never a bare 404, never strict."""
+    _error(alice.get(f"/v1/policies/{name}"), 400, "PolicyNotFoundError")
+    _error(alice.get(f"/v1/executions/{name}"), 404, "ExecutionNotFound")
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

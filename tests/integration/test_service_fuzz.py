@@ -46,6 +46,7 @@ TENANT = "fuzz"
 # their own fixed sets): about a minute in all on a 2-core machine, though every execute
 # request may start a real sandbox.
 MAX_EXAMPLES = 100
+MAX_BATCH_FUZZED = 8  # calls per fuzzed batch
 # Requests sent and the status codes answered, per operation (the last test reads them).
 SENT: defaultdict[str, Counter[int]] = defaultdict(Counter)
 CHECKS = [
@@ -110,7 +111,7 @@ def api_schema(fuzz_server: ServiceServer) -> Any:
         {
             "base-url": fuzz_server.url,
             "headers": fuzz_server.headers(),
-            "request-timeout": 120,
+            "request-timeout": 60,
             "max-stream-events": 200,
             "generation": {
                 "max-examples": MAX_EXAMPLES,
@@ -159,8 +160,13 @@ def test_schema_names_every_operation(api_schema: Any) -> None:
 )
 @schema.parametrize()
 @pytest.mark.timeout(900)
-def test_no_request_makes_the_server_fail(case: schemathesis.Case) -> None:
+def test_no_request_makes_the_server_fail(case: schemathesis.Case[Any]) -> None:
     """No request gets a 5xx, and every answer has a documented status, content type and body."""
+    calls = case.body.get("calls") if isinstance(case.body, dict) else None
+    if isinstance(calls, list) and len(calls) > MAX_BATCH_FUZZED:
+        # The coverage phase sends the boundary (1,000 real runs: minutes); the cap itself is
+        # tested in test_service_hostile.py, and a few calls exercise the same code here.
+        case.body["calls"] = calls[:MAX_BATCH_FUZZED]
     response = case.call_and_validate(checks=CHECKS)
     SENT[f"{case.operation.method.upper()} {case.operation.path}"][response.status_code] += 1
 
