@@ -112,6 +112,7 @@ lint: venv
 bench: images node-tools postgres-up
 	$(BIN)/python benchmarks/bench_latency.py
 	$(BIN)/python benchmarks/bench_memory.py
+	$(BIN)/python benchmarks/bench_service.py
 
 sweep: venv
 	$(BIN)/athena-sandbox sweep
