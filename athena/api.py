@@ -740,14 +740,7 @@ class MemoryAPI:
                 a lone surrogate.
             StoreError: the store cannot be read.
         """
-        if not isinstance(execution_id, str):
-            raise RequestError(f"execution_id must be a string, not {type(execution_id).__name__}")
-        if not execution_id or len(execution_id) > MAX_EXECUTION_ID_CHARS:
-            raise RequestError(
-                f"execution_id must be 1 to {MAX_EXECUTION_ID_CHARS} characters "
-                f"(execute_code's result has it), not {len(execution_id)}"
-            )
-        record = self._store.get_execution(execution_id)
+        record = self._store.get_execution(check_execution_id(execution_id))
         if record is None:
             return None
         return {
@@ -801,6 +794,24 @@ def _dict_listener(on_event: Callable[[dict[str, Any]], None]) -> Callable[[Even
         on_event(event.to_dict())
 
     return listen
+
+
+def check_execution_id(execution_id: object) -> str:
+    """Return ``execution_id`` if it can name a run (the remote client checks the same).
+
+    Raises:
+        RequestError: not a string, empty, over ``MAX_EXECUTION_ID_CHARS`` characters, or
+            holding a lone surrogate.
+    """
+    if not isinstance(execution_id, str):
+        raise RequestError(f"execution_id must be a string, not {type(execution_id).__name__}")
+    if not execution_id or len(execution_id) > MAX_EXECUTION_ID_CHARS:
+        raise RequestError(
+            f"execution_id must be 1 to {MAX_EXECUTION_ID_CHARS} characters "
+            f"(execute_code's result has it), not {len(execution_id)}"
+        )
+    check_text(execution_id, "execution_id")
+    return execution_id
 
 
 def _checked(generator: CodeGenerator) -> CodeGenerator:

@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from httpx_sse import EventSource, ServerSentEvent
 
-from athena.api import MAX_EXECUTION_ID_CHARS
+from athena.api import check_execution_id
 from athena.policies import get_shipped_policy
 from athena.service import wire
 from athena.service.wire import ServiceUnavailableError
@@ -340,15 +340,7 @@ def execution_path(execution_id: object) -> str:
         RequestError: what a local ``get_execution`` raises for an id no URL path can carry
             (not a string, empty, too long, a lone surrogate).
     """
-    if not isinstance(execution_id, str):
-        raise RequestError(f"execution_id must be a string, not {type(execution_id).__name__}")
-    if not execution_id or len(execution_id) > MAX_EXECUTION_ID_CHARS:
-        raise RequestError(
-            f"execution_id must be 1 to {MAX_EXECUTION_ID_CHARS} characters "
-            f"(execute_code's result has it), not {len(execution_id)}"
-        )
-    check_text(execution_id, "execution_id")
-    return f"/v1/executions/{quote(execution_id, safe='')}"
+    return f"/v1/executions/{quote(check_execution_id(execution_id), safe='')}"
 
 
 def policy_path(name: object) -> str:

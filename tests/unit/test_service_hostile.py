@@ -18,6 +18,7 @@ from athena.service.gate import resolve_policy
 from athena.service.tokens import Tenant, TokenFile, TokenFileError, local_tenant
 from orchestrator.errors import PolicyError, PolicyNotFoundError, RequestError
 from orchestrator.policy import load_policy, shipped_policy_names
+from tests.unit.test_tokens import _replace  # the same atomic edit
 
 TENANT = local_tenant()  # strict, research: what a default token may use
 EVERYTHING = Tenant(name="ops", policies=tuple(shipped_policy_names()))
@@ -247,13 +248,6 @@ def test_an_inline_policy_never_reaches_more_than_its_base() -> None:
 def path(tmp_path: Path) -> Path:
     """A token file path in a fresh private directory (the file does not exist yet)."""
     return tmp_path / "tokens.json"
-
-
-def _replace(path: Path, text: str) -> None:
-    temporary = path.with_name("edit.tmp")
-    temporary.write_text(text)
-    os.chmod(temporary, 0o600)
-    os.replace(temporary, path)
 
 
 def test_a_chmod_after_loading_is_noticed(path: Path) -> None:
