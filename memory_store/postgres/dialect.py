@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
-from memory_store.sql.db import in_tenant, marks
+from memory_store.sql.db import marks
 from memory_store.sql.documents import BODY_WEIGHT, TAGS_WEIGHT, TITLE_WEIGHT, Document
 from memory_store.sql.rows import json_text
 from memory_store.sql.search import BROAD_MATCHES, plan_scoring, root
@@ -37,7 +37,7 @@ WRITE_LOCK = 1_096_040_002
 """Advisory lock namespace (with a hash of the schema name) of writers that create records."""
 # ts_rank_cd's weights are {D, C, B, A}: body (D; C unused), tags (B), title (A).
 _BODY, _TAGS = BODY_WEIGHT / TITLE_WEIGHT, TAGS_WEIGHT / TITLE_WEIGHT
-_IN_TENANT = in_tenant("search.id")
+_IN_TENANT = "search.tenant = ?"  # the row's own copy (schema version 3)
 _RANK = f"ts_rank_cd('{{{_BODY},{_BODY},{_TAGS},1.0}}'::float4[], search.tsv, QUERY, 1)"
 
 

@@ -233,6 +233,23 @@ _V3: Migration = (
     "ALTER TABLE executions ADD COLUMN events text NOT NULL DEFAULT '[]'",
     "ALTER TABLE executions ADD COLUMN requested_timeout_seconds double precision",
     *schema.V3_INDEXES,
+    # Full text filters on the row's own tenant: a lookup in objects for every match made a
+    # common word's recall ten times slower (160 ms against 16 at 100,000 memories). The
+    # trigger copies the tenant of the record's objects row, which is always written first.
+    "ALTER TABLE search ADD COLUMN tenant text NOT NULL DEFAULT 'default'",
+    "UPDATE search SET tenant = o.tenant FROM objects o "
+    "WHERE o.id = search.id AND o.tenant <> search.tenant",
+    """
+    CREATE FUNCTION athena_search_tenant() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
+    BEGIN
+        NEW.tenant := (SELECT tenant FROM objects WHERE id = NEW.id);
+        RETURN NEW;
+    END
+    $$
+    """,
+    "CREATE TRIGGER search_tenant BEFORE INSERT ON search "
+    "FOR EACH ROW EXECUTE FUNCTION athena_search_tenant()",
 )
 
 MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
