@@ -190,7 +190,7 @@ class PostgresDb:
             source = "search"
             if broad:  # only the tenant's newest matches: walk the primary key backwards
                 source = (
-                    f"(SELECT id, kind, ctx, tsv FROM search WHERE tsv @@ {query} "
+                    f"(SELECT id, kind, ctx, tsv, tenant FROM search WHERE tsv @@ {query} "
                     f"AND {_IN_TENANT} ORDER BY id DESC LIMIT {BROAD_MATCHES}) AS search"
                 )
             where, args = self.filters(tenant, kinds, context)

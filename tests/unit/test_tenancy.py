@@ -329,6 +329,27 @@ def test_version_2_records_belong_to_default_after_the_upgrade(backend: Backend)
 # --------------------------------------------------------------------------- MemoryAPI
 
 
+def test_a_common_word_ranks_only_the_tenants_newest_matches(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past BROAD_MATCHES matches (the broad plan), recall still finds only the tenant's own."""
+    import memory_store.postgres.dialect as pg
+    import memory_store.sqlite.dialect as lite
+    from memory_store.sql import search
+
+    for module in (search, pg, lite):
+        monkeypatch.setattr(module, "BROAD_MATCHES", 3)
+    theirs = store.scoped("other")
+    mine = [store.add_memory(NewMemory.create(f"common word number {n}")) for n in range(6)]
+    for n in range(6):
+        theirs.add_memory(NewMemory.create(f"common word elsewhere {n}"))
+    hits = store.recall(RecallQuery.create("common", 10, None, ["memory"]))
+    assert hits and {hit.id for hit in hits} <= set(mine)
+    assert {
+        hit.id for hit in theirs.recall(RecallQuery.create("common", 10, None, None))
+    }.isdisjoint(mine)
+
+
 @pytest.fixture
 def api(backend: Backend) -> Iterator[MemoryAPI]:
     """A MemoryAPI on a fresh store of each backend, a fake sandbox printing to both streams."""
