@@ -305,7 +305,10 @@ def test_a_path_policy_and_development_are_refused(alice: httpx.Client) -> None:
 def test_429_when_the_tenant_is_at_its_limit(bob: httpx.Client) -> None:
     """bob may have one run in flight: a second gets 429 with Retry-After."""
     with bob.stream("POST", "/v1/execute/stream", json={"code": SLEEPER}) as running:
-        for event in _events(running):
+        # Kept referenced: a generator dropped mid-stream is closed, and httpcore closes the
+        # connection with it, which (rightly) kills the run and frees the slot at once.
+        events = _events(running)
+        for event in events:
             if event["type"] == "stdout":
                 break
         response = bob.post("/v1/execute", json={"code": "print(1)"})
@@ -313,6 +316,7 @@ def test_429_when_the_tenant_is_at_its_limit(bob: httpx.Client) -> None:
         assert int(response.headers["retry-after"]) >= 1
         batch = bob.post("/v1/execute/batch", json={"calls": [{"code": "print(1)"}]})
         _error(batch, 429, "TooManyRuns")
+        events.close()
     # closing the stream killed the run and freed the slot
     assert _wait_for(lambda: bob.post("/v1/execute", json={"code": "print(1)"}).status_code == 200)
 
