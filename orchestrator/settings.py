@@ -39,6 +39,9 @@ class Settings(BaseSettings):
         pool_max_keys: how many (language, policy) pairs keep warm containers at once; the
             least recently used beyond it shrink to none (so ever new inline policies cannot
             pile up idle containers).
+        pool_refill_delay_seconds: how long a run's warm container waits for its replacement
+            while its pool still holds another ready one, so the run and its answer do not
+            compete with the engine starting a container (an emptied pool refills at once).
         pool_wait_seconds: how long a run waits for a warm container before it starts a cold
             one (0: never waits; an empty pool means the cold path).
         max_concurrent_runs: runs in sandboxes at once; more wait in the queue.
@@ -69,6 +72,7 @@ class Settings(BaseSettings):
     pool_min_size: int = Field(0, ge=0, le=64)
     pool_idle_ttl_seconds: float = Field(300.0, gt=0)
     pool_max_keys: int = Field(8, ge=1, le=1024)
+    pool_refill_delay_seconds: float = Field(0.05, ge=0, le=60)
     pool_wait_seconds: float = Field(0.0, ge=0)
     max_concurrent_runs: int = Field(default_factory=lambda: 4 * (os.cpu_count() or 1), ge=1)
     max_queued_runs: int = Field(256, ge=0)

@@ -18,6 +18,12 @@ A key whose launches fail backs off on its own (1 s, 2 s, 4 s ... up to 10 s) wh
 refill at full speed, and after a few failures in a row it is not tried again until a ``take``
 or ``prewarm`` asks for it: a policy whose sandboxes can never start costs nothing while nobody
 uses it. ``last_error(key)`` says why a key's launches fail.
+
+A take that leaves its key other ready sandboxes holds the key's refill back ``refill_delay``
+seconds: the run that took the sandbox starts, ends and answers before the engine starts its
+replacement. On a small machine the two compete for the same cores (a warm run took 5.2 ms
+with the replacement starting beside it, 4.3 ms without). A take that empties its key refills
+at once: the next caller would otherwise wait for a cold start.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ class _Slot(Generic[S]):
     failures: int = 0  # failed launches in a row
     retry_at: float = 0.0  # after a failure, no launch before this (the injected clock)
     last_error: str | None = None  # why the last launch failed; None once one succeeds
+    not_before: float = 0.0  # after a take that left others ready, no launch before this
 
     @property
     def given_up(self) -> bool:
@@ -74,6 +81,8 @@ class WarmPool(Generic[K, S]):
         min_size: how many a key keeps once idle for ``idle_ttl`` seconds.
         idle_ttl: seconds without demand after which a key shrinks to ``min_size``.
         max_keys: how many keys, the most recently asked for, keep sandboxes at once.
+        refill_delay: seconds a take that leaves its key other ready sandboxes holds the key's
+            refill back (0: refill at once).
         clock: monotonic clock of the idle TTL and the launch backoff (tests pass a fake one);
             ``take`` and ``prewarm`` wait in real time.
     """
@@ -88,10 +97,14 @@ class WarmPool(Generic[K, S]):
         min_size: int = 0,
         idle_ttl: float = 300.0,
         max_keys: int = 8,
+        refill_delay: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_keys < 1:
             raise ValueError(f"max_keys must be at least 1, not {max_keys}")
+        if refill_delay < 0:
+            raise ValueError(f"refill_delay must be 0 or more, not {refill_delay}")
+        self._refill_delay = refill_delay
         self._launch, self._discard, self._is_alive = launch, discard, is_alive
         self._size_for, self._min_size, self._idle_ttl = size_for, min_size, idle_ttl
         self._max_keys = max_keys
@@ -116,6 +129,8 @@ class WarmPool(Generic[K, S]):
             slot = self._demand(key)
             while True:
                 sandbox = self._pop_alive(slot)
+                if sandbox is not None:
+                    slot.not_before = self._clock() + self._refill_delay if slot.ready else 0.0
                 if sandbox is not None or self._closed or slot.given_up:
                     self._cond.notify_all()  # a refill is due
                     return sandbox
@@ -258,12 +273,17 @@ class WarmPool(Generic[K, S]):
             slot.launching < _LAUNCHES_PER_KEY
             and not slot.given_up
             and slot.retry_at <= now
+            and slot.not_before <= now
             and len(slot.ready) + slot.launching < self._target(slot, key)
         )
 
     def _pause(self, now: float) -> float:
-        """How long an idle worker sleeps: a tick, or until the next backoff ends."""
-        ends = [s.retry_at - now for s in self._slots.values() if s.retry_at > now]
+        """How long an idle worker sleeps: a tick, or until the next backoff or delay ends."""
+        ends = [
+            max(s.retry_at, s.not_before) - now
+            for s in self._slots.values()
+            if max(s.retry_at, s.not_before) > now
+        ]
         return max(0.001, min([_TICK_S, *ends]))  # never a busy loop, whatever the clock does
 
     def _discard_later(self, sandbox: S) -> None:

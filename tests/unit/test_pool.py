@@ -229,6 +229,42 @@ def test_the_pool_refills_after_a_take(make_pool: PoolFactory) -> None:
     assert launcher.launched_for("a") == 3
 
 
+def full_delayed_pool(
+    make_pool: PoolFactory, clock: FakeClock
+) -> tuple[WarmPool[str, FakeSandbox], Launcher]:
+    """A pool of 2 for key "a" with a 30 s refill delay on ``clock``, filled."""
+    pool, launcher = make_pool({"a": 2}, refill_delay=30.0, clock=clock)
+    pool.prewarm("a", timeout=2)
+    assert eventually(lambda: pool.ready_count("a") == 2)
+    return pool, launcher
+
+
+def test_a_take_that_leaves_others_ready_holds_the_refill_back(make_pool: PoolFactory) -> None:
+    """With refill_delay, the replacement waits while the key still has a ready sandbox."""
+    clock = FakeClock()
+    pool, launcher = full_delayed_pool(make_pool, clock)
+    assert pool.take("a") is not None
+    settle()
+    assert launcher.launched_for("a") == 2  # held back: one is still ready
+    clock.advance(31)  # the worker looks again on its next tick (1 s of real time)
+    assert eventually(lambda: pool.ready_count("a") == 2, timeout=3)
+    assert launcher.launched_for("a") == 3
+
+
+def test_a_take_that_empties_the_key_refills_at_once(make_pool: PoolFactory) -> None:
+    """The delay never applies to a key left with nothing ready: the next caller would go cold."""
+    pool, launcher = full_delayed_pool(make_pool, FakeClock())
+    assert pool.take("a") is not None
+    assert pool.take("a") is not None  # the key is empty now: its delay is lifted
+    assert eventually(lambda: pool.ready_count("a") == 2)
+    assert launcher.launched_for("a") == 4
+
+
+def test_a_negative_refill_delay_is_refused() -> None:
+    with pytest.raises(ValueError, match="refill_delay must be 0 or more"):
+        WarmPool(lambda k: k, lambda s: None, lambda s: True, size_for=lambda k: 1, refill_delay=-1)
+
+
 def test_each_key_gets_its_own_size(make_pool: PoolFactory) -> None:
     """size_for is asked per key: a key of size 1 and one of size 3 fill to 1 and 3."""
     pool, launcher = make_pool({"a": 1, "b": 3})

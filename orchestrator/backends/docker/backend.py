@@ -108,6 +108,7 @@ class DockerBackend:
             min_size=self._settings.pool_min_size,
             idle_ttl=self._settings.pool_idle_ttl_seconds,
             max_keys=self._settings.pool_max_keys,
+            refill_delay=self._settings.pool_refill_delay_seconds,
         )
         atexit.register(_close_at_exit, weakref.ref(self))
 
