@@ -23,11 +23,9 @@ Every refusal is a :class:`~orchestrator.errors.PolicyError` (an unknown name:
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from pydantic import ValidationError
@@ -38,8 +36,10 @@ from orchestrator.policy import (
     DEFAULT_POLICY,
     Mount,
     Policy,
+    ShippedSnapshot,
     load_policy,
-    shipped_policies_dir,
+    load_shipped_policy,
+    shipped_snapshot,
 )
 
 __all__ = ["allowed_policy_names", "resolve_policy"]
@@ -54,40 +54,12 @@ _PUNCTUATION_RE = re.compile(r"[_.-]")
 
 def allowed_policy_names(tenant: Tenant) -> tuple[str, ...]:
     """Return the shipped policies the tenant may use, in the order its token lists them."""
-    shipped = _shipped_names(_snapshot())
+    shipped = _shipped_names(shipped_snapshot())
     return tuple(name for name in tenant.policies if name in shipped)
 
 
-_Snapshot = tuple[tuple[str, int], ...]
-
-
-@lru_cache(maxsize=1)
-def _policies_dir() -> str:
-    return str(shipped_policies_dir())  # resolving the path costs ~0.1 ms: once per process
-
-
-def _snapshot() -> _Snapshot:
-    """Each shipped policy file's name and mtime: the key of the policies loaded from them."""
-    try:
-        with os.scandir(_policies_dir()) as entries:
-            return tuple(
-                sorted((e.name, e.stat().st_mtime_ns) for e in entries if e.name.endswith(".yaml"))
-            )
-    except OSError:
-        return ()
-
-
-def _shipped_names(snapshot: _Snapshot) -> tuple[str, ...]:
+def _shipped_names(snapshot: ShippedSnapshot) -> tuple[str, ...]:
     return tuple(name.removesuffix(".yaml") for name, _ in snapshot)
-
-
-@lru_cache(maxsize=64)
-def _shipped(name: str, snapshot: _Snapshot) -> Policy:
-    # Loading a shipped policy (read, merge its extends chain, validate) costs about half a
-    # millisecond; a request must not pay it. Policies are frozen, so one object serves all,
-    # and any change to a shipped file changes the snapshot, so the cache never goes stale.
-    del snapshot  # part of the cache key only
-    return load_policy(name)
 
 
 def resolve_policy(spec: object, tenant: Tenant) -> Policy:
@@ -105,7 +77,7 @@ def resolve_policy(spec: object, tenant: Tenant) -> Policy:
             or reaches more of the host than its base, or ``spec`` has another type; the
             message says what to change.
     """
-    snapshot = _snapshot()
+    snapshot = shipped_snapshot()
     shipped = _shipped_names(snapshot)
     allowed = tuple(name for name in tenant.policies if name in shipped)
     if not allowed:
@@ -115,11 +87,14 @@ def resolve_policy(spec: object, tenant: Tenant) -> Policy:
         )
     gate = _Gate(tenant, allowed, shipped)
     if spec is None:
-        return _shipped(DEFAULT_POLICY if DEFAULT_POLICY in allowed else allowed[0], snapshot)
+        return load_shipped_policy(
+            DEFAULT_POLICY if DEFAULT_POLICY in allowed else allowed[0], snapshot
+        )
     if isinstance(spec, str):
-        return _shipped(gate.allowed_name(spec, _FIELD), snapshot)
+        return load_shipped_policy(gate.allowed_name(spec, _FIELD), snapshot)
     if isinstance(spec, Mapping):
-        base = _shipped(gate.allowed_name(_extends(spec, gate), f"{_FIELD}.extends"), snapshot)
+        base_name = gate.allowed_name(_extends(spec, gate), f"{_FIELD}.extends")
+        base = load_shipped_policy(base_name, snapshot)
         return _inline(spec, gate, base)
     raise PolicyError(
         f"{_FIELD} must be a policy name ({', '.join(allowed)}), an object that extends one, "

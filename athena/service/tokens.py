@@ -91,11 +91,6 @@ class TokenFileError(SandboxError, ValueError):
     """The token file is missing, unreadable or malformed; the message says what to change."""
 
 
-@lru_cache(maxsize=1)
-def _policies_dir() -> Path:
-    return shipped_policies_dir()  # resolving it costs more than the stat below
-
-
 @lru_cache(maxsize=4)
 def _shipped_names_at(mtime_ns: int) -> tuple[str, ...]:
     del mtime_ns  # part of the cache key only: adding or removing a policy changes it
@@ -109,7 +104,7 @@ def _shipped_names() -> tuple[str, ...]:
     time made a file of 20,000 tokens take seconds to load, blocking every request meanwhile.
     """
     try:
-        mtime_ns = os.stat(_policies_dir()).st_mtime_ns
+        mtime_ns = os.stat(shipped_policies_dir()).st_mtime_ns
     except OSError:
         return tuple(shipped_policy_names())
     return _shipped_names_at(mtime_ns)

@@ -782,3 +782,33 @@ def test_resolve_mounts_records_what_it_checked_and_refuses_a_link(
     (project / "sub").symlink_to(outside)  # resolves out of the project: refused
     with pytest.raises(PolicyError, match="leaves the project directory"):
         resolve_mounts(policy, project)
+
+
+# --------------------------------------------------------------------------- the shipped cache
+
+
+def test_a_shipped_policy_is_loaded_once_and_shared() -> None:
+    """Every run that names a shipped policy (or none) gets the one frozen object."""
+    assert load_policy("strict") is load_policy("strict")
+    assert load_policy(None) is load_policy("strict")
+
+
+def test_an_edited_shipped_policy_is_loaded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache keys on the files' mtimes: an edit takes effect on the next load."""
+    import shutil
+
+    import orchestrator.policy as policy_module
+
+    copy = tmp_path / "policies"
+    shutil.copytree(policy_module.shipped_policies_dir(), copy)
+    monkeypatch.setattr(policy_module, "shipped_policies_dir", lambda: copy)
+    before = load_policy("strict")
+    assert load_policy("strict") is before
+    path = copy / "strict.yaml"
+    path.write_text(path.read_text().replace("description:", "description: edited.", 1))
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    after = load_policy("strict")
+    assert after is not before and after.description.startswith("edited.")
