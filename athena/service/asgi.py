@@ -188,7 +188,7 @@ class BodyLimitMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        await self._app(scope, _replay(b"".join(chunks), receive), send)
+        await self._app(scope, replay_body(b"".join(chunks), receive), send)
 
     async def _too_large(self, send: Send) -> None:
         message = f"the request body is over the server's limit of {self._max} bytes; send less"
@@ -197,7 +197,7 @@ class BodyLimitMiddleware:
         )
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay_body(body: bytes, receive: Receive) -> Receive:
     """A ``receive`` that gives ``body`` once, then passes on to the server's."""
     sent = False
 

@@ -2,7 +2,9 @@
 
 Layers, outermost first: request metrics, :class:`~athena.service.asgi.AuthMiddleware` (401
 before the body is read), :class:`~athena.service.asgi.BodyLimitMiddleware` (413), then the
-``/mcp`` mount when one is given, then FastAPI (``/v1`` routes, health, metrics). Every error
+``/mcp`` mount when one is given, :class:`~athena.service.http_runs.FastExecute` (a valid
+``POST /v1/execute`` goes straight to its handler), then FastAPI (``/v1`` routes, health,
+metrics). Every error
 is the envelope of :mod:`athena.service.wire` with the status the spec gives its class:
 
 =======================================================  ======
@@ -279,6 +281,7 @@ def create_app(
     app.include_router(http_runs.router)
     app.include_router(http_memory.router)
     # add_middleware: the last added is the outermost; all run before FastAPI reads the body.
+    app.add_middleware(http_runs.FastExecute, service=service, on_error=error_response)
     if mcp is not None:
         app.add_middleware(_MountMCP, mounted=mcp.app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
@@ -326,8 +329,10 @@ class _Timed:
             await self._app(scope, receive, timed_send)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", None) or (
-                MCP_PATH if scope.get("path", "").startswith(MCP_PATH) else "other"
+            path = (
+                getattr(route, "path", None)
+                or scope.get(http_runs.ROUTE_PATH_KEY)
+                or (MCP_PATH if scope.get("path", "").startswith(MCP_PATH) else "other")
             )
             self._service.metrics.observe_http(
                 scope.get("method", ""), path, status, time.perf_counter() - started

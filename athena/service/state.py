@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
@@ -100,6 +101,20 @@ class Service:
         return not self._runs
 
     # ------------------------------------------------------------------ runs
+
+    @contextmanager
+    def running(self, task: asyncio.Task[Any]) -> Iterator[None]:
+        """Count ``task`` (one awaiting a run) among those a drain waits for and may cancel."""
+        self._runs.add(task)
+        try:
+            yield
+        finally:
+            self._runs.discard(task)
+
+    @property
+    def killed(self) -> bool:
+        """Whether the drain's grace period ended and the runs still going were cancelled."""
+        return self._killed
 
     def start_run(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run ``work`` as a task the drain can cancel."""

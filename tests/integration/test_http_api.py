@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -355,6 +356,11 @@ def test_metrics_count_a_run(alice: httpx.Client) -> None:
         "athena_warm_pool_ready",
     ):
         assert name in text
+    # The run went by FastExecute, past FastAPI's router: it is still counted under its route.
+    label = (
+        'athena_http_request_duration_seconds_count{method="POST",route="/v1/execute",status="200"}'
+    )
+    assert label in text
 
 
 # ----------------------------------------------------------------------------- cancel, drain
@@ -379,6 +385,44 @@ def test_disconnect_mid_stream_kills_the_run(server: ServiceServer, alice: httpx
     assert record["result"]["error_type"] == "RunCancelledError", record["result"]
     assert record["events"][-1]["type"] == "exit"
     assert time.monotonic() - started < 30
+
+
+def test_a_client_that_leaves_a_plain_execute_gets_its_run_killed(
+    server: ServiceServer, alice: httpx.Client
+) -> None:
+    """POST /v1/execute (no stream) whose client gives up: the run is killed and recorded."""
+    before = _latest_run(alice)
+    with pytest.raises(httpx.ReadTimeout):
+        alice.post("/v1/execute", json={"code": SLEEPER}, timeout=3)  # closes the connection
+
+    def cancelled() -> dict[str, Any] | None:
+        newest = _latest_run(alice)
+        record: dict[str, Any] = alice.get(f"/v1/executions/{newest}").json()
+        return record if newest != before else None
+
+    record = _wait_for(cancelled, timeout=20)  # long before the run's own 60 s
+    assert record is not None, "the abandoned run was not recorded"
+    assert record["result"]["error_type"] == "RunCancelledError", record["result"]
+    assert record["request"]["code"] == SLEEPER
+    assert _wait_for(lambda: not server.container_exists(record["events"][0]["sandbox_id"]))
+
+
+def test_sigterm_answers_a_plain_execute_past_the_grace_with_503() -> None:
+    """A non-streamed run still going when the grace ends: killed, recorded, and told 503."""
+    with running_server(grace=3) as server, server.client() as client:
+        answer: list[httpx.Response] = []
+        waiter = threading.Thread(
+            target=lambda: answer.append(client.post("/v1/execute", json={"code": SLEEPER}))
+        )
+        waiter.start()
+        time.sleep(3)  # the run is going (not streamed: nothing says so but time)
+        server.process.send_signal(signal.SIGTERM)
+        waiter.join(60)
+        assert answer, "the client got no answer"
+        _error(answer[0], 503, "Draining")
+        assert "shut down before the run finished" in answer[0].json()["error"]["message"]
+        assert server.process.wait(30) == 0
+        assert server.containers() == []
 
 
 def test_sigterm_drains_kills_late_runs_and_exits_0() -> None:

@@ -5,13 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from athena.service.asgi import AuthMiddleware, BodyLimitMiddleware, Message, bearer_token
-from athena.service.http import status_of
+from athena.service import http_runs
+from athena.service.asgi import (
+    TENANT_KEY,
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    Message,
+    bearer_token,
+)
+from athena.service.http import error_response, status_of
 from athena.service.inflight import InFlight
 from athena.service.metrics import outcome_of
 from athena.service.serve import check_listen, is_loopback
@@ -272,3 +281,93 @@ def test_admission_counts_runs_waiting_for_a_place() -> None:
     first.join(5)
     second.join(5)
     assert admission.waiting == 0
+
+
+# --------------------------------------------------------------------------- FastExecute
+
+
+class FakeRuns:
+    """The parts of :class:`~athena.service.state.Service` a run goes through; runs are fakes."""
+
+    def __init__(self) -> None:
+        self.in_flight = InFlight()
+        self.calls: list[dict[str, Any]] = []
+        self.observed: list[dict[str, Any]] = []
+        self.metrics = self
+
+    def refuse_if_draining(self) -> None:
+        pass
+
+    def view(self, _tenant: Any) -> FakeRuns:
+        return self
+
+    killed = False
+
+    @contextmanager
+    def running(self, _task: Any) -> Iterator[None]:
+        yield
+
+    def observe_run(self, result: dict[str, Any]) -> None:
+        self.observed.append(result)
+
+    async def execute_code_async(self, **call: Any) -> dict[str, Any]:
+        self.calls.append(call)
+        return {"success": True, "stdout": f"ran {call['code']}"}
+
+
+def _fast(body: bytes, content_type: str = "application/json", query: bytes = b"") -> Any:
+    """Drive FastExecute over a Recorder with ``body``; return (sent, recorder, runs, scope)."""
+    runs, inner = FakeRuns(), Recorder()
+    app = http_runs.FastExecute(inner, runs, error_response)  # type: ignore[arg-type]
+    scope = _scope(headers={"Content-Type": content_type})
+    scope.update(query_string=query, state={TENANT_KEY: local_tenant()})
+    sent, _reads = _call(app, scope, [body[:5], body[5:]])
+    return sent, inner, runs, scope
+
+
+def test_a_valid_execute_body_is_run_without_the_router() -> None:
+    """A valid body goes straight to the run; the next app (FastAPI) never sees the request."""
+    sent, inner, runs, scope = _fast(b'{"code": "print(1)", "timeout_seconds": 5}')
+    assert not inner.called
+    assert _status(sent) == 200 and _body(sent) == {"success": True, "stdout": "ran print(1)"}
+    assert runs.calls[0]["code"] == "print(1)" and runs.calls[0]["timeout_seconds"] == 5
+    assert runs.calls[0]["sandbox_policy"].name == "strict"  # the tenant's gate still decides
+    assert runs.observed and scope[http_runs.ROUTE_PATH_KEY] == "/v1/execute"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "query"),
+    [
+        (b'{"code": ', "application/json", b""),  # not JSON
+        (b'{"code": 1}', "application/json", b""),  # a field of the wrong type
+        (b'{"code": "1", "timeout": 5}', "application/json", b""),  # an unknown field
+        (b'["print(1)"]', "application/json", b""),  # not an object
+        (b'{"code": "\xff"}', "application/json", b""),  # not UTF-8
+        (b'{"code": "print(1)"}', "text/plain", b""),  # another content type
+        (b'{"code": "print(1)"}', "application/json", b"x=1"),  # a query string
+    ],
+)
+def test_anything_else_goes_to_the_route_with_its_body_intact(
+    body: bytes, content_type: str, query: bytes
+) -> None:
+    """Whatever is not a plain valid run reaches FastAPI unchanged, to answer as it always did."""
+    sent, inner, runs, _ = _fast(body, content_type, query)
+    assert inner.called and inner.body == body
+    assert _status(sent) == 204 and not runs.calls
+
+
+def test_what_the_run_raises_gets_the_routes_error_response() -> None:
+    """A policy the gate refuses is the same 400 envelope the route's handler gives."""
+    sent, inner, runs, _ = _fast(b'{"code": "1", "sandbox_policy": "lax"}')
+    assert not inner.called and not runs.calls
+    assert _status(sent) == 400
+    assert _body(sent)["error"]["type"] == "PolicyNotFoundError"
+    assert "lax" in _body(sent)["error"]["message"]
+
+
+def test_a_client_gone_before_its_body_gets_nothing_and_runs_nothing() -> None:
+    runs, inner = FakeRuns(), Recorder()
+    app = http_runs.FastExecute(inner, runs, error_response)  # type: ignore[arg-type]
+    scope = _scope(headers={"Content-Type": "application/json"})
+    sent, _reads = _call(app, scope, [])
+    assert sent == [] and not inner.called and not runs.calls
