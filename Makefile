@@ -83,7 +83,7 @@ postgres-up:
 	bash scripts/ensure-postgres.sh
 
 test: setup images node-tools $(VENV)/.embeddings
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 test-unit: venv
 	$(BIN)/pytest -q -m "not postgres" tests/unit

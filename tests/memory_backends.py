@@ -22,6 +22,8 @@ from memory_store.postgres.connection import PostgresTarget
 from memory_store.postgres.store import PostgresStore
 from memory_store.sql.store import SqlStore
 from memory_store.sqlite.store import SQLiteStore
+from orchestrator.models import DEFAULT_TENANT, ExecutionRequest, ExecutionResult
+from orchestrator.policy import load_policy
 
 POSTGRES_URL_ENV = "ATHENA_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql://athena:athena@127.0.0.1:5432/athena_test"
@@ -148,3 +150,29 @@ class PostgresServer:
         finally:
             with psycopg.connect(self.url, autocommit=True) as conn:
                 conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")  # type: ignore[arg-type]
+
+
+def make_run(
+    code: str = "print(2 + 2)",
+    *,
+    success: bool = True,
+    stderr: str = "",
+    parameters: dict[str, object] | None = None,
+    policy: str | dict[str, object] = "strict",
+    tenant: str = DEFAULT_TENANT,
+) -> tuple[ExecutionRequest, ExecutionResult]:
+    """A python run's request and result as a store records them (``4`` printed, or failed)."""
+    request = ExecutionRequest.create(
+        code=code, parameters=parameters, policy=load_policy(policy), tenant=tenant
+    )
+    result = ExecutionResult(
+        execution_id=request.execution_id,
+        success=success,
+        language="python",
+        exit_code=0 if success else 1,
+        stdout="4\n" if success else "",
+        stderr=stderr,
+        sandbox_mode="docker",
+        execution_time_ms=3.0,
+    )
+    return request, result

@@ -33,9 +33,7 @@ from memory_store import (
     Store,
     StoreOptions,
 )
-from orchestrator.models import ExecutionRequest, ExecutionResult
-from orchestrator.policy import load_policy
-from tests.memory_backends import Backend
+from tests.memory_backends import Backend, make_run
 
 KEYWORD = StoreOptions(embeddings="off")
 HOSTILE_QUERIES = [
@@ -53,28 +51,6 @@ HOSTILE_QUERIES = [
     "\x00 nul \u202e rtl",
     "deploy " * 500,
 ]
-
-
-def make_run(
-    code: str = "print(2 + 2)",
-    *,
-    success: bool = True,
-    stderr: str = "",
-    parameters: dict[str, object] | None = None,
-    policy: str | dict[str, object] = "strict",
-) -> tuple[ExecutionRequest, ExecutionResult]:
-    request = ExecutionRequest.create(code=code, parameters=parameters, policy=load_policy(policy))
-    result = ExecutionResult(
-        execution_id=request.execution_id,
-        success=success,
-        language="python",
-        exit_code=0 if success else 1,
-        stdout="4\n" if success else "",
-        stderr=stderr,
-        sandbox_mode="docker",
-        execution_time_ms=3.0,
-    )
-    return request, result
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ from orchestrator.errors import PolicyNotFoundError, RequestError
 from orchestrator.models import ExecutionRequest, ExecutionResult, check_tenant
 from orchestrator.policy import shipped_policy_names
 from orchestrator.testing import FakeBackend, FakeRun
-from tests.memory_backends import Backend, PostgresBackend, SQLiteBackend
+from tests.memory_backends import Backend, PostgresBackend, SQLiteBackend, make_run
 
 ZERO = "Traceback (most recent call last):\n  ...\nZeroDivisionError: division by zero\n"
 V2_TIME = "2026-11-20T10:00:00.000000+00:00"
@@ -46,17 +46,7 @@ V2_TIME = "2026-11-20T10:00:00.000000+00:00"
 def run(
     tenant: str, code: str = "print(2 + 2)", *, stderr: str = "", success: bool = True
 ) -> tuple[ExecutionRequest, ExecutionResult]:
-    request = ExecutionRequest.create(code, tenant=tenant)
-    result = ExecutionResult(
-        execution_id=request.execution_id,
-        success=success,
-        language="python",
-        exit_code=0 if success else 1,
-        stdout="4\n" if success else "",
-        stderr=stderr,
-        sandbox_mode="docker",
-    )
-    return request, result
+    return make_run(code, stderr=stderr, success=success, tenant=tenant)
 
 
 @pytest.fixture
