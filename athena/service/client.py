@@ -100,6 +100,7 @@ class RemoteMemoryAPI:
         if not math.isfinite(timeout) or timeout <= 0:
             raise RequestError(f"timeout must be more than 0 seconds, not {timeout!r}")
         self._timeout = float(timeout)
+        self._tenant: str | None = None
         self._headers = {"User-Agent": "athena-sandbox-client"}
         if token is not None:
             self._headers["Authorization"] = f"Bearer {token.strip()}"
@@ -116,6 +117,25 @@ class RemoteMemoryAPI:
     def url(self) -> str:
         """The server's base URL."""
         return self._url
+
+    @property
+    def tenant(self) -> str:
+        """The tenant the token names, as the local API's ``tenant``.
+
+        The server's ``default`` when it runs without tokens. Asked of the server once
+        (``GET /v1/whoami``).
+
+        Raises:
+            AuthenticationError: the server refused the token.
+            ServiceUnavailableError: the server cannot be reached.
+        """
+        if self._tenant is None:
+            answer = self._call("GET", "/v1/whoami", None, self._timeouts(None))
+            tenant = answer.get("tenant") if isinstance(answer, dict) else None
+            if not isinstance(tenant, str):
+                raise ServiceError(f"{self._url} answered /v1/whoami without a tenant name")
+            self._tenant = tenant
+        return self._tenant
 
     def __repr__(self) -> str:
         return f"RemoteMemoryAPI({self._url!r})"

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from athena.api import MemoryAPI
 from athena.service import responses, schemas
 from athena.service.asgi import tenant_of
+from athena.service.gate import allowed_policy_names
 from athena.service.http_runs import errors, service_of
 from orchestrator.errors import PolicyError, PolicyNotFoundError
 
@@ -112,6 +113,19 @@ def relate_entities(body: schemas.RelationBody, request: Request) -> Response:
 def consolidate(body: schemas.ConsolidateBody, request: Request) -> Response:
     """Learn patterns from recent runs and events, and tidy the memories."""
     return JSONResponse(_api(request).consolidate(body.strategy, body.days_back))
+
+
+@router.get("/whoami", response_model=responses.Identity, responses=errors(401), tags=["policies"])
+def whoami(request: Request) -> Response:
+    """The tenant the token names: its name, the policies it may use, its in-flight limit."""
+    tenant = tenant_of(request.scope)
+    return JSONResponse(
+        {
+            "tenant": tenant.name,
+            "policies": list(allowed_policy_names(tenant)),
+            "max_in_flight": tenant.max_in_flight,
+        }
+    )
 
 
 @router.get(

@@ -304,6 +304,14 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {
 }
 
 
+class Identity(_Out):
+    """Who the bearer token names (``GET /v1/whoami``)."""
+
+    tenant: str = Field(description="The tenant: whose records these are, who runs the code.")
+    policies: list[str] = Field(description="The shipped policies this tenant may use.")
+    max_in_flight: int = Field(description="How many runs it may have going at once.")
+
+
 class Health(_Out):
     """The process answers."""
 

@@ -313,6 +313,20 @@ def test_a_wrong_token_is_an_authentication_error(server: ServiceServer) -> None
                 api.execute_code_stream("print(1)")
 
 
+def test_tenant_is_the_one_the_token_names(
+    server: ServiceServer, remote: RemoteMemoryAPI, bob: RemoteMemoryAPI
+) -> None:
+    """remote.tenant is the token's tenant, as local.tenant is; a wrong token raises 401's error."""
+    assert (remote.tenant, bob.tenant) == ("alice", "bob")
+    who = httpx.get(f"{server.url}/v1/whoami", headers=server.headers("bob"), timeout=30).json()
+    assert who == {"tenant": "bob", "policies": ["strict", "research"], "max_in_flight": 1}
+    with (
+        MemoryAPI.connect(server.url, token="ath_not-a-token") as stranger,
+        pytest.raises(AuthenticationError),
+    ):
+        _ = stranger.tenant
+
+
 def test_tenants_do_not_see_each_other(remote: RemoteMemoryAPI, bob: RemoteMemoryAPI) -> None:
     """Bob sees none of Alice's memories or runs, and cannot forget them."""
     memory = remote.remember("the zanzibarquux launch code is 1234")
