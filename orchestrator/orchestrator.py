@@ -14,7 +14,7 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Protocol
@@ -40,6 +40,7 @@ from orchestrator.settings import Settings
 from orchestrator.validator import CodeValidator
 
 log = structlog.get_logger(__name__)
+ResultListener = Callable[[ExecutionResult], None]
 
 
 class Recorder(Protocol):
@@ -88,6 +89,26 @@ class Orchestrator:
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
+        self._result_listeners: tuple[ResultListener, ...] = ()  # replaced whole, under _lock
+
+    def add_result_listener(self, listener: ResultListener) -> Callable[[], None]:
+        """Call ``listener`` with every result this orchestrator finishes; return its remover.
+
+        Every run ends with one call, whatever its path (a success, a failure, a refusal by the
+        validator, a timeout, a run cancelled by its caller), after the run is recorded and in
+        the run's own thread, so it must be quick. A listener that raises is logged; the run
+        and its result go on.
+        """
+        with self._lock:
+            self._result_listeners = (*self._result_listeners, listener)
+
+        def remove() -> None:
+            with self._lock:
+                self._result_listeners = tuple(
+                    known for known in self._result_listeners if known is not listener
+                )
+
+        return remove
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -384,6 +405,11 @@ class Orchestrator:
         )
         if events is not None:
             self._record(request, result, events.events(exit_event))
+        for listener in self._result_listeners:
+            try:
+                listener(result)
+            except Exception as exc:  # an observer's bug must not lose the caller's result
+                log.error("a result listener failed", error=f"{type(exc).__name__}: {exc}")
         context.emit(exit_event)
         return result
 

@@ -263,11 +263,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if mcp is None:
-            yield
-            return
-        async with mcp.lifespan():
-            yield
+        try:
+            if mcp is None:
+                yield
+                return
+            async with mcp.lifespan():
+                yield
+        finally:
+            service.metrics.close()
 
     app = FastAPI(
         title="athena-sandbox",

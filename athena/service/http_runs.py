@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from starlette.background import BackgroundTask
 
 from athena.service import responses, schemas
 from athena.service.asgi import ASGIApp, Receive, Scope, Send, replay_body, tenant_of
@@ -77,8 +76,7 @@ async def run_execute(
         result = await _unless_left(receive, service, api.execute_code_async(**call))
     if result is None:
         return Response(status_code=499)  # nobody is left to read it
-    # Counted once the answer is out: metrics are not what the caller waits for.
-    return JSONResponse(result, background=BackgroundTask(service.metrics.observe_run, result))
+    return JSONResponse(result)
 
 
 class FastExecute:
@@ -244,8 +242,8 @@ async def execute_stream(body: schemas.ExecuteBody, request: Request) -> Respons
             if not finished:
                 task.cancel()
             await asyncio.wait([task])
-            if not task.cancelled() and task.exception() is None:
-                service.metrics.observe_run(task.result())
+            if not task.cancelled():
+                task.exception()  # retrieved: what it raised was the stream's to report
         finally:
             service.in_flight.release(tenant.name)
 
@@ -369,8 +367,6 @@ async def execute_batch(body: schemas.BatchBody, request: Request) -> Response:
         results = await _unless_left(request.receive, service, batch)
     if results is None:
         return Response(status_code=499)  # the client left: the runs still going were killed
-    for result in results:
-        service.metrics.observe_run(result)
     return JSONResponse({"results": results})
 
 

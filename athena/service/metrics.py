@@ -12,18 +12,21 @@
 =========================================  ==================================================
 
 Outcomes: ``success``, ``failure`` (the code ran and failed), ``timeout``, ``rejected`` (the
-validator refused the code), ``cancelled``, ``error`` (the run could not happen).
+validator refused the code), ``cancelled``, ``error`` (the run could not happen). Runs are
+counted by an orchestrator result listener, so every run is, whichever front end started it
+(a route, a stream, a batch, an MCP tool call) and however it ended (a client that left and a
+drain that killed it included).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from orchestrator.models import ExecutionResult
 from orchestrator.orchestrator import Orchestrator
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -31,18 +34,17 @@ _RUN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60
 _HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
 
 
-def outcome_of(result: Mapping[str, Any]) -> str:
-    """The ``outcome`` label of a result dict."""
-    if result.get("success"):
+def outcome_of(result: ExecutionResult) -> str:
+    """The ``outcome`` label of a result."""
+    if result.success:
         return "success"
-    error_type = result.get("error_type")
-    if error_type == "RunCancelledError":
+    if result.error_type == "RunCancelledError":
         return "cancelled"
-    if any(str(v).startswith("timeout") for v in result.get("violations") or ()):
+    if any(v.category == "timeout" for v in result.violations):
         return "timeout"
-    if result.get("error") == "Code validation failed":
+    if result.error == "Code validation failed":
         return "rejected"
-    return "error" if error_type else "failure"
+    return "error" if result.error_type else "failure"
 
 
 class _LiveCollector(Collector):
@@ -127,16 +129,20 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.registry.register(_LiveCollector(orchestrator, in_flight, draining))
+        self._stop_listening = orchestrator.add_result_listener(self.observe_run)
 
-    def observe_run(self, result: Mapping[str, Any]) -> None:
-        """Count one run from its result dict."""
-        language = str(result.get("language") or "unknown")
-        mode = str(result.get("sandbox_mode") or "none")
+    def observe_run(self, result: ExecutionResult) -> None:
+        """Count one run (an orchestrator result listener: every run of every front end)."""
+        language, mode = result.language, result.sandbox_mode or "none"
         self.runs.labels(language, mode, outcome_of(result)).inc()
-        total_ms = result.get("total_time_ms") or result.get("execution_time_ms") or 0.0
-        self.run_seconds.labels(language, mode).observe(float(total_ms) / 1000.0)
-        for detail in result.get("violation_details") or ():
-            self.violations.labels(str(detail.get("category", "unknown"))).inc()
+        total_ms = result.total_time_ms or result.execution_time_ms
+        self.run_seconds.labels(language, mode).observe(total_ms / 1000.0)
+        for violation in result.violations:
+            self.violations.labels(violation.category).inc()
+
+    def close(self) -> None:
+        """Stop counting the orchestrator's runs."""
+        self._stop_listening()
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one HTTP request."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -105,11 +106,11 @@ def _events(response: httpx.Response) -> Iterator[dict[str, Any]]:
             yield event
 
 
-def _latest_run(client: httpx.Client) -> str:
-    """The execution id of the tenant's newest recorded run."""
+def _latest_run(client: httpx.Client) -> str | None:
+    """The execution id of the tenant's newest recorded run (None before the first)."""
     body = {"event_type": "execution", "limit": 1}
     results = client.post("/v1/events/search", json=body).json()["results"]
-    return str(results[0]["context"]["execution_id"])
+    return str(results[0]["context"]["execution_id"]) if results else None
 
 
 def _wait_for(check: Any, timeout: float = 30.0) -> Any:
@@ -334,19 +335,21 @@ def test_tenants_do_not_see_each_other(alice: httpx.Client, bob: httpx.Client) -
     assert alice.post("/v1/recall", json={"query": "quokka"}).json()["results"]
 
 
+def _runs_total(client: httpx.Client, outcome: str) -> float:
+    """``athena_runs_total`` of python runs with this outcome, any mode, from /metrics.
+
+    A run that ends before it has a sandbox result (one cancelled mid-run included) says no
+    mode, so its label is ``mode="none"``.
+    """
+    pattern = rf'^athena_runs_total{{language="python",mode="\w+",outcome="{outcome}"}} (\S+)$'
+    return sum(float(found) for found in re.findall(pattern, client.get("/metrics").text, re.M))
+
+
 def test_metrics_count_a_run(alice: httpx.Client) -> None:
     """/metrics (with a token) counts runs by language, mode and outcome."""
-
-    def count() -> float:
-        text = alice.get("/metrics").text
-        prefix = 'athena_runs_total{language="python",mode="docker",outcome="success"} '
-        return sum(
-            float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)
-        )
-
-    before = count()
+    before = _runs_total(alice, "success")
     assert alice.post("/v1/execute", json={"code": "print(1)"}).json()["success"]
-    assert count() == before + 1
+    assert _runs_total(alice, "success") == before + 1
     text = alice.get("/metrics").text
     for name in (
         "athena_run_duration_seconds_bucket",
@@ -392,6 +395,7 @@ def test_a_client_that_leaves_a_plain_execute_gets_its_run_killed(
 ) -> None:
     """POST /v1/execute (no stream) whose client gives up: the run is killed and recorded."""
     before = _latest_run(alice)
+    counted = _runs_total(alice, "cancelled")
     with pytest.raises(httpx.ReadTimeout):
         alice.post("/v1/execute", json={"code": SLEEPER}, timeout=3)  # closes the connection
 
@@ -405,6 +409,7 @@ def test_a_client_that_leaves_a_plain_execute_gets_its_run_killed(
     assert record["result"]["error_type"] == "RunCancelledError", record["result"]
     assert record["request"]["code"] == SLEEPER
     assert _wait_for(lambda: not server.container_exists(record["events"][0]["sandbox_id"]))
+    assert _runs_total(alice, "cancelled") == counted + 1  # counted, though nobody got it
 
 
 def test_sigterm_answers_a_plain_execute_past_the_grace_with_503() -> None:

@@ -483,6 +483,11 @@ def test_http_lists_and_calls_every_tool_with_a_token(tmp_path: Path) -> None:
 
         other = anyio.run(main)
         assert "RecordNotFoundError" in error_text(other)  # bob never sees alice's runs
+        # The tool's run counts in the server's metrics like a run over the HTTP API.
+        metrics = httpx.get(f"{server.url}/metrics", headers=server.headers("alice"), timeout=30)
+        assert 'athena_runs_total{language="python",mode="docker",outcome="success"}' in (
+            metrics.text
+        )
     assert not server.containers()  # stopped: its warm pool is gone too
 
 

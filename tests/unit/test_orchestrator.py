@@ -530,3 +530,44 @@ def test_modes_lists_every_mode_with_its_reason() -> None:
         ("restricted", None),
         ("inprocess", "runs trusted code only: name it in ATHENA_SANDBOX_BACKENDS to opt in"),
     ]
+
+
+# --------------------------------------------------------------------------- result listeners
+
+
+def test_every_run_ends_with_one_call_of_each_result_listener() -> None:
+    """Success, refusal by the validator, a failed run and a run that could not happen alike."""
+    seen: list[ExecutionResult] = []
+    orch = orchestrator(FakeBackend(FakeRun(stdout="4\n")), ListRecorder())
+    orch.add_result_listener(seen.append)
+    ok = orch.run(request())
+    refused = orch.run(request("import subprocess\n"))
+    failing = Orchestrator(
+        settings=Settings(),
+        backends=[FakeBackend(FakeRun(error=SandboxFailedError("the engine fell over")))],
+    )
+    failing.add_result_listener(seen.append)
+    with pytest.raises(RunError) as raised:
+        failing.run(request())
+    assert seen == [ok, refused, raised.value.result]
+    assert [r.success for r in seen] == [True, False, False]
+
+
+def test_a_listener_that_raises_loses_no_result_and_a_removed_one_is_not_called() -> None:
+    calls: list[str] = []
+
+    def broken(_result: ExecutionResult) -> None:
+        calls.append("broken")
+        raise ValueError("observer bug")
+
+    orch = orchestrator(FakeBackend(FakeRun(stdout="4\n")))
+    remove = orch.add_result_listener(broken)
+    orch.add_result_listener(lambda _result: calls.append("after"))
+    with capture_logs() as logs:
+        result = orch.run(request())
+    assert result.success and result.stdout == "4\n"
+    assert calls == ["broken", "after"]
+    assert any(entry["event"] == "a result listener failed" for entry in logs)
+    remove()
+    orch.run(request())
+    assert calls == ["broken", "after", "after"]

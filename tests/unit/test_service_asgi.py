@@ -33,6 +33,7 @@ from orchestrator.errors import (
     RequestError,
     UnknownLanguageError,
 )
+from orchestrator.models import ExecutionResult, Violation
 
 
 class Recorder:
@@ -233,13 +234,18 @@ def test_status_of_each_error_class() -> None:
 
 
 def test_outcome_labels() -> None:
-    """A result dict maps to one bounded outcome label."""
-    assert outcome_of({"success": True}) == "success"
-    assert outcome_of({"success": False, "error_type": "RunCancelledError"}) == "cancelled"
-    assert outcome_of({"success": False, "violations": ["timeout: killed"]}) == "timeout"
-    assert outcome_of({"success": False, "error": "Code validation failed"}) == "rejected"
-    assert outcome_of({"success": False, "error_type": "QueueFullError"}) == "error"
-    assert outcome_of({"success": False, "exit_code": 1}) == "failure"
+    """A result maps to one bounded outcome label."""
+
+    def result(**fields: Any) -> ExecutionResult:
+        return ExecutionResult(execution_id="e", language="python", **fields)
+
+    timeout = Violation(category="timeout", message="killed")
+    assert outcome_of(result(success=True)) == "success"
+    assert outcome_of(result(success=False, error_type="RunCancelledError")) == "cancelled"
+    assert outcome_of(result(success=False, violations=(timeout,))) == "timeout"
+    assert outcome_of(result(success=False, error="Code validation failed")) == "rejected"
+    assert outcome_of(result(success=False, error_type="QueueFullError")) == "error"
+    assert outcome_of(result(success=False, exit_code=1)) == "failure"
 
 
 def test_non_loopback_host_needs_tokens(tmp_path: Path) -> None:
@@ -292,8 +298,6 @@ class FakeRuns:
     def __init__(self) -> None:
         self.in_flight = InFlight()
         self.calls: list[dict[str, Any]] = []
-        self.observed: list[dict[str, Any]] = []
-        self.metrics = self
 
     def refuse_if_draining(self) -> None:
         pass
@@ -306,9 +310,6 @@ class FakeRuns:
     @contextmanager
     def running(self, _task: Any) -> Iterator[None]:
         yield
-
-    def observe_run(self, result: dict[str, Any]) -> None:
-        self.observed.append(result)
 
     async def execute_code_async(self, **call: Any) -> dict[str, Any]:
         self.calls.append(call)
@@ -332,7 +333,7 @@ def test_a_valid_execute_body_is_run_without_the_router() -> None:
     assert _status(sent) == 200 and _body(sent) == {"success": True, "stdout": "ran print(1)"}
     assert runs.calls[0]["code"] == "print(1)" and runs.calls[0]["timeout_seconds"] == 5
     assert runs.calls[0]["sandbox_policy"].name == "strict"  # the tenant's gate still decides
-    assert runs.observed and scope[http_runs.ROUTE_PATH_KEY] == "/v1/execute"
+    assert scope[http_runs.ROUTE_PATH_KEY] == "/v1/execute"
 
 
 @pytest.mark.parametrize(
