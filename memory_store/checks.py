@@ -20,7 +20,7 @@ from pydantic import JsonValue
 
 from memory_store.errors import RecordTooLargeError
 from orchestrator.errors import RequestError
-from orchestrator.models import check_json_text, check_text
+from orchestrator.models import check_json_text, check_text, shown_number
 
 DEFAULT_MAX_MEMORY_BYTES = 1024 * 1024
 """The default largest content or context, as UTF-8 bytes (``StoreOptions.max_memory_bytes``)."""
@@ -213,7 +213,9 @@ def limit(value: object, field: str = "limit") -> int:
 
     """
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
-        raise RequestError(f"{field} must be a whole number from 1 to {MAX_LIMIT}, not {value!r}")
+        raise RequestError(
+            f"{field} must be a whole number from 1 to {MAX_LIMIT}, not {shown_number(value)}"
+        )
     return value
 
 

@@ -43,6 +43,8 @@ __all__ = [
     "check_tenant",
     "check_text",
     "find_lone_surrogate",
+    "finite_seconds",
+    "shown_number",
 ]
 
 ViolationCategory = Literal[
@@ -220,6 +222,28 @@ def _check_parameters(parameters: Mapping[str, Any] | None, limit: int) -> dict[
     return loaded
 
 
+def finite_seconds(value: object) -> float | None:
+    """``value`` as a float if it is a finite real number (not a bool), else None.
+
+    An int too large for a float (``10**400``, which JSON carries) is None, not the
+    ``OverflowError`` that ``float()`` or ``math.isfinite()`` would raise.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def shown_number(value: object) -> str:
+    """A value for a message, short whatever its size (an int of 4,301 digits has no str)."""
+    if isinstance(value, int) and not -(10**15) < value < 10**15:
+        return f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+    return repr(value)
+
+
 def _check_timeout(timeout_seconds: float | None) -> float | None:
     if timeout_seconds is None:
         return None
@@ -227,12 +251,13 @@ def _check_timeout(timeout_seconds: float | None) -> float | None:
         raise RequestError(
             f"timeout_seconds must be a number of seconds, not {type(timeout_seconds).__name__}"
         )
-    if not math.isfinite(timeout_seconds) or timeout_seconds <= 0:
+    seconds = finite_seconds(timeout_seconds)
+    if seconds is None or seconds <= 0:
         raise RequestError(
-            f"timeout_seconds must be greater than 0 (got {timeout_seconds}); "
-            "pass None to use the policy's limit"
+            f"timeout_seconds must be a finite number greater than 0 (got "
+            f"{shown_number(timeout_seconds)}); pass None to use the policy's limit"
         )
-    return float(timeout_seconds)
+    return seconds
 
 
 class ExecutionRequest(_Frozen):

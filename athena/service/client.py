@@ -26,7 +26,6 @@ margin; connecting gives up after :data:`CONNECT_TIMEOUT_SECONDS`.
 from __future__ import annotations
 
 import asyncio
-import math
 import ssl
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
@@ -52,6 +51,7 @@ from memory_store.requests import (
     RecallQuery,
 )
 from orchestrator.errors import RequestError
+from orchestrator.models import finite_seconds, shown_number
 
 __all__ = ["CONNECT_TIMEOUT_SECONDS", "RUN_MARGIN_SECONDS", "RemoteMemoryAPI"]
 
@@ -97,9 +97,12 @@ class RemoteMemoryAPI:
             raise RequestError("token must be the bearer token text (a non-empty string) or None")
         if isinstance(timeout, bool) or not isinstance(timeout, int | float):
             raise RequestError(f"timeout must be a number of seconds, not {timeout!r}")
-        if not math.isfinite(timeout) or timeout <= 0:
-            raise RequestError(f"timeout must be more than 0 seconds, not {timeout!r}")
-        self._timeout = float(timeout)
+        seconds = finite_seconds(timeout)
+        if seconds is None or seconds <= 0:
+            raise RequestError(
+                f"timeout must be a finite number of seconds over 0, not {shown_number(timeout)}"
+            )
+        self._timeout = seconds
         self._tenant: str | None = None
         self._headers = {"User-Agent": "athena-sandbox-client"}
         if token is not None:
@@ -581,10 +584,9 @@ class RemoteMemoryAPI:
 
     def _timeouts(self, timeout_seconds: object) -> httpx.Timeout:
         read = self._timeout
-        if isinstance(timeout_seconds, int | float) and not isinstance(timeout_seconds, bool):
-            run = float(timeout_seconds)
-            if math.isfinite(run) and run > 0:  # else the server refuses it
-                read = max(read, run + RUN_MARGIN_SECONDS)
+        run = finite_seconds(timeout_seconds)
+        if run is not None and run > 0:  # else the server refuses it
+            read = max(read, run + RUN_MARGIN_SECONDS)
         return httpx.Timeout(read, connect=CONNECT_TIMEOUT_SECONDS)
 
     def _batch_timeouts(self, calls: object) -> httpx.Timeout:

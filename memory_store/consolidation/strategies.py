@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict
 
 from memory_store.summary import clip, first_code_line, last_stderr_line
 from orchestrator.errors import RequestError
+from orchestrator.models import shown_number
 
 PINNED = "pinned"
 PATTERN = "pattern"
@@ -121,7 +122,7 @@ def days_back(value: object) -> float:
 
     """
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 36500:
-        raise RequestError(f"days_back must be a number of days above 0, not {value!r}")
+        raise RequestError(f"days_back must be a number of days above 0, not {shown_number(value)}")
     return float(value)
 
 

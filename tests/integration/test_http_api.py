@@ -276,6 +276,14 @@ def test_422_names_the_field(alice: httpx.Client) -> None:
     _error(alice.post("/v1/execute", json={"code": 1}), 422, "RequestError")
 
 
+def test_a_timeout_too_large_for_a_float_is_400_not_500(alice: httpx.Client) -> None:
+    """JSON carries integers of any size; one of 400 digits is a clear 400, not an overflow."""
+    body = b'{"code": "print(1)", "timeout_seconds": ' + b"9" * 400 + b"}"
+    response = alice.post("/v1/execute", content=body, headers={"content-type": "application/json"})
+    message = _error(response, 400, "RequestError")
+    assert "timeout_seconds" in message and "digits" in message and len(message) < 300
+
+
 def test_400_unknown_language_and_policy_name_the_valid_ones(alice: httpx.Client) -> None:
     """Unknown language or policy: 400 naming it and the valid ones."""
     message = _error(

@@ -175,7 +175,7 @@ def test_a_url_that_is_not_http_is_refused(url: Any) -> None:
         RemoteMemoryAPI(url)
 
 
-@pytest.mark.parametrize("timeout", [0, -1, math.inf, math.nan, True, "5"])
+@pytest.mark.parametrize("timeout", [0, -1, math.inf, math.nan, True, "5", 10**400])
 def test_a_bad_timeout_is_refused(timeout: Any) -> None:
     """The client timeout must be a positive finite number of seconds."""
     with pytest.raises(RequestError, match="timeout"):
@@ -259,6 +259,8 @@ def test_run_timeouts_cover_the_run() -> None:
     assert mock.last.extensions["timeout"]["read"] == 300.0
     api.execute_code("1", timeout_seconds=1000)
     assert mock.last.extensions["timeout"]["read"] == 1000 + RUN_MARGIN_SECONDS
+    api.execute_code("1", timeout_seconds=10**400)  # the server says what is wrong with it
+    assert mock.last.extensions["timeout"]["read"] == 300.0
 
 
 def test_memory_calls_post_their_arguments() -> None:

@@ -18,6 +18,7 @@ from orchestrator.models import (
     Resources,
     ValidationIssue,
     Violation,
+    shown_number,
 )
 from orchestrator.policy import load_policy
 from tests.contract import RESULT_KEYS
@@ -88,11 +89,21 @@ def test_parameters_are_copied_as_json() -> None:
     assert ExecutionRequest.create("pass").parameters == {}
 
 
-@pytest.mark.parametrize("timeout", [0, -1, -0.5, math.nan, math.inf])
+@pytest.mark.parametrize("timeout", [0, -1, -0.5, math.nan, math.inf, 10**400, -(10**400)])
 def test_timeout_must_be_a_positive_number(timeout: float) -> None:
-    """A timeout of zero, below zero, NaN or infinity is refused."""
-    with pytest.raises(RequestError, match="greater than 0"):
+    """A timeout of zero, below zero, NaN, infinity or too large for a float is refused."""
+    with pytest.raises(RequestError, match="greater than 0") as refused:
         ExecutionRequest.create("pass", timeout_seconds=timeout)
+    assert len(str(refused.value)) < 200  # a 400-digit number is not repeated back
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(5, "5"), (0.5, "0.5"), (10**400, "an integer of about 401 digits"), ("x", "'x'")],
+)
+def test_shown_number_keeps_messages_short(value: object, shown: str) -> None:
+    assert shown_number(value) == shown
+    assert shown_number(10**5000).startswith("an integer of about")  # str() would raise
 
 
 @pytest.mark.parametrize("timeout", [True, False, "5", [5]])
