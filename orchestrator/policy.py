@@ -287,15 +287,19 @@ def _is_path(spec: str) -> bool:
     return "/" in spec or spec.endswith((".yaml", ".yml"))
 
 
-ShippedSnapshot = tuple[tuple[str, int], ...]
+ShippedSnapshot = tuple[tuple[str, "FileVersion"], ...]
 
 
 def shipped_snapshot() -> ShippedSnapshot:
-    """Each shipped policy file's name and mtime (ns), sorted: what the loaded ones depend on."""
+    """Each shipped policy file's name and :func:`file_version`, sorted by name."""
     try:
         with os.scandir(shipped_policies_dir()) as entries:
             return tuple(
-                sorted((e.name, e.stat().st_mtime_ns) for e in entries if e.name.endswith(".yaml"))
+                sorted(
+                    (entry.name, file_version(entry.stat()))
+                    for entry in entries
+                    if entry.name.endswith(".yaml")
+                )
             )
     except OSError:
         return ()
@@ -460,15 +464,28 @@ def _read_text(path: Path) -> str:
         raise PolicyError(f"{path}: not UTF-8 text (at byte {exc.start})") from exc
 
 
+FileVersion = tuple[int, int, int, int]
+
+
+def file_version(info: os.stat_result) -> FileVersion:
+    """What tells one version of a file from another: inode, size, mtime and ctime (ns).
+
+    The mtime alone misses an edit whose mtime is put back (``cp -p``, ``rsync -a``, ``touch
+    -d``); the ctime changes with every edit and cannot be set, and a replaced file has
+    another inode.
+    """
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
 @lru_cache(maxsize=128)
-def _read_yaml(path: Path, mtime_ns: int) -> dict[str, Any]:
-    """Parse one policy file; cached by modification time, so each call is cheap.
+def _read_yaml(path: Path, version: FileVersion) -> dict[str, Any]:
+    """Parse one policy file; cached by :func:`file_version`, so each call is cheap.
 
     Raises:
         PolicyError: the file cannot be read, is too large, is not YAML (aliases and deep
             nesting included) or is not a mapping.
     """
-    del mtime_ns  # part of the cache key only
+    del version  # part of the cache key only
     text = _read_text(path)
     try:
         raw = yaml.load(text, Loader=_PolicyYamlLoader)  # a SafeLoader subclass
@@ -567,7 +584,7 @@ def _raw_from_file(path: Path, chain: _Chain) -> dict[str, Any]:
     path = _resolve(path, "policy file")
     chain = chain.add(path)
     info = _stat_policy_file(path)
-    raw = dict(_read_yaml(path, info.st_mtime_ns))  # a copy: the cached dict stays as read
+    raw = dict(_read_yaml(path, file_version(info)))  # a copy: the cached dict stays as read
     raw = _absolute_mount_sources(raw, path.parent, str(path))
     raw.setdefault("name", path.stem)
     return _with_parent(raw, path.parent, str(path), chain)

@@ -59,7 +59,7 @@ def allowed_policy_names(tenant: Tenant) -> tuple[str, ...]:
 
 
 def _shipped_names(snapshot: ShippedSnapshot) -> tuple[str, ...]:
-    return tuple(name.removesuffix(".yaml") for name, _ in snapshot)
+    return tuple(entry[0].removesuffix(".yaml") for entry in snapshot)
 
 
 def resolve_policy(spec: object, tenant: Tenant) -> Policy:

@@ -725,14 +725,19 @@ def test_the_loader_rereads_a_file_whose_mtime_changed(tmp_path: Path) -> None:
     assert load_policy(path).limits.memory_mb == 1024
 
 
-def test_the_loader_caches_a_file_by_mtime(tmp_path: Path) -> None:
-    """A file whose mtime did not change is served from the cache, not parsed again."""
+def test_the_loader_caches_a_file_until_it_changes(tmp_path: Path) -> None:
+    """An unchanged file is not parsed again; an edit is seen, even with its mtime put back."""
+    from orchestrator import policy as policy_module
+
     path = write(tmp_path / "p.yaml", "limits: {memory_mb: 512}\n")
     assert load_policy(path).limits.memory_mb == 512
+    parsed = policy_module._read_yaml.cache_info().misses
+    assert load_policy(path).limits.memory_mb == 512
+    assert policy_module._read_yaml.cache_info().misses == parsed  # nothing parsed again
     stat = path.stat()
     write(path, "limits: {memory_mb: 1024}\n")
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert load_policy(path).limits.memory_mb == 512
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # cp -p, rsync -a, touch -d
+    assert load_policy(path).limits.memory_mb == 1024
 
 
 def test_a_policy_without_extends_extends_strict(tmp_path: Path) -> None:
@@ -812,3 +817,8 @@ def test_an_edited_shipped_policy_is_loaded_again(
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     after = load_policy("strict")
     assert after is not before and after.description.startswith("edited.")
+    # An edit whose mtime is put back (cp -p, rsync -a, touch -d) is seen too: by its ctime.
+    stat = path.stat()
+    path.write_text(path.read_text().replace("description: edited.", "description: again.", 1))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert load_policy("strict").description.startswith("again.")
