@@ -383,10 +383,14 @@ class MemoryAPI:
         tasks = [asyncio.ensure_future(one(request)) for request in requests]
         try:
             await asyncio.wait(tasks)  # unlike gather, cancelling this leaves the tasks to us
-        except asyncio.CancelledError:  # every run is killed and recorded before we go on
-            for task in tasks:
+        except asyncio.CancelledError:  # every run is killed and recorded before we go on,
+            for task in tasks:  # even if we are cancelled again meanwhile (as arun is)
                 task.cancel()
-            await asyncio.wait(tasks)
+            while not all(task.done() for task in tasks):
+                try:
+                    await asyncio.wait(tasks)
+                except asyncio.CancelledError:
+                    continue
             raise
         return [task.result() for task in tasks]
 

@@ -403,6 +403,28 @@ def test_cancelling_an_async_batch_kills_its_runs_and_starts_no_more(
     assert len(backend.requests) == 1  # the two others never started
 
 
+def test_a_second_cancel_does_not_cut_short_an_async_batchs_wait_for_its_killed_runs(
+    make_api: Callable[..., MemoryAPI],
+) -> None:
+    """Cancelled twice (the client leaves, then the drain kills): the runs are still recorded."""
+    backend = BlockingBackend(wind_down=0.2)
+    api = make_api(backend)
+    calls = [{"code": "block()"} for _ in range(2)]
+
+    async def twice() -> None:
+        task = asyncio.ensure_future(api.execute_code_batch_async(calls, 2))
+        assert await asyncio.to_thread(backend.started.wait, 2)
+        task.cancel()
+        await asyncio.sleep(0.05)  # the batch now waits for its killed runs
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        recorded = [api.store.get_execution(r.execution_id) for r in backend.requests]
+        assert recorded and all(r is not None for r in recorded), "returned before the records"
+
+    asyncio.run(twice())
+
+
 def test_execute_code_async_returns_the_execute_code_dict(
     make_api: Callable[..., MemoryAPI],
 ) -> None:
