@@ -213,6 +213,8 @@ class DockerBackend:
                 sandbox = self._take(engine, blueprint, request.execution_id)
                 return driver.drive(sandbox, message, request, spec, context)
             except NeverStarted as exc:
+                if spec.cancel.cancelled:  # the cancel closed it: not a sandbox that was lost
+                    raise RunCancelledError("the run was cancelled before it started") from exc
                 log.warning(
                     "sandbox lost before the code started", attempt=attempt, reason=str(exc)
                 )
