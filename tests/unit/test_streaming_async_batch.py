@@ -8,7 +8,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,6 +325,21 @@ def test_cancelling_the_task_awaiting_arun_kills_and_records_the_run(
     assert (result.success, result.error_type) == (False, "RunCancelledError")
 
 
+async def cancelled_twice(
+    work: Coroutine[Any, Any, Any], backend: BlockingBackend, done: Callable[[], bool]
+) -> bool:
+    """Cancel ``work`` once its run started, and again while it waits for the killed run;
+    return what ``done()`` says the moment ``work`` has given up."""
+    task = asyncio.ensure_future(work)
+    assert await asyncio.to_thread(backend.started.wait, 2)
+    task.cancel()
+    await asyncio.sleep(0.05)  # it now waits for the killed run
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return done()
+
+
 def test_cancelling_arun_twice_still_waits_until_the_run_is_recorded(
     make_orch: Callable[..., Orchestrator],
 ) -> None:
@@ -333,17 +348,9 @@ def test_cancelling_arun_twice_still_waits_until_the_run_is_recorded(
     recorder = ListRecorder()
     orch = make_orch(backend, recorder)
 
-    async def twice() -> None:
-        task = asyncio.ensure_future(orch.arun(request("block()")))
-        assert await asyncio.to_thread(backend.started.wait, 2)
-        task.cancel()
-        await asyncio.sleep(0.05)  # arun is now waiting for the killed run
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert recorder.results, "arun returned before the run was recorded"
-
-    asyncio.run(twice())
+    work = orch.arun(request("block()"))
+    recorded = asyncio.run(cancelled_twice(work, backend, lambda: bool(recorder.results)))
+    assert recorded, "arun returned before the run was recorded"
 
 
 def test_cancelling_the_task_awaiting_execute_code_async_kills_and_records_the_run(
@@ -411,18 +418,13 @@ def test_a_second_cancel_does_not_cut_short_an_async_batchs_wait_for_its_killed_
     api = make_api(backend)
     calls = [{"code": "block()"} for _ in range(2)]
 
-    async def twice() -> None:
-        task = asyncio.ensure_future(api.execute_code_batch_async(calls, 2))
-        assert await asyncio.to_thread(backend.started.wait, 2)
-        task.cancel()
-        await asyncio.sleep(0.05)  # the batch now waits for its killed runs
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        recorded = [api.store.get_execution(r.execution_id) for r in backend.requests]
-        assert recorded and all(r is not None for r in recorded), "returned before the records"
+    def all_recorded() -> bool:
+        found = [api.store.get_execution(r.execution_id) for r in backend.requests]
+        return bool(found) and all(r is not None for r in found)
 
-    asyncio.run(twice())
+    work = api.execute_code_batch_async(calls, 2)
+    recorded = asyncio.run(cancelled_twice(work, backend, all_recorded))
+    assert recorded, "the batch returned before its runs were recorded"
 
 
 def test_execute_code_async_returns_the_execute_code_dict(
