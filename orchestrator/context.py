@@ -171,6 +171,7 @@ class ExecutionContext:
         }
         self._listeners: list[Listener] = []
         self._token: contextvars.Token[ExecutionContext | None] | None = None
+        self.begin: Event | None = None  # the begin event, once the code has started
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -226,6 +227,8 @@ class ExecutionContext:
         Listeners run with capture off, so a listener that prints what it receives writes to
         the real stdout instead of feeding the context (and itself) again.
         """
+        if event.kind == "begin":
+            self.begin = event
         if not self._listeners:
             return
         token = _current.set(None)

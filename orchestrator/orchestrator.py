@@ -195,6 +195,7 @@ class Orchestrator:
         if on_event is not None:
             context.subscribe(on_event)
         issues: tuple[ValidationIssue, ...] = ()
+        backend: Backend | None = None
         try:
             if self._closed:
                 raise SandboxFailedError("this orchestrator is closed; create a new one")
@@ -205,9 +206,13 @@ class Orchestrator:
             if request.policy.validation.enforce and any(i.severity == "error" for i in issues):
                 failed = validation_failed_result(request, issues, timeout, _since(started))
                 return self._finish(request, failed, context, events)
-            outcome = self._run_in_sandbox(request, timeout, context, cancel or CancelToken())
+            spec = self._spec(request.policy, timeout, cancel or CancelToken())
+            backend = self._choose_backend(request.policy, request.language)
+            outcome = self._run_in_sandbox(request, spec, context, backend)
         except RunError as exc:
-            failed = failed_result(request, exc, context, issues, timeout, _since(started))
+            # A run that began in a sandbox (then was cancelled, or the sandbox died) says which.
+            mode = backend.name if backend is not None and context.begin is not None else None
+            failed = failed_result(request, exc, context, issues, timeout, _since(started), mode)
             exc.result = self._finish(request, failed, context, events)
             raise
         result = assemble_result(request, outcome, context, issues, timeout, _since(started))
@@ -220,15 +225,10 @@ class Orchestrator:
         return EventLog(request.policy.limits.max_output_bytes)
 
     def _run_in_sandbox(
-        self,
-        request: ExecutionRequest,
-        timeout: float,
-        context: ExecutionContext,
-        cancel: CancelToken,
+        self, request: ExecutionRequest, spec: RunSpec, context: ExecutionContext, backend: Backend
     ) -> RunOutcome:
-        spec = self._spec(request.policy, timeout, cancel)
-        backend = self._choose_backend(request.policy, request.language)
-        with context, self._admission.slot(cancel):  # the timeout starts with the code, not here
+        # The timeout starts with the code, not here.
+        with context, self._admission.slot(spec.cancel):
             return backend.run(request, spec, context)
 
     def _spec(self, policy: Policy, timeout: float, cancel: CancelToken | None = None) -> RunSpec:

@@ -225,11 +225,18 @@ def failed_result(
     issues: tuple[ValidationIssue, ...],
     timeout: float,
     total_ms: float,
+    mode: str | None = None,
 ) -> ExecutionResult:
-    """Build the result of a run that could not happen or finish (success False, ``error``)."""
+    """Build the result of a run that could not happen or finish (success False, ``error``).
+
+    ``mode``: the isolation mode the code began in, for a run that ended after it began (then
+    ``sandbox_id`` is its begin event's too); None for one that never began.
+    """
     return ExecutionResult(
         execution_id=request.execution_id,
         success=False,
+        sandbox_mode=mode,
+        sandbox_id=context.begin.sandbox_id if mode is not None and context.begin else None,
         stdout=context.get_stdout(),
         stderr=context.get_stderr(),
         language=request.language,

@@ -346,8 +346,8 @@ def test_tenants_do_not_see_each_other(alice: httpx.Client, bob: httpx.Client) -
 def _runs_total(client: httpx.Client, outcome: str) -> float:
     """``athena_runs_total`` of python runs with this outcome, any mode, from /metrics.
 
-    A run that ends before it has a sandbox result (one cancelled mid-run included) says no
-    mode, so its label is ``mode="none"``.
+    A run that ends before its code began (cancelled while it waited) says no mode: its
+    label is ``mode="none"``.
     """
     pattern = rf'^athena_runs_total{{language="python",mode="\w+",outcome="{outcome}"}} (\S+)$'
     return sum(float(found) for found in re.findall(pattern, client.get("/metrics").text, re.M))

@@ -45,8 +45,9 @@ class BlockingBackend:
 
     name = "docker"
 
-    def __init__(self, wind_down: float = 0.0) -> None:
+    def __init__(self, wind_down: float = 0.0, begin: bool = False) -> None:
         self.wind_down = wind_down
+        self.begin = begin  # emit a begin event (with a sandbox id) first, as real sandboxes do
         self.requests: list[ExecutionRequest] = []
         self.started = threading.Event()  # a blocking run is waiting
         self.saw_cancel = threading.Event()
@@ -66,6 +67,10 @@ class BlockingBackend:
             self.requests.append(request)
             self._wakers.append(wake)
         if request.code.startswith("block"):
+            if self.begin:
+                context.emit(
+                    Event(kind="begin", elapsed_ms=0.0, sandbox_id=f"fake-{len(self.requests)}")
+                )
             context.feed("stdout", b"working\n")
             spec.cancel.on_cancel(wake.set)
             self.started.set()
@@ -357,7 +362,7 @@ def test_cancelling_the_task_awaiting_execute_code_async_kills_and_records_the_r
     make_api: Callable[..., MemoryAPI],
 ) -> None:
     """Cancelling execute_code_async's task kills the run; the store has it as cancelled."""
-    backend = BlockingBackend(wind_down=0.05)
+    backend = BlockingBackend(wind_down=0.05, begin=True)
     api = make_api(backend)
 
     def recorded() -> bool:
@@ -368,6 +373,13 @@ def test_cancelling_the_task_awaiting_execute_code_async_kills_and_records_the_r
     record = api.store.get_execution(backend.requests[0].execution_id)
     assert record is not None
     assert (record.success, record.error_type) == (False, "RunCancelledError")
+    # It began in a sandbox before it was killed: the result says which, as a finished run's does.
+    recorded = api.get_execution(backend.requests[0].execution_id)
+    assert recorded is not None
+    assert (recorded["result"]["sandbox_mode"], recorded["result"]["sandbox_id"]) == (
+        "docker",
+        "fake-1",
+    )
 
 
 def test_execute_code_batch_async_returns_dicts_in_order_like_the_sync_batch(
