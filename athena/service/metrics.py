@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from orchestrator.models import ExecutionResult
 from orchestrator.orchestrator import Orchestrator
+from orchestrator.results import VALIDATION_FAILED
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _RUN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -42,7 +43,7 @@ def outcome_of(result: ExecutionResult) -> str:
         return "cancelled"
     if any(v.category == "timeout" for v in result.violations):
         return "timeout"
-    if result.error == "Code validation failed":
+    if result.error == VALIDATION_FAILED:
         return "rejected"
     return "error" if result.error_type else "failure"
 
