@@ -174,27 +174,46 @@ class BodyLimitMiddleware:
         if declared is not None and declared.strip().isdigit() and int(declared) > self._max:
             await self._too_large(send)
             return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the client left before it sent the body: nobody to answer
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self._max:
-                await self._too_large(send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        await self._app(scope, replay_body(b"".join(chunks), receive), send)
+        try:
+            body = await read_body(receive, self._max)
+        except _TooLarge:
+            await self._too_large(send)
+            return
+        if body is None:
+            return  # the client left before it sent the body: nobody to answer
+        await self._app(scope, replay_body(body, receive), send)
 
     async def _too_large(self, send: Send) -> None:
         message = f"the request body is over the server's limit of {self._max} bytes; send less"
         await send_json(
             send, 413, envelope("PayloadTooLarge", message), [(b"connection", b"close")]
         )
+
+
+class _TooLarge(Exception):
+    """The body went over the limit (raised as soon as it did, before the rest is read)."""
+
+
+async def read_body(receive: Receive, max_bytes: int | None = None) -> bytes | None:
+    """Read a request's whole body; None if the client left before it was sent.
+
+    Raises:
+        _TooLarge: over ``max_bytes`` (None: no limit), as soon as the chunk that crosses it
+            arrives; nothing after it is read.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if max_bytes is not None and size > max_bytes:
+            raise _TooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def replay_body(body: bytes, receive: Receive) -> Receive:

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from athena.service import responses, schemas
-from athena.service.asgi import ASGIApp, Receive, Scope, Send, replay_body, tenant_of
+from athena.service.asgi import ASGIApp, Receive, Scope, Send, read_body, replay_body, tenant_of
 from athena.service.gate import resolve_policy
 from athena.service.state import Service
 from athena.service.wire import ServiceUnavailableError, envelope
@@ -110,7 +110,7 @@ class FastExecute:
         if not _is_execute(scope):
             await self._app(scope, receive, send)
             return
-        body = await _whole_body(receive)
+        body = await read_body(receive)  # the limit is enforced further out
         if body is None:
             return  # the client left before it sent the body: nobody to answer
         try:
@@ -141,18 +141,6 @@ def _is_execute(scope: Scope) -> bool:
 
 def _is_json(content_type: bytes) -> bool:
     return content_type.split(b";", 1)[0].strip().lower() == b"application/json"
-
-
-async def _whole_body(receive: Receive) -> bytes | None:
-    """The request body (the body limit is enforced further out); None if the client left."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 async def _unless_left(
