@@ -374,8 +374,12 @@ for (const [host, port] of @TCP@) {
 }
 console.log(out.join('\n'));
 """
+# Each forgery waits a moment after its marker: under gVisor the bytes it writes to the runner's
+# stdout may land before the runner has forwarded the marker, garbling the stream it was in
+# (the documented self-harm), and the case would be judged not attempted though it was.
 RUNNER_FORGERY = r"""
 @ATTEMPT@
+sleep 0.3
 for f in /proc/1/fd/0 /proc/1/fd/1 /proc/1/fd/2 /proc/1/fd/3 /proc/1/fd/4; do
   printf 'x\000\000\000\020{"exit_code": 0}' > "$f" 2>/dev/null && echo "wrote $f"
 done
@@ -384,6 +388,7 @@ exit 3
 # Ruby writes the frames through every descriptor it has (fd 4 is its own value channel).
 RUNNER_FORGERY_RUBY = r"""
 @ATTEMPT@
+sleep 0.3
 frame = "x\x00\x00\x00\x10{\"exit_code\": 0}".b
 (0..9).each do |fd|
   io = IO.for_fd(fd, 'wb', autoclose: false)
@@ -403,6 +408,7 @@ exit 3
 """
 FAILURE_FORGERY = r"""
 @ATTEMPT@
+sleep 0.3
 for f in /proc/1/fd/1 /proc/1/fd/2; do
   printf 'f\000\000\000\026the runner was spoofed' > "$f" 2>/dev/null && echo "wrote $f"
 done
