@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from athena.policies import describe_policy, get_shipped_policy, shipped_policies
 from athena.procedures import generate, validate_code
+from athena.sessions import SandboxSession
 from athena.settings import Settings
 from memory_store import checks
 from memory_store.consolidation.strategies import days_back as check_days_back
@@ -49,6 +50,7 @@ from orchestrator.errors import PolicyError, RequestError
 from orchestrator.models import DEFAULT_TENANT, Event, ExecutionRequest, check_tenant, check_text
 from orchestrator.orchestrator import Orchestrator
 from orchestrator.policy import Policy, load_policy
+from orchestrator.sessions import SessionLimits, check_limit
 from orchestrator.settings import Settings as OrchestratorSettings
 
 if TYPE_CHECKING:
@@ -67,6 +69,9 @@ _CALL_KEYS = frozenset(
         "sandbox_policy",
         "track_resources",
         "record",
+        "files",
+        "capture_figures",
+        "image",
     }
 )
 
@@ -247,13 +252,19 @@ class MemoryAPI:
         record: bool = True,
         on_stdout: Callable[[str], None] | None = None,
         on_stderr: Callable[[str], None] | None = None,
+        files: Mapping[str, bytes | str] | None = None,
+        capture_figures: bool = True,
+        image: str | None = None,
     ) -> dict[str, Any]:
         """Run code in a never-used sandbox and return the result as a plain dict.
 
         The dict always has: success, execution_id, stdout, stderr, exit_code,
         execution_time_ms, violations, violation_details, sandbox_id, language, timestamp,
         sandbox_mode, isolation, output, error, error_type, issues (and policy,
-        timeout_seconds, resources, total_time_ms). A run that could not happen (no Docker
+        timeout_seconds, resources, total_time_ms, session_id (None), session_state (None),
+        files and artifacts: lists of ``{name, size, sha256, mime_type, content}`` with the
+        bytes of what the code wrote under ``/workspace/out`` and of the figures it left
+        open or showed, as PNG). A run that could not happen (no Docker
         engine, a missing image, NUL bytes the language cannot take, a full queue) gives
         ``success: False`` with ``error`` and ``error_type``; rejected code gives
         ``error: "Code validation failed"`` and ``issues``.
@@ -269,14 +280,30 @@ class MemoryAPI:
             record: persist the run in the memory store.
             on_stdout: called with each chunk of stdout as it arrives.
             on_stderr: called with each chunk of stderr as it arrives.
+            files: files written under ``/workspace`` before the code starts, name -> bytes
+                or str (relative names; at most the policy's ``files.max_in_bytes`` in all).
+            capture_figures: return the matplotlib figures the code leaves open or shows as
+                PNG ``artifacts`` (python).
+            image: a custom image built with ``athena-sandbox build-image`` (FROM this
+                language's image); None: the policy's ``image``, else the language's own.
 
         Raises:
             RequestError: bad arguments (unknown language, timeout <= 0, parameters that are not
-                JSON-serialisable, code over the size limit).
+                JSON-serialisable, code over the size limit, a file name that is absolute or
+                has ``..``, files over the policy's ``files.max_in_bytes``).
             PolicyError: an unknown or invalid policy.
         """
         request = self._request(
-            code, language, parameters, timeout_seconds, sandbox_policy, track_resources, record
+            code,
+            language,
+            parameters,
+            timeout_seconds,
+            sandbox_policy,
+            track_resources,
+            record,
+            files=files,
+            capture_figures=capture_figures,
+            image=image,
         )
         listener = _output_listener(on_stdout, on_stderr)
         return self._orchestrator.execute(request, on_event=listener).to_dict()
@@ -291,6 +318,9 @@ class MemoryAPI:
         *,
         track_resources: bool = False,
         record: bool = True,
+        files: Mapping[str, bytes | str] | None = None,
+        capture_figures: bool = True,
+        image: str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Run code and yield its events as they happen, as plain dicts.
 
@@ -299,12 +329,23 @@ class MemoryAPI:
         ``exit_code`` and ``result``, the dict :meth:`execute_code` returns). Closing the
         iterator early kills the run.
 
+        Arguments are :meth:`execute_code`'s.
+
         Raises:
             RequestError: bad arguments, as :meth:`execute_code` (before anything runs).
             PolicyError: an unknown or invalid policy.
         """
         request = self._request(
-            code, language, parameters, timeout_seconds, sandbox_policy, track_resources, record
+            code,
+            language,
+            parameters,
+            timeout_seconds,
+            sandbox_policy,
+            track_resources,
+            record,
+            files=files,
+            capture_figures=capture_figures,
+            image=image,
         )
         return (event.to_dict() for event in self._orchestrator.stream(request))
 
@@ -319,6 +360,9 @@ class MemoryAPI:
         track_resources: bool = False,
         record: bool = True,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        files: Mapping[str, bytes | str] | None = None,
+        capture_figures: bool = True,
+        image: str | None = None,
     ) -> dict[str, Any]:
         """Like :meth:`execute_code`, for asyncio; cancelling the awaiting task kills the run.
 
@@ -332,13 +376,25 @@ class MemoryAPI:
             record: as :meth:`execute_code`.
             on_event: called from a worker thread with each event dict as it happens, those
                 :meth:`execute_code_stream` yields (the ``exit`` event, with the result, last).
+            files: as :meth:`execute_code`.
+            capture_figures: as :meth:`execute_code`.
+            image: as :meth:`execute_code`.
 
         Raises:
             RequestError: bad arguments, as :meth:`execute_code`.
             PolicyError: an unknown or invalid policy.
         """
         request = self._request(
-            code, language, parameters, timeout_seconds, sandbox_policy, track_resources, record
+            code,
+            language,
+            parameters,
+            timeout_seconds,
+            sandbox_policy,
+            track_resources,
+            record,
+            files=files,
+            capture_figures=capture_figures,
+            image=image,
         )
         listener = None if on_event is None else _dict_listener(on_event)
         return (await self._orchestrator.aexecute(request, on_event=listener)).to_dict()
@@ -412,6 +468,114 @@ class MemoryAPI:
             requests.append(request)
         return requests
 
+    # ------------------------------------------------------------------ sessions
+
+    def open_session(
+        self,
+        language: str = "python",
+        sandbox_policy: PolicySpec = None,
+        idle_timeout_seconds: float = 600,
+        max_lifetime_seconds: float = 3600,
+        *,
+        image: str | None = None,
+    ) -> SandboxSession:
+        """Open a session: calls that share one interpreter, in a sandbox of its own.
+
+        Python keeps globals and imports between calls, JavaScript its global scope, bash its
+        working directory, variables and functions; files under ``/workspace`` stay for the
+        session's life. The session ends with ``close()`` (or leaving its ``with`` block),
+        after ``idle_timeout_seconds`` without a call, after ``max_lifetime_seconds``, at a
+        call's memory or process violation, or when this API closes; later calls raise
+        ``SessionEndedError`` saying why.
+
+        Args:
+            language: python, javascript or bash (or an alias).
+            sandbox_policy: as :meth:`execute_code`; every call of the session runs under it.
+            idle_timeout_seconds: the session ends after this long without a call.
+            max_lifetime_seconds: the session ends this long after it opened.
+            image: a custom image (see :meth:`execute_code`).
+
+        Raises:
+            RequestError: a language without sessions, or limits that are not positive
+                numbers of seconds (at most a week).
+            PolicyError: an unknown or invalid policy.
+            QueueFullError: too many sessions are open in this process.
+            RunError: no Docker engine, or the session's sandbox could not start.
+        """
+        policy = load_policy(sandbox_policy)
+        limits = SessionLimits(
+            idle_timeout=check_limit(idle_timeout_seconds, "idle_timeout_seconds"),
+            max_lifetime=check_limit(max_lifetime_seconds, "max_lifetime_seconds"),
+        )
+        probe = self._request("", language, None, None, policy, False, False, image=image)
+        session = self._orchestrator.open_session(
+            probe.language, policy, tenant=self._tenant, limits=limits, image=probe.image
+        )
+        return SandboxSession(self, session, policy)
+
+    def session(self, session_id: str) -> SandboxSession:
+        """The open session of this id (this API's tenant's).
+
+        Raises:
+            SessionEndedError: no open session of this tenant has this id.
+        """
+        session = self._orchestrator.session(session_id, tenant=self._tenant)
+        policy = load_policy(session.policy_config)
+        return SandboxSession(self, session, policy)
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """The open sessions of this API's tenant, oldest first: each one's ``info()``."""
+        return [s.info() for s in self._orchestrator.sessions(tenant=self._tenant)]
+
+    def replay_session(
+        self,
+        session_id: str,
+        *,
+        idle_timeout_seconds: float = 600,
+        max_lifetime_seconds: float = 3600,
+        files: Mapping[str, bytes | str] | None = None,
+    ) -> SandboxSession:
+        """Open a new session and run a recorded session's calls in it, in order.
+
+        The new session has the recorded session's language, policy and image; its
+        ``replayed`` attribute holds the result of each call run again. What a record does not
+        keep cannot come back: input files (give them again with ``files``, written before the
+        first call) and parameters a policy redacted (those calls get ``{}``).
+
+        Raises:
+            RequestError: no recorded call has this session id (for this tenant).
+            SessionEndedError, RunError: as :meth:`open_session`.
+        """
+        calls = self._store.session_calls(check_text(session_id, "session_id"))
+        if not calls:
+            raise RequestError(
+                f"no recorded calls of session {session_id[:80]!r} for tenant {self._tenant!r}: "
+                "only recorded calls (record=True) can be replayed"
+            )
+        first = calls[0]
+        policy = load_policy(first.policy_config) if first.policy_config else first.policy
+        session = self.open_session(
+            first.language,
+            policy,
+            idle_timeout_seconds,
+            max_lifetime_seconds,
+            image=first.image,
+        )
+        try:
+            for index, call in enumerate(calls):
+                result = session.execute_code(
+                    call.code,
+                    call.parameters,
+                    call.requested_timeout_seconds,
+                    files if index == 0 else None,
+                    capture_figures=call.capture_figures,
+                )
+                session.replayed.append(result)
+        except BaseException:
+            session.close()
+            raise
+        return session
+
     def prewarm(self, language: str = "python", sandbox_policy: PolicySpec = None) -> bool:
         """Fill the warm pool of (language, policy) now, so the next run skips a cold start."""
         return self._orchestrator.prewarm(language, load_policy(sandbox_policy))
@@ -425,18 +589,27 @@ class MemoryAPI:
         sandbox_policy: PolicySpec,
         track_resources: bool,
         record: bool,
+        *,
+        files: Mapping[str, Any] | None = None,
+        capture_figures: bool = True,
+        image: str | None = None,
+        session_id: str | None = None,
     ) -> ExecutionRequest:
         return ExecutionRequest.create(
             code,
             language,
             parameters,
             timeout_seconds,
-            load_policy(sandbox_policy),
+            sandbox_policy if isinstance(sandbox_policy, Policy) else load_policy(sandbox_policy),
             track_resources=track_resources,
             record=record,
             max_code_bytes=self._settings.orchestrator.max_code_bytes,
             max_parameters_bytes=self._settings.orchestrator.max_parameters_bytes,
             tenant=self._tenant,
+            files=files,
+            capture_figures=capture_figures,
+            image=image,
+            session_id=session_id,
         )
 
     def _request_from_call(self, call: Mapping[str, Any]) -> ExecutionRequest:
@@ -461,6 +634,9 @@ class MemoryAPI:
             call.get("sandbox_policy"),
             call.get("track_resources", False),
             call.get("record", True),
+            files=call.get("files"),
+            capture_figures=call.get("capture_figures", True),
+            image=call.get("image"),
         )
 
     @property

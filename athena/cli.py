@@ -141,6 +141,38 @@ def images(languages: tuple[str, ...], force: bool) -> None:
         click.echo(f"{language}: {reference}")
 
 
+@main.command("build-image")
+@click.argument("name")
+@click.argument(
+    "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), default="."
+)
+@click.option("--no-cache", is_flag=True, help="Build every step again.")
+@click.option(
+    "--pull/--no-pull",
+    default=False,
+    show_default=True,
+    help="Pull newer base images first (needs a registry; our images are local).",
+)
+def build_image(name: str, directory: Path, no_cache: bool, pull: bool) -> None:
+    """Build DIRECTORY/Dockerfile (FROM athena-sandbox/<language>) as the image NAME.
+
+    Runs select it with image=NAME (a call) or image: NAME (a policy).
+    """
+    from orchestrator.custom_images import build_custom
+
+    try:
+        language = build_custom(
+            name,
+            directory,
+            no_cache=no_cache,
+            pull=pull,
+            progress=lambda line: click.echo(line, err=True),
+        )
+    except SandboxError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{name}: {language}")
+
+
 @main.group()
 def policy() -> None:
     """Inspect policies."""

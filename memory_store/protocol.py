@@ -89,12 +89,25 @@ class Store(Protocol):
         ...
 
     def list_executions(
-        self, limit: int = 50, language: str | None = None
+        self, limit: int = 50, language: str | None = None, *, session_id: str | None = None
     ) -> list[ExecutionRecord]:
-        """Return up to ``limit`` executions, newest first, optionally of one language.
+        """Return up to ``limit`` executions, newest first, optionally of one language or session.
 
         Raises:
-            RequestError: ``limit`` is less than 1.
+            RequestError: ``limit`` is less than 1, or a filter is not a string.
+            StoreError: the store cannot be read.
+
+        """
+        ...
+
+    def session_calls(self, session_id: str) -> list[ExecutionRecord]:
+        """Return the recorded calls of one session of the store's tenant, oldest first.
+
+        Returns:
+            The records (an empty list for an unknown session, or another tenant's).
+
+        Raises:
+            RequestError: ``session_id`` is not a string or holds a lone surrogate.
             StoreError: the store cannot be read.
 
         """

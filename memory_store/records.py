@@ -39,7 +39,8 @@ class ExecutionRecord(_Frozen):
         error: the error message, when the run failed outside the code.
         error_type: the error's type name.
         violations: the violations as ``"category: message"`` strings.
-        result: the whole ``ExecutionResult.to_dict()``.
+        result: the whole ``ExecutionResult.to_dict()``, except that its ``files`` and
+            ``artifacts`` keep metadata only (``OutputFile.to_record()``: no ``content``).
         sandbox_mode: the isolation mode the run used, when it ran.
         execution_time_ms: milliseconds the code ran.
         created_at: when the run was recorded (UTC).
@@ -51,6 +52,16 @@ class ExecutionRecord(_Frozen):
             recorded before schema version 3, or recorded without events.
         requested_timeout_seconds: the timeout the caller asked for (None: they did not; the
             policy's limit applied). ``result["timeout_seconds"]`` is the one the run had.
+        session_id: the session this run was a call of (None: a one-shot run, or recorded
+            before schema version 4); :meth:`Store.session_calls` reads a session's calls.
+        session_state: what the call did to its session (``kept``, ``restarted``, ``ended``;
+            None for a one-shot run), as in ``result``.
+        input_files: the files the run was sent, as ``{name, size, sha256}`` in the caller's
+            order; never their content (replay cannot send them again without the caller).
+        files: the files the run returned, as ``{name, size, sha256, mime_type}``; no content.
+        artifacts: the figures it returned, as ``files``; no content.
+        capture_figures: whether the run was asked to return its figures.
+        image: the custom image the run asked for (None: the policy's or the language's own).
 
     """
 
@@ -75,6 +86,13 @@ class ExecutionRecord(_Frozen):
     parameters_redacted: bool = False
     events: list[dict[str, JsonValue]] = Field(default_factory=list)
     requested_timeout_seconds: float | None = None
+    session_id: str | None = None
+    session_state: Literal["kept", "restarted", "ended"] | None = None
+    input_files: list[dict[str, JsonValue]] = Field(default_factory=list)
+    files: list[dict[str, JsonValue]] = Field(default_factory=list)
+    artifacts: list[dict[str, JsonValue]] = Field(default_factory=list)
+    capture_figures: bool = True
+    image: str | None = None
 
 
 class EventRecord(_Frozen):

@@ -21,6 +21,7 @@ from orchestrator.errors import (
     RunError,
     SandboxError,
     SandboxFailedError,
+    SessionEndedError,
     UnknownLanguageError,
 )
 from orchestrator.languages import LANGUAGES, Language, get_language
@@ -69,6 +70,7 @@ __all__ = [
     "RunSpec",
     "SandboxError",
     "SandboxFailedError",
+    "SessionEndedError",
     "Settings",
     "UnknownLanguageError",
     "ValidationIssue",

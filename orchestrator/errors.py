@@ -15,7 +15,8 @@ matching builtin, so ``except ValueError`` keeps working for code that does not 
         ├── ImageNotFoundError (LookupError)  the language's image is missing: `make images`
         ├── QueueFullError                    too many runs waiting: the queue stayed full
         ├── RunCancelledError                 the caller cancelled the run (it was killed)
-        └── SandboxFailedError                the sandbox broke before it could report
+        ├── SandboxFailedError                the sandbox broke before it could report
+        └── SessionEndedError                 the session is over (closed, expired, a violation)
 
 ``MemoryAPI.execute_code`` raises ``RequestError`` and ``PolicyError`` to its caller and turns a
 ``RunError`` into ``success: False`` with ``error`` and ``error_type``. Errors of docker-py and
@@ -86,3 +87,17 @@ class RunCancelledError(RunError):
 
 class SandboxFailedError(RunError):
     """The sandbox failed before it could report a result (runner lost, engine error)."""
+
+
+class SessionEndedError(RunError):
+    """The session is over: closed, expired, or ended by a violation; the message says why.
+
+    Attributes:
+        session_id: the session's id.
+        reason: why it ended, as a sentence.
+    """
+
+    def __init__(self, message: str, *, session_id: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        self.reason = reason or message

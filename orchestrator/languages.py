@@ -128,6 +128,9 @@ class Language:
         restricted: RestrictedPython can run it (the restricted mode).
         forks_host: the inprocess mode runs it in a fork of this Python process (no
             interpreter of its own).
+        sessions: its bootstrap can serve a session (calls that share one interpreter).
+        session_command: the container command of a session, when it is not the image's
+            ``CMD`` (None: the image's; its bootstrap then reads ``ATHENA_SESSION``).
     """
 
     name: str
@@ -143,6 +146,8 @@ class Language:
     guard: GuardBuilder | None = None
     restricted: bool = False
     forks_host: bool = False
+    sessions: bool = False
+    session_command: tuple[str, ...] | None = None
 
     @property
     def image(self) -> str:
@@ -180,12 +185,21 @@ class Language:
         return self.guard(policy)
 
     def request_blob(
-        self, parameters: Mapping[str, JsonValue], guard: Mapping[str, Any] | None
+        self,
+        parameters: Mapping[str, JsonValue],
+        guard: Mapping[str, Any] | None,
+        figures: str | None = None,
     ) -> bytes:
-        """What the bootstrap reads on fd 3 (or from its parameters file) for one run."""
+        """What the bootstrap reads on fd 3 (or from its parameters file) for one run.
+
+        ``figures``: where the Python bootstrap saves the figures a call leaves open (None:
+        no capture); other bootstraps ignore it.
+        """
         if not self.takes_guard:
             return self.parameters_blob(parameters)
-        envelope = {"parameters": parameters, "guard": guard}
+        envelope: dict[str, Any] = {"parameters": parameters, "guard": guard}
+        if figures is not None:
+            envelope["figures"] = figures
         return json.dumps(envelope, ensure_ascii=False).encode()
 
 
@@ -203,6 +217,7 @@ LANGUAGES: tuple[Language, ...] = (
         guard=python_guard,
         restricted=True,
         forks_host=True,
+        sessions=True,
     ),
     Language(
         "javascript",
@@ -217,6 +232,14 @@ LANGUAGES: tuple[Language, ...] = (
         grammar="tree_sitter_javascript",
         accepts_nul=True,  # JavaScript source may hold NUL in string literals
         guard=javascript_guard,
+        sessions=True,
+        # The bootstrap is the main module of a session: it runs each call's code itself.
+        session_command=(
+            "node",
+            "--experimental-vm-modules",
+            "/opt/athena/jsboot.js",
+            "/workspace/main.js",
+        ),
     ),
     Language(
         "bash",
@@ -228,6 +251,7 @@ LANGUAGES: tuple[Language, ...] = (
         parameters_blob=_bash_blob,
         validator="orchestrator.validator.bash:check_bash",
         grammar="tree_sitter_bash",
+        sessions=True,
     ),
     Language(
         "ruby",

@@ -7,6 +7,7 @@ removed).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from orchestrator.errors import RequestError
 from orchestrator.languages import get_language
-from orchestrator.policy import Policy, load_policy
+from orchestrator.policy import IMAGE_REF_PATTERN, Policy, load_policy
 from orchestrator.text import MAX_JSON_DEPTH, check_json_text, check_text, find_lone_surrogate
 
 # The text checks are re-exported: the memory store checks its callers' text with them (of the
@@ -34,8 +35,11 @@ __all__ = [
     "Event",
     "ExecutionRequest",
     "ExecutionResult",
+    "InputFile",
     "Isolation",
+    "OutputFile",
     "Resources",
+    "SessionState",
     "ValidationIssue",
     "Violation",
     "ViolationCategory",
@@ -168,6 +172,70 @@ class Event(_Frozen):
         return event
 
 
+SessionState = Literal["kept", "restarted", "ended"]
+"""What a session call did to its session: ``kept`` (the state is there for the next call),
+``restarted`` (the call could not be interrupted: a fresh sandbox took over, the state is lost),
+``ended`` (a memory or process violation ended the session: the next call raises)."""
+
+
+class InputFile(_Frozen):
+    """A file written into the workspace before the code starts (``files=``).
+
+    Attributes:
+        name: its path under ``/workspace``, relative (checked by
+            :func:`orchestrator.files.check_files`).
+        data: its content.
+    """
+
+    name: str
+    data: bytes = Field(repr=False)
+
+    def to_record(self) -> dict[str, Any]:
+        """What a record keeps of it: name, size and SHA-256, not the content."""
+        return {
+            "name": self.name,
+            "size": len(self.data),
+            "sha256": hashlib.sha256(self.data).hexdigest(),
+        }
+
+
+class OutputFile(_Frozen):
+    """A file the code wrote under ``/workspace/out``, or a figure it left open (an artifact).
+
+    Attributes:
+        name: its path under ``/workspace/out`` (figures: ``figure-<n>.png``).
+        size: its size in bytes.
+        sha256: the SHA-256 of its content, hex.
+        mime_type: guessed from the name (``application/octet-stream`` when unknown).
+        content: its bytes (base64 over JSON).
+    """
+
+    name: str
+    size: int
+    sha256: str
+    mime_type: str
+    content: bytes = Field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public dict: name, size, sha256, mime_type and content (bytes)."""
+        return {
+            "name": self.name,
+            "size": self.size,
+            "sha256": self.sha256,
+            "mime_type": self.mime_type,
+            "content": self.content,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        """What a record keeps of it: everything but the content."""
+        return {
+            "name": self.name,
+            "size": self.size,
+            "sha256": self.sha256,
+            "mime_type": self.mime_type,
+        }
+
+
 class Resources(_Frozen):
     """Resource figures of one run, from the sandbox's cgroup (with ``track_resources``)."""
 
@@ -260,6 +328,18 @@ def _check_timeout(timeout_seconds: float | None) -> float | None:
     return seconds
 
 
+def _check_image(image: object) -> str | None:
+    if image is None:
+        return None
+    if not isinstance(image, str) or not re.fullmatch(IMAGE_REF_PATTERN, image) or len(image) > 255:
+        shown = shown_number(image) if not isinstance(image, str) else repr(image[:80])
+        raise RequestError(
+            f"image {shown} is not an image reference: give a local image's name, optionally "
+            "with a tag (e.g. 'my-python:1'), built with `athena-sandbox build-image`"
+        )
+    return image
+
+
 class ExecutionRequest(_Frozen):
     """One request to run code. Build it with :meth:`create`, which checks every field.
 
@@ -273,6 +353,11 @@ class ExecutionRequest(_Frozen):
         track_resources: report cgroup figures in ``resources``.
         record: persist the run in the memory store.
         tenant: whose run it is: the memory store files its record under this tenant.
+        session_id: the session this call belongs to (None: a one-shot run).
+        files: files written into the workspace before the code starts.
+        capture_figures: return figures still open at the end (or shown) as PNG artifacts.
+        image: a custom image to run in (built ``FROM athena-sandbox/<language>``); None: the
+            policy's ``image``, else the language's own.
     """
 
     code: str
@@ -284,6 +369,10 @@ class ExecutionRequest(_Frozen):
     track_resources: bool = False
     record: bool = True
     tenant: str = Field(DEFAULT_TENANT, pattern=TENANT_PATTERN)
+    session_id: str | None = None
+    files: tuple[InputFile, ...] = ()
+    capture_figures: bool = True
+    image: str | None = Field(None, pattern=IMAGE_REF_PATTERN, max_length=255)
 
     @classmethod
     def create(
@@ -299,6 +388,10 @@ class ExecutionRequest(_Frozen):
         max_code_bytes: int = DEFAULT_MAX_CODE_BYTES,
         max_parameters_bytes: int = DEFAULT_MAX_PARAMETERS_BYTES,
         tenant: str = DEFAULT_TENANT,
+        files: Mapping[str, Any] | None = None,
+        capture_figures: bool = True,
+        image: str | None = None,
+        session_id: str | None = None,
     ) -> ExecutionRequest:
         r"""Check the caller's arguments and build a request.
 
@@ -310,9 +403,13 @@ class ExecutionRequest(_Frozen):
             RequestError: code that is not a string, is too large or holds a lone surrogate;
                 parameters that are not a JSON object, hold a lone surrogate or nest too deep;
                 a timeout that is not a positive number; a tenant name that is not valid
-                (see :func:`check_tenant`).
+                (see :func:`check_tenant`); files that cannot be written or are over the
+                policy's ``files.max_in_bytes`` (see :func:`orchestrator.files.check_files`);
+                an image reference that is not one.
             UnknownLanguageError: a language we do not run.
         """
+        from orchestrator.files import check_files  # it builds on this module's models
+
         check_tenant(tenant)
         if not isinstance(code, str):
             raise RequestError(f"code must be a string, not {type(code).__name__}")
@@ -326,15 +423,24 @@ class ExecutionRequest(_Frozen):
         lang = get_language(language)
         checked = _check_parameters(parameters, max_parameters_bytes)
         lang.parameters_blob(checked)  # raises for parameters this language cannot take
+        resolved = policy if policy is not None else load_policy(None)
+        if not isinstance(capture_figures, bool):
+            raise RequestError(f"capture_figures must be true or false, not {capture_figures!r}")
         return cls(
             code=code,
             language=lang.name,
             parameters=checked,
             timeout_seconds=_check_timeout(timeout_seconds),
-            policy=policy if policy is not None else load_policy(None),
+            policy=resolved,
             track_resources=track_resources,
             record=record,
             tenant=tenant,
+            session_id=session_id,
+            files=check_files(
+                files, lang.code_file, resolved.files.max_in_bytes, resolved.filesystem.tmpfs_mb
+            ),
+            capture_figures=capture_figures,
+            image=_check_image(image),
         )
 
     def effective_timeout(self) -> float:
@@ -371,6 +477,10 @@ class ExecutionResult(_Frozen):
     timeout_seconds: float | None = None
     resources: Resources | None = None
     total_time_ms: float = 0.0
+    session_id: str | None = None
+    session_state: SessionState | None = None
+    files: tuple[OutputFile, ...] = ()
+    artifacts: tuple[OutputFile, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Return the plain dict of the public API; every key is always present."""
@@ -396,4 +506,8 @@ class ExecutionResult(_Frozen):
             "timeout_seconds": self.timeout_seconds,
             "resources": self.resources.model_dump() if self.resources else None,
             "total_time_ms": self.total_time_ms,
+            "session_id": self.session_id,
+            "session_state": self.session_state,
+            "files": [f.to_dict() for f in self.files],
+            "artifacts": [a.to_dict() for a in self.artifacts],
         }

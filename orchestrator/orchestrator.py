@@ -27,15 +27,26 @@ from orchestrator.context import ExecutionContext, Listener
 from orchestrator.errors import (
     BackendUnavailableError,
     CodeNotAcceptedError,
+    RequestError,
     RunError,
     SandboxFailedError,
+    SessionEndedError,
 )
 from orchestrator.eventlog import EventLog
-from orchestrator.languages import get_language
-from orchestrator.models import Event, ExecutionRequest, ExecutionResult, ValidationIssue
+from orchestrator.languages import LANGUAGES, get_language
+from orchestrator.models import (
+    DEFAULT_TENANT,
+    Event,
+    ExecutionRequest,
+    ExecutionResult,
+    SessionState,
+    ValidationIssue,
+    check_tenant,
+)
 from orchestrator.policy import MODE_STRENGTH, Policy, load_policy, resolve_mounts
 from orchestrator.results import assemble_result, failed_result, validation_failed_result
 from orchestrator.run import CancelToken, RunOutcome, RunSpec
+from orchestrator.sessions import Session, SessionLimits, SessionRegistry
 from orchestrator.settings import Settings
 from orchestrator.validator import CodeValidator
 
@@ -90,6 +101,9 @@ class Orchestrator:
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
         self._result_listeners: tuple[ResultListener, ...] = ()  # replaced whole, under _lock
+        self._sessions = SessionRegistry(
+            self.settings.max_sessions, self.settings.session_check_seconds
+        )
 
     def add_result_listener(self, listener: ResultListener) -> Callable[[], None]:
         """Call ``listener`` with every result this orchestrator finishes; return its remover.
@@ -125,6 +139,7 @@ class Orchestrator:
                 return
             self._closed = True
             executor, self._executor = self._executor, None
+        self._sessions.close()
         for backend in self._backends:
             backend.close()
         if executor is not None:
@@ -138,14 +153,16 @@ class Orchestrator:
         *,
         on_event: Listener | None = None,
         cancel: CancelToken | None = None,
+        session: Session | None = None,
     ) -> ExecutionResult:
         """Run a request; a run that could not happen gives ``success: False`` with ``error``.
 
         Raises:
             PolicyError: the policy's mounts or project directory cannot be used.
+            RequestError: a session call's files could not be written (nothing ran).
         """
         try:
-            return self.run(request, on_event=on_event, cancel=cancel)
+            return self.run(request, on_event=on_event, cancel=cancel, session=session)
         except RunError as exc:
             if exc.result is None:  # pragma: no cover - run() always attaches one
                 raise
@@ -165,6 +182,7 @@ class Orchestrator:
         *,
         on_event: Listener | None = None,
         cancel: CancelToken | None = None,
+        session: Session | None = None,
     ) -> ExecutionResult:
         """Validate, run in a sandbox, record, and return the result.
 
@@ -173,11 +191,31 @@ class Orchestrator:
             on_event: called with each event as it happens (output chunks, violations, and
                 an ``exit`` event carrying the result, last).
             cancel: cancelling it kills the run (the result says so).
+            session: run it as a call of this session (``request.session_id`` is its id):
+                in its sandbox, after the calls before it.
 
         Raises:
             RunError: the run could not happen or finish (``exc.result`` is the recorded result).
+            SessionEndedError: (a RunError) the session is over.
             PolicyError: the policy's mounts or project directory cannot be used.
+            RequestError: a session call's files could not be written (nothing ran).
         """
+        if session is None:
+            return self._run(request, on_event, cancel, None)
+        with session.call_lock:
+            session.begin_call()
+            try:
+                return self._run(request, on_event, cancel, session)
+            finally:
+                session.end_call()
+
+    def _run(
+        self,
+        request: ExecutionRequest,
+        on_event: Listener | None,
+        cancel: CancelToken | None,
+        session: Session | None,
+    ) -> ExecutionResult:
         started = time.perf_counter()
         timeout = request.effective_timeout()
         context = ExecutionContext(
@@ -195,7 +233,8 @@ class Orchestrator:
         if on_event is not None:
             context.subscribe(on_event)
         issues: tuple[ValidationIssue, ...] = ()
-        backend: Backend | None = None
+        mode: str | None = session.mode if session is not None else None
+        state: SessionState | None = None
         try:
             if self._closed:
                 raise SandboxFailedError("this orchestrator is closed; create a new one")
@@ -205,18 +244,117 @@ class Orchestrator:
             )
             if request.policy.validation.enforce and any(i.severity == "error" for i in issues):
                 failed = validation_failed_result(request, issues, timeout, _since(started))
+                if session is not None:
+                    failed = failed.model_copy(update={"session_state": "kept"})
                 return self._finish(request, failed, context, events)
             spec = self._spec(request.policy, timeout, cancel or CancelToken())
-            backend = self._choose_backend(request.policy, request.language)
-            outcome = self._run_in_sandbox(request, spec, context, backend)
+            if session is None:
+                backend = self._choose_backend(request.policy, request.language)
+                mode = backend.name
+                outcome = self._run_in_sandbox(request, spec, context, backend)
+            else:
+                outcome, state = self._run_in_session(request, spec, context, session)
         except RunError as exc:
             # A run that began in a sandbox (then was cancelled, or the sandbox died) says which.
-            mode = backend.name if backend is not None and context.begin is not None else None
-            failed = failed_result(request, exc, context, issues, timeout, _since(started), mode)
+            began = mode if context.begin is not None else None
+            failed = failed_result(request, exc, context, issues, timeout, _since(started), began)
+            if session is not None:
+                lost: SessionState = "ended" if isinstance(exc, SessionEndedError) else "restarted"
+                failed = failed.model_copy(update={"session_state": lost})
             exc.result = self._finish(request, failed, context, events)
             raise
         result = assemble_result(request, outcome, context, issues, timeout, _since(started))
+        if state is not None:
+            result = result.model_copy(update={"session_state": state})
         return self._finish(request, result, context, events)
+
+    def _run_in_session(
+        self, request: ExecutionRequest, spec: RunSpec, context: ExecutionContext, session: Session
+    ) -> tuple[RunOutcome, SessionState]:
+        with context, self._admission.slot(spec.cancel):
+            return session.run(request, spec, context)
+
+    # ------------------------------------------------------------------ sessions
+
+    def open_session(
+        self,
+        language: str,
+        policy: Policy,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        limits: SessionLimits | None = None,
+        image: str | None = None,
+    ) -> Session:
+        """Open a session: a sandbox of its own whose interpreter keeps state between calls.
+
+        Opening takes the sandbox (one warm-pool take). Run calls with :meth:`run` and
+        ``session=``; the session ends with :meth:`Session.close`, at its idle timeout or
+        lifetime, when a call has a memory or process violation, or when this orchestrator
+        closes.
+
+        Raises:
+            RequestError: a language without sessions (python, javascript and bash have them).
+            QueueFullError: ``max_sessions`` sessions are open.
+            BackendUnavailableError: no isolation mode that runs sessions (docker) is available
+                to the policy.
+            RunError: the session's sandbox could not start.
+        """
+        lang = get_language(language)
+        if not lang.sessions:
+            with_sessions = ", ".join(x.name for x in LANGUAGES if x.sessions)
+            raise RequestError(f"{lang.name} has no sessions; these languages do: {with_sessions}")
+        if self._closed:
+            raise SandboxFailedError("this orchestrator is closed; create a new one")
+        self._sessions.reserve()
+        backend = self._choose_backend(policy, lang.name)
+        opener = getattr(backend, "open_session", None)
+        if opener is None:
+            raise BackendUnavailableError(
+                f"sessions run in the docker mode only, and policy {policy.name!r} got the "
+                f"{backend.name} mode here: start a Docker engine (make docker-up)"
+            )
+        probe = ExecutionRequest(code="", language=lang.name, policy=policy, image=image)
+        spec = self._spec(policy, policy.limits.timeout_seconds)
+        session = Session(
+            opener(probe, spec),
+            mode=backend.name,
+            language=lang.name,
+            policy=policy.name,
+            tenant=check_tenant(tenant),
+            limits=limits or SessionLimits(),
+            image=image,
+            policy_config=policy,
+            on_end=self._sessions.forget,
+        )
+        try:
+            session.start(probe.execution_id)
+        except BaseException:
+            session.close("its sandbox could not start")
+            raise
+        self._sessions.add(session)
+        return session
+
+    def session(self, session_id: str, tenant: str | None = None) -> Session:
+        """The open session of this id (of this tenant, when given).
+
+        Raises:
+            SessionEndedError: no open session has this id (it ended, or never was, or it is
+                another tenant's).
+        """
+        session = self._sessions.get(session_id) if isinstance(session_id, str) else None
+        if session is None or (tenant is not None and session.tenant != tenant):
+            shown = session_id[:80] if isinstance(session_id, str) else type(session_id).__name__
+            raise SessionEndedError(
+                f"no open session {shown!r}: it ended (closed, expired or ended by a "
+                "violation) or never existed; open a new one",
+                session_id=shown,
+                reason="no open session has this id",
+            )
+        return session
+
+    def sessions(self, tenant: str | None = None) -> list[Session]:
+        """The open sessions (of one tenant, when given), oldest first."""
+        return [s for s in self._sessions.all() if tenant is None or s.tenant == tenant]
 
     def _event_log(self, request: ExecutionRequest) -> EventLog | None:
         """An event log for a run that will be recorded, else None (nothing is collected)."""

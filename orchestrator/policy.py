@@ -97,6 +97,10 @@ def _id_value(digits: str) -> int | None:
     return int(significant)
 
 
+IMAGE_REF_PATTERN = r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"
+"""A custom image reference (``name`` or ``name:tag``; no digest, no registry port)."""
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -237,6 +241,18 @@ class Validation(_Model):
     bash: BashRules = BashRules()
 
 
+class Files(_Model):
+    """Files a call sends into the workspace and gets back from ``/workspace/out``.
+
+    ``max_in_bytes``: the most a call may send (``files=``, all files together);
+    ``max_out_bytes``: the most that comes back (files and figures together); past it, the
+    rest is left out and the result says what was cut.
+    """
+
+    max_in_bytes: int = Field(64 * 1024 * 1024, ge=0, le=1024**3)
+    max_out_bytes: int = Field(64 * 1024 * 1024, ge=0, le=1024**3)
+
+
 class Records(_Model):
     """What the memory store keeps of runs under this policy."""
 
@@ -255,6 +271,8 @@ class Policy(_Model):
     runtime: Runtime = Runtime()
     validation: Validation = Validation()
     records: Records = Records()
+    files: Files = Files()
+    image: str | None = Field(None, min_length=1, max_length=255, pattern=IMAGE_REF_PATTERN)
     fallback: tuple[SandboxMode, ...] = ("docker",)
 
     @field_validator("fallback")

@@ -104,11 +104,15 @@ def derive_violations(
     limits = request.policy.limits
     found = []
     if outcome.timed_out:
+        ending = (
+            "was interrupted; the session's state is kept" if outcome.interrupted else "was killed"
+        )
         found.append(
             Violation(
                 category="timeout",
-                message=f"the run exceeded its {timeout:g} s timeout and was killed",
-                detail={"timeout_seconds": timeout},
+                message=f"the run exceeded its {timeout:g} s timeout and {ending}",
+                detail={"timeout_seconds": timeout}
+                | ({"interrupted": True} if outcome.interrupted else {}),
             )
         )
     if outcome.oom_killed:
@@ -174,7 +178,35 @@ def derive_violations(
         )
         for refusal in outcome.policy_refusals
     ]
+    found += _left_out_violations(outcome, request)
     return found + _filesystem_violations(context) + _output_violations(context)
+
+
+def _left_out_violations(outcome: RunOutcome, request: ExecutionRequest) -> list[Violation]:
+    """Files of ``/workspace/out`` that did not come back: over the cap, or not regular files."""
+    over = [f for f in outcome.left_out if f.reason == "over the cap"]
+    other = [f for f in outcome.left_out if f.reason != "over the cap"]
+    found = []
+    if over:
+        cap = request.policy.files.max_out_bytes
+        found.append(
+            Violation(
+                category="output",
+                message=f"{len(over)} file(s) of {sum(f.size for f in over)} bytes were not "
+                f"returned: the files of a run may add up to {cap} bytes (files.max_out_bytes)",
+                detail={"limit_bytes": cap, "files": [f.name for f in over[:50]]},
+            )
+        )
+    if other:
+        found.append(
+            Violation(
+                category="output",
+                message=f"{len(other)} entr(ies) of /workspace/out were not returned: links, "
+                "FIFOs and other special files are never followed or read",
+                detail={"files": [f.name for f in other[:50]]},
+            )
+        )
+    return found
 
 
 def assemble_result(
@@ -215,6 +247,9 @@ def assemble_result(
         timeout_seconds=timeout,
         resources=outcome.resources,
         total_time_ms=round(total_ms, 3),
+        session_id=request.session_id,
+        files=outcome.files,
+        artifacts=outcome.artifacts,
     )
 
 
@@ -247,6 +282,7 @@ def failed_result(
         policy=request.policy.name,
         timeout_seconds=timeout,
         total_time_ms=round(total_ms, 3),
+        session_id=request.session_id,
     )
 
 
@@ -264,4 +300,5 @@ def validation_failed_result(
         policy=request.policy.name,
         timeout_seconds=timeout,
         total_time_ms=round(total_ms, 3),
+        session_id=request.session_id,
     )

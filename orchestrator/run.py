@@ -17,12 +17,27 @@ import structlog
 from pydantic import JsonValue
 
 from orchestrator.backends.value import decode_value
-from orchestrator.models import Isolation, Resources
+from orchestrator.models import Isolation, OutputFile, Resources
 from orchestrator.policy import ResolvedMount
 
 log = structlog.get_logger(__name__)
 
 SIGKILL = 9
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """A file of ``/workspace/out`` (or a figure) that did not come back, and why.
+
+    Attributes:
+        name: its path under ``/workspace/out``.
+        reason: ``over the cap`` (``files.max_out_bytes``) or not a regular file.
+        size: its size in bytes, when it was over the cap.
+    """
+
+    name: str
+    reason: str
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,12 @@ class RunOutcome:
             detail}`` as the bootstrap reported it.
         mount_write_exceeded: the target of the writable mount whose filesystem the run grew by
             more than ``filesystem.max_mount_write_bytes`` (it was killed), or None.
+        files: the files the code wrote under ``/workspace/out`` (in a session: this call's).
+        artifacts: the figures it left open or showed, as PNG.
+        left_out: files that did not come back, and why.
+        session_alive: in a session, whether its interpreter (and state) is still there after
+            this call; None for a one-shot run.
+        interrupted: a session call that timed out was interrupted and its state kept.
     """
 
     isolation: Isolation
@@ -68,6 +89,11 @@ class RunOutcome:
     forged_reports: int = 0
     policy_refusals: tuple[dict[str, JsonValue], ...] = ()
     mount_write_exceeded: str | None = None
+    files: tuple[OutputFile, ...] = ()
+    artifacts: tuple[OutputFile, ...] = ()
+    left_out: tuple[LeftOut, ...] = ()
+    session_alive: bool | None = None
+    interrupted: bool = False
 
 
 class CancelToken:
@@ -145,6 +171,8 @@ class ExitReport:
         memory_peak_bytes: the run's peak memory, when known.
         cpu_ms: the run's CPU time, when known.
         mount_write_cap_hit: the index of the writable mount whose cap was hit, if any.
+        session_alive: a session call: whether the interpreter is still there (None: one-shot).
+        interrupted: a session call that timed out stopped at the interrupt, its state kept.
     """
 
     exit_code: int | None = None
@@ -157,6 +185,8 @@ class ExitReport:
     memory_peak_bytes: int | None = None
     cpu_ms: float | None = None
     mount_write_cap_hit: int | None = None
+    session_alive: bool | None = None
+    interrupted: bool = False
 
     @classmethod
     def from_runner(cls, info: Mapping[str, Any] | None) -> ExitReport:
@@ -178,6 +208,8 @@ class ExitReport:
             memory_peak_bytes=peak if peak >= 0 else None,
             cpu_ms=cpu / 1e6 if cpu >= 0 else None,
             mount_write_cap_hit=hit if isinstance(hit, int) and hit >= 0 else None,
+            session_alive=bool(info.get("alive")) if info.get("session") else None,
+            interrupted=bool(info.get("interrupted")),
         )
 
 
@@ -252,6 +284,9 @@ def build_outcome(
     started: bool = True,
     track_resources: bool = False,
     mount_targets: Sequence[str] = (),
+    files: tuple[OutputFile, ...] = (),
+    artifacts: tuple[OutputFile, ...] = (),
+    left_out: tuple[LeftOut, ...] = (),
 ) -> RunOutcome:
     """Build a backend's :class:`RunOutcome` from its exit report and its ``output`` value.
 
@@ -263,6 +298,9 @@ def build_outcome(
         started: whether the code was handed to the interpreter.
         track_resources: whether the caller asked for resource figures.
         mount_targets: the policy's mount targets, in order (names a mount whose cap was hit).
+        files: the files of ``/workspace/out`` that came back.
+        artifacts: the figures that came back.
+        left_out: the files that did not, and why.
     """
     output, notes, refusals = decode_value(value, report.value_truncated)
     hit = report.mount_write_cap_hit
@@ -290,4 +328,9 @@ def build_outcome(
         mount_write_exceeded=mount_targets[hit]
         if hit is not None and hit < len(mount_targets)
         else None,
+        files=files,
+        artifacts=artifacts,
+        left_out=left_out,
+        session_alive=report.session_alive,
+        interrupted=report.interrupted,
     )

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
         srt_uid_base: first of the uids srt runs use when we are root, one per concurrent run.
         egress_pinned_hosts: names the egress proxy resolves to fixed addresses, skipping DNS
             and the public-address check. For tests with servers of our own; never in production.
+        max_sessions: sessions open at once in this process (all tenants); opening another
+            is refused until one ends.
+        session_check_seconds: how often idle and lifetime limits of sessions are checked.
     """
 
     model_config = SettingsConfigDict(env_prefix="ATHENA_", frozen=True, extra="forbid")
@@ -81,6 +84,8 @@ class Settings(BaseSettings):
     srt_path: Path | None = None
     srt_uid_base: int = Field(61000, ge=1000, le=4_000_000_000)
     egress_pinned_hosts: dict[str, str] = Field(default_factory=dict)
+    max_sessions: int = Field(32, ge=0, le=10000)
+    session_check_seconds: float = Field(1.0, gt=0, le=60)
 
     @field_validator("sandbox_backends", mode="before")
     @classmethod

@@ -11,7 +11,17 @@ ISSUE_RESULT_KEYS = frozenset({
 })  # fmt: skip
 """The keys the foundation issue promises in every execute_code dict (never removed)."""
 
-RESULT_KEYS = ISSUE_RESULT_KEYS | {"policy", "timeout_seconds", "resources", "total_time_ms"}
+RESULT_KEYS = ISSUE_RESULT_KEYS | {
+    "policy",
+    "timeout_seconds",
+    "resources",
+    "total_time_ms",
+    # issue #12: sessions, and files in and out
+    "session_id",
+    "session_state",
+    "files",
+    "artifacts",
+}
 """Every key execute_code returns today."""
 
 

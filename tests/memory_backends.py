@@ -8,10 +8,11 @@ sets up). No mocks: real SQLite files and a real PostgreSQL server.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from memory_store.postgres.connection import PostgresTarget
 from memory_store.postgres.store import PostgresStore
 from memory_store.sql.store import SqlStore
 from memory_store.sqlite.store import SQLiteStore
-from orchestrator.models import DEFAULT_TENANT, ExecutionRequest, ExecutionResult
+from orchestrator.models import DEFAULT_TENANT, ExecutionRequest, ExecutionResult, OutputFile
 from orchestrator.policy import load_policy
 
 POSTGRES_URL_ENV = "ATHENA_TEST_POSTGRES_URL"
@@ -160,10 +161,26 @@ def make_run(
     parameters: dict[str, object] | None = None,
     policy: str | dict[str, object] = "strict",
     tenant: str = DEFAULT_TENANT,
+    session_id: str | None = None,
+    files: Mapping[str, bytes | str] | None = None,
+    outputs: Sequence[OutputFile] = (),
+    artifacts: Sequence[OutputFile] = (),
+    **request_fields: Any,
 ) -> tuple[ExecutionRequest, ExecutionResult]:
-    """A python run's request and result as a store records them (``4`` printed, or failed)."""
+    """A python run's request and result as a store records them (``4`` printed, or failed).
+
+    A run with a ``session_id`` is a session call that kept its session; ``outputs`` and
+    ``artifacts`` are what it returned; ``request_fields`` go to ``ExecutionRequest.create``
+    (``timeout_seconds``, ``capture_figures``, ``image``...).
+    """
     request = ExecutionRequest.create(
-        code=code, parameters=parameters, policy=load_policy(policy), tenant=tenant
+        code=code,
+        parameters=parameters,
+        policy=load_policy(policy),
+        tenant=tenant,
+        session_id=session_id,
+        files=files,
+        **request_fields,
     )
     result = ExecutionResult(
         execution_id=request.execution_id,
@@ -174,5 +191,22 @@ def make_run(
         stderr=stderr,
         sandbox_mode="docker",
         execution_time_ms=3.0,
+        session_id=session_id,
+        session_state=None if session_id is None else "kept",
+        files=tuple(outputs),
+        artifacts=tuple(artifacts),
     )
     return request, result
+
+
+def output_file(
+    name: str, content: bytes, mime_type: str = "application/octet-stream"
+) -> OutputFile:
+    """An output file (or artifact) as a run returns it, its size and SHA-256 from ``content``."""
+    return OutputFile(
+        name=name,
+        size=len(content),
+        sha256=hashlib.sha256(content).hexdigest(),
+        mime_type=mime_type,
+        content=content,
+    )

@@ -68,38 +68,156 @@ def _send_output(namespace, fd):
 
 def _main():
     path = sys.argv[1]
+    figures = _figures_module()
+    if os.environ.pop("ATHENA_SESSION", None) == "1":
+        _serve_session(path, figures)
     gc.freeze()  # what the bootstrap made so far: the collection at the end skips it (0.8 ms)
     raw = _read_params()
     output_fd = _output_fd()
     request = json.loads(raw) if raw else {}
-    parameters = request.get("parameters", {})
+    namespace = _namespace(path, request.get("parameters", {}))
     with open(path, "rb") as handle:
         source = handle.read()
-    namespace = {
+    sys.argv = [path]
+    code_dir = os.path.dirname(os.path.abspath(path))
+    guard = install_guard(request["guard"], code_dir, output_fd) if request.get("guard") else None
+    sys.path.insert(0, code_dir)  # modules the code writes beside itself
+    _configure_figures(figures, request)
+    status = _run_cell(source, path, namespace)
+    _flush()
+    _capture_figures(figures, request)
+    if guard is not None:
+        guard.summarise()
+    _send_output(namespace, output_fd)
+    shut_down(namespace, code_dir, _flush)
+    os._exit(status)
+
+
+def _namespace(path, parameters):
+    return {
         "__name__": "__main__",
         "__file__": path,
         "__builtins__": builtins,
         "parameters": parameters,
         "json": json,
     }
-    sys.argv = [path]
-    code_dir = os.path.dirname(os.path.abspath(path))
-    guard = install_guard(request["guard"], code_dir, output_fd) if request.get("guard") else None
-    sys.path.insert(0, code_dir)  # modules the code writes beside itself
-    status = 0
+
+
+def _run_cell(source, filename, namespace):
+    """Run the code in ``namespace``; return its exit status (tracebacks go to stderr)."""
     try:
-        exec(compile(source, path, "exec"), namespace)
+        exec(compile(source, filename, "exec"), namespace)
     except SystemExit as exc:
-        status = exit_status(exc.code)
-    except BaseException as exc:
+        return exit_status(exc.code)
+    except BaseException as exc:  # KeyboardInterrupt too: a session call's interrupt
         _print_code_traceback(exc)
-        status = 1
-    _flush()
-    if guard is not None:
-        guard.summarise()
-    _send_output(namespace, output_fd)
-    shut_down(namespace, code_dir, _flush)
-    os._exit(status)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def _serve_session(path, figures):
+    """Serve a session's calls until the runner closes fd 3; globals and imports stay.
+
+    Each call arrives on fd 3 as ``<length>\n<request>``; its code is in ``path``. When the
+    code is done, ``<status>\n`` goes to fd 5. ``output`` is per call (removed before each),
+    ``parameters`` is the call's. The runner's SIGINT at the timeout raises KeyboardInterrupt
+    in the code, like a notebook's interrupt; the session goes on.
+    """
+    import linecache
+    import signal
+
+    requests = os.fdopen(3, "rb", buffering=0)
+    code_dir = os.path.dirname(os.path.abspath(path))
+    namespace = _namespace(path, {})
+    sys.argv = [path]
+    sys.path.insert(0, code_dir)
+    guard, count = None, 0
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # only the code's own time is interruptible
+    while True:
+        request = _next_request(requests)
+        if request is None:
+            os._exit(0)
+        if guard is None and request.get("guard"):
+            guard = install_guard(request["guard"], code_dir, 4)
+        count += 1
+        with open(path, "rb") as handle:
+            source = handle.read()
+        name = f"<cell {count}>"
+        text = source.decode("utf-8", errors="replace")
+        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+        namespace["parameters"] = request.get("parameters", {})
+        namespace.pop("output", None)
+        _configure_figures(figures, request)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        status = _run_cell(source, name, namespace)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _flush()
+        _capture_figures(figures, request)
+        if guard is not None:
+            guard.summarise()
+        _send_output(namespace, 4)
+        _write_all(5, f"{status}\n".encode())
+
+
+def _next_request(requests):
+    """The next call's request from the runner (``<length>\n<json>``), or None at EOF."""
+    header = b""
+    while not header.endswith(b"\n"):
+        byte = requests.read(1)
+        if not byte:
+            return None
+        header += byte
+    size, data = int(header), b""
+    while len(data) < size:
+        chunk = requests.read(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return json.loads(data) if data else {}
+
+
+def _write_all(fd, data):
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except OSError:
+        pass  # the code closed it: the runner then ends the session
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _figures_module():
+    """``athena_figures`` (in the python image), prepared; None where it is not installed."""
+    try:
+        import athena_figures
+    except ImportError:
+        return None
+    try:
+        athena_figures.prepare()
+    except Exception as exc:  # a broken cache directory must not keep the code from running
+        print(f"[athena-sandbox] figure capture is off: {exc}", file=sys.stderr)
+        return None
+    return athena_figures
+
+
+def _configure_figures(figures, request):
+    if figures is not None:
+        figures.configure(request.get("figures"))
+
+
+def _capture_figures(figures, request):
+    """Save the figures the code left open, as a notebook displays them (never raises)."""
+    directory = request.get("figures")
+    if figures is None or not directory or "matplotlib.pyplot" not in sys.modules:
+        return
+    try:
+        figures.capture(directory)
+    except BaseException as exc:  # noqa: BLE001 - the code's result must still be reported
+        print(f"[athena-sandbox] figures could not be saved: {exc}", file=sys.stderr)
 
 
 def _print_code_traceback(exc):

@@ -2,20 +2,31 @@
  * athena-runner: the main process (PID 1) of every athena-sandbox container.
  *
  * It starts the language's interpreter at once (so a warm container has it loaded), then waits
- * for one request on stdin, hands the code and the parameters to the interpreter, and reports
+ * for a request on stdin, hands the code and the parameters to the interpreter, and reports
  * what happens as length-framed messages on stdout. The orchestrator is the only reader of
  * stdout; the user's code writes into pipes that this process owns, so it cannot forge frames.
  *
- * Request (stdin), once:
- *     "ATHENA/2 <code_len> <blob_len> <timeout_ms> <max_output_bytes> <nonce>\n" <code> <blob>
- *   The nonce (hex, fresh for each run) comes back in the exit frame and first in every failure
- *   frame once it is known: under gVisor the code can open this process's stdout through
- *   /proc/1/fd (runsc does not honour PR_SET_DUMPABLE for it) and write frames of its own, but
- *   it cannot read the nonce from our memory, so the orchestrator tells our reports from forged
- *   ones.
+ * Request (stdin), once per call:
+ *     "ATHENA/3 <code_len> <blob_len> <files_len> <timeout_ms> <max_output_bytes> <files_cap>
+ *      <nonce>\n" <code> <blob> <files>
+ *   The nonce (hex, fresh for each call) comes back in the exit frame and first in every
+ *   failure and file frame once it is known: under gVisor the code can open this process's
+ *   stdout through /proc/1/fd (runsc does not honour PR_SET_DUMPABLE for it) and write frames
+ *   of its own, but it cannot read the nonce from our memory, so the orchestrator tells our
+ *   reports from forged ones.
  *   The code is written to --code-file; the blob (parameters, in the form the language's
- *   bootstrap expects) is written to the interpreter's fd 3. After the request, stdin stays
- *   open: EOF means the owner died, and everything is killed at once.
+ *   bootstrap expects) is written to the interpreter's fd 3. <files> is a sequence of
+ *   "<name_len> <size>\n" <name> <data>: each is written under the workspace before the code
+ *   starts, never through a link. After the request, stdin stays open: EOF means the owner
+ *   died, and everything is killed at once.
+ *
+ * One-shot (the default): one request, then everything is killed and this process exits.
+ * Session (ATHENA_SESSION=1 in the environment): requests follow each other, the interpreter
+ *   and its state stay. The blob goes to fd 3 as "<blob_len>\n" <blob>; the bootstrap writes
+ *   "<status>\n" to fd 5 when the call's code is done. At the timeout the interpreter gets
+ *   SIGINT (Python: KeyboardInterrupt, like a notebook cell); if it does not report done within
+ *   a second, everything is killed and the session is over ("alive": false in the exit frame).
+ *   cgroup counters in a session's exit frame are the call's own (differences).
  *
  * Frames (stdout): 1 type byte, 4-byte big-endian length, payload.
  *   'R' ready           the interpreter is starting; the container can take a request
@@ -23,7 +34,15 @@
  *   'o' / 'e'           stdout / stderr bytes of the code
  *   'c' cut             "<o|e> <bytes>": that many bytes of the stream were dropped here
  *   'v' value           bytes the interpreter wrote on fd 4 (Python's `output`, as JSON)
- *   'x' exit            JSON status: exit code or signal, timeout, cgroup figures
+ *   'F' file            "<nonce> <kind> <name in hex> <size>": kind f (a file of
+ *                       /workspace/out, its bytes follow in 'D' frames), a (a figure the
+ *                       bootstrap saved, likewise), s (skipped: a link or not a regular file),
+ *                       o (over the files cap: not sent). In a session only files whose status
+ *                       changed during the call come back; figures are removed once sent.
+ *   'D' data            the next bytes of the last 'F' file
+ *   'E' input error     "<nonce> message": the request's files could not be written; the code
+ *                       did not run (a session waits for the next request)
+ *   'x' exit            JSON status: exit code or signal, timeout, cgroup figures, session state
  *   'f' failure         the runner could not do its job ("<nonce> message" once the request
  *                       is read, "message" before)
  *
@@ -32,6 +51,7 @@
  * the orchestrator receives a bounded amount.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -58,11 +78,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PROTOCOL "ATHENA/2"
+#define PROTOCOL "ATHENA/3"
 #define NONCE_MAX 64
 #define CHUNK 65536
 #define DRAIN_NS (2LL * 1000000000LL)
 #define MOUNT_CHECK_MS 100 /* how often writes to writable mounts are measured */
+#define INTERRUPT_GRACE_NS (1LL * 1000000000LL) /* a session call's time to stop after SIGINT */
+#define FIGURES_DIR "/tmp/.athena/figures"   /* where the Python bootstrap saves open figures */
 
 typedef struct {
     int fd;            /* read end, -1 once closed */
@@ -216,34 +238,6 @@ static long long cgroup_value(const char *path, const char *key) {
 }
 
 static long long first_of(long long a, long long b) { return a >= 0 ? a : b; }
-
-static void send_exit(const char *nonce, int status, int have_status, int timed_out, int64_t run_ns,
-                      int value_truncated, int mount_hit) {
-    long long oom = first_of(cgroup_value("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
-                             cgroup_value("/sys/fs/cgroup/memory.events", "oom_kill"));
-    long long pids = first_of(cgroup_value("/sys/fs/cgroup/pids/pids.events", "max"),
-                              cgroup_value("/sys/fs/cgroup/pids.events", "max"));
-    long long peak = first_of(cgroup_value("/sys/fs/cgroup/memory/memory.max_usage_in_bytes", NULL),
-                              cgroup_value("/sys/fs/cgroup/memory.peak", NULL));
-    long long cpu = cgroup_value("/sys/fs/cgroup/cpuacct/cpuacct.usage", NULL);
-    if (cpu < 0) {
-        long long usec = cgroup_value("/sys/fs/cgroup/cpu.stat", "usage_usec");
-        cpu = usec >= 0 ? usec * 1000 : -1;
-    }
-    int exited = have_status && WIFEXITED(status);
-    int signaled = have_status && WIFSIGNALED(status);
-    char code[16] = "null", sig[16] = "null";
-    if (exited) snprintf(code, sizeof code, "%d", WEXITSTATUS(status));
-    if (signaled) snprintf(sig, sizeof sig, "%d", WTERMSIG(status));
-    send_framef('x',
-                "{\"exit_code\":%s,\"signal\":%s,\"timed_out\":%s,\"oom_kills\":%lld,"
-                "\"pids_limit_hits\":%lld,\"memory_peak_bytes\":%lld,\"cpu_ns\":%lld,"
-                "\"run_ns\":%" PRId64 ",\"value_truncated\":%s,\"mount_write_cap_hit\":%d,"
-                "\"nonce\":\"%s\"}",
-                code, sig, timed_out ? "true" : "false", oom, pids, peak, cpu, run_ns,
-                value_truncated ? "true" : "false", mount_hit, nonce);
-}
-
 
 /* ------------------------------------------------------------------ mounts and file rules */
 
@@ -494,7 +488,8 @@ static void apply_denials(const char *command) {
     deny_by_filter();
 }
 
-static void start_child(char **argv, const char *workdir, int out_w, int err_w, int blob_r, int val_w) {
+static void start_child(char **argv, const char *workdir, int out_w, int err_w, int blob_r, int val_w,
+                        int done_w) {
     sigset_t all;
     sigemptyset(&all);
     sigprocmask(SIG_SETMASK, &all, NULL);
@@ -505,10 +500,10 @@ static void start_child(char **argv, const char *workdir, int out_w, int err_w, 
     if (adj >= 0) { (void)!write(adj, "1000", 4); close(adj); }
     int devnull = open("/dev/null", O_RDONLY);
     if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0 ||
-        dup2(blob_r, 3) < 0 || dup2(val_w, 4) < 0) {
+        dup2(blob_r, 3) < 0 || dup2(val_w, 4) < 0 || (done_w >= 0 && dup2(done_w, 5) < 0)) {
         _exit(126);
     }
-    for (int fd = 5; fd < 1024; fd++) close(fd);
+    for (int fd = done_w >= 0 ? 6 : 5; fd < 1024; fd++) close(fd);
     restrict_special_files();
     forbid_setid_bits();
     apply_denials(argv[0]);
@@ -539,6 +534,531 @@ static int read_header(char *line, size_t cap) {
     return 1;
 }
 
+/* Read and drop len bytes of stdin (what is left of a request that will not run). */
+static int skip_exact(size_t len) {
+    char buf[CHUNK];
+    while (len > 0) {
+        size_t want = len < sizeof buf ? len : sizeof buf;
+        if (read_full(STDIN_FILENO, buf, want) < 0) return -1;
+        len -= want;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ files in */
+
+/* A name the orchestrator checked; checked again: relative, no empty, "." or ".." part. */
+static int plain_name(const char *name) {
+    if (!name[0] || name[0] == '/') return 0;
+    const char *p = name;
+    while (*p) {
+        const char *end = strchr(p, '/');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len == 0 || (len == 1 && p[0] == '.') || (len == 2 && p[0] == '.' && p[1] == '.')) return 0;
+        p = end ? end + 1 : p + len;
+        if (end && !*p) return 0; /* a trailing slash */
+    }
+    return 1;
+}
+
+/* Open the directory that will hold `name` under `root`, creating what is missing, and never
+ * following a link: a link the code left in a session's workspace is refused (ELOOP/ENOTDIR).
+ * Returns the directory fd and points *leaf at the last part. */
+static int open_parent(int root, char *name, char **leaf) {
+    int dir = dup(root);
+    if (dir < 0) return -1;
+    char *p = name;
+    for (;;) {
+        char *slash = strchr(p, '/');
+        if (!slash) break;
+        *slash = '\0';
+        if (mkdirat(dir, p, 0755) < 0 && errno != EEXIST) { *slash = '/'; close(dir); return -1; }
+        int next = openat(dir, p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        *slash = '/';
+        close(dir);
+        if (next < 0) return -1;
+        dir = next;
+        p = slash + 1;
+    }
+    *leaf = p;
+    return dir;
+}
+
+/* Write the request's files under the workspace. On the first error, the message goes to
+ * `error`, the rest of the files' bytes are read and dropped, and -1 is returned (-2: stdin
+ * ended). */
+static int write_inputs(int root, unsigned long long len, char *error, size_t error_cap) {
+    char head[64], name[4096];
+    while (len > 0) {
+        size_t n = 0;
+        for (;;) { /* "<name_len> <size>\n" */
+            if (n + 1 >= sizeof head || len == 0) { errno = EPROTO; fail("bad files section"); }
+            if (read_full(STDIN_FILENO, head + n, 1) < 0) return -2;
+            len--;
+            if (head[n] == '\n') break;
+            n++;
+        }
+        head[n] = '\0';
+        unsigned long long name_len, size;
+        if (sscanf(head, "%llu %llu", &name_len, &size) != 2 || name_len == 0 ||
+            name_len >= sizeof name || name_len + size > len) {
+            errno = EPROTO;
+            fail("bad files section");
+        }
+        if (read_full(STDIN_FILENO, name, (size_t)name_len) < 0) return -2;
+        name[name_len] = '\0';
+        len -= name_len;
+        char *leaf = NULL;
+        int dir = -1, fd = -1;
+        if (error[0] || strlen(name) != name_len || !plain_name(name)) {
+            if (!error[0]) snprintf(error, error_cap, "input file name refused");
+        } else if ((dir = open_parent(root, name, &leaf)) < 0 ||
+                   (fd = openat(dir, leaf, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC,
+                                0644)) < 0) {
+            snprintf(error, error_cap, "input file %s cannot be written: %s%s", name, strerror(errno),
+                     errno == ELOOP || errno == ENOTDIR ? " (a link or a file is in the way; links are "
+                                                          "never followed)" : "");
+        }
+        if (dir >= 0) close(dir);
+        struct stat st;
+        if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))) {
+            snprintf(error, error_cap, "input file %s: something that is not a regular file is in the way",
+                     name);
+            close(fd);
+            fd = -1;
+        }
+        if (fd >= 0) {
+            char buf[CHUNK];
+            unsigned long long left = size;
+            while (left > 0) {
+                size_t want = left < sizeof buf ? (size_t)left : sizeof buf;
+                if (read_full(STDIN_FILENO, buf, want) < 0) { close(fd); return -2; }
+                const char *q = buf;
+                size_t todo = want;
+                while (todo > 0 && !error[0]) {
+                    ssize_t w = write(fd, q, todo);
+                    if (w < 0 && errno == EINTR) continue;
+                    if (w < 0) {
+                        snprintf(error, error_cap, "input file %s cannot be written: %s", name, strerror(errno));
+                        break;
+                    }
+                    q += w;
+                    todo -= (size_t)w;
+                }
+                left -= want;
+            }
+            close(fd);
+        } else if (skip_exact((size_t)size) < 0) {
+            return -2;
+        }
+        len -= size;
+    }
+    return error[0] ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------ files out */
+
+#define OUT_MAX_ENTRIES 2000 /* entries looked at per call (files, directories, the rest) */
+#define OUT_MAX_DEPTH 16
+
+typedef struct {
+    const char *nonce;
+    unsigned long long budget; /* bytes that may still be sent */
+    int entries;
+    int64_t since_s;           /* files whose status changed before this (session calls) are old */
+    long since_ns;
+} collect_t;
+
+/* A file frame: "<nonce> <kind> <name in hex> <size>" (names may be long: no 1 KiB cap here). */
+static void send_file_frame(const char *nonce, char kind, const char *hex, long long size) {
+    char head[8500];
+    int n = snprintf(head, sizeof head, "%s %c %s %lld", nonce, kind, hex, size);
+    if (n > 0 && (size_t)n < sizeof head) send_frame('F', head, (size_t)n);
+}
+
+static void hex_name(const char *name, char *out, size_t cap) {
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)name; *p && n + 3 < cap; p++, n += 2)
+        snprintf(out + n, 3, "%02x", *p);
+    out[n] = '\0';
+}
+
+static int by_name(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void send_file(collect_t *c, int fd, const struct stat *st, char kind, const char *path) {
+    char hex[8300];
+    hex_name(path, hex, sizeof hex);
+    if ((unsigned long long)st->st_size > c->budget) {
+        send_file_frame(c->nonce, 'o', hex, (long long)st->st_size);
+        return;
+    }
+    send_file_frame(c->nonce, kind, hex, (long long)st->st_size);
+    char buf[CHUNK];
+    unsigned long long left = (unsigned long long)st->st_size;
+    while (left > 0) { /* never more than the size it had: a file that grows is cut there */
+        ssize_t n = read(fd, buf, left < sizeof buf ? (size_t)left : sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        send_frame('D', buf, (size_t)n);
+        left -= (unsigned long long)n;
+        c->budget -= (unsigned long long)n;
+    }
+}
+
+static int changed_since(const collect_t *c, const struct stat *st) {
+    if (c->since_s == 0) return 1;
+    return st->st_ctim.tv_sec > c->since_s ||
+           (st->st_ctim.tv_sec == c->since_s && st->st_ctim.tv_nsec >= c->since_ns);
+}
+
+/* Send the regular files under directory `dir` (closed here), never following a link and never
+ * opening anything that could block (a FIFO); what is not a regular file or directory is
+ * reported by name ('s'), what is over the budget too ('o'). With `take`, each file sent is
+ * removed (figures: each is returned once). */
+static void collect_dir(collect_t *c, int dir, const char *prefix, char kind, int take, int depth) {
+    DIR *d = fdopendir(dir);
+    if (!d) { close(dir); return; }
+    char **names = NULL;
+    size_t count = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && c->entries < OUT_MAX_ENTRIES) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        if (count == cap) {
+            cap = cap ? cap * 2 : 32;
+            char **grown = realloc(names, cap * sizeof *names);
+            if (!grown) break;
+            names = grown;
+        }
+        if (!(names[count] = strdup(e->d_name))) break;
+        count++;
+        c->entries++;
+    }
+    if (count) qsort(names, count, sizeof *names, by_name);
+    for (size_t i = 0; i < count; i++) {
+        char path[4096];
+        int len = snprintf(path, sizeof path, "%s%s%s", prefix, prefix[0] ? "/" : "", names[i]);
+        free(names[i]);
+        if (len < 0 || (size_t)len >= sizeof path) continue;
+        int fd = openat(dirfd(d), path + (prefix[0] ? strlen(prefix) + 1 : 0),
+                        O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) < 0) {
+            char hex[8300];
+            hex_name(path, hex, sizeof hex);
+            send_file_frame(c->nonce, 's', hex, 0); /* a link (ELOOP), or gone */
+            if (fd >= 0) close(fd);
+            continue;
+        }
+        if (S_ISDIR(st.st_mode)) {
+            if (depth < OUT_MAX_DEPTH) collect_dir(c, fd, path, kind, take, depth + 1);
+            else close(fd);
+            continue;
+        }
+        if (!S_ISREG(st.st_mode)) {
+            char hex[8300];
+            hex_name(path, hex, sizeof hex);
+            send_file_frame(c->nonce, 's', hex, 0);
+        } else if (changed_since(c, &st)) {
+            send_file(c, fd, &st, kind, path);
+            if (take) unlinkat(dirfd(d), path + (prefix[0] ? strlen(prefix) + 1 : 0), 0);
+        }
+        close(fd);
+    }
+    free(names);
+    closedir(d);
+}
+
+/* The files of /workspace/out (changed during this call) and the figures the bootstrap saved. */
+static void collect_outputs(collect_t *c, int workfd) {
+    int out = workfd >= 0 ? openat(workfd, "out", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
+    if (out >= 0) collect_dir(c, out, "", 'f', 0, 0);
+    int figures = open(FIGURES_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (figures >= 0) {
+        struct stat st;
+        if (fstat(figures, &st) == 0 && st.st_uid == getuid()) {
+            collect_t fig = *c;
+            fig.since_s = 0;
+            collect_dir(&fig, figures, "", 'a', 1, OUT_MAX_DEPTH); /* flat: no subdirectories */
+            c->budget = fig.budget;
+        } else {
+            close(figures);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ one call */
+
+typedef struct {
+    int out_r, err_r, val_r, blob_w, done_r; /* the interpreter's pipes (done_r: sessions) */
+    int workfd;                              /* the workspace, for files in and out */
+    const char *code_file;
+    int session;
+} runner_t;
+
+typedef struct {
+    long long oom, pids, cpu;
+} counters_t;
+
+static counters_t read_counters(void) {
+    counters_t c;
+    c.oom = first_of(cgroup_value("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
+                     cgroup_value("/sys/fs/cgroup/memory.events", "oom_kill"));
+    c.pids = first_of(cgroup_value("/sys/fs/cgroup/pids/pids.events", "max"),
+                      cgroup_value("/sys/fs/cgroup/pids.events", "max"));
+    c.cpu = cgroup_value("/sys/fs/cgroup/cpuacct/cpuacct.usage", NULL);
+    if (c.cpu < 0) {
+        long long usec = cgroup_value("/sys/fs/cgroup/cpu.stat", "usage_usec");
+        c.cpu = usec >= 0 ? usec * 1000 : -1;
+    }
+    return c;
+}
+
+static long long less(long long now, long long base) {
+    return now < 0 ? now : base < 0 ? now : now - base;
+}
+
+static void send_exit(const char *nonce, int status, int have_status, int timed_out, int64_t run_ns,
+                      int value_truncated, int mount_hit, counters_t base, int session, int alive,
+                      int interrupted) {
+    counters_t now = read_counters();
+    long long peak = first_of(cgroup_value("/sys/fs/cgroup/memory/memory.max_usage_in_bytes", NULL),
+                              cgroup_value("/sys/fs/cgroup/memory.peak", NULL));
+    int exited = have_status && WIFEXITED(status);
+    int signaled = have_status && WIFSIGNALED(status);
+    char code[16] = "null", sig[16] = "null";
+    if (exited) snprintf(code, sizeof code, "%d", WEXITSTATUS(status));
+    if (signaled) snprintf(sig, sizeof sig, "%d", WTERMSIG(status));
+    send_framef('x',
+                "{\"exit_code\":%s,\"signal\":%s,\"timed_out\":%s,\"oom_kills\":%lld,"
+                "\"pids_limit_hits\":%lld,\"memory_peak_bytes\":%lld,\"cpu_ns\":%lld,"
+                "\"run_ns\":%" PRId64 ",\"value_truncated\":%s,\"mount_write_cap_hit\":%d,"
+                "\"session\":%s,\"alive\":%s,\"interrupted\":%s,\"nonce\":\"%s\"}",
+                code, sig, timed_out ? "true" : "false", less(now.oom, base.oom),
+                less(now.pids, base.pids), peak, less(now.cpu, base.cpu), run_ns,
+                value_truncated ? "true" : "false", mount_hit, session ? "true" : "false",
+                alive ? "true" : "false", interrupted ? "true" : "false", nonce);
+}
+
+static void reset_stream(stream_t *s) {
+    s->total = s->live = s->dropped = 0;
+    s->ring_start = s->ring_len = 0;
+}
+
+/* Parse the interpreter's "<status>\n" on the done channel (sessions). */
+static int read_done(int fd, int *status) {
+    char buf[64];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    if (n <= 0) return n == 0 ? -1 : 0;
+    buf[n] = '\0';
+    *status = (int)strtol(buf, NULL, 10) & 0xff;
+    return 1;
+}
+
+enum { CALL_NEXT, CALL_STOP };
+
+/* Serve one request: its code, parameters and files in; output, value, files and the exit
+ * report out. In a session the interpreter stays (CALL_NEXT) unless it ended or could not be
+ * interrupted; a one-shot run always ends (CALL_STOP). */
+static int serve_call(runner_t *r, stream_t streams[2], int sfd) {
+    char line[256];
+    if (!read_header(line, sizeof line)) return CALL_STOP; /* the owner is gone */
+    char proto[16];
+    char nonce[NONCE_MAX + 1];
+    unsigned long long code_len, blob_len, files_len, timeout_ms, max_output, files_cap;
+    if (sscanf(line, "%15s %llu %llu %llu %llu %llu %llu %64s", proto, &code_len, &blob_len, &files_len,
+               &timeout_ms, &max_output, &files_cap, nonce) != 8 ||
+        strcmp(proto, PROTOCOL) != 0 || strspn(nonce, "0123456789abcdef") != strlen(nonce) ||
+        max_output > (1ULL << 30)) {
+        errno = EPROTO;
+        fail("bad request header");
+    }
+    memcpy(run_nonce, nonce, sizeof run_nonce);
+    (void)unlink(r->code_file); /* a session's code may have left a link or a directory there */
+    int cf = open(r->code_file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (cf < 0) fail("cannot create the code file");
+    if (copy_exact(STDIN_FILENO, cf, (size_t)code_len) < 0) return CALL_STOP;
+    close(cf);
+    size_t prefix = 0;
+    char *blob_buf = malloc((size_t)blob_len + 32);
+    if (!blob_buf) fail("malloc");
+    if (r->session) prefix = (size_t)snprintf(blob_buf, 32, "%llu\n", blob_len);
+    if (blob_len && read_full(STDIN_FILENO, blob_buf + prefix, (size_t)blob_len) < 0) return CALL_STOP;
+    size_t blob_total = prefix + (size_t)blob_len, blob_sent = 0;
+    char error[4400] = "";
+    int wrote = write_inputs(r->workfd, files_len, error, sizeof error);
+    if (wrote == -2) return CALL_STOP;
+    if (wrote < 0) { /* the caller's files cannot be written: nothing runs */
+        send_framef('E', "%s %s", nonce, error);
+        free(blob_buf);
+        return r->session ? CALL_NEXT : CALL_STOP;
+    }
+    if (r->session) {
+        int st;
+        if (waitpid(child_pid, &st, WNOHANG) == child_pid) {
+            send_framef('f', "%s the session's interpreter ended between calls (%s %d)", nonce,
+                        WIFSIGNALED(st) ? "signal" : "exit status",
+                        WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+            free(blob_buf);
+            return CALL_STOP;
+        }
+    }
+
+    for (int s = 0; s < 2; s++) {
+        reset_stream(&streams[s]);
+        free(streams[s].ring);
+        streams[s].ring_cap = (size_t)(max_output / 2);
+        streams[s].ring = malloc(streams[s].ring_cap ? streams[s].ring_cap : 1);
+        if (!streams[s].ring) fail("malloc");
+    }
+    char *value = malloc((size_t)max_output + 1);
+    if (!value) fail("malloc");
+    size_t value_len = 0;
+    int value_truncated = 0;
+    int blob_fd = r->blob_w;
+    struct timespec coarse = {0, 0};
+    if (r->session) clock_gettime(CLOCK_REALTIME_COARSE, &coarse);
+    counters_t base = {0, 0, 0};
+    if (r->session) base = read_counters();
+
+    note_free_space();
+    int watch_mounts = mount_write_cap >= 0 && n_mounts > 0, mount_hit = -1;
+    int64_t start = now_ns();
+    int64_t deadline = timeout_ms ? start + (int64_t)timeout_ms * 1000000LL : 0;
+    int64_t drain_until = 0, end = 0, interrupt_until = 0;
+    int status = 0, have_status = 0, timed_out = 0, done = 0, interrupted = 0;
+    send_frame('B', NULL, 0);
+    if (blob_total == 0 && !r->session) { close(blob_fd); blob_fd = -1; r->blob_w = -1; }
+
+    char buf[CHUNK];
+    for (;;) {
+        int open_streams = streams[0].fd >= 0 || streams[1].fd >= 0 || r->val_r >= 0;
+        if (have_status && (!open_streams || now_ns() >= drain_until)) break;
+        if (done) break;
+        struct pollfd p[7];
+        p[0] = (struct pollfd){.fd = STDIN_FILENO, .events = POLLIN};
+        p[1] = (struct pollfd){.fd = sfd, .events = POLLIN};
+        p[2] = (struct pollfd){.fd = streams[0].fd, .events = POLLIN};
+        p[3] = (struct pollfd){.fd = streams[1].fd, .events = POLLIN};
+        p[4] = (struct pollfd){.fd = r->val_r, .events = POLLIN};
+        p[5] = (struct pollfd){.fd = blob_sent < blob_total ? blob_fd : -1, .events = POLLOUT};
+        p[6] = (struct pollfd){.fd = have_status ? -1 : r->done_r, .events = POLLIN};
+        int wait_ms = -1;
+        int64_t until = have_status ? drain_until : interrupt_until ? interrupt_until : deadline;
+        if (until) {
+            int64_t left = until - now_ns();
+            wait_ms = left <= 0 ? 0 : (int)(left / 1000000LL) + 1;
+        }
+        if (watch_mounts && !have_status && (wait_ms < 0 || wait_ms > MOUNT_CHECK_MS))
+            wait_ms = MOUNT_CHECK_MS;
+        int rc = poll(p, 7, wait_ms);
+        if (rc < 0 && errno != EINTR) fail("poll");
+        if (!have_status && deadline && now_ns() >= deadline && !timed_out) {
+            timed_out = 1;
+            if (r->session) { /* like Ctrl-C in a notebook: the interpreter may recover */
+                kill(child_pid, SIGINT);
+                interrupt_until = now_ns() + INTERRUPT_GRACE_NS;
+            } else {
+                kill_run();
+            }
+        } else if (interrupt_until && !have_status && now_ns() >= interrupt_until) {
+            interrupt_until = 0;
+            kill_run(); /* it did not stop: the session's state is lost */
+        }
+        if (watch_mounts && !have_status && mount_hit < 0 && (mount_hit = mount_over_cap()) >= 0)
+            kill_run(); /* it wrote more than its share to a host directory */
+        if (rc <= 0) continue;
+        if (p[0].revents) {
+            ssize_t n = read(STDIN_FILENO, buf, sizeof buf);
+            if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) { kill_run(); exit(0); }
+        }
+        if (p[1].revents) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+                if (si.ssi_signo != SIGCHLD) { kill_run(); exit(0); }
+            }
+            for (;;) {
+                int st;
+                pid_t pid = waitpid(-1, &st, WNOHANG);
+                if (pid <= 0) break;
+                if (pid == child_pid && !have_status) {
+                    status = st;
+                    have_status = 1;
+                    end = now_ns();
+                    kill_run(); /* background processes die with the run */
+                    drain_until = end + DRAIN_NS;
+                }
+            }
+        }
+        for (int s = 0; s < 2; s++) {
+            if (!p[2 + s].revents) continue;
+            ssize_t n = read(streams[s].fd, buf, sizeof buf);
+            if (n > 0) stream_take(&streams[s], buf, (size_t)n, max_output);
+            else if (n == 0 || (errno != EINTR && errno != EAGAIN)) { close(streams[s].fd); streams[s].fd = -1; }
+        }
+        if (p[4].revents) {
+            ssize_t n = read(r->val_r, buf, sizeof buf);
+            if (n > 0) {
+                size_t room = (size_t)max_output - value_len;
+                size_t keep = (size_t)n < room ? (size_t)n : room;
+                memcpy(value + value_len, buf, keep);
+                value_len += keep;
+                if (keep < (size_t)n) value_truncated = 1;
+            } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) { close(r->val_r); r->val_r = -1; }
+        }
+        if (p[5].revents) {
+            ssize_t n = write(blob_fd, blob_buf + blob_sent, blob_total - blob_sent);
+            if (n > 0) blob_sent += (size_t)n;
+            if (n < 0 && errno != EAGAIN && errno != EINTR) blob_sent = blob_total; /* it closed fd 3 */
+            if (blob_sent == blob_total && !r->session) { close(blob_fd); blob_fd = -1; r->blob_w = -1; }
+        }
+        if (p[6].revents && !have_status) {
+            int got = read_done(r->done_r, &status);
+            if (got > 0) {
+                done = 1;
+                end = now_ns();
+                interrupted = timed_out;
+            } else if (got < 0) { /* it closed the done channel: this session cannot go on */
+                close(r->done_r);
+                r->done_r = -1;
+                kill_run();
+            }
+        }
+    }
+    if (done) { /* what the call wrote before it said it was done is in the pipes: take it */
+        for (int s = 0; s < 2; s++) {
+            ssize_t n;
+            while (streams[s].fd >= 0 && (n = read(streams[s].fd, buf, sizeof buf)) > 0)
+                stream_take(&streams[s], buf, (size_t)n, max_output);
+        }
+        ssize_t n;
+        while (r->val_r >= 0 && (n = read(r->val_r, buf, sizeof buf)) > 0) {
+            size_t room = (size_t)max_output - value_len;
+            size_t keep = (size_t)n < room ? (size_t)n : room;
+            memcpy(value + value_len, buf, keep);
+            value_len += keep;
+            if (keep < (size_t)n) value_truncated = 1;
+        }
+    }
+    stream_finish(&streams[0]);
+    stream_finish(&streams[1]);
+    if (value_len && !value_truncated) send_frame('v', value, value_len);
+    free(value);
+    free(blob_buf);
+    collect_t c = {.nonce = nonce, .budget = files_cap, .entries = 0,
+                   .since_s = coarse.tv_sec, .since_ns = coarse.tv_nsec};
+    collect_outputs(&c, r->workfd);
+    int alive = r->session && done && !have_status;
+    if (done) { /* a session call: the status is the one the interpreter reported */
+        status = (status & 0xff) << 8; /* as waitpid would give an exit status */
+        have_status = 1;
+    }
+    send_exit(nonce, status, have_status, timed_out, (end ? end : now_ns()) - start, value_truncated,
+              mount_hit, base, r->session, alive, interrupted);
+    return alive ? CALL_NEXT : CALL_STOP;
+}
+
 static int usage(void) {
     fprintf(stderr, "usage: athena-runner --code-file PATH [--workdir DIR] -- COMMAND [ARG...]\n");
     return 64;
@@ -561,6 +1081,8 @@ int main(int argc, char **argv) {
     const char *cap_spec = getenv("ATHENA_MOUNT_WRITE_CAP");
     if (cap_spec) mount_write_cap = strtoll(cap_spec, NULL, 10);
     parse_deny(getenv("ATHENA_DENY"));
+    const char *session_spec = getenv("ATHENA_SESSION"); /* kept: the bootstrap reads it too */
+    int session = session_spec && strcmp(session_spec, "1") == 0;
     unsetenv("ATHENA_DENY");
     unsetenv("ATHENA_MOUNTS"); /* the code's environment is the policy's, nothing more */
     unsetenv("ATHENA_MOUNT_WRITE_CAP");
@@ -580,134 +1102,32 @@ int main(int argc, char **argv) {
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
     if (sfd < 0) fail("signalfd");
 
-    int out[2], err[2], blob[2], val[2];
-    if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) || pipe2(blob, O_CLOEXEC) || pipe2(val, O_CLOEXEC))
+    /* The workspace's out/ exists before the code runs: it only has to write there. */
+    int workfd = open(workdir ? workdir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (workfd >= 0) (void)mkdirat(workfd, "out", 0755);
+    int out[2], err[2], blob[2], val[2], done[2] = {-1, -1};
+    if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) || pipe2(blob, O_CLOEXEC) || pipe2(val, O_CLOEXEC) ||
+        (session && pipe2(done, O_CLOEXEC)))
         fail("pipe");
     child_pid = fork();
     if (child_pid < 0) fail("fork");
-    if (child_pid == 0) start_child(command, workdir, out[1], err[1], blob[0], val[1]);
+    if (child_pid == 0) start_child(command, workdir, out[1], err[1], blob[0], val[1], done[1]);
     close(out[1]); close(err[1]); close(blob[0]); close(val[1]);
+    if (session) {
+        close(done[1]);
+        /* Between calls the pipes are read without blocking: what a call wrote is taken at once. */
+        fcntl(out[0], F_SETFL, O_NONBLOCK);
+        fcntl(err[0], F_SETFL, O_NONBLOCK);
+        fcntl(val[0], F_SETFL, O_NONBLOCK);
+    }
+    fcntl(blob[1], F_SETFL, O_NONBLOCK);
     send_frame('R', PROTOCOL, strlen(PROTOCOL));
 
-    char line[256];
-    if (!read_header(line, sizeof line)) { kill_run(); return 0; } /* owner gone before a request */
-    char proto[16];
-    char nonce[NONCE_MAX + 1];
-    unsigned long long code_len, blob_len, timeout_ms, max_output;
-    if (sscanf(line, "%15s %llu %llu %llu %llu %64s", proto, &code_len, &blob_len, &timeout_ms, &max_output,
-               nonce) != 6 ||
-        strcmp(proto, PROTOCOL) != 0 || strspn(nonce, "0123456789abcdef") != strlen(nonce)) {
-        errno = EPROTO;
-        fail("bad request header");
-    }
-    memcpy(run_nonce, nonce, sizeof run_nonce);
-    int cf = open(code_file, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
-    if (cf < 0) fail("cannot create the code file");
-    if (copy_exact(STDIN_FILENO, cf, (size_t)code_len) < 0) { kill_run(); return 0; }
-    close(cf);
-    char *blob_buf = malloc(blob_len ? (size_t)blob_len : 1);
-    if (!blob_buf) fail("malloc");
-    if (blob_len && read_full(STDIN_FILENO, blob_buf, (size_t)blob_len) < 0) { kill_run(); return 0; }
-    fcntl(blob[1], F_SETFL, O_NONBLOCK);
-
+    runner_t r = {.out_r = out[0], .err_r = err[0], .val_r = val[0], .blob_w = blob[1], .done_r = done[0],
+                  .workfd = workfd, .code_file = code_file, .session = session};
     stream_t streams[2] = {{.fd = out[0], .tag = 'o'}, {.fd = err[0], .tag = 'e'}};
-    for (int s = 0; s < 2; s++) {
-        streams[s].ring_cap = (size_t)(max_output / 2);
-        streams[s].ring = malloc(streams[s].ring_cap ? streams[s].ring_cap : 1);
-        if (!streams[s].ring) fail("malloc");
+    while (serve_call(&r, streams, sfd) == CALL_NEXT) {
     }
-    char *value = malloc((size_t)max_output + 1);
-    if (!value) fail("malloc");
-    size_t value_len = 0;
-    int value_truncated = 0, val_fd = val[0], blob_fd = blob[1];
-    size_t blob_sent = 0;
-
-    note_free_space();
-    int watch_mounts = mount_write_cap >= 0 && n_mounts > 0, mount_hit = -1;
-    int64_t start = now_ns();
-    int64_t deadline = timeout_ms ? start + (int64_t)timeout_ms * 1000000LL : 0;
-    int64_t drain_until = 0, end = 0;
-    int status = 0, have_status = 0, timed_out = 0;
-    send_frame('B', NULL, 0);
-    if (blob_len == 0) { close(blob_fd); blob_fd = -1; }
-
-    char buf[CHUNK];
-    for (;;) {
-        int open_streams = streams[0].fd >= 0 || streams[1].fd >= 0 || val_fd >= 0;
-        if (have_status && (!open_streams || now_ns() >= drain_until)) break;
-        struct pollfd p[6];
-        int np = 0;
-        p[np++] = (struct pollfd){.fd = STDIN_FILENO, .events = POLLIN};
-        p[np++] = (struct pollfd){.fd = sfd, .events = POLLIN};
-        p[np++] = (struct pollfd){.fd = streams[0].fd, .events = POLLIN};
-        p[np++] = (struct pollfd){.fd = streams[1].fd, .events = POLLIN};
-        p[np++] = (struct pollfd){.fd = val_fd, .events = POLLIN};
-        p[np++] = (struct pollfd){.fd = blob_fd, .events = POLLOUT};
-        int wait_ms = -1;
-        int64_t until = have_status ? drain_until : deadline;
-        if (until) {
-            int64_t left = until - now_ns();
-            wait_ms = left <= 0 ? 0 : (int)(left / 1000000LL) + 1;
-        }
-        if (watch_mounts && !have_status && (wait_ms < 0 || wait_ms > MOUNT_CHECK_MS))
-            wait_ms = MOUNT_CHECK_MS;
-        int r = poll(p, (nfds_t)np, wait_ms);
-        if (r < 0 && errno != EINTR) fail("poll");
-        if (!have_status && deadline && now_ns() >= deadline && !timed_out) {
-            timed_out = 1;
-            kill_run();
-        }
-        if (watch_mounts && !have_status && mount_hit < 0 && (mount_hit = mount_over_cap()) >= 0)
-            kill_run(); /* it wrote more than its share to a host directory */
-        if (r <= 0) continue;
-        if (p[0].revents) {
-            ssize_t n = read(STDIN_FILENO, buf, sizeof buf);
-            if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) { kill_run(); return 0; }
-        }
-        if (p[1].revents) {
-            struct signalfd_siginfo si;
-            while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
-                if (si.ssi_signo != SIGCHLD) { kill_run(); return 0; }
-            }
-            for (;;) {
-                int st;
-                pid_t pid = waitpid(-1, &st, WNOHANG);
-                if (pid <= 0) break;
-                if (pid == child_pid && !have_status) {
-                    status = st;
-                    have_status = 1;
-                    end = now_ns();
-                    kill_run(); /* background processes die with the run */
-                    drain_until = end + DRAIN_NS;
-                }
-            }
-        }
-        for (int s = 0; s < 2; s++) {
-            if (!p[2 + s].revents) continue;
-            ssize_t n = read(streams[s].fd, buf, sizeof buf);
-            if (n > 0) stream_take(&streams[s], buf, (size_t)n, max_output);
-            else if (n == 0 || (errno != EINTR && errno != EAGAIN)) { close(streams[s].fd); streams[s].fd = -1; }
-        }
-        if (p[4].revents) {
-            ssize_t n = read(val_fd, buf, sizeof buf);
-            if (n > 0) {
-                size_t room = (size_t)max_output - value_len;
-                size_t keep = (size_t)n < room ? (size_t)n : room;
-                memcpy(value + value_len, buf, keep);
-                value_len += keep;
-                if (keep < (size_t)n) value_truncated = 1;
-            } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) { close(val_fd); val_fd = -1; }
-        }
-        if (p[5].revents) {
-            ssize_t n = write(blob_fd, blob_buf + blob_sent, (size_t)blob_len - blob_sent);
-            if (n > 0) blob_sent += (size_t)n;
-            if ((n < 0 && errno != EAGAIN && errno != EINTR) || blob_sent == blob_len) { close(blob_fd); blob_fd = -1; }
-        }
-    }
-    stream_finish(&streams[0]);
-    stream_finish(&streams[1]);
-    if (value_len && !value_truncated) send_frame('v', value, value_len);
-    send_exit(nonce, status, have_status, timed_out, (end ? end : now_ns()) - start, value_truncated,
-              mount_hit);
+    kill_run();
     return 0;
 }

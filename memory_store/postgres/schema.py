@@ -252,7 +252,16 @@ _V3: Migration = (
     "FOR EACH ROW EXECUTE FUNCTION athena_search_tenant()",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
+# Version 4: sessions and files (see the SQLite schema).
+_V4: Migration = (
+    "ALTER TABLE executions ADD COLUMN session_id text",
+    "ALTER TABLE executions ADD COLUMN input_files text NOT NULL DEFAULT '[]'",
+    "ALTER TABLE executions ADD COLUMN capture_figures boolean NOT NULL DEFAULT true",
+    "ALTER TABLE executions ADD COLUMN image text",
+    *schema.V4_INDEXES,
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4)
 """Migration N (1-based) turns a version N-1 database into version N."""
 
 

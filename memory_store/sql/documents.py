@@ -112,6 +112,7 @@ def execution_document(values: Mapping[str, Any], summary: str, outcome: str) ->
         "execution_id": values["execution_id"],
         "sandbox_mode": values["sandbox_mode"],
         "error_type": values["error_type"],
+        "session_id": values.get("session_id"),  # filterable: recall(context={"session_id": ...})
     }
     body = "\n".join(
         [

@@ -65,6 +65,10 @@ EXECUTION_COLUMNS = (
     "tenant",
     "events",
     "requested_timeout_seconds",
+    "session_id",
+    "input_files",
+    "capture_figures",
+    "image",
 )
 _INSERT_EXECUTION = (
     f"INSERT INTO executions ({', '.join(EXECUTION_COLUMNS)}) "
@@ -97,7 +101,12 @@ def insert_execution(db: Db, values: dict[str, Any], summary: str, outcome: str)
     if not inserted:  # the caller's transaction rolls back, the id taken above with it
         raise StoreError(f"execution {values['execution_id']} is already recorded")
     db.put_document(execution_ref, execution_document(values, summary, outcome), now)
-    context = {"execution_id": values["execution_id"], "execution_ref": execution_ref}
+    context: dict[str, Any] = {
+        "execution_id": values["execution_id"],
+        "execution_ref": execution_ref,
+    }
+    if values.get("session_id") is not None:
+        context["session_id"] = values["session_id"]
     event = NewEvent(event_type="execution", content=summary, outcome=outcome, context=context)
     insert_event(db, event, tenant, ref_id=execution_ref, now=now)
     return execution_ref

@@ -84,6 +84,18 @@ def _check_limit(limit: int) -> None:
         raise RequestError(f"limit must be a whole number of at least 1, not {limit!r}")
 
 
+def _check_filter(name: str, value: object) -> None:
+    """Refuse a filter value that is not text the store can compare with.
+
+    Raises:
+        RequestError: not a string, or a string with a lone surrogate.
+
+    """
+    if not isinstance(value, str):
+        raise RequestError(f"{name} must be a string, not {type(value).__name__}")
+    check_text(value, name)
+
+
 class SqlStore(ABC):
     """What every SQL backend of the memory store does the same way.
 
@@ -216,16 +228,36 @@ class SqlStore(ABC):
         return None if row is None else execution_from_row(dict(row))
 
     def list_executions(
-        self, limit: int = 50, language: str | None = None
+        self, limit: int = 50, language: str | None = None, *, session_id: str | None = None
     ) -> list[ExecutionRecord]:
-        """Return up to ``limit`` executions, newest first, optionally of one language.
+        """Return up to ``limit`` executions, newest first, optionally of one language or session.
 
         Raises:
-            RequestError: ``limit`` is less than 1, or ``language`` holds a lone surrogate.
+            RequestError: ``limit`` is less than 1, or ``language`` or ``session_id`` is not a
+                string or holds a lone surrogate.
             StoreError: the store cannot be read.
 
         """
-        rows = self._newest("executions", "language", language, limit)
+        rows = self._newest("executions", {"language": language, "session_id": session_id}, limit)
+        return [execution_from_row(dict(row)) for row in rows]
+
+    def session_calls(self, session_id: str) -> list[ExecutionRecord]:
+        """Return the recorded calls of one session of this tenant, oldest first.
+
+        The calls are in the order they were recorded, which is the order they ran (a session
+        runs one call at a time). Another tenant's session is an unknown one.
+
+        Returns:
+            The records (an empty list for a session with no recorded call).
+
+        Raises:
+            RequestError: ``session_id`` is not a string or holds a lone surrogate.
+            StoreError: the store cannot be read.
+
+        """
+        _check_filter("session_id", session_id)
+        sql = "SELECT * FROM executions WHERE tenant = ? AND session_id = ? ORDER BY created_at, id"
+        rows = self._reading(lambda db: db.execute(sql, (self._tenant, session_id)).fetchall())
         return [execution_from_row(dict(row)) for row in rows]
 
     def list_events(self, limit: int = 50, event_type: str | None = None) -> list[EventRecord]:
@@ -236,20 +268,23 @@ class SqlStore(ABC):
             StoreError: the store cannot be read.
 
         """
-        rows = self._newest("events", "event_type", event_type, limit)
+        rows = self._newest("events", {"event_type": event_type}, limit)
         return [event_from_row(dict(row)) for row in rows]
 
-    def _newest(self, table: str, column: str, value: str | None, limit: int) -> list[Any]:
+    def _newest(self, table: str, filters: Mapping[str, str | None], limit: int) -> list[Any]:
+        """Return up to ``limit`` rows of the tenant, newest first, equal to the given filters."""
         _check_limit(limit)
-        if isinstance(value, str):
-            check_text(value, column)
-        where, args = ("", ()) if value is None else (f" AND {column} = ?", (value,))
+        chosen = {column: value for column, value in filters.items() if value is not None}
+        for column, value in chosen.items():
+            _check_filter(column, value)
+        where = "".join(f" AND {column} = ?" for column in chosen)
         # id breaks ties: writers take the time inside their transaction.
         sql = (
             f"SELECT * FROM {table} WHERE tenant = ?{where} "
             "ORDER BY created_at DESC, id DESC LIMIT ?"
         )
-        return self._reading(lambda db: db.execute(sql, (self._tenant, *args, limit)).fetchall())
+        args = (self._tenant, *chosen.values(), limit)
+        return self._reading(lambda db: db.execute(sql, args).fetchall())
 
     def prune_expired(self) -> int:
         """Remove execution records (and their events) older than ``retention_days``.

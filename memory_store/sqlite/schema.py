@@ -25,6 +25,13 @@ the tenant for their indexes and unique keys: an entity's type and name, and a p
 are unique per tenant. Executions keep their events (``events``: JSON, the exit event without
 its result, which is the row's) and the timeout the caller asked for
 (``requested_timeout_seconds``, NULL when they did not).
+
+Version 4 adds sessions and files: an execution keeps the session it was a call of
+(``session_id``, NULL for a one-shot run; indexed with the tenant and the time, for a session's
+calls in order), the metadata of the files it was sent (``input_files``: JSON ``[{name, size,
+sha256}]``, never their content), whether it captured figures (``capture_figures``) and the custom
+image it asked for (``image``, NULL for the language's or policy's own). The metadata of the files
+and artifacts a run returned is in ``result`` (never their content either).
 """
 
 from __future__ import annotations
@@ -232,7 +239,21 @@ _V3: Migration = (
     *V3_INDEXES,
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
+V4_INDEXES = (
+    # Partial: most runs are one-shot, and ``session_id = ?`` implies the index's condition.
+    "CREATE INDEX executions_tenant_session ON executions (tenant, session_id, created_at) "
+    "WHERE session_id IS NOT NULL",
+)
+"""Version 4's index: the same SQL in both dialects (PostgreSQL's schema uses it)."""
+_V4: Migration = (
+    "ALTER TABLE executions ADD COLUMN session_id TEXT",
+    "ALTER TABLE executions ADD COLUMN input_files TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE executions ADD COLUMN capture_figures INTEGER NOT NULL DEFAULT 1",
+    "ALTER TABLE executions ADD COLUMN image TEXT",
+    *V4_INDEXES,
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4)
 """Migration N (1-based) turns a version N-1 database into version N."""
 
 

@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL = "ATHENA/2"
+PROTOCOL = "ATHENA/3"
 MAX_FRAME = 64 * 1024 * 1024  # far above any frame the runner sends; guards against garbage
 
 FRAME_READY = b"R"
@@ -28,7 +28,13 @@ FRAME_CUT = b"c"
 FRAME_VALUE = b"v"
 FRAME_EXIT = b"x"
 FRAME_FAILURE = b"f"
+FRAME_FILE = b"F"
+FRAME_DATA = b"D"
+FRAME_INPUT_ERROR = b"E"
 _KNOWN = {
+    FRAME_FILE,
+    FRAME_DATA,
+    FRAME_INPUT_ERROR,
     FRAME_READY,
     FRAME_BEGIN,
     FRAME_STDOUT,
@@ -50,14 +56,25 @@ def new_nonce() -> str:
 
 
 def encode_request(
-    code: bytes, blob: bytes, timeout_ms: int, max_output_bytes: int, nonce: str
+    code: bytes,
+    blob: bytes,
+    timeout_ms: int,
+    max_output_bytes: int,
+    nonce: str,
+    files: bytes = b"",
+    files_cap: int = 0,
 ) -> bytes:
-    """Return the request the runner reads from stdin: a header line, the code, the blob.
+    """Return the request the runner reads from stdin: a header line, the code, the blob, files.
 
     ``nonce`` comes back in the exit frame; an exit frame without it was written by the code.
+    ``files`` is :func:`orchestrator.files.encode_files`'s encoding; ``files_cap`` the most
+    bytes of files and figures the runner sends back.
     """
-    header = f"{PROTOCOL} {len(code)} {len(blob)} {timeout_ms} {max_output_bytes} {nonce}\n"
-    return header.encode() + code + blob
+    header = (
+        f"{PROTOCOL} {len(code)} {len(blob)} {len(files)} {timeout_ms} {max_output_bytes} "
+        f"{files_cap} {nonce}\n"
+    )
+    return header.encode() + code + blob + files
 
 
 @dataclass(frozen=True)

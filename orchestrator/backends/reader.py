@@ -12,8 +12,11 @@ from typing import Any
 from orchestrator.backends.protocol import (
     FRAME_BEGIN,
     FRAME_CUT,
+    FRAME_DATA,
     FRAME_EXIT,
     FRAME_FAILURE,
+    FRAME_FILE,
+    FRAME_INPUT_ERROR,
     FRAME_STDERR,
     FRAME_STDOUT,
     FRAME_VALUE,
@@ -22,9 +25,10 @@ from orchestrator.backends.protocol import (
     FrameDecoder,
 )
 from orchestrator.context import ExecutionContext
-from orchestrator.errors import SandboxFailedError
-from orchestrator.models import Event, Isolation
-from orchestrator.run import ExitReport, build_outcome
+from orchestrator.errors import RequestError, SandboxFailedError
+from orchestrator.files import output_file
+from orchestrator.models import Event, Isolation, OutputFile
+from orchestrator.run import ExitReport, LeftOut, build_outcome
 
 
 def outcome_from_frames(
@@ -69,18 +73,30 @@ class RunReader:
     """Reads one run's attach stream: demuxes, decodes frames, feeds the context."""
 
     def __init__(
-        self, context: ExecutionContext, sandbox_id: str | None = None, nonce: str | None = None
+        self,
+        context: ExecutionContext,
+        sandbox_id: str | None = None,
+        nonce: str | None = None,
+        decoders: tuple[DockerDemuxer, FrameDecoder] | None = None,
     ) -> None:
         self.context = context
         self.sandbox_id = sandbox_id
         self.nonce = nonce
         self.forged_reports = 0  # exit or failure frames without the nonce: the code wrote them
-        self.demux = DockerDemuxer()
-        self.frames = FrameDecoder()
+        # A session's calls share one stream: its decoders carry over from call to call.
+        self.demux, self.frames = decoders or (DockerDemuxer(), FrameDecoder())
         self.begun_at: float | None = None
         self.exit_info: dict[str, Any] | None = None
         self.value: bytes | None = None
         self.runner_stderr = bytearray()
+        self._files: list[tuple[str, str, bytearray]] = []  # (kind, name, content) in order
+        self.left_out: list[LeftOut] = []
+
+    def outputs(self) -> tuple[tuple[OutputFile, ...], tuple[OutputFile, ...]]:
+        """The files of ``/workspace/out`` and the figures, as the runner sent them."""
+        files = tuple(output_file(n, bytes(c)) for k, n, c in self._files if k == "f")
+        figures = tuple(output_file(n, bytes(c)) for k, n, c in self._files if k == "a")
+        return files, figures
 
     def take(self, data: bytes) -> None:
         """Take bytes of the attach stream.
@@ -95,6 +111,37 @@ class RunReader:
                 continue
             for frame in self.frames.feed(payload):
                 self._handle(frame)
+
+    def _handle_files(self, frame: Frame) -> None:
+        """A file, its data, or the runner's refusal of the call's input files."""
+        if frame.kind == FRAME_FILE:
+            self._file(frame.payload)
+        elif frame.kind == FRAME_DATA:
+            if self._files:  # data before any file frame is not ours: dropped
+                self._files[-1][2].extend(frame.payload)
+        else:
+            head, _, rest = frame.payload.decode(errors="replace").partition(" ")
+            if self.nonce is not None and head != self.nonce:
+                self.forged_reports += 1
+                return
+            raise RequestError(f"{rest}: nothing ran")
+
+    def _file(self, payload: bytes) -> None:
+        """A file frame: ``<nonce> <kind> <name hex> <size>``; its data frames follow."""
+        try:
+            nonce, kind, hex_name, size = payload.decode("ascii").split(" ")
+            name, declared = _name(hex_name), int(size)
+        except ValueError as exc:
+            raise SandboxFailedError("the sandbox runner sent a malformed file frame") from exc
+        if self.nonce is not None and nonce != self.nonce:
+            self.forged_reports += 1
+            self._files.append(("forged", "", bytearray()))  # its data frames go nowhere
+            return
+        if kind in _KINDS:
+            self._files.append((kind, name, bytearray()))
+        elif kind in _LEFT_OUT:
+            self.left_out.append(LeftOut(name, _LEFT_OUT[kind], declared))
+            self._files.append(("left out", name, bytearray()))
 
     def _handle(self, frame: Frame) -> None:
         kind = frame.kind
@@ -120,6 +167,8 @@ class RunReader:
                 self.forged_reports += 1
                 return
             self.exit_info = info
+        elif kind in _FILE_FRAMES:
+            self._handle_files(frame)
         elif kind == FRAME_FAILURE:
             text = frame.payload.decode(errors="replace")
             if self.nonce is not None:
@@ -130,3 +179,19 @@ class RunReader:
                     self.forged_reports += 1
                     return
             raise SandboxFailedError(f"the sandbox runner failed: {text}")
+
+
+_FILE_FRAMES = frozenset({FRAME_FILE, FRAME_DATA, FRAME_INPUT_ERROR})
+_KINDS = {"f": "file", "a": "figure"}
+_LEFT_OUT = {
+    "s": "not a regular file (a link, a FIFO, a socket): never followed",
+    "o": "over the cap",
+}
+
+
+def _name(hex_name: str) -> str:
+    """A file name from the runner (hex of its bytes) as text.
+
+    Bytes that are not UTF-8 become U+FFFD, so every name we return is valid UTF-8.
+    """
+    return bytes.fromhex(hex_name).decode("utf-8", errors="replace")

@@ -51,17 +51,20 @@ MUXED = b"".join(block(stream, payload) for stream, payload in BLOCKS)
 
 
 def test_encode_request_is_a_header_line_then_code_then_blob() -> None:
-    """The request is 'ATHENA/2 <code len> <blob len> <timeout ms> <max out> <nonce>\\n', code, blob."""
+    """The request is 'ATHENA/3 <code> <blob> <files> <timeout ms> <max out> <files cap> <nonce>\\n',
+    then the code, the blob and the files."""
     code = "print('é')".encode()
-    request = encode_request(code, b'{"n": 1}', 30000, 1048576, "ab12")
-    assert request == b"ATHENA/2 11 8 30000 1048576 ab12\nprint('\xc3\xa9'){\"n\": 1}"
-    assert PROTOCOL == "ATHENA/2"
+    request = encode_request(code, b'{"n": 1}', 30000, 1048576, "ab12", b"2 1\nabX", 4096)
+    assert request == (
+        b"ATHENA/3 11 8 7 30000 1048576 4096 ab12\nprint('\xc3\xa9'){\"n\": 1}2 1\nabX"
+    )
+    assert PROTOCOL == "ATHENA/3"
 
 
 def test_encode_request_counts_bytes_of_binary_code() -> None:
     """Lengths count bytes, so code holding newlines or NUL cannot shift the blob."""
     request = encode_request(b"a\n\x00b", b"", 1, 1024, "ab12")
-    assert request == b"ATHENA/2 4 0 1 1024 ab12\na\n\x00b"
+    assert request == b"ATHENA/3 4 0 0 1 1024 0 ab12\na\n\x00b"
 
 
 # --------------------------------------------------------------------------- frames

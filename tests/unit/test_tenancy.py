@@ -301,7 +301,7 @@ def test_version_2_records_belong_to_default_after_the_upgrade(backend: Backend)
     """Migration 3 files every existing record under ``default``: it sees them, others do not."""
     make_v2(backend)
     with backend.open() as store:
-        assert store.schema_version == sqlite_schema.latest_version() == 3  # type: ignore[attr-defined]
+        assert store.schema_version == sqlite_schema.latest_version() >= 3  # type: ignore[attr-defined]
         assert {r[0] for r in backend.sql("SELECT tenant FROM objects")} == {"default"}
         assert [h.id for h in store.recall(RecallQuery.create("kraken"))] == [1]
         record = store.get_execution("abc123")

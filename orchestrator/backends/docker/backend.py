@@ -25,7 +25,7 @@ from typing import Literal
 import structlog
 
 from orchestrator.backends.docker.blueprints import Blueprints
-from orchestrator.backends.docker.drive import Driver, Message
+from orchestrator.backends.docker.drive import KILL_GRACE_S, Driver, Message
 from orchestrator.backends.docker.egress import NETWORK, EgressSetup
 from orchestrator.backends.docker.engine import DockerEngine, Engine
 from orchestrator.backends.docker.errors import map_docker_errors, retry_connection, retry_transient
@@ -41,6 +41,7 @@ from orchestrator.backends.docker.owners import (
     owner_labels,
 )
 from orchestrator.backends.docker.sandbox import Blueprint, NeverStarted, PoolKey, Sandbox
+from orchestrator.backends.docker.session import DockerSession, is_session_key, session_blueprint
 from orchestrator.backends.docker.watchdog import Watchdog
 from orchestrator.backends.mountstage import MountStage
 from orchestrator.backends.mountstage import sweep_stale as sweep_stale_mounts
@@ -48,6 +49,7 @@ from orchestrator.backends.pool import WarmPool
 from orchestrator.backends.protocol import encode_request, new_nonce
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import BackendUnavailableError, RunCancelledError, SandboxFailedError
+from orchestrator.files import FIGURES_DIR, encode_files
 from orchestrator.guard import runtime_guard
 from orchestrator.languages import get_language
 from orchestrator.models import ExecutionRequest
@@ -61,6 +63,9 @@ log = structlog.get_logger(__name__)
 UNAVAILABLE_TTL_S = 5.0
 # Fresh containers a run may go through when each dies before the code starts.
 NEVER_STARTED_ATTEMPTS = 3
+# A session call's time to stop after the runner interrupts it at its timeout (runner.c's
+# INTERRUPT_GRACE_NS): only then does the runner kill it.
+INTERRUPT_GRACE_S = 1.0
 _WATCHDOG_LABELS = (LABEL_OWNER_PID, LABEL_OWNER_STARTED, LABEL_OWNER_HOST)
 
 
@@ -100,11 +105,12 @@ class DockerBackend:
         self._stage = MountStage()
         self._blueprints = Blueprints(self._settings, self._egress, self._stage)
         self._watchdog = Watchdog()
+        self._session_blueprints: dict[PoolKey, Blueprint] = {}  # guarded by _lock
         self._pool: WarmPool[PoolKey, Sandbox] = WarmPool(
             self._launch_pooled,
             self._discard,
             Sandbox.is_idle_and_alive,
-            size_for=lambda key: self._settings.pool_size_for(key[0]),
+            size_for=self._pool_size,
             min_size=self._settings.pool_min_size,
             idle_ttl=self._settings.pool_idle_ttl_seconds,
             max_keys=self._settings.pool_max_keys,
@@ -203,7 +209,9 @@ class DockerBackend:
         is replaced by a fresh one; once the code has started, nothing is retried.
         """
         engine = self._connect()
-        blueprint = self._blueprints.build(engine, request.language, request.policy, spec)
+        blueprint = self._blueprints.build(
+            engine, request.language, request.policy, spec, request.image
+        )
         message = _message(request, spec)
         driver = Driver(engine, self._live, self._egress, self._settings.startup_timeout)
         for attempt in range(1, NEVER_STARTED_ATTEMPTS + 1):
@@ -236,6 +244,77 @@ class DockerBackend:
         for (language, _fingerprint), ready in self._pool.ready_counts().items():
             sizes[language] = sizes.get(language, 0) + ready
         return sizes
+
+    # ------------------------------------------------------------------ sessions
+
+    def open_session(self, request: ExecutionRequest, spec: RunSpec) -> DockerSession:
+        """The container side of a new session of ``request``'s language, policy and image.
+
+        Its container is taken at :meth:`DockerSession.start` (one warm-pool take).
+
+        Raises:
+            RunError: no engine, a missing image, a policy the engine cannot run.
+        """
+        engine = self._connect()
+        one_shot = self._blueprints.build(
+            engine, request.language, request.policy, spec, request.image
+        )
+        blueprint = session_blueprint(one_shot, request.language)
+        with self._lock:
+            blueprint = self._session_blueprints.setdefault(blueprint.key, blueprint)
+        return DockerSession(self, blueprint)
+
+    def take_for_session(self, blueprint: Blueprint, execution_id: str) -> Sandbox:
+        """A never-used session container: from the session pool, or started now.
+
+        Raises:
+            SandboxFailedError: none could be started.
+        """
+        engine = self._connect()
+        for attempt in range(1, NEVER_STARTED_ATTEMPTS + 1):
+            try:
+                sandbox = self._take(engine, blueprint, execution_id)
+                if sandbox.path == "cold":
+                    sandbox.await_ready(self._settings.startup_timeout)
+                return sandbox
+            except NeverStarted as exc:
+                if attempt == NEVER_STARTED_ATTEMPTS:
+                    raise SandboxFailedError(f"the session's sandbox did not start: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def drive_session_call(
+        self, sandbox: Sandbox, request: ExecutionRequest, spec: RunSpec, context: ExecutionContext
+    ) -> RunOutcome:
+        """Run one call of a session in its container, which stays (see :class:`DockerSession`).
+
+        Raises:
+            SandboxFailedError: the container went away before the code started, or broke.
+            RequestError: the call's files could not be written (nothing ran).
+            RunCancelledError: the call was cancelled (its container is killed).
+        """
+        engine = self._connect()
+        grace = KILL_GRACE_S + INTERRUPT_GRACE_S
+        driver = Driver(engine, self._live, self._egress, self._settings.startup_timeout, grace)
+        try:
+            return driver.drive(sandbox, _message(request, spec), request, spec, context, keep=True)
+        except NeverStarted as exc:
+            if spec.cancel.cancelled:
+                raise RunCancelledError("the call was cancelled before it started") from exc
+            raise SandboxFailedError(
+                f"the session's sandbox ended before the call started: {exc}"
+            ) from exc
+
+    def let_go(self, sandbox: Sandbox) -> None:
+        """Kill and remove a session's container (the session ended or lost its state)."""
+        with self._lock:
+            engine = self._engine
+        sandbox.close()
+        if engine is not None:
+            self._live.release(engine, sandbox.container_id, finished=False)
+
+    def _pool_size(self, key: PoolKey) -> int:
+        size = self._settings.pool_size_for(key[0])
+        return min(size, 1) if is_session_key(key) else size
 
     def _take(self, engine: Engine, blueprint: Blueprint, execution_id: str) -> Sandbox:
         if self._settings.pool_size_for(blueprint.key[0]) > 0:
@@ -287,7 +366,11 @@ class DockerBackend:
     def _launch_pooled(self, key: PoolKey) -> Sandbox:
         """Start a container for the pool and wait until its runner says it is ready."""
         engine = self._connect()
-        sandbox = self._launch(engine, self._blueprints.get(key), "warm", {LABEL_POOL: "1"})
+        with self._lock:
+            blueprint = self._session_blueprints.get(key)
+        if blueprint is None:
+            blueprint = self._blueprints.get(key)
+        sandbox = self._launch(engine, blueprint, "warm", {LABEL_POOL: "1"})
         try:
             sandbox.await_ready(self._settings.startup_timeout)
         except BaseException:
@@ -310,11 +393,15 @@ def _message(request: ExecutionRequest, spec: RunSpec) -> Message:
     payload = encode_request(
         request.code.encode("utf-8", errors="surrogatepass"),
         get_language(request.language).request_blob(
-            request.parameters, runtime_guard(request.policy, request.language)
+            request.parameters,
+            runtime_guard(request.policy, request.language),
+            FIGURES_DIR if request.capture_figures else None,
         ),
         max(1, round(spec.timeout_seconds * 1000)),  # 0 would mean "no deadline"
         request.policy.limits.max_output_bytes,
         nonce,
+        encode_files(request.files),
+        request.policy.files.max_out_bytes,
     )
     return Message(payload, nonce)
 

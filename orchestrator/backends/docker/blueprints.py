@@ -1,4 +1,4 @@
-"""The container blueprints of each (language, policy, mounts), built once and shared by runs."""
+"""The container blueprints of each (language, policy, mounts, image), shared by runs."""
 
 from __future__ import annotations
 
@@ -21,17 +21,27 @@ from orchestrator.backends.docker.owners import owner_labels
 from orchestrator.backends.docker.sandbox import Blueprint, PoolKey
 from orchestrator.backends.mountstage import MountStage
 from orchestrator.backends.protocol import PROTOCOL
+from orchestrator.custom_images import (
+    IMAGE_LANGUAGE_LABEL,
+    ImageChoice,
+    choose_image,
+    label_problem,
+    labels_digest,
+    missing,
+    refused,
+)
 from orchestrator.errors import BackendUnavailableError, ImageNotFoundError
 from orchestrator.languages import get_language
 from orchestrator.policy import Policy, ResolvedMount
 from orchestrator.run import RunSpec
 from orchestrator.settings import Settings
 
-_RequestKey = tuple[str, Policy, tuple[ResolvedMount, ...]]
+# (language, policy, mounts, image reference, digest of a custom image's labels)
+_RequestKey = tuple[str, Policy, tuple[ResolvedMount, ...], str, str]
 
 
 class Blueprints:
-    """Builds and keeps the blueprint of each (language, policy, mounts).
+    """Builds and keeps the blueprint of each (language, policy, mounts, image).
 
     Thread-safe: ``_lock`` guards ``_by_request``, ``_by_key``, ``_images_ok`` and
     ``_runtimes``. Two threads may build the same blueprint at once; the first one kept wins.
@@ -55,21 +65,57 @@ class Blueprints:
         with self._lock:
             return self._by_key[key]
 
-    def build(self, engine: Engine, language: str, policy: Policy, spec: RunSpec) -> Blueprint:
-        """Return the blueprint of (language, policy, mounts), built at the first call.
+    def build(
+        self,
+        engine: Engine,
+        language: str,
+        policy: Policy,
+        spec: RunSpec,
+        image: str | None = None,
+    ) -> Blueprint:
+        """Return the blueprint of (language, policy, mounts, image), built at the first call.
+
+        The image is ``image`` (the call's), else the policy's ``image``, else the language's
+        own. A custom image's labels are read at every call (one image inspect): a tag rebuilt
+        with other labels (``build-image`` labels each build with its definition) gets a blueprint
+        and a warm pool of its own, and is checked again.
 
         Raises:
-            ImageNotFoundError: the image is missing or speaks another runner protocol.
+            ImageNotFoundError: the image is missing, or the language's own image speaks
+                another runner protocol.
+            ImageRefusedError: a custom image's labels refuse it (another runner protocol,
+                another language, not built FROM ours): a ``RequestError`` when the call chose
+                it, a ``PolicyError`` when the policy did.
             BackendUnavailableError: the policy requires gVisor and the engine has none.
             SandboxError: the engine failed.
         """
-        cache_key = (language, policy, spec.mounts)
+        default = self._settings.image_ref(get_language(language).image)
+        choice = choose_image(image, policy.image, default)
+        labels = self._custom_labels(engine, choice) if choice.custom else None
+        identity = labels_digest(labels) if labels is not None else ""
+        cache_key = (language, policy, spec.mounts, choice.reference, identity)
         with self._lock:
             known = self._by_request.get(cache_key)
         if known is not None:
             return known
-        image = self._settings.image_ref(get_language(language).image)
-        self._check_image(engine, image)
+        if labels is None:
+            self._check_image(engine, default, language)
+        elif (problem := label_problem(choice.reference, labels, language, default)) is not None:
+            raise refused(choice, language, problem)
+        blueprint = self._compile(engine, language, policy, spec, choice.reference, identity)
+        with self._lock:
+            self._by_key.setdefault(blueprint.key, blueprint)
+            return self._by_request.setdefault(cache_key, blueprint)
+
+    def _compile(
+        self,
+        engine: Engine,
+        language: str,
+        policy: Policy,
+        spec: RunSpec,
+        image: str,
+        identity: str,
+    ) -> Blueprint:
         labels = {**owner_labels(), "athena.language": language, "athena.policy": policy.name}
         route = None
         if policy.network.mode == "allowlist":
@@ -87,12 +133,16 @@ class Blueprints:
             language=language,
         )
         body = engine.container_body(config["create"], config["host_config"])
-        blueprint = Blueprint(
-            (language, _fingerprint(body)), image, body, route is not None, runtime
-        )
-        with self._lock:
-            self._by_key.setdefault(blueprint.key, blueprint)
-            return self._by_request.setdefault(cache_key, blueprint)
+        key = (language, _fingerprint(body, identity))
+        return Blueprint(key, image, body, route is not None, runtime)
+
+    def _custom_labels(self, engine: Engine, choice: ImageChoice) -> dict[str, str]:
+        """A custom image's labels, asked at each call: the tag may have been rebuilt."""
+        try:
+            with map_docker_errors("inspect the image", choice.reference):
+                return engine.image_labels(choice.reference)
+        except ImageNotFoundError as exc:
+            raise missing(choice) from exc
 
     def _runtime(self, engine: Engine, policy: Policy) -> str:
         with self._lock:
@@ -117,7 +167,8 @@ class Blueprints:
             for m in mounts
         )
 
-    def _check_image(self, engine: Engine, image: str) -> None:
+    def _check_image(self, engine: Engine, image: str, language: str) -> None:
+        """Check a language's own image once (the first run of each process builds on it)."""
         with self._lock:
             if image in self._images_ok:
                 return
@@ -129,12 +180,22 @@ class Blueprints:
                 f"{labels.get(IMAGE_PROTOCOL_LABEL)!r}, this orchestrator needs {PROTOCOL!r}: "
                 "run `make images` to rebuild it"
             )
+        served = labels.get(IMAGE_LANGUAGE_LABEL, language)  # older images had no such label
+        if served != language:
+            raise ImageNotFoundError(
+                f"the sandbox image {image} serves {served}, not {language}: "
+                "run `make images` to rebuild it"
+            )
         with self._lock:
             self._images_ok.add(image)
 
 
-def _fingerprint(body: dict[str, Any]) -> str:
-    """What tells containers apart in the pool: the create body without its labels."""
+def _fingerprint(body: dict[str, Any], identity: str = "") -> str:
+    """What tells containers apart in the pool: the create body without its labels.
+
+    ``identity`` tells builds of one custom image tag apart (the digest of their labels), so
+    a rebuilt image never gets a warm container of the build before.
+    """
     return hashlib.sha256(
-        json.dumps({**body, "Labels": None}, sort_keys=True).encode()
+        json.dumps({**body, "Labels": None, "Identity": identity}, sort_keys=True).encode()
     ).hexdigest()[:16]

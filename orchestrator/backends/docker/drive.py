@@ -97,6 +97,7 @@ class Driver:
     live: LiveContainers
     egress: EgressSetup
     startup_timeout: float
+    grace: float = KILL_GRACE_S
 
     def drive(
         self,
@@ -105,15 +106,22 @@ class Driver:
         request: ExecutionRequest,
         spec: RunSpec,
         context: ExecutionContext,
+        *,
+        keep: bool = False,
     ) -> RunOutcome:
         """Send the request to a sandbox's runner; read its report; let the sandbox go.
+
+        With ``keep`` (a session's call) the sandbox is not let go: its owner decides, and the
+        stream's decoders carry over to the next call.
 
         Raises:
             NeverStarted: the sandbox went away before the code started.
             RunCancelledError: the run was cancelled, or the backend closed, mid-run.
             SandboxFailedError: the sandbox broke or ended without a report.
+            RequestError: the runner could not write the call's files (nothing ran).
         """
-        reader = RunReader(context, sandbox.container_id[:12], message.nonce)
+        decoders = sandbox.decoders if keep else None
+        reader = RunReader(context, sandbox.container_id[:12], message.nonce, decoders)
         forget = spec.cancel.on_cancel(sandbox.close)  # the reader sees EOF; the runner too
         if sandbox.address:
             self.egress.admit(sandbox.address, request.policy.network.allowed_domains)
@@ -124,8 +132,9 @@ class Driver:
             if sandbox.address:
                 self.egress.release(sandbox.address)
             forget()
-            finished = reader.exit_info is not None
-            self.live.release(self.engine, sandbox.container_id, finished=finished)
+            if not keep:
+                finished = reader.exit_info is not None
+                self.live.release(self.engine, sandbox.container_id, finished=finished)
 
     def _converse(
         self,
@@ -136,6 +145,7 @@ class Driver:
         request: ExecutionRequest,
     ) -> RunOutcome:
         reader.take(sandbox.pending)
+        sandbox.pending = b""  # a session's next call must not read the ready frame again
         try:
             sandbox.sock.sendall(payload)
         except OSError as exc:
@@ -165,7 +175,7 @@ class Driver:
             if reader.begun_at is None:
                 limit = ready_by
             else:
-                limit = reader.begun_at + spec.timeout_seconds + KILL_GRACE_S
+                limit = reader.begun_at + spec.timeout_seconds + self.grace
             left = limit - time.monotonic()
             if left <= 0:
                 if reader.begun_at is None:
@@ -211,12 +221,16 @@ class Driver:
         build = partial(build_outcome, isolation=isolation, sandbox_id=sandbox.container_id[:12])
         started = reader.begun_at is not None
         if reader.exit_info is not None:
+            files, figures = reader.outputs()
             return build(
                 ExitReport.from_runner(reader.exit_info),
                 reader.value,
                 started=started,
                 track_resources=request.track_resources,
                 mount_targets=[m.target for m in request.policy.filesystem.mounts],
+                files=files,
+                artifacts=figures,
+                left_out=tuple(reader.left_out),
             )
         elapsed = (time.monotonic() - (reader.begun_at or time.monotonic())) * 1000
         if timed_out:

@@ -6,7 +6,7 @@ import select
 import socket
 import time
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from orchestrator.backends.docker.compile import RUNTIME
@@ -53,6 +53,7 @@ class Sandbox:
         pending: bytes read before the run (the ready frame), replayed to the run's reader.
         address: its address on the egress network (allowlist policies only).
         runtime: the container runtime.
+        decoders: the stream's decoders, shared by a session's calls.
     """
 
     container_id: str
@@ -63,6 +64,9 @@ class Sandbox:
     pending: bytes = b""
     address: str | None = None
     runtime: str = RUNTIME
+    decoders: tuple[DockerDemuxer, FrameDecoder] = field(
+        default_factory=lambda: (DockerDemuxer(), FrameDecoder())
+    )
 
     def close(self) -> None:
         """Close the attach stream: the runner sees EOF and ends whatever it was doing."""
