@@ -24,6 +24,13 @@ RESULT_KEYS = ISSUE_RESULT_KEYS | {
 }
 """Every key execute_code returns today."""
 
+FILES_IN = {"data.txt": "héllo wörld", "in/deep/blob.bin": bytes([0, 1, 2, 127, 128, 255])}
+"""The files the contract suite sends: text, and binary under a nested name."""
+FILES_IN_SEEN = "héllo wörld\n0001027f80ff\n"
+"""What ``read_files`` prints of :data:`FILES_IN`."""
+REPORT_CSV = b"a,b\n1,2\n"
+"""What ``write_out`` writes to ``out/report.csv``."""
+
 
 @dataclass(frozen=True)
 class Snippets:
@@ -41,6 +48,11 @@ class Snippets:
         memory: allocates 2 GiB.
         unseen_spawn: starts ``true`` in a way the validator does not follow (through a library)
             and prints ``spawned``, or ``refused`` when the system call fails.
+        read_files: prints ``data.txt`` (text) and a newline, then the hex of
+            ``in/deep/blob.bin`` (see :data:`FILES_IN`) and a newline.
+        write_out: writes :data:`REPORT_CSV` to ``out/report.csv``.
+        link_out: makes ``out/passwd`` a link to ``/etc/passwd`` and writes ``ok`` to
+            ``out/real.txt``.
         error: the name of the error ``fail`` raises, as stderr shows it.
     """
 
@@ -53,6 +65,9 @@ class Snippets:
     output: str | None = None
     memory: str | None = None
     unseen_spawn: str | None = None
+    read_files: str | None = None
+    write_out: str | None = None
+    link_out: str | None = None
     error: str = "boom"
 
 
@@ -66,6 +81,15 @@ SNIPPETS = {
         flood="print('HEAD')\nprint('x' * 3000000)\nprint('TAIL')",
         output="output = {'rows': [1, 2], 'name': 'é'}",
         memory="hog = bytearray(2 * 1024 ** 3)",
+        read_files=(
+            "print(open('data.txt', encoding='utf-8').read())\n"
+            "print(open('in/deep/blob.bin', 'rb').read().hex())"
+        ),
+        write_out="with open('out/report.csv', 'w') as f:\n    f.write('a,b\\n1,2\\n')",
+        link_out=(
+            "import os\nos.symlink('/etc/passwd', 'out/passwd')\n"
+            "with open('out/real.txt', 'w') as f:\n    f.write('ok')"
+        ),
         error="ValueError",
     ),
     "javascript": Snippets(
@@ -75,6 +99,15 @@ SNIPPETS = {
         parameters="console.log(JSON.stringify({n: parameters.n + 1, evil: parameters.evil}))",
         loop="console.log('started');\nwhile (true) {}",
         flood="console.log('HEAD');\nconsole.log('x'.repeat(3000000));\nconsole.log('TAIL');",
+        read_files=(
+            "const fs = require('fs');\nconsole.log(fs.readFileSync('data.txt', 'utf8'));\n"
+            "console.log(fs.readFileSync('in/deep/blob.bin').toString('hex'));"
+        ),
+        write_out="require('fs').writeFileSync('out/report.csv', 'a,b\\n1,2\\n');",
+        link_out=(
+            "const fs = require('fs');\nfs.symlinkSync('/etc/passwd', 'out/passwd');\n"
+            "fs.writeFileSync('out/real.txt', 'ok');"
+        ),
         error="TypeError",
     ),
     "bash": Snippets(
@@ -84,6 +117,9 @@ SNIPPETS = {
         parameters='printf \'{"n": %s, "evil": "%s"}\\n\' "$((PARAM_N + 1))" "$PARAM_EVIL"',
         loop="echo started\nwhile :; do :; done",
         flood="echo HEAD\nhead -c 3000000 /dev/zero | tr '\\0' x\necho\necho TAIL",
+        read_files="cat data.txt\necho\nod -An -tx1 -v in/deep/blob.bin | tr -d ' \\n'\necho",
+        write_out="printf 'a,b\\n1,2\\n' > out/report.csv",
+        link_out="ln -s /etc/passwd out/passwd\nprintf ok > out/real.txt",
         error="error",
     ),
     "ruby": Snippets(
@@ -95,6 +131,12 @@ SNIPPETS = {
         flood="puts 'HEAD'\nputs 'x' * 3000000\nputs 'TAIL'",
         output="output = {'rows' => [1, 2], 'name' => 'é'}",
         memory="hog = 'x' * (2 * 1024 ** 3)",
+        read_files=(
+            "puts File.read('data.txt', encoding: 'UTF-8')\n"
+            "puts File.binread('in/deep/blob.bin').unpack1('H*')"
+        ),
+        write_out="File.write('out/report.csv', \"a,b\\n1,2\\n\")",
+        link_out="File.symlink('/etc/passwd', 'out/passwd')\nFile.write('out/real.txt', 'ok')",
         unseen_spawn=(
             "begin\n  $stdout.class.read(['|', 'true'].join)\n  puts 'spawned'\n"
             "rescue SystemCallError\n  puts 'refused'\nend"

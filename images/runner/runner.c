@@ -561,8 +561,26 @@ static int plain_name(const char *name) {
     return 1;
 }
 
+/* Open directory `name` under `at` without following a link. O_NOFOLLOW alone is not enough:
+ * gVisor follows a link opened with O_DIRECTORY | O_NOFOLLOW. So the entry is looked at first
+ * (a link or anything but a directory: ENOTDIR), and what was opened must be that directory
+ * (the code may swap it in between: EXDEV). */
+static int open_dir_nofollow(int at, const char *name) {
+    struct stat before, after;
+    if (fstatat(at, name, &before, AT_SYMLINK_NOFOLLOW) < 0) return -1;
+    if (!S_ISDIR(before.st_mode)) { errno = ENOTDIR; return -1; }
+    int fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return -1;
+    if (fstat(fd, &after) < 0 || after.st_dev != before.st_dev || after.st_ino != before.st_ino) {
+        close(fd);
+        errno = EXDEV;
+        return -1;
+    }
+    return fd;
+}
+
 /* Open the directory that will hold `name` under `root`, creating what is missing, and never
- * following a link: a link the code left in a session's workspace is refused (ELOOP/ENOTDIR).
+ * following a link: a link the code left in a session's workspace is refused (ENOTDIR).
  * Returns the directory fd and points *leaf at the last part. */
 static int open_parent(int root, char *name, char **leaf) {
     int dir = dup(root);
@@ -573,7 +591,7 @@ static int open_parent(int root, char *name, char **leaf) {
         if (!slash) break;
         *slash = '\0';
         if (mkdirat(dir, p, 0755) < 0 && errno != EEXIST) { *slash = '/'; close(dir); return -1; }
-        int next = openat(dir, p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int next = open_dir_nofollow(dir, p);
         *slash = '/';
         close(dir);
         if (next < 0) return -1;
@@ -582,6 +600,27 @@ static int open_parent(int root, char *name, char **leaf) {
     }
     *leaf = p;
     return dir;
+}
+
+/* Open file `leaf` under `dir` for writing, empty, without following a link: a new file is
+ * created exclusively (a link in the way makes that fail); an existing one must be a regular
+ * file, and the very one looked at, before it is emptied. */
+static int open_input(int dir, const char *leaf) {
+    struct stat before, after;
+    if (fstatat(dir, leaf, &before, AT_SYMLINK_NOFOLLOW) < 0) {
+        if (errno != ENOENT) return -1;
+        return openat(dir, leaf, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
+    }
+    if (!S_ISREG(before.st_mode)) { errno = S_ISLNK(before.st_mode) ? ELOOP : EISDIR; return -1; }
+    int fd = openat(dir, leaf, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return -1;
+    if (fstat(fd, &after) < 0 || after.st_dev != before.st_dev || after.st_ino != before.st_ino ||
+        ftruncate(fd, 0) < 0) {
+        close(fd);
+        errno = EXDEV;
+        return -1;
+    }
+    return fd;
 }
 
 /* Write the request's files under the workspace. On the first error, the message goes to
@@ -612,12 +651,12 @@ static int write_inputs(int root, unsigned long long len, char *error, size_t er
         int dir = -1, fd = -1;
         if (error[0] || strlen(name) != name_len || !plain_name(name)) {
             if (!error[0]) snprintf(error, error_cap, "input file name refused");
-        } else if ((dir = open_parent(root, name, &leaf)) < 0 ||
-                   (fd = openat(dir, leaf, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC,
-                                0644)) < 0) {
-            snprintf(error, error_cap, "input file %s cannot be written: %s%s", name, strerror(errno),
-                     errno == ELOOP || errno == ENOTDIR ? " (a link or a file is in the way; links are "
-                                                          "never followed)" : "");
+        } else if ((dir = open_parent(root, name, &leaf)) < 0 || (fd = open_input(dir, leaf)) < 0) {
+            int why = errno;
+            snprintf(error, error_cap, "input file %s cannot be written: %s%s", name, strerror(why),
+                     why == ELOOP || why == ENOTDIR || why == EEXIST || why == EXDEV || why == EISDIR
+                         ? " (a link, a directory or a file is in the way; links are never followed)"
+                         : "");
         }
         if (dir >= 0) close(dir);
         struct stat st;
@@ -707,10 +746,39 @@ static void send_file(collect_t *c, int fd, const struct stat *st, char kind, co
     }
 }
 
+/* The files a session's last call sent, as they were: file timestamps are coarse (a tick of a
+ * few ms), so a file written at the end of one call can look changed at the start of the next;
+ * one that is still exactly as sent is not sent again. */
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec ctime;
+} sent_t;
+
+static sent_t sent_before[OUT_MAX_ENTRIES], sent_now[OUT_MAX_ENTRIES];
+static int n_sent_before, n_sent_now;
+
+static int sent_as_is(const struct stat *st) {
+    for (int i = 0; i < n_sent_before; i++) {
+        const sent_t *s = &sent_before[i];
+        if (s->dev == st->st_dev && s->ino == st->st_ino && s->size == st->st_size &&
+            s->ctime.tv_sec == st->st_ctim.tv_sec && s->ctime.tv_nsec == st->st_ctim.tv_nsec)
+            return 1;
+    }
+    return 0;
+}
+
+static void remember_sent(const struct stat *st) {
+    if (n_sent_now < OUT_MAX_ENTRIES)
+        sent_now[n_sent_now++] = (sent_t){st->st_dev, st->st_ino, st->st_size, st->st_ctim};
+}
+
 static int changed_since(const collect_t *c, const struct stat *st) {
     if (c->since_s == 0) return 1;
-    return st->st_ctim.tv_sec > c->since_s ||
-           (st->st_ctim.tv_sec == c->since_s && st->st_ctim.tv_nsec >= c->since_ns);
+    return (st->st_ctim.tv_sec > c->since_s ||
+            (st->st_ctim.tv_sec == c->since_s && st->st_ctim.tv_nsec >= c->since_ns)) &&
+           !sent_as_is(st);
 }
 
 /* Send the regular files under directory `dir` (closed here), never following a link and never
@@ -741,10 +809,16 @@ static void collect_dir(collect_t *c, int dir, const char *prefix, char kind, in
         int len = snprintf(path, sizeof path, "%s%s%s", prefix, prefix[0] ? "/" : "", names[i]);
         free(names[i]);
         if (len < 0 || (size_t)len >= sizeof path) continue;
-        int fd = openat(dirfd(d), path + (prefix[0] ? strlen(prefix) + 1 : 0),
-                        O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-        struct stat st;
-        if (fd < 0 || fstat(fd, &st) < 0) {
+        const char *leaf = path + (prefix[0] ? strlen(prefix) + 1 : 0);
+        struct stat seen, st;
+        int fd = -1;
+        /* Looked at before it is opened (gVisor does not always honour O_NOFOLLOW): only a
+         * regular file or a directory is opened, and it must be the one looked at. */
+        int looked = fstatat(dirfd(d), leaf, &seen, AT_SYMLINK_NOFOLLOW) == 0;
+        if (looked && !S_ISDIR(seen.st_mode) && !changed_since(c, &seen)) continue; /* old news */
+        if (looked && (S_ISREG(seen.st_mode) || S_ISDIR(seen.st_mode)))
+            fd = openat(dirfd(d), leaf, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        if (fd < 0 || fstat(fd, &st) < 0 || st.st_dev != seen.st_dev || st.st_ino != seen.st_ino) {
             char hex[8300];
             hex_name(path, hex, sizeof hex);
             send_file_frame(c->nonce, 's', hex, 0); /* a link (ELOOP), or gone */
@@ -762,7 +836,8 @@ static void collect_dir(collect_t *c, int dir, const char *prefix, char kind, in
             send_file_frame(c->nonce, 's', hex, 0);
         } else if (changed_since(c, &st)) {
             send_file(c, fd, &st, kind, path);
-            if (take) unlinkat(dirfd(d), path + (prefix[0] ? strlen(prefix) + 1 : 0), 0);
+            if (take) unlinkat(dirfd(d), leaf, 0);
+            else remember_sent(&st);
         }
         close(fd);
     }
@@ -772,9 +847,19 @@ static void collect_dir(collect_t *c, int dir, const char *prefix, char kind, in
 
 /* The files of /workspace/out (changed during this call) and the figures the bootstrap saved. */
 static void collect_outputs(collect_t *c, int workfd) {
-    int out = workfd >= 0 ? openat(workfd, "out", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
+    int out = workfd >= 0 ? open_dir_nofollow(workfd, "out") : -1;
+    n_sent_now = 0;
     if (out >= 0) collect_dir(c, out, "", 'f', 0, 0);
-    int figures = open(FIGURES_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    memcpy(sent_before, sent_now, (size_t)n_sent_now * sizeof *sent_now);
+    n_sent_before = n_sent_now;
+    int figures = -1, root = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    char path[sizeof FIGURES_DIR]; /* walked part by part from /, never through a link */
+    memcpy(path, FIGURES_DIR, sizeof path);
+    for (char *part = strtok(path, "/"); root >= 0 && part; part = strtok(NULL, "/")) {
+        figures = open_dir_nofollow(root, part);
+        close(root);
+        root = figures;
+    }
     if (figures >= 0) {
         struct stat st;
         if (fstat(figures, &st) == 0 && st.st_uid == getuid()) {

@@ -24,6 +24,7 @@ from typing import TextIO
 from orchestrator.backends.base import ensure_available
 from orchestrator.backends.process import Supervised, run_supervised, supervise
 from orchestrator.backends.restricted_child import output_envelope
+from orchestrator.backends.workfiles import collect_outputs, write_inputs
 from orchestrator.context import ExecutionContext, install_capture
 from orchestrator.errors import SandboxFailedError
 from orchestrator.languages import get_language
@@ -31,6 +32,7 @@ from orchestrator.models import Event, ExecutionRequest, Isolation
 from orchestrator.run import RunOutcome, RunSpec, build_outcome, process_exit
 
 _PATH = "/usr/local/bin:/usr/bin:/bin"
+_PARAMS_FILE = ".athena-params.json"  # in the work directory: a call's files may not take it
 
 
 class InProcessBackend:
@@ -55,10 +57,13 @@ class InProcessBackend:
         ensure_available(self, request.language)
         workdir = Path(tempfile.mkdtemp(prefix="athena-inprocess-"))
         try:
+            # The work directory is the code's cwd (/workspace in docker), out/ included.
+            write_inputs(workdir, request.files, reserved=(_PARAMS_FILE,))
             if get_language(request.language).forks_host:
                 done, path = _fork_python(request, spec, context, workdir), "fork"
             else:
                 done, path = _subprocess(request, spec, context, workdir), "subprocess"
+            files, left_out = collect_outputs(workdir, request.policy.files.max_out_bytes)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         return build_outcome(
@@ -66,6 +71,8 @@ class InProcessBackend:
             done.extra or None,
             isolation=Isolation(mode="inprocess", runtime=None, path=path),
             sandbox_id="inprocess",
+            files=files,
+            left_out=left_out,
         )
 
 
@@ -73,7 +80,7 @@ def _subprocess(
     request: ExecutionRequest, spec: RunSpec, context: ExecutionContext, workdir: Path
 ) -> Supervised:
     language = get_language(request.language)
-    code, params = workdir / language.code_file, workdir / ".athena-params.json"
+    code, params = workdir / language.code_file, workdir / _PARAMS_FILE
     # Trusted code: no run-time policy layer (guard None), as no sandbox either.
     params.write_bytes(language.request_blob(request.parameters, None))
     env = {"PATH": _PATH, "HOME": str(workdir), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}

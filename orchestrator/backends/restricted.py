@@ -4,6 +4,13 @@ It isolates at the language level only: the child runs as this process's user, w
 filesystem, network or process isolation of its own; what stops the code is RestrictedPython's
 compile-time checks and guards (see ``restricted_child``), the import allowlist of the policy
 (``validation.allowed_imports``), rlimits on memory and CPU, and the wall-clock kill here.
+
+Files: the call's files are written into the child's work directory (its cwd, /workspace in
+docker) and ``out/`` is made there, as in every mode. The code has no ``os`` or ``pathlib``:
+its ``open`` (``restricted_child.WorkFiles``) reads files under the work directory (``r``,
+``rb``) and writes files directly in ``out/`` (``w``, ``a``, ``x`` and their ``b`` forms), never
+through a link, within ``filesystem.tmpfs_mb``; it cannot make directories, links or FIFOs.
+What is in ``out/`` after the run comes back in ``files``.
 """
 
 from __future__ import annotations
@@ -14,11 +21,13 @@ import math
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from orchestrator.backends import restricted_child
 from orchestrator.backends.base import ensure_available
 from orchestrator.backends.process import run_supervised
+from orchestrator.backends.workfiles import collect_outputs, write_inputs
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import SandboxFailedError
 from orchestrator.languages import get_language
@@ -39,6 +48,8 @@ def child_request(request: ExecutionRequest, timeout: float) -> dict[str, Any]:
             "memory_mb": max(limits.memory_mb, 128),  # the interpreter itself needs some
             "cpu_seconds": math.ceil(timeout),
             "file_size_mb": limits.file_size_mb,
+            # What the code may write in out/ in all (/workspace's tmpfs in docker).
+            "workspace_bytes": request.policy.filesystem.tmpfs_mb * 1024 * 1024,
         },
     }
 
@@ -66,6 +77,7 @@ class RestrictedBackend:
         ensure_available(self, request.language)
         workdir = tempfile.mkdtemp(prefix="athena-restricted-")
         try:
+            write_inputs(Path(workdir), request.files)  # the child's cwd; out/ made here
             with tempfile.TemporaryFile() as stdin:
                 stdin.write(json.dumps(child_request(request, spec.timeout_seconds)).encode())
                 stdin.seek(0)
@@ -85,6 +97,7 @@ class RestrictedBackend:
                     raise SandboxFailedError(
                         f"could not start the restricted child: {exc}"
                     ) from exc
+            files, left_out = collect_outputs(Path(workdir), request.policy.files.max_out_bytes)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         report = _report(done.extra)
@@ -95,6 +108,8 @@ class RestrictedBackend:
             value,
             isolation=Isolation(mode="restricted", runtime="RestrictedPython", path="subprocess"),
             sandbox_id="restricted",
+            files=files,
+            left_out=left_out,
         )
 
 

@@ -7,7 +7,8 @@ thread cannot be killed, so this runs in a process of its own: the parent kills 
 group at the timeout, and the rlimits set here stop memory and CPU bombs on their own.
 
 The code gets a copy of ``safe_builtins``, guarded attribute, item, iteration and write access,
-``parameters`` and ``json`` as in Docker, and an import that hands out allowed modules only as
+``parameters`` and ``json`` as in Docker, an ``open`` limited to the work directory (see
+:class:`WorkFiles`), and an import that hands out allowed modules only as
 proxies of their public functions, classes and plain constants, never the module object (a
 module reaches the host: ``statistics.sys.modules['os']``). The result goes to the fd named by
 ``ATHENA_VALUE_FD`` as one JSON object: ``{"output": envelope or null, "memory_error": bool}``.
@@ -15,14 +16,16 @@ module reaches the host: ``statistics.sys.modules['os']``). The result goes to t
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import resource
+import stat
 import sys
 import traceback
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 _MIB = 1024 * 1024
 _SCALARS = (int, float, complex, str, bytes, bool, type(None))
@@ -105,6 +108,140 @@ class ModuleProxy:
         return f"<module {self._name!r} (restricted)>"
 
 
+class WorkFiles:
+    """The code's ``open``: reads under the work directory, writes in ``out/``, size-capped.
+
+    The call's files are in the work directory (the child's cwd) and ``out/`` exists, as in
+    ``/workspace`` in docker. Names are relative; each part is opened relative to its directory
+    with ``O_NOFOLLOW`` and only a regular file is opened (``O_NONBLOCK``, then ``fstat``).
+    Directories are not created (the code cannot make any here): what comes back sits directly
+    in ``out/``. The code gets a :class:`_File`, never the file object itself.
+    """
+
+    READS = frozenset({"r", "rt", "rb"})
+    WRITES: ClassVar[dict[str, int]] = {"w": os.O_TRUNC, "a": os.O_APPEND, "x": os.O_EXCL}
+    MAX_CREATED = 2000  # files opened for writing per run (the runner's entries bound)
+
+    def __init__(self, budget: int) -> None:
+        self.root = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.budget = [budget]  # bytes the code may still write, shared by its files
+        self.created = 0
+
+    def open(self, name: Any, mode: str = "r", encoding: str | None = None) -> _File:
+        """Open ``name``: ``r``/``rb`` in the work directory, ``w``/``a``/``x`` in ``out/``.
+
+        Raises:
+            PermissionError: an absolute name, ``..``, or a write outside ``out/``.
+            ValueError: a mode other than those.
+            OSError: as ``open`` (missing, a link in the way: ``ELOOP``, not a regular file).
+        """
+        parts = self._parts(name)
+        if mode in self.READS:
+            flags = os.O_RDONLY
+        elif mode.rstrip("bt") in self.WRITES and len(mode) <= 2 and "+" not in mode:
+            if parts[0] != "out" or len(parts) < 2:
+                raise PermissionError(f"{name!r}: files are written under out/ only here")
+            if self.created >= self.MAX_CREATED:
+                raise OSError(errno.EMFILE, f"at most {self.MAX_CREATED} files are written here")
+            self.created += 1
+            flags = os.O_WRONLY | os.O_CREAT | self.WRITES[mode.rstrip("bt")]
+        else:
+            raise ValueError(f"mode {mode!r} is not allowed here: r, rb, w, wb, a, ab, x, xb")
+        fd = self._open(parts, flags)
+        binary = "b" in mode
+        handle = os.fdopen(fd, mode, encoding=None if binary else encoding or "utf-8")
+        return _File(handle, None if flags == os.O_RDONLY else self.budget)
+
+    @staticmethod
+    def _parts(name: Any) -> list[str]:
+        if not isinstance(name, str) or not name or "\x00" in name or name.startswith("/"):
+            raise PermissionError(f"{name!r}: give a path relative to the work directory")
+        parts = name.split("/")
+        if any(part in {"", ".", ".."} for part in parts):
+            raise PermissionError(f"{name!r}: '..', '.' and empty parts are not allowed here")
+        return parts
+
+    def _open(self, parts: list[str], flags: int) -> int:
+        directory = os.dup(self.root)
+        try:
+            for part in parts[:-1]:
+                child = os.open(
+                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=directory
+                )
+                os.close(directory)
+                directory = child
+            fd = os.open(
+                parts[-1],
+                flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                0o644,
+                dir_fd=directory,
+            )
+        finally:
+            os.close(directory)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise IsADirectoryError(errno.EISDIR, f"{'/'.join(parts)} is not a regular file")
+        os.set_blocking(fd, True)
+        return fd
+
+
+class _File:
+    """What the code holds of an open file: reading, writing (counted), closing; nothing else."""
+
+    __slots__ = ("_budget", "_handle")
+
+    def __init__(self, handle: Any, budget: list[int] | None) -> None:
+        self._handle, self._budget = handle, budget
+
+    def read(self, size: int = -1) -> str | bytes:
+        """Read up to ``size`` (all when negative)."""
+        return self._handle.read(size)  # type: ignore[no-any-return]
+
+    def readline(self, size: int = -1) -> str | bytes:
+        """Read one line."""
+        return self._handle.readline(size)  # type: ignore[no-any-return]
+
+    def readlines(self) -> list[Any]:
+        """Read every line."""
+        return self._handle.readlines()  # type: ignore[no-any-return]
+
+    def write(self, data: str | bytes) -> int:
+        """Write ``data``; past the workspace's size, fail as a full disk does."""
+        if self._budget is None:
+            raise OSError(errno.EBADF, "not open for writing")
+        size = len(data.encode() if isinstance(data, str) else data)
+        if size > self._budget[0]:
+            raise OSError(errno.ENOSPC, "No space left on device (filesystem.tmpfs_mb)")
+        self._budget[0] -= size
+        return self._handle.write(data)  # type: ignore[no-any-return]
+
+    def writelines(self, lines: Any) -> None:
+        """Write each of ``lines``."""
+        for line in lines:
+            self.write(line)
+
+    def close(self) -> None:
+        """Close the file."""
+        self._handle.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether it is closed."""
+        return bool(self._handle.closed)
+
+    def __enter__(self) -> _File:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
+
+    def __iter__(self) -> _File:
+        return self
+
+    def __next__(self) -> str | bytes:
+        return next(self._handle)  # type: ignore[no-any-return]
+
+
 def _guarded_import(allowed: frozenset[str]) -> Any:
     cache: dict[str, ModuleProxy] = {}
 
@@ -178,7 +315,7 @@ def _inplacevar(op: str, x: Any, y: Any) -> Any:
     return ops[op](x, y)
 
 
-def _globals(parameters: Any, allowed: frozenset[str]) -> dict[str, Any]:
+def _globals(parameters: Any, allowed: frozenset[str], files: WorkFiles) -> dict[str, Any]:
     from RestrictedPython.Eval import default_guarded_getitem, default_guarded_getiter
     from RestrictedPython.Guards import (
         full_write_guard,
@@ -216,6 +353,7 @@ def _globals(parameters: Any, allowed: frozenset[str]) -> dict[str, Any]:
         next=next,
         iter=iter,
         format=format,
+        open=files.open,
     )
     for name in ("setattr", "delattr"):
         builtins.pop(name, None)  # attribute writes go through _write_ only
@@ -288,7 +426,8 @@ def run(request: dict[str, Any]) -> int:
             print(error, file=sys.stderr)
         _report({"output": None, "memory_error": False})
         return 1
-    namespace = _globals(request["parameters"], frozenset(request["allowed_imports"]))
+    files = WorkFiles(request["limits"]["workspace_bytes"])
+    namespace = _globals(request["parameters"], frozenset(request["allowed_imports"]), files)
     status, memory_error = 0, False
     try:
         exec(compiled.code, namespace)

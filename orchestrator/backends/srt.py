@@ -32,12 +32,20 @@ from orchestrator.backends.hostlimits import RunCgroup, tmpfs_dir
 from orchestrator.backends.hostmounts import WriteCapWatch, sweep_mount
 from orchestrator.backends.mountstage import MountStage
 from orchestrator.backends.process import Supervised, run_supervised
+from orchestrator.backends.workfiles import collect_outputs, write_inputs
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import SandboxFailedError
 from orchestrator.languages import get_language
-from orchestrator.models import ExecutionRequest, Isolation
+from orchestrator.models import ExecutionRequest, Isolation, OutputFile
 from orchestrator.policy import Policy, ResolvedMount
-from orchestrator.run import CancelToken, RunOutcome, RunSpec, build_outcome, process_exit
+from orchestrator.run import (
+    CancelToken,
+    LeftOut,
+    RunOutcome,
+    RunSpec,
+    build_outcome,
+    process_exit,
+)
 from orchestrator.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -61,6 +69,8 @@ NPROC_ALLOWANCE = 32
 # of the policy's memory_mb (measured: about 60 MiB for srt and its proxies).
 SRT_MEMORY_ALLOWANCE_MB = 128
 _MIB = 1024 * 1024
+# The files this mode writes in the work directory itself: a call's files may not take them.
+_OWN_FILES = (".athena-params.json", ".athena-output.json")
 # What the interpreters print when an rlimit refuses memory or a process (Python, Node, bash,
 # Ruby): without a cgroup, this is all that tells such a failure apart.
 _MEMORY_MARKERS = re.compile(
@@ -243,6 +253,8 @@ class SrtBackend:
             if cgroup is not None:
                 cleanup.callback(cgroup.destroy)
             argv, env, workdir = self._prepare(request, spec, rundir, uid)
+            # The work directory is the code's cwd (/workspace in docker); out/ is made here.
+            write_inputs(workdir, request.files, owner=uid, reserved=_OWN_FILES)
             if cgroup is not None:
                 argv = cgroup.wrap(argv)
             writable = [(m.source, m.target) for m in spec.mounts if not m.read_only]
@@ -254,7 +266,8 @@ class SrtBackend:
             cap = request.policy.filesystem.max_mount_write_bytes
             with WriteCapWatch(writable, cap, cancel) as watch:
                 supervised = self._spawn(argv, env, workdir, replace(spec, cancel=cancel), context)
-            outcome = self._outcome(request, supervised, workdir, context, uid, cgroup)
+            collected = collect_outputs(workdir, request.policy.files.max_out_bytes)
+            outcome = self._outcome(request, supervised, workdir, context, uid, cgroup, collected)
             return replace(outcome, mount_write_exceeded=watch.exceeded)
         raise AssertionError("unreachable")  # pragma: no cover (mypy: ExitStack may swallow)
 
@@ -337,6 +350,7 @@ class SrtBackend:
         context: ExecutionContext,
         uid: int | None,
         cgroup: RunCgroup | None,
+        collected: tuple[tuple[OutputFile, ...], tuple[LeftOut, ...]],
     ) -> RunOutcome:
         code, sig = done.exit_code, done.signal
         if code is not None and 128 < code <= 128 + 64:  # srt passes a signal death on as 128+N
@@ -366,4 +380,6 @@ class SrtBackend:
             isolation=Isolation(mode="srt", runtime="bubblewrap", path="srt", image=None),
             sandbox_id=f"srt-uid-{uid}" if uid is not None else "srt",
             track_resources=request.track_resources,
+            files=collected[0],
+            left_out=collected[1],
         )

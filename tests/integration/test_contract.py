@@ -8,6 +8,7 @@ ladder itself picks it. ``remote`` runs every call through ``MemoryAPI.connect``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pytest
 from athena.mcp.memory_api import MemoryAPI
 from athena.service.client import RemoteMemoryAPI
 from orchestrator.languages import LANGUAGES as REGISTRY
-from tests.contract import RESULT_KEYS, SNIPPETS
+from tests.contract import FILES_IN, FILES_IN_SEEN, REPORT_CSV, RESULT_KEYS, SNIPPETS
 from tests.integration.conftest import mode_settings
 from tests.service_server import ServiceServer, running_server
 
@@ -267,3 +268,56 @@ def test_the_fallback_is_logged_once_with_the_reason(mode: Mode) -> None:
     assert len(fallbacks) == 1
     assert fallbacks[0]["mode"] == mode.name
     assert any("no-engine.sock" in reason for reason in fallbacks[0]["reasons"])
+
+
+# --------------------------------------------------------------------------- files in and out
+
+
+@pytest.mark.parametrize("language", ALL)
+def test_files_sent_in_are_read_by_the_code(mode: Mode, language: str) -> None:
+    """Files sent with the call (text, binary, a nested name) are at their names for the code."""
+    code = SNIPPETS[language].read_files
+    assert code is not None
+    r = mode.run(code, language, files=FILES_IN)
+    assert r["success"], r["stderr"]
+    assert r["stdout"] == FILES_IN_SEEN
+
+
+@pytest.mark.parametrize("language", ALL)
+def test_a_file_written_to_out_comes_back(mode: Mode, language: str) -> None:
+    """A file the code writes under out/ comes back with its size, SHA-256, type and content."""
+    code = SNIPPETS[language].write_out
+    assert code is not None
+    r = mode.run(code, language)
+    assert r["success"], r["stderr"]
+    assert r["files"] == [
+        {
+            "name": "report.csv",
+            "size": len(REPORT_CSV),
+            "sha256": hashlib.sha256(REPORT_CSV).hexdigest(),
+            "mime_type": "text/csv",
+            "content": REPORT_CSV,
+        }
+    ]
+    assert r["artifacts"] == []
+
+
+@pytest.mark.parametrize("language", [n for n in ALL if SNIPPETS[n].link_out is not None])
+def test_a_link_in_out_is_reported_and_not_followed(mode: Mode, language: str) -> None:
+    """A link in out/ is left out with an output violation; its target is never read."""
+    mode.needs(*DOCKER, "srt", "inprocess")  # restricted code cannot make links
+    code = SNIPPETS[language].link_out
+    assert code is not None
+    r = mode.run(code, language)
+    assert [(f["name"], f["content"]) for f in r["files"]] == [("real.txt", b"ok")], r
+    [violation] = [v for v in r["violation_details"] if v["category"] == "output"]
+    assert "links, FIFOs" in violation["message"]
+    assert violation["detail"]["files"] == ["passwd"]
+
+
+@pytest.mark.parametrize("language", ALL)
+def test_nothing_written_means_no_files_and_no_artifacts(mode: Mode, language: str) -> None:
+    """A run that writes nothing returns files == [] and artifacts == []."""
+    r = mode.run(SNIPPETS[language].hello, language)
+    assert r["success"], r["stderr"]
+    assert (r["files"], r["artifacts"]) == ([], [])

@@ -21,7 +21,7 @@ from orchestrator.backends.docker.sandbox import NeverStarted, Sandbox
 from orchestrator.backends.protocol import ProtocolError
 from orchestrator.backends.reader import RunReader
 from orchestrator.context import ExecutionContext
-from orchestrator.errors import RunCancelledError, SandboxFailedError
+from orchestrator.errors import RequestError, RunCancelledError, SandboxFailedError
 from orchestrator.models import ExecutionRequest, Isolation
 from orchestrator.run import SIGKILL, ExitReport, RunOutcome, RunSpec, build_outcome
 
@@ -268,5 +268,7 @@ class Driver:
 def _take(reader: RunReader, data: bytes) -> None:
     try:
         reader.take(data)
+    except RequestError:  # the runner refused the call's files: the caller's to fix
+        raise
     except (ProtocolError, ValueError) as exc:
         raise SandboxFailedError(f"the sandbox runner sent garbage: {exc}") from exc

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator.backends.docker.sandbox import Blueprint, PoolKey, Sandbox
 from orchestrator.context import ExecutionContext
-from orchestrator.errors import SessionEndedError
+from orchestrator.errors import RequestError, SessionEndedError
 from orchestrator.languages import get_language
 from orchestrator.models import ExecutionRequest
 from orchestrator.run import RunOutcome, RunSpec
@@ -89,13 +89,16 @@ class DockerSession:
             RunError: as a one-shot run's (the container is then let go).
         """
         sandbox = self._current(request.execution_id)
-        outcome: RunOutcome | None = None
         try:
             outcome = self._backend.drive_session_call(sandbox, request, spec, context)
-            return outcome
-        finally:
-            if outcome is None or not outcome.session_alive:
-                self._forget(sandbox)
+        except RequestError:  # its files were refused before anything ran: the state stays
+            raise
+        except BaseException:
+            self._forget(sandbox)
+            raise
+        if not outcome.session_alive:
+            self._forget(sandbox)
+        return outcome
 
     def close(self) -> None:
         """Kill the session's container (idempotent)."""
