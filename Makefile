@@ -113,6 +113,7 @@ bench: images node-tools postgres-up
 	$(BIN)/python benchmarks/bench_latency.py
 	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python benchmarks/bench_service.py
+	$(BIN)/python -m benchmarks.bench_sessions
 
 sweep: venv
 	$(BIN)/athena-sandbox sweep

@@ -208,7 +208,7 @@ def test_a_memory_or_process_violation_ends_the_session(
     assert any(v.startswith(f"{category}:") for v in result["violations"]), result
     assert result["session_state"] == "ended"
     started = time.monotonic()
-    with pytest.raises(SessionEndedError, match="memory|process") as caught:
+    with pytest.raises(SessionEndedError, match=r"memory|process") as caught:
         session.execute_code("print(1)" if language == "python" else "echo 1")
     assert time.monotonic() - started < 1
     assert caught.value.session_id == session.session_id
@@ -337,7 +337,7 @@ def test_a_link_the_code_left_is_never_written_through(sapi: MemoryAPI, policy: 
         lenient["runtime"] = {"gvisor": "require"}
     with sapi.open_session("bash", lenient) as session:
         session.execute_code("ln -s /tmp data; mkdir -p /tmp/x; touch /tmp/mark; k=1")
-        with pytest.raises(RequestError, match="data/x.csv.*link"):
+        with pytest.raises(RequestError, match=r"data/x\.csv.*link"):
             session.execute_code("echo no", files={"data/x.csv": "a"})
         after = session.execute_code("echo $k; ls /tmp")
     assert after["stdout"].split("\n")[0] == "1"
@@ -387,7 +387,7 @@ def test_bad_file_names_are_refused_before_anything_runs(
 def test_files_over_the_policy_cap_are_refused(sapi: MemoryAPI) -> None:
     """More bytes than files.max_in_bytes is a ValueError naming the key."""
     policy = {"name": "tiny-in", "extends": "strict", "files": {"max_in_bytes": 10}}
-    with pytest.raises(ValueError, match="files.max_in_bytes"):
+    with pytest.raises(ValueError, match=r"files\.max_in_bytes"):
         sapi.execute_code("print(1)", files={"a.txt": "x" * 11}, sandbox_policy=policy)
 
 
