@@ -250,6 +250,7 @@ class Orchestrator:
             spec = self._spec(request.policy, timeout, cancel or CancelToken())
             if session is None:
                 backend = self._choose_backend(request.policy, request.language)
+                _check_image_mode(request, backend.name)
                 mode = backend.name
                 outcome = self._run_in_sandbox(request, spec, context, backend)
             else:
@@ -576,6 +577,17 @@ def _check_source(request: ExecutionRequest) -> None:
         raise CodeNotAcceptedError(
             f"the code contains a NUL character, which {language.name} source cannot hold: "
             "remove it (write '\\0' or chr(0) in a string instead)"
+        )
+
+
+def _check_image_mode(request: ExecutionRequest, mode: str) -> None:
+    """A custom image runs in the docker mode only: a fallback would silently drop it."""
+    image = request.image or request.policy.image
+    if image is not None and mode != "docker":
+        raise BackendUnavailableError(
+            f"the custom image {image!r} runs in the docker mode only, and no Docker engine "
+            f"answers here (the {mode} mode would run without the image): start one "
+            "(make docker-up), or run without image"
         )
 
 

@@ -571,3 +571,18 @@ def test_a_listener_that_raises_loses_no_result_and_a_removed_one_is_not_called(
     remove()
     orch.run(request())
     assert calls == ["broken", "after", "after"]
+
+
+# --------------------------------------------------------------------------- custom images
+
+
+def test_a_custom_image_never_falls_back_to_a_host_mode() -> None:
+    """A run naming a custom image that only a host mode could take fails clearly, unrun."""
+    backend = FakeBackend(name="srt")
+    policy = {"name": "fallback", "extends": "strict", "fallback": ["docker", "srt"]}
+    result = orchestrator(backend).execute(request(policy=policy, image="my-python:1"))
+    assert (result.success, result.error_type) == (False, "BackendUnavailableError")
+    assert "my-python:1" in (result.error or "") and "docker mode only" in (result.error or "")
+    assert backend.requests == []
+    plain = orchestrator(FakeBackend(name="srt")).execute(request(policy=policy))
+    assert plain.success
