@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from athena.policies import describe_policy, get_shipped_policy, shipped_policies
 from athena.procedures import generate, validate_code
-from athena.sessions import SandboxSession
+from athena.sessions import SandboxSession, output_listener
 from athena.settings import Settings
 from memory_store import checks
 from memory_store.consolidation.strategies import days_back as check_days_back
@@ -49,6 +49,7 @@ from orchestrator.backends.base import Backend
 from orchestrator.errors import PolicyError, RequestError
 from orchestrator.models import DEFAULT_TENANT, Event, ExecutionRequest, check_tenant, check_text
 from orchestrator.orchestrator import Orchestrator
+from orchestrator.packages import check_requirements_allowed
 from orchestrator.policy import Policy, load_policy
 from orchestrator.sessions import SessionLimits, check_limit
 from orchestrator.settings import Settings as OrchestratorSettings
@@ -72,23 +73,9 @@ _CALL_KEYS = frozenset(
         "files",
         "capture_figures",
         "image",
+        "requirements",
     }
 )
-
-
-def _output_listener(
-    on_stdout: Callable[[str], None] | None, on_stderr: Callable[[str], None] | None
-) -> Callable[[Event], None] | None:
-    if on_stdout is None and on_stderr is None:
-        return None
-
-    def listen(event: Event) -> None:
-        if event.kind == "stdout" and on_stdout is not None:
-            on_stdout(event.text)
-        elif event.kind == "stderr" and on_stderr is not None:
-            on_stderr(event.text)
-
-    return listen
 
 
 class MemoryAPI:
@@ -255,6 +242,7 @@ class MemoryAPI:
         files: Mapping[str, bytes | str] | None = None,
         capture_figures: bool = True,
         image: str | None = None,
+        requirements: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """Run code in a never-used sandbox and return the result as a plain dict.
 
@@ -286,12 +274,18 @@ class MemoryAPI:
                 PNG ``artifacts`` (python).
             image: a custom image built with ``athena-sandbox build-image`` (FROM this
                 language's image); None: the policy's ``image``, else the language's own.
+            requirements: packages installed before the code starts, through the egress
+                proxy: pip specs for python (``["requests==2.32.3"]``), npm specs for
+                javascript (``["lodash"]``); the install counts against the timeout. A failed
+                install fails the run (the code does not run; see docs/packages.md).
 
         Raises:
             RequestError: bad arguments (unknown language, timeout <= 0, parameters that are not
                 JSON-serialisable, code over the size limit, a file name that is absolute or
-                has ``..``, files over the policy's ``files.max_in_bytes``).
-            PolicyError: an unknown or invalid policy.
+                has ``..``, files over the policy's ``files.max_in_bytes``, requirements that
+                are not plain package specs).
+            PolicyError: an unknown or invalid policy, or requirements the policy cannot
+                install (the message names the policy and the key to change).
         """
         request = self._request(
             code,
@@ -304,8 +298,9 @@ class MemoryAPI:
             files=files,
             capture_figures=capture_figures,
             image=image,
+            requirements=requirements,
         )
-        listener = _output_listener(on_stdout, on_stderr)
+        listener = output_listener(on_stdout, on_stderr)
         return self._orchestrator.execute(request, on_event=listener).to_dict()
 
     def execute_code_stream(
@@ -321,6 +316,7 @@ class MemoryAPI:
         files: Mapping[str, bytes | str] | None = None,
         capture_figures: bool = True,
         image: str | None = None,
+        requirements: Sequence[str] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Run code and yield its events as they happen, as plain dicts.
 
@@ -346,6 +342,7 @@ class MemoryAPI:
             files=files,
             capture_figures=capture_figures,
             image=image,
+            requirements=requirements,
         )
         return (event.to_dict() for event in self._orchestrator.stream(request))
 
@@ -363,6 +360,7 @@ class MemoryAPI:
         files: Mapping[str, bytes | str] | None = None,
         capture_figures: bool = True,
         image: str | None = None,
+        requirements: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """Like :meth:`execute_code`, for asyncio; cancelling the awaiting task kills the run.
 
@@ -379,6 +377,7 @@ class MemoryAPI:
             files: as :meth:`execute_code`.
             capture_figures: as :meth:`execute_code`.
             image: as :meth:`execute_code`.
+            requirements: as :meth:`execute_code`.
 
         Raises:
             RequestError: bad arguments, as :meth:`execute_code`.
@@ -395,6 +394,7 @@ class MemoryAPI:
             files=files,
             capture_figures=capture_figures,
             image=image,
+            requirements=requirements,
         )
         listener = None if on_event is None else _dict_listener(on_event)
         return (await self._orchestrator.aexecute(request, on_event=listener)).to_dict()
@@ -478,6 +478,7 @@ class MemoryAPI:
         max_lifetime_seconds: float = 3600,
         *,
         image: str | None = None,
+        requirements: Sequence[str] | None = None,
     ) -> SandboxSession:
         """Open a session: calls that share one interpreter, in a sandbox of its own.
 
@@ -494,11 +495,15 @@ class MemoryAPI:
             idle_timeout_seconds: the session ends after this long without a call.
             max_lifetime_seconds: the session ends this long after it opened.
             image: a custom image (see :meth:`execute_code`).
+            requirements: packages installed once, as the session opens (an internal call, not
+                recorded; see :meth:`execute_code`); they last for the session's life.
 
         Raises:
             RequestError: a language without sessions, or limits that are not positive
-                numbers of seconds (at most a week).
-            PolicyError: an unknown or invalid policy.
+                numbers of seconds (at most a week), or requirements that are not plain specs.
+            PolicyError: an unknown or invalid policy, or requirements it cannot install.
+            RequestError: the requirements could not be installed (the message has the
+                installer's error); the session is closed.
             QueueFullError: too many sessions are open in this process.
             RunError: no Docker engine, or the session's sandbox could not start.
         """
@@ -507,11 +512,20 @@ class MemoryAPI:
             idle_timeout=check_limit(idle_timeout_seconds, "idle_timeout_seconds"),
             max_lifetime=check_limit(max_lifetime_seconds, "max_lifetime_seconds"),
         )
-        probe = self._request("", language, None, None, policy, False, False, image=image)
+        probe = self._request(
+            "", language, None, None, policy, False, False, image=image, requirements=requirements
+        )
         session = self._orchestrator.open_session(
             probe.language, policy, tenant=self._tenant, limits=limits, image=probe.image
         )
-        return SandboxSession(self, session, policy)
+        opened = SandboxSession(self, session, policy)
+        if probe.requirements:
+            try:
+                opened._install(probe.requirements)
+            except BaseException:
+                opened.close()
+                raise
+        return opened
 
     def session(self, session_id: str) -> SandboxSession:
         """The open session of this id (this API's tenant's).
@@ -594,8 +608,9 @@ class MemoryAPI:
         capture_figures: bool = True,
         image: str | None = None,
         session_id: str | None = None,
+        requirements: Sequence[str] | None = None,
     ) -> ExecutionRequest:
-        return ExecutionRequest.create(
+        request = ExecutionRequest.create(
             code,
             language,
             parameters,
@@ -610,7 +625,12 @@ class MemoryAPI:
             capture_figures=capture_figures,
             image=image,
             session_id=session_id,
+            requirements=requirements,
         )
+        check_requirements_allowed(
+            request.requirements, request.language, request.policy, self._settings.orchestrator
+        )
+        return request
 
     def _request_from_call(self, call: Mapping[str, Any]) -> ExecutionRequest:
         if not isinstance(call, Mapping):
@@ -637,6 +657,7 @@ class MemoryAPI:
             files=call.get("files"),
             capture_figures=call.get("capture_figures", True),
             image=call.get("image"),
+            requirements=call.get("requirements"),
         )
 
     @property

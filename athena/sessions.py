@@ -11,10 +11,10 @@ stay for the session's life. Each result is :meth:`MemoryAPI.execute_code`'s dic
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import SessionEndedError
+from orchestrator.errors import RequestError, SessionEndedError
 from orchestrator.models import Event
 from orchestrator.policy import Policy
 from orchestrator.sessions import Session
@@ -86,6 +86,7 @@ class SandboxSession:
         record: bool = True,
         on_stdout: Callable[[str], None] | None = None,
         on_stderr: Callable[[str], None] | None = None,
+        requirements: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """Run code in the session, after its earlier calls; return the result dict.
 
@@ -107,10 +108,14 @@ class SandboxSession:
             record: persist the call in the memory store (under the session's id).
             on_stdout: called with each chunk of stdout as it arrives.
             on_stderr: called with each chunk of stderr as it arrives.
+            requirements: packages installed before this call's code, on top of the
+                session's (see :meth:`MemoryAPI.execute_code`); they stay for later calls
+                (a ``restarted`` session has lost them with the rest of its state).
 
         Raises:
             SessionEndedError: the session has ended (the message says why).
             RequestError: bad arguments, or files that could not be written (nothing ran).
+            PolicyError: requirements the session's policy cannot install.
         """
         self._session.check_open()
         request = self._api._request(
@@ -125,19 +130,43 @@ class SandboxSession:
             capture_figures=capture_figures,
             image=self._session.image,
             session_id=self.session_id,
+            requirements=requirements,
         )
-        listener = _output_listener(on_stdout, on_stderr)
+        listener = output_listener(on_stdout, on_stderr)
         result = self._api.orchestrator.execute(request, on_event=listener, session=self._session)
         return result.to_dict()
+
+    def _install(self, requirements: Sequence[str]) -> None:
+        """Install packages for the session's later calls (an internal call, not recorded).
+
+        Raises:
+            SessionEndedError: the session has ended.
+            RequestError: the packages could not be installed (the message has the
+                installer's error).
+            PolicyError: requirements the session's policy cannot install.
+        """
+        result = self.execute_code(
+            "",
+            timeout_seconds=self._policy.limits.timeout_seconds,
+            capture_figures=False,
+            record=False,
+            requirements=requirements,
+        )
+        if not result["success"]:
+            raise RequestError(
+                f"the session's requirements could not be installed: "
+                f"{(result['error'] or result['stderr'])[-2000:]}"
+            )
 
     def close(self) -> None:
         """End the session and kill its sandbox; later calls raise ``SessionEndedError``."""
         self._session.close()
 
 
-def _output_listener(
+def output_listener(
     on_stdout: Callable[[str], None] | None, on_stderr: Callable[[str], None] | None
 ) -> Callable[[Event], None] | None:
+    """An event listener that hands stdout and stderr chunks to two callbacks (None: none)."""
     if on_stdout is None and on_stderr is None:
         return None
 
