@@ -330,9 +330,30 @@ static int mount_over_cap(void) {
  * tmpfs), never on a mount another run can see, so no run can open a channel to another through
  * a shared directory. A kernel without Landlock (or gVisor, which keeps sockets and FIFOs inside
  * its own sandbox anyway) leaves this out. */
+/* Landlock from ABI 2 on denies every link or rename into another directory ("refer") unless a
+ * ruleset handles that right and grants it: without this, even a rename from /tmp/a to /tmp/b
+ * failed with EXDEV under our rulesets (npm's cache, and any code that moves files, broke).
+ * Each ruleset handles it and grants it everywhere, so the rulesets restrict only what they are
+ * for. (ABI 1 kernels deny reparenting whatever a ruleset says.) Special files still cannot
+ * reach a mount: rename and link never cross filesystems, and none can be made on one. */
+static __u64 refer_right(void) {
+    int abi = (int)syscall(SYS_landlock_create_ruleset, NULL, 0, LANDLOCK_CREATE_RULESET_VERSION);
+    return abi >= 2 ? LANDLOCK_ACCESS_FS_REFER : 0;
+}
+
+static void allow_refer_everywhere(int ruleset, __u64 refer) {
+    if (!refer) return;
+    struct landlock_path_beneath_attr beneath = {.allowed_access = refer};
+    beneath.parent_fd = open("/", O_PATH | O_CLOEXEC);
+    if (beneath.parent_fd < 0) return;
+    syscall(SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_PATH_BENEATH, &beneath, 0);
+    close(beneath.parent_fd);
+}
+
 static void restrict_special_files(void) {
+    __u64 refer = refer_right();
     struct landlock_ruleset_attr attr = {
-        .handled_access_fs = LANDLOCK_ACCESS_FS_MAKE_SOCK | LANDLOCK_ACCESS_FS_MAKE_FIFO,
+        .handled_access_fs = LANDLOCK_ACCESS_FS_MAKE_SOCK | LANDLOCK_ACCESS_FS_MAKE_FIFO | refer,
     };
     int rs = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
     if (rs < 0) return;
@@ -344,6 +365,7 @@ static void restrict_special_files(void) {
         syscall(SYS_landlock_add_rule, rs, LANDLOCK_RULE_PATH_BENEATH, &beneath, 0);
         close(beneath.parent_fd);
     }
+    allow_refer_everywhere(rs, refer);
     syscall(SYS_landlock_restrict_self, rs, 0);
     close(rs);
 }
@@ -427,7 +449,8 @@ static void allow_execute(int ruleset, const char *path) {
  * later execve of anything else fails with EACCES. Without Landlock (gVisor) the fork filter
  * below still leaves at most one process. */
 static void execute_only(const char *command) {
-    struct landlock_ruleset_attr attr = {.handled_access_fs = LANDLOCK_ACCESS_FS_EXECUTE};
+    __u64 refer = refer_right();
+    struct landlock_ruleset_attr attr = {.handled_access_fs = LANDLOCK_ACCESS_FS_EXECUTE | refer};
     int rs = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
     if (rs < 0) return;
     char found[4096] = "";
@@ -446,6 +469,7 @@ static void execute_only(const char *command) {
     if (found[0]) allow_execute(rs, found);
     allow_execute(rs, "/lib64/ld-linux-x86-64.so.2");
     allow_execute(rs, "/lib/ld-linux-aarch64.so.1");
+    allow_refer_everywhere(rs, refer);
     syscall(SYS_landlock_restrict_self, rs, 0);
     close(rs);
 }
