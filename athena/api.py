@@ -277,7 +277,8 @@ class MemoryAPI:
             requirements: packages installed before the code starts, through the egress
                 proxy: pip specs for python (``["requests==2.32.3"]``), npm specs for
                 javascript (``["lodash"]``); the install counts against the timeout. A failed
-                install fails the run (the code does not run; see docs/packages.md).
+                install fails the run: the code does not run, exit code 1, pip's or npm's
+                error on stderr and a ``policy:`` violation of kind ``requirements``.
 
         Raises:
             RequestError: bad arguments (unknown language, timeout <= 0, parameters that are not

@@ -189,17 +189,21 @@ class Language:
         parameters: Mapping[str, JsonValue],
         guard: Mapping[str, Any] | None,
         figures: str | None = None,
+        requirements: Mapping[str, Any] | None = None,
     ) -> bytes:
         """What the bootstrap reads on fd 3 (or from its parameters file) for one run.
 
         ``figures``: where the Python bootstrap saves the figures a call leaves open (None:
-        no capture); other bootstraps ignore it.
+        no capture); other bootstraps ignore it. ``requirements``: what the bootstrap installs
+        before the code starts (:func:`orchestrator.packages.install_plan`; None: nothing).
         """
         if not self.takes_guard:
             return self.parameters_blob(parameters)
         envelope: dict[str, Any] = {"parameters": parameters, "guard": guard}
         if figures is not None:
             envelope["figures"] = figures
+        if requirements is not None:
+            envelope["requirements"] = requirements
         return json.dumps(envelope, ensure_ascii=False).encode()
 
 

@@ -12,7 +12,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -358,6 +358,8 @@ class ExecutionRequest(_Frozen):
         capture_figures: return figures still open at the end (or shown) as PNG artifacts.
         image: a custom image to run in (built ``FROM athena-sandbox/<language>``); None: the
             policy's ``image``, else the language's own.
+        requirements: packages installed before the code starts (pip specs for python, npm
+            specs for javascript; checked by :func:`orchestrator.packages.check_requirements`).
     """
 
     code: str
@@ -373,6 +375,7 @@ class ExecutionRequest(_Frozen):
     files: tuple[InputFile, ...] = ()
     capture_figures: bool = True
     image: str | None = Field(None, pattern=IMAGE_REF_PATTERN, max_length=255)
+    requirements: tuple[str, ...] = ()
 
     @classmethod
     def create(
@@ -392,6 +395,7 @@ class ExecutionRequest(_Frozen):
         capture_figures: bool = True,
         image: str | None = None,
         session_id: str | None = None,
+        requirements: Sequence[str] | None = None,
     ) -> ExecutionRequest:
         r"""Check the caller's arguments and build a request.
 
@@ -405,10 +409,12 @@ class ExecutionRequest(_Frozen):
                 a timeout that is not a positive number; a tenant name that is not valid
                 (see :func:`check_tenant`); files that cannot be written or are over the
                 policy's ``files.max_in_bytes`` (see :func:`orchestrator.files.check_files`);
-                an image reference that is not one.
+                an image reference that is not one; requirements that are not a list of
+                plain package specs, or for a language without an installer.
             UnknownLanguageError: a language we do not run.
         """
         from orchestrator.files import check_files  # it builds on this module's models
+        from orchestrator.packages import check_requirements
 
         check_tenant(tenant)
         if not isinstance(code, str):
@@ -441,6 +447,7 @@ class ExecutionRequest(_Frozen):
             ),
             capture_figures=capture_figures,
             image=_check_image(image),
+            requirements=check_requirements(requirements, lang.name),
         )
 
     def effective_timeout(self) -> float:

@@ -115,22 +115,25 @@ def derive_violations(
                 | ({"interrupted": True} if outcome.interrupted else {}),
             )
         )
+    between = " between calls (what the code left running)" if outcome.between_calls else ""
     if outcome.oom_killed:
         found.append(
             Violation(
                 category="memory",
-                message=f"the run ran out of memory (limit {limits.memory_mb} MiB)"
-                + (" and was killed" if outcome.signal is not None else ""),
-                detail={"limit_mb": limits.memory_mb},
+                message=f"the run ran out of memory{between} (limit {limits.memory_mb} MiB)"
+                + (" and was killed" if outcome.signal is not None and not between else ""),
+                detail={"limit_mb": limits.memory_mb}
+                | ({"between_calls": True} if between else {}),
             )
         )
     if outcome.pids_limit_hits:
         found.append(
             Violation(
                 category="processes",
-                message=f"the process limit ({limits.pids}) was reached: "
+                message=f"the process limit ({limits.pids}) was reached{between}: "
                 f"{outcome.pids_limit_hits} fork(s) failed",
-                detail={"limit": limits.pids, "hits": outcome.pids_limit_hits},
+                detail={"limit": limits.pids, "hits": outcome.pids_limit_hits}
+                | ({"between_calls": True} if between else {}),
             )
         )
     if outcome.mount_write_exceeded is not None:

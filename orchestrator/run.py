@@ -71,6 +71,8 @@ class RunOutcome:
         session_alive: in a session, whether its interpreter (and state) is still there after
             this call; None for a one-shot run.
         interrupted: a session call that timed out was interrupted and its state kept.
+        between_calls: the memory or process violation happened between two session calls
+            (what the code left running); this call did not run.
     """
 
     isolation: Isolation
@@ -94,6 +96,7 @@ class RunOutcome:
     left_out: tuple[LeftOut, ...] = ()
     session_alive: bool | None = None
     interrupted: bool = False
+    between_calls: bool = False
 
 
 class CancelToken:
@@ -173,6 +176,8 @@ class ExitReport:
         mount_write_cap_hit: the index of the writable mount whose cap was hit, if any.
         session_alive: a session call: whether the interpreter is still there (None: one-shot).
         interrupted: a session call that timed out stopped at the interrupt, its state kept.
+        between_calls: the memory or process figures are from between two session calls (what
+            the code left running); the call itself did not run.
     """
 
     exit_code: int | None = None
@@ -187,6 +192,7 @@ class ExitReport:
     mount_write_cap_hit: int | None = None
     session_alive: bool | None = None
     interrupted: bool = False
+    between_calls: bool = False
 
     @classmethod
     def from_runner(cls, info: Mapping[str, Any] | None) -> ExitReport:
@@ -197,12 +203,13 @@ class ExitReport:
         info = info or {}
         peak, cpu = info.get("memory_peak_bytes", -1), info.get("cpu_ns", -1)
         hit = info.get("mount_write_cap_hit", -1)
+        oom_between, pids_between = info.get("oom_between", 0), info.get("pids_between", 0)
         return cls(
             exit_code=info.get("exit_code"),
             signal=info.get("signal"),
             timed_out=bool(info.get("timed_out")),
-            oom_killed=info.get("oom_kills", 0) > 0,
-            pids_limit_hits=max(info.get("pids_limit_hits", 0), 0),
+            oom_killed=info.get("oom_kills", 0) > 0 or oom_between > 0,
+            pids_limit_hits=max(info.get("pids_limit_hits", 0), 0) + max(pids_between, 0),
             run_ms=info.get("run_ns", 0) / 1e6,
             value_truncated=bool(info.get("value_truncated")),
             memory_peak_bytes=peak if peak >= 0 else None,
@@ -210,6 +217,7 @@ class ExitReport:
             mount_write_cap_hit=hit if isinstance(hit, int) and hit >= 0 else None,
             session_alive=bool(info.get("alive")) if info.get("session") else None,
             interrupted=bool(info.get("interrupted")),
+            between_calls=oom_between > 0 or pids_between > 0,
         )
 
 
@@ -333,4 +341,5 @@ def build_outcome(
         left_out=left_out,
         session_alive=report.session_alive,
         interrupted=report.interrupted,
+        between_calls=report.between_calls,
     )

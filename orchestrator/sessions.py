@@ -71,10 +71,11 @@ def judge(outcome: RunOutcome) -> tuple[SessionState, str | None]:
     A memory or process violation ends the session even when the interpreter survived it (a
     fork bomb's leftovers or a half-freed heap are no state to go on with).
     """
+    when = "what the code left running between calls" if outcome.between_calls else "a call"
     if outcome.oom_killed:
-        return "ended", "a call ran out of memory (a memory violation ends the session)"
+        return "ended", f"{when} ran out of memory (a memory violation ends the session)"
     if outcome.pids_limit_hits:
-        return "ended", "a call reached the process limit (a process violation ends the session)"
+        return "ended", f"{when} reached the process limit (a process violation ends the session)"
     if outcome.session_alive:
         return "kept", None
     return "restarted", None

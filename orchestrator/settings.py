@@ -14,6 +14,9 @@ from orchestrator.languages import get_language
 from orchestrator.models import DEFAULT_MAX_CODE_BYTES, DEFAULT_MAX_PARAMETERS_BYTES
 from orchestrator.policy import SandboxMode
 
+# A package index: http(s)://host[:port][/path], nothing a command line could mistake for more.
+_INDEX_URL = r"^https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$"
+
 
 class Settings(BaseSettings):
     """Settings of an orchestrator (the memory store's are ``memory_store.StoreOptions``).
@@ -58,6 +61,10 @@ class Settings(BaseSettings):
         max_sessions: sessions open at once in this process (all tenants); opening another
             is refused until one ends.
         session_check_seconds: how often idle and lifetime limits of sessions are checked.
+        pip_index_url: the package index ``requirements=`` installs Python packages from
+            (``pip --index-url``); its host must be in the policy's allowed domains.
+        pip_files_host: the host the index serves its files from (also must be allowed).
+        npm_registry: the registry ``requirements=`` installs JavaScript packages from.
     """
 
     model_config = SettingsConfigDict(env_prefix="ATHENA_", frozen=True, extra="forbid")
@@ -86,6 +93,9 @@ class Settings(BaseSettings):
     egress_pinned_hosts: dict[str, str] = Field(default_factory=dict)
     max_sessions: int = Field(32, ge=0, le=10000)
     session_check_seconds: float = Field(1.0, gt=0, le=60)
+    pip_index_url: str = Field("https://pypi.org/simple", pattern=_INDEX_URL)
+    pip_files_host: str = Field("files.pythonhosted.org", pattern=r"^[A-Za-z0-9.-]{1,253}$")
+    npm_registry: str = Field("https://registry.npmjs.org", pattern=_INDEX_URL)
 
     @field_validator("sandbox_backends", mode="before")
     @classmethod

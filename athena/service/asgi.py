@@ -4,9 +4,11 @@
 ``scope["state"]["athena_tenant"]``; a missing or wrong token gets 401 before one byte of the
 body is read, and says nothing of what was wrong. :class:`BodyLimitMiddleware` then refuses a
 body over the limit with 413: at once from ``Content-Length``, or as soon as a chunked body's
-running count goes over. It reads the body whole (it is small: at most the limit) and hands it
-to the app in one message; later ``receive`` calls reach the server, so the app still sees the
-client disconnect (what cancels a streamed run).
+running count goes over. Requests that carry files (:func:`carries_files`: the run and session
+call routes) have a larger limit than the rest, since files travel base64-encoded in the JSON.
+It reads the body whole (at most the limit) and hands it to the app in one message; later
+``receive`` calls reach the server, so the app still sees the client disconnect (what cancels
+a streamed run).
 """
 
 from __future__ import annotations
@@ -35,6 +37,19 @@ FOREIGN_HOST_MESSAGE = (
     "[::1] (the Host header): serve with --tokens to answer other names"
 )
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_FILES_PATHS = frozenset({"/v1/execute", "/v1/execute/stream", "/v1/execute/batch"})
+_SESSIONS_PREFIX = "/v1/sessions/"
+_SESSION_FILE_ROUTES = ("execute", "execute/stream", "replay")
+
+
+def carries_files(path: str) -> bool:
+    """Whether a request path takes ``files`` in its body (the larger body limit applies)."""
+    if path in _FILES_PATHS:
+        return True
+    if not path.startswith(_SESSIONS_PREFIX):
+        return False
+    session_id, _, route = path[len(_SESSIONS_PREFIX) :].partition("/")
+    return bool(session_id) and route in _SESSION_FILE_ROUTES
 
 
 async def send_json(
@@ -159,32 +174,36 @@ class BodyLimitMiddleware:
     Args:
         app: the next ASGI app.
         max_bytes: the largest body accepted.
+        files_max_bytes: the largest body of a request that carries files
+            (:func:`carries_files`); None: ``max_bytes``.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, files_max_bytes: int | None = None) -> None:
         self._app = app
         self._max = max_bytes
+        self._files_max = max_bytes if files_max_bytes is None else files_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Read the body up to the limit and hand it on, or answer 413."""
         if scope["type"] != "http" or scope.get("method") not in _BODY_METHODS:
             await self._app(scope, receive, send)
             return
+        limit = self._files_max if carries_files(scope.get("path", "")) else self._max
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > self._max:
-            await self._too_large(send)
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            await self._too_large(send, limit)
             return
         try:
-            body = await read_body(receive, self._max)
+            body = await read_body(receive, limit)
         except _TooLarge:
-            await self._too_large(send)
+            await self._too_large(send, limit)
             return
         if body is None:
             return  # the client left before it sent the body: nobody to answer
         await self._app(scope, replay_body(body, receive), send)
 
-    async def _too_large(self, send: Send) -> None:
-        message = f"the request body is over the server's limit of {self._max} bytes; send less"
+    async def _too_large(self, send: Send, limit: int) -> None:
+        message = f"the request body is over the server's limit of {limit} bytes; send less"
         await send_json(
             send, 413, envelope("PayloadTooLarge", message), [(b"connection", b"close")]
         )

@@ -13,6 +13,11 @@ What differs, because a process boundary is crossed:
   :class:`~orchestrator.policy.Policy` is sent by name when it is a shipped policy, else as its
   dict); a path names a file on the server's disk, which the server refuses.
 - ``generate_procedure_code(generator=...)``: a callable cannot be sent (``RequestError``).
+- ``files=`` travel base64-encoded, and the ``content`` of the results' ``files`` and
+  ``artifacts`` is decoded back to bytes, so results equal the local ones.
+- Sessions (``open_session``, ``session``, ``replay_session``) are
+  :class:`~athena.service.remote_session.RemoteSession` objects with the methods of
+  :class:`~athena.sessions.SandboxSession`; ``sessions()`` lists the tenant's.
 - A value that cannot be written as JSON at all (a set, NaN, an object) is refused here, with
   the message the local API gives for it.
 - The service's own errors (:mod:`athena.service.wire`): ``AuthenticationError`` (no valid token),
@@ -35,7 +40,8 @@ import httpx
 from httpx_sse import EventSource
 
 from athena.api import PolicySpec
-from athena.service import remote
+from athena.service import remote, wire
+from athena.service.remote_session import RemoteSession, session_path
 from athena.service.wire import ServiceError
 from memory_store import checks
 from memory_store.consolidation.strategies import days_back as check_days_back
@@ -53,7 +59,7 @@ from memory_store.requests import (
 from orchestrator.errors import RequestError
 from orchestrator.models import finite_seconds, shown_number
 
-__all__ = ["CONNECT_TIMEOUT_SECONDS", "RUN_MARGIN_SECONDS", "RemoteMemoryAPI"]
+__all__ = ["CONNECT_TIMEOUT_SECONDS", "RUN_MARGIN_SECONDS", "RemoteMemoryAPI", "RemoteSession"]
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 """How long connecting to the server may take before it counts as unreachable."""
@@ -157,11 +163,16 @@ class RemoteMemoryAPI:
         record: bool = True,
         on_stdout: Callable[[str], None] | None = None,
         on_stderr: Callable[[str], None] | None = None,
+        files: Mapping[str, bytes | str] | None = None,
+        capture_figures: bool = True,
+        image: str | None = None,
+        requirements: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """Run code on the server and return its result dict (as ``MemoryAPI.execute_code``).
 
         With ``on_stdout`` or ``on_stderr`` the run is streamed and each chunk of output is
-        handed to them as it arrives.
+        handed to them as it arrives. ``files`` travel base64-encoded and the contents of the
+        result's ``files`` and ``artifacts`` come back as bytes, as locally.
 
         Raises:
             RequestError: bad arguments (the server's message).
@@ -169,13 +180,27 @@ class RemoteMemoryAPI:
             ServiceError: the service refused (see :mod:`athena.service.wire`).
         """
         args = (code, language, parameters, timeout_seconds, sandbox_policy)
-        body = remote.run_body(*args, track_resources, record)
+        body = remote.run_body(
+            *args, track_resources, record, files, capture_figures, image, requirements
+        )
         content = remote.encode(body, lambda: remote.check_run(*args))
         timeouts = self._timeouts(timeout_seconds)
         if on_stdout is None and on_stderr is None:
-            result: dict[str, Any] = self._call("POST", "/v1/execute", content, timeouts)
+            answer = self._call("POST", "/v1/execute", content, timeouts)
+            result: dict[str, Any] = wire.result_from_wire(answer)
             return result
-        with self._open_stream(content, timeouts) as events:
+        return self._streamed(content, timeouts, on_stdout, on_stderr)
+
+    def _streamed(
+        self,
+        content: bytes,
+        timeouts: httpx.Timeout,
+        on_stdout: Callable[[str], None] | None,
+        on_stderr: Callable[[str], None] | None,
+        path: str = "/v1/execute/stream",
+    ) -> dict[str, Any]:
+        """Stream a run, handing its output to the callbacks; return its result dict."""
+        with self._open_stream(content, timeouts, path) as events:
             for event in events:
                 if event.get("type") == "stdout" and on_stdout is not None:
                     on_stdout(event.get("text", ""))
@@ -195,6 +220,10 @@ class RemoteMemoryAPI:
         *,
         track_resources: bool = False,
         record: bool = True,
+        files: Mapping[str, bytes | str] | None = None,
+        capture_figures: bool = True,
+        image: str | None = None,
+        requirements: Sequence[str] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Run code on the server and yield its events as they happen (Server-Sent Events).
 
@@ -208,7 +237,9 @@ class RemoteMemoryAPI:
             ServiceError: the service refused, or the stream broke off before ``exit``.
         """
         args = (code, language, parameters, timeout_seconds, sandbox_policy)
-        body = remote.run_body(*args, track_resources, record)
+        body = remote.run_body(
+            *args, track_resources, record, files, capture_figures, image, requirements
+        )
         content = remote.encode(body, lambda: remote.check_run(*args))
         return self._open_stream(content, self._timeouts(timeout_seconds))
 
@@ -223,6 +254,10 @@ class RemoteMemoryAPI:
         track_resources: bool = False,
         record: bool = True,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        files: Mapping[str, bytes | str] | None = None,
+        capture_figures: bool = True,
+        image: str | None = None,
+        requirements: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """Like :meth:`execute_code`, for asyncio; cancelling the awaiting task kills the run.
 
@@ -235,7 +270,9 @@ class RemoteMemoryAPI:
             ServiceError: the service refused, or the stream broke off before ``exit``.
         """
         args = (code, language, parameters, timeout_seconds, sandbox_policy)
-        body = remote.run_body(*args, track_resources, record)
+        body = remote.run_body(
+            *args, track_resources, record, files, capture_figures, image, requirements
+        )
         content = remote.encode(body, lambda: remote.check_run(*args))
         async with self._async_client(timeout_seconds) as client:
             try:
@@ -264,7 +301,7 @@ class RemoteMemoryAPI:
         body = {"calls": listed, "concurrency": concurrency}
         content = remote.encode(body, lambda: remote.check_calls(listed))
         answer = self._call("POST", "/v1/execute/batch", content, self._batch_timeouts(listed))
-        return remote.dicts(answer, "results", self._url)
+        return [wire.result_from_wire(r) for r in remote.dicts(answer, "results", self._url)]
 
     async def execute_code_batch_async(
         self, calls: Sequence[Mapping[str, Any]], concurrency: int = 4
@@ -292,7 +329,90 @@ class RemoteMemoryAPI:
                 )
             except httpx.TransportError as exc:
                 raise remote.unreachable(exc, self._url) from exc
-        return remote.dicts(self._answer(response), "results", self._url)
+        results = remote.dicts(self._answer(response), "results", self._url)
+        return [wire.result_from_wire(result) for result in results]
+
+    # ----------------------------------------------------------------------- sessions
+
+    def open_session(
+        self,
+        language: str = "python",
+        sandbox_policy: PolicySpec = None,
+        idle_timeout_seconds: float = 600,
+        max_lifetime_seconds: float = 3600,
+        *,
+        image: str | None = None,
+        requirements: Sequence[str] | None = None,
+    ) -> RemoteSession:
+        """Open a session on the server (as ``MemoryAPI.open_session``).
+
+        Raises:
+            RequestError: a language without sessions, or limits that are not positive
+                numbers of seconds (at most a week).
+            PolicyError: an unknown, invalid or not allowed policy.
+            QueueFullError: the token's tenant, or the server, has as many sessions open as
+                it may.
+            ServiceError: the service refused (``TooManyRunsError``: no slot is free).
+        """
+        body = {
+            "language": language,
+            "sandbox_policy": remote.policy_body(sandbox_policy),
+            "idle_timeout_seconds": idle_timeout_seconds,
+            "max_lifetime_seconds": max_lifetime_seconds,
+            "image": image,
+            **remote.extras(None, True, None, requirements),
+        }
+        content = remote.encode(body, lambda: remote.check_policy(sandbox_policy))
+        answer = self._call("POST", "/v1/sessions", content, self._timeouts(None))
+        return RemoteSession(self, remote.info_of(answer, self._url))
+
+    def session(self, session_id: str) -> RemoteSession:
+        """The open session of this id (this token's tenant's).
+
+        Raises:
+            SessionEndedError: no open session of this tenant has this id (it ended: the
+                message says why while the server remembers it).
+        """
+        answer = self._call("GET", session_path(session_id), None, self._timeouts(None))
+        return RemoteSession(self, remote.info_of(answer, self._url))
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """The open sessions of this token's tenant, oldest first: each one's ``info()``.
+
+        Raises:
+            ServiceError: the service refused.
+        """
+        answer = self._call("GET", "/v1/sessions", None, self._timeouts(None))
+        return remote.dicts(answer, "sessions", self._url)
+
+    def replay_session(
+        self,
+        session_id: str,
+        *,
+        idle_timeout_seconds: float = 600,
+        max_lifetime_seconds: float = 3600,
+        files: Mapping[str, bytes | str] | None = None,
+    ) -> RemoteSession:
+        """Open a new session on the server and run a recorded session's calls in it.
+
+        The new session's ``replayed`` holds the result of each call run again.
+
+        Raises:
+            RequestError: no recorded call has this session id (for this tenant).
+            PolicyError: the recorded policy is not one this token may use now.
+            QueueFullError: as :meth:`open_session`.
+        """
+        body = {
+            "idle_timeout_seconds": idle_timeout_seconds,
+            "max_lifetime_seconds": max_lifetime_seconds,
+            **remote.extras(files, True, None),
+        }
+        path = session_path(session_id) + "/replay"
+        answer = self._call("POST", path, remote.encode(body, None), self._timeouts(None))
+        session = RemoteSession(self, remote.field(answer, "session", dict, self._url))
+        replayed = remote.dicts(answer, "replayed", self._url)
+        session.replayed = [wire.result_from_wire(result) for result in replayed]
+        return session
 
     def prewarm(self, language: str = "python", sandbox_policy: PolicySpec = None) -> bool:
         """Fill the server's warm pool of (language, policy) now, so the next run starts warm.
@@ -657,16 +777,19 @@ class RemoteMemoryAPI:
             event = remote.event_of(sse, self._url)
             if event is None:
                 continue
+            event = wire.event_from_wire(event)
             if on_event is not None:
                 await asyncio.to_thread(on_event, event)
             if event.get("type") == "exit":
                 return remote.exit_result(event, self._url)
         raise remote.no_exit(self._url)
 
-    def _open_stream(self, content: bytes, timeout: httpx.Timeout) -> remote.EventStream:
+    def _open_stream(
+        self, content: bytes, timeout: httpx.Timeout, path: str = "/v1/execute/stream"
+    ) -> remote.EventStream:
         self._check_open()
         request = self._client.build_request(
-            "POST", "/v1/execute/stream", content=content, headers=_SSE, timeout=timeout
+            "POST", path, content=content, headers=_SSE, timeout=timeout
         )
         try:
             response = self._client.send(request, stream=True)

@@ -42,7 +42,7 @@ from orchestrator.policy import (
     shipped_snapshot,
 )
 
-__all__ = ["allowed_policy_names", "resolve_policy"]
+__all__ = ["allowed_policy_names", "check_recorded_policy", "resolve_policy"]
 
 _NETWORK_REACH = ("none", "allowlist", "open")  # least reach first
 _GVISOR_STRENGTH = ("never", "prefer", "require")  # weakest first
@@ -99,6 +99,39 @@ def resolve_policy(spec: object, tenant: Tenant) -> Policy:
     raise PolicyError(
         f"{_FIELD} must be a policy name ({', '.join(allowed)}), an object that extends one, "
         f"or null; not {type(spec).__name__}"
+    )
+
+
+def check_recorded_policy(name: str, config: Mapping[str, Any] | None, tenant: Tenant) -> None:
+    """Refuse to replay a recorded session under a policy the tenant may no longer use.
+
+    A shipped policy must still be one of the tenant's; an inline one (a name no shipped policy
+    has) must reach no more of the host than one of them, as when the gate let it through.
+
+    Raises:
+        PolicyError: the tenant may not use the recorded policy now (the message names the
+            ones it may use).
+    """
+    snapshot = shipped_snapshot()
+    shipped = _shipped_names(snapshot)
+    allowed = tuple(known for known in tenant.policies if known in shipped)
+    gate = _Gate(tenant, allowed, shipped)
+    if name in shipped or not config:
+        gate.allowed_name(name, "the recorded session's policy")
+        return
+    try:
+        policy = load_policy(dict(config))
+    except PolicyError as exc:
+        raise PolicyError(f"the recorded session's policy cannot be loaded: {exc}") from exc
+    for base_name in allowed:
+        try:
+            _check_reach(policy, load_shipped_policy(base_name, snapshot))
+        except PolicyError:
+            continue
+        return
+    raise PolicyError(
+        f"the recorded session's policy {_shown(name)} reaches more of the host than any policy "
+        f"tenant {tenant.name!r} may use ({', '.join(allowed) or 'none'}); it cannot be replayed"
     )
 
 

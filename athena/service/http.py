@@ -11,9 +11,10 @@ is the envelope of :mod:`athena.service.wire` with the status the spec gives its
 RequestError, PolicyError (and their LookupError kinds)  400
 no valid bearer token                                    401
 RecordNotFoundError, an unknown execution id             404
+SessionEndedError (an ended, unknown or foreign session) 410
 a body over the limit                                    413
 a body that fails validation (names each field)          422
-the tenant's in-flight limit, QueueFullError             429
+the tenant's in-flight or session limit, QueueFullError  429
 StoreError, the server draining                          503
 =======================================================  ======
 """
@@ -30,7 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from athena.service import http_memory, http_runs, responses
+from athena.service import http_memory, http_runs, http_sessions, responses
 from athena.service.asgi import (
     ASGIApp,
     AuthMiddleware,
@@ -43,16 +44,25 @@ from athena.service.asgi import (
 )
 from athena.service.inflight import InFlight
 from athena.service.metrics import CONTENT_TYPE
-from athena.service.state import Service
+from athena.service.state import Service, sessions_per_tenant_from_env
 from athena.service.wire import TooManyRunsError, envelope, wire_name
 from memory_store.errors import RecordNotFoundError, StoreError
-from orchestrator.errors import PolicyError, QueueFullError, RequestError, SandboxError
+from orchestrator.errors import (
+    PolicyError,
+    QueueFullError,
+    RequestError,
+    SandboxError,
+    SessionEndedError,
+)
 
 if TYPE_CHECKING:
     from athena.api import MemoryAPI
     from athena.service.tokens import Tenant, TokenFile
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_FILES_BODY_BYTES = 96 * 1024 * 1024
+"""The body limit of the routes that take ``files``: the default ``files.max_in_bytes`` (64 MiB)
+base64-encoded is 85.3 MiB, plus room for the code and the rest of the JSON."""
 DEFAULT_GRACE_SECONDS = 30.0
 MCP_PATH = "/mcp"
 
@@ -86,6 +96,8 @@ def status_of(exc: BaseException) -> int:
     """The HTTP status of an error the API raised."""
     if isinstance(exc, RecordNotFoundError):
         return 404
+    if isinstance(exc, SessionEndedError):
+        return 410
     if isinstance(exc, RequestError | PolicyError):
         return 400
     if isinstance(exc, TooManyRunsError | QueueFullError):
@@ -103,7 +115,11 @@ def error_response(exc: BaseException) -> JSONResponse:
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
     elif status == 429:
         headers = {"Retry-After": "1"}
-    return JSONResponse(envelope(wire_name(exc), str(exc)), status_code=status, headers=headers)
+    extra = {}
+    if isinstance(exc, SessionEndedError):
+        extra = {"session_id": exc.session_id, "reason": exc.reason}
+    body = envelope(wire_name(exc), str(exc), **extra)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _field_name(location: tuple[Any, ...] | list[Any]) -> str:
@@ -238,6 +254,8 @@ def create_app(
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
     mcp: MCPMount | None = None,
     in_flight: InFlight | None = None,
+    max_files_body_bytes: int = DEFAULT_MAX_FILES_BODY_BYTES,
+    max_sessions_per_tenant: int | None = None,
 ) -> FastAPI:
     """Build the HTTP app over ``api`` (which it does not close).
 
@@ -251,13 +269,21 @@ def create_app(
         mcp: the MCP server to serve at ``/mcp`` (see :class:`MCPMount`).
         in_flight: the per-tenant in-flight counter; give the MCP mount the same one, so
             its runs count against the same limits (default: a new one).
+        max_files_body_bytes: the largest body of the routes that take ``files`` (run and
+            session calls, replay).
+        max_sessions_per_tenant: how many sessions one tenant may have open (None:
+            ``ATHENA_MAX_SESSIONS_PER_TENANT``, default 8).
+
+    Raises:
+        RequestError: ``ATHENA_MAX_SESSIONS_PER_TENANT`` is not a whole number of at least 1.
 
     Returns:
         The ASGI app; ``app.state.service`` is its :class:`~athena.service.state.Service`.
     """
     from athena.service.tokens import local_tenant as default_local
 
-    service = Service(api, grace_seconds, in_flight)
+    per_tenant = max_sessions_per_tenant or sessions_per_tenant_from_env()
+    service = Service(api, grace_seconds, in_flight, per_tenant)
     if mcp is not None:
         mcp.attach(service)
 
@@ -283,11 +309,14 @@ def create_app(
     _install_health(app, service)
     app.include_router(http_runs.router)
     app.include_router(http_memory.router)
+    app.include_router(http_sessions.router)
     # add_middleware: the last added is the outermost; all run before FastAPI reads the body.
     app.add_middleware(http_runs.FastExecute, service=service, on_error=error_response)
     if mcp is not None:
         app.add_middleware(_MountMCP, mounted=mcp.app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=max_body_bytes, files_max_bytes=max_files_body_bytes
+    )
     app.add_middleware(AuthMiddleware, tokens=tokens, local=local_tenant or default_local())
     app.add_middleware(_Timed, service=service)
     return app

@@ -4,6 +4,8 @@ Every run goes through the same gate: the server must not be draining (503 ``Dra
 policy must be one the tenant may use (:func:`athena.service.gate.resolve_policy`, 400), and
 the tenant must have a free in-flight slot (429 ``TooManyRuns`` with ``Retry-After``). A run
 that fails (``success: false``) is a 200 with the result dict, as the local API returns it.
+Files cross as JSON (:mod:`athena.service.wire`): ``files`` in a body are text or
+``{"base64": ...}``, and the ``content`` of each result's ``files`` and ``artifacts`` is base64.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ from athena.service import responses, schemas
 from athena.service.asgi import ASGIApp, Receive, Scope, Send, read_body, replay_body, tenant_of
 from athena.service.gate import resolve_policy
 from athena.service.state import Service
-from athena.service.wire import ServiceUnavailableError, envelope
+from athena.service.wire import (
+    ServiceUnavailableError,
+    envelope,
+    event_to_wire,
+    files_from_wire,
+    result_to_wire,
+)
 from orchestrator.errors import PolicyError, RequestError, SandboxError
 
 if TYPE_CHECKING:
@@ -55,6 +63,10 @@ def _call(body: schemas.ExecuteBody, tenant: Tenant) -> dict[str, Any]:
         "sandbox_policy": resolve_policy(body.sandbox_policy, tenant),
         "track_resources": body.track_resources,
         "record": body.record,
+        "files": files_from_wire(body.files),
+        "capture_figures": body.capture_figures,
+        "image": body.image,
+        "requirements": body.requirements,
     }
 
 
@@ -73,10 +85,10 @@ async def run_execute(
     call = _call(body, tenant)
     api = service.view(tenant)
     with service.in_flight.slots(tenant.name, tenant.max_in_flight):
-        result = await _unless_left(receive, service, api.execute_code_async(**call))
+        result = await unless_left(receive, service, api.execute_code_async(**call))
     if result is None:
         return Response(status_code=499)  # nobody is left to read it
-    return JSONResponse(result)
+    return JSONResponse(result_to_wire(result))
 
 
 class FastExecute:
@@ -85,10 +97,11 @@ class FastExecute:
     Every run pays the layers between its socket and its sandbox: FastAPI's router, request
     object, dependency solving and body validation took about a third of the service's own
     cost of a warm run on a two-core machine. Only a JSON body that validates as
-    :class:`~athena.service.schemas.ExecuteBody` takes this path, parsed and validated as the
-    route does (``json.loads`` of the bytes, then the model); anything else (another content
-    type, a body that is not JSON, a field wrong) goes on to the route with the body as it
-    came, which answers as the schema says. What :func:`run_execute` raises gets the route's
+    :class:`~athena.service.schemas.ExecuteBody` (``files``, ``capture_figures`` and ``image``
+    included) takes this path, parsed and validated as the route does (``json.loads`` of the
+    bytes, then the model); anything else (another content type, a body that is not JSON, a
+    field wrong) goes on to the route with the body as it came, which answers as the schema
+    says. What :func:`run_execute` raises gets the route's
     response: a :class:`~orchestrator.errors.SandboxError` its envelope, anything else the
     app's 500 handler further out.
 
@@ -143,9 +156,7 @@ def _is_json(content_type: bytes) -> bool:
     return content_type.split(b";", 1)[0].strip().lower() == b"application/json"
 
 
-async def _unless_left(
-    receive: Receive, service: Service, work: Coroutine[Any, Any, T]
-) -> T | None:
+async def unless_left(receive: Receive, service: Service, work: Coroutine[Any, Any, T]) -> T | None:
     """Await ``work`` in this task, which a drain may cancel; None when the client leaves first.
 
     The work runs in the calling task rather than one of its own, so a run's end reaches the
@@ -156,7 +167,7 @@ async def _unless_left(
         ServiceUnavailableError: the drain's grace period ended first; the run was killed.
     """
     this = asyncio.current_task()
-    assert this is not None, "_unless_left runs in a task"
+    assert this is not None, "unless_left runs in a task"
     left = over = False
 
     def on_left(listener: asyncio.Future[None]) -> None:
@@ -203,16 +214,39 @@ async def execute_stream(body: schemas.ExecuteBody, request: Request) -> Respons
     tenant = tenant_of(request.scope)
     call = _call(body, tenant)
     api = service.view(tenant)
+    return await stream_run(
+        service,
+        tenant,
+        request.receive,
+        lambda on_event: api.execute_code_async(**call, on_event=on_event),
+    )
+
+
+EventListener = Callable[[dict[str, Any]], None]
+
+
+async def stream_run(
+    service: Service,
+    tenant: Tenant,
+    receive: Receive,
+    start: Callable[[EventListener], Coroutine[Any, Any, dict[str, Any]]],
+) -> Response:
+    """The event stream of one run: ``start(on_event)`` is the run, which holds a slot.
+
+    Raises:
+        TooManyRunsError: the tenant has no free in-flight slot.
+        SandboxError: what the run raised before its first event.
+    """
     service.in_flight.acquire(tenant.name, tenant.max_in_flight)
-    listen = asyncio.ensure_future(_disconnected(request.receive))
+    listen = asyncio.ensure_future(_disconnected(receive))
     try:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
         def on_event(event: dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
+            loop.call_soon_threadsafe(events.put_nowait, event_to_wire(event))
 
-        task = service.start_run(api.execute_code_async(**call, on_event=on_event))
+        task = service.start_run(start(on_event))
         task.add_done_callback(lambda _task: events.put_nowait(None))
         first = await _first_event(events, task, listen)
     except BaseException:
@@ -352,10 +386,10 @@ async def execute_batch(body: schemas.BatchBody, request: Request) -> Response:
     wanted = min(body.concurrency, len(calls))
     with service.in_flight.slots(tenant.name, tenant.max_in_flight, wanted) as granted:
         batch = api.execute_code_batch_async(calls, granted)
-        results = await _unless_left(request.receive, service, batch)
+        results = await unless_left(request.receive, service, batch)
     if results is None:
         return Response(status_code=499)  # the client left: the runs still going were killed
-    return JSONResponse({"results": results})
+    return JSONResponse({"results": [result_to_wire(result) for result in results]})
 
 
 @router.post("/prewarm", response_model=responses.Ready, responses=_ERRORS)

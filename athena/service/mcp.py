@@ -9,11 +9,13 @@ which :class:`~athena.api.MemoryAPI` and :class:`~athena.service.tokens.Tenant` 
 - over HTTP (:func:`build_http_mount`, mounted by ``athena-sandbox serve`` at ``/mcp``) the
   tenant the auth middleware put in the ASGI scope and ``api.for_tenant(tenant.name)``.
 
-Every tool answers with structured content (the dict the API returns) and a text block; a
-caller mistake is a tool error (``isError``) whose text says what to change, never a crash.
-While ``execute_code`` runs, each chunk of output reaches the client as a progress notification
-(when the request carried a progress token) and as a log notification (logger ``athena.run``);
-cancelling the request kills the run.
+Every tool answers with structured content (the dict the API returns, bytes as base64) and a
+text block; a run's PNG figures come as image blocks too (:mod:`.mcp_results`). A caller
+mistake is a tool error (``isError``) whose text says what to change, never a crash. While
+``execute_code`` or ``execute_in_session`` runs, each chunk of output reaches the client as a
+progress notification (when the request carried a progress token) and as a log notification
+(logger ``athena.run``); cancelling an ``execute_code`` request kills the run (a session call
+runs to its timeout). The session tools are :mod:`.mcp_sessions`'.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, Protocol
@@ -44,13 +46,15 @@ from athena.service import wire
 from athena.service.asgi import ASGIApp, Receive, Scope, Send, tenant_of
 from athena.service.gate import resolve_policy
 from athena.service.mcp_events import forward_events, killed_on_cancel
-from athena.service.mcp_limits import TEXT_BUDGET, cut_text, fit
+from athena.service.mcp_results import as_text, failure, run_result, success
+from athena.service.mcp_sessions import SessionTools
 from athena.service.mcp_tools import (
     TOOLS,
     TOOLS_BY_NAME,
     ExecuteCodeArgs,
     ToolArgs,
     ToolSpec,
+    decode_files,
     run_summary,
     tenant_policies,
 )
@@ -71,7 +75,8 @@ INSTRUCTIONS = (
     "athena-sandbox runs code in throwaway sandbox containers and keeps a memory of runs, "
     "knowledge, events, procedures and entities. Use execute_code to run code (list_policies "
     "says what each sandbox policy allows), recall to find what was learned before, and the "
-    "remember_* tools to keep what you learn."
+    "remember_* tools to keep what you learn. To keep variables, imports and files between "
+    "runs, open_session and then execute_in_session; close_session when done."
 )
 
 
@@ -97,6 +102,7 @@ def build_mcp_server(
     *,
     inflight: InFlight | None = None,
     host: Callable[[], RunHost | None] = lambda: None,
+    sessions: SessionTools | None = None,
 ) -> Server[Any]:
     """Return an MCP server offering the memory API's tools.
 
@@ -107,7 +113,10 @@ def build_mcp_server(
             beyond the orchestrator's queue).
         host: returns the service whose drain refuses new runs and kills late ones (None:
             runs end with their request or the process).
+        sessions: the session tools (a fresh :class:`SessionTools` when None).
     """
+    handlers: dict[str, Handler] = {"execute_code": _execute_tool}
+    handlers.update((sessions or SessionTools()).handlers())
 
     async def list_tools(ctx: Context, _params: types.PaginatedRequestParams | None) -> Any:
         api, tenant = resolve(ctx)
@@ -121,8 +130,8 @@ def build_mcp_server(
                 code=types.INVALID_PARAMS,
                 message=f"unknown tool {params.name!r}; the tools are " + ", ".join(TOOLS_BY_NAME),
             )
-        limits = _Limits(inflight, host())
-        return await _call(ctx, spec, params.arguments or {}, resolve, limits)
+        limits = RunLimits(inflight, host())
+        return await _call(ctx, spec, params.arguments or {}, resolve, limits, handlers)
 
     return Server(
         "athena-sandbox",
@@ -139,14 +148,45 @@ def _no_header_arguments(_name: str) -> None:
 
 
 @dataclass(frozen=True)
-class _Limits:
+class RunLimits:
+    """What bounds one call's runs: the tenant's in-flight count and the server's drain."""
+
     inflight: InFlight | None
     host: RunHost | None
+
+    def refuse_if_draining(self) -> None:
+        """Raise ``ServiceUnavailableError`` while the server drains."""
+        if self.host is not None:
+            self.host.refuse_if_draining()
+
+    @asynccontextmanager
+    async def slot(self, tenant: Tenant) -> AsyncIterator[None]:
+        """Hold one of the tenant's in-flight runs (refused while the server drains).
+
+        Raises:
+            ServiceUnavailableError: the server drains.
+            TooManyRunsError: the tenant has ``max_in_flight`` runs going.
+        """
+        self.refuse_if_draining()
+        if self.inflight is not None:
+            self.inflight.acquire(tenant.name, tenant.max_in_flight)
+        try:
+            yield
+        finally:
+            if self.inflight is not None:
+                self.inflight.release(tenant.name)
+
+
+Handler = Callable[
+    [Context, "MemoryAPI", "Tenant", Any, RunLimits], Awaitable[types.CallToolResult]
+]
 
 
 def _tool(spec: ToolSpec, policies: Sequence[dict[str, Any]]) -> types.Tool:
     annotations = types.ToolAnnotations(
-        read_only_hint=spec.read_only, destructive_hint=False, open_world_hint=False
+        read_only_hint=spec.read_only,
+        destructive_hint=spec.destructive,
+        open_world_hint=False,
     )
     return types.Tool(
         name=spec.name,
@@ -161,25 +201,24 @@ async def _call(
     spec: ToolSpec,
     arguments: dict[str, Any],
     resolve: Resolve,
-    limits: _Limits,
+    limits: RunLimits,
+    handlers: dict[str, Handler],
 ) -> types.CallToolResult:
     try:
         api, tenant = resolve(ctx)
         args = spec.arguments.model_validate(arguments)
         if spec.call is None:
-            assert isinstance(args, ExecuteCodeArgs)
-            result = await _execute(ctx, api, tenant, args, limits)
-            return await anyio.to_thread.run_sync(_success, result, run_summary)
+            return await handlers[spec.name](ctx, api, tenant, args, limits)
         data = await anyio.to_thread.run_sync(spec.call, api, tenant, args)
-        return await anyio.to_thread.run_sync(_success, data, _as_text)
+        return await anyio.to_thread.run_sync(success, data, as_text)
     except ValidationError as exc:
-        return _failure(RequestError(arguments_message(spec, exc)))
+        return failure(RequestError(arguments_message(spec, exc)))
     except SandboxError as exc:
-        return _failure(exc)
+        return failure(exc)
     except Exception as exc:  # a bug of ours: the client gets a tool error, the log the rest
         log.exception("mcp_tool_failed", tool=spec.name)
         message = f"the server failed on this call ({type(exc).__name__}); its log says why"
-        return _failure(wire.ServiceError(message))
+        return failure(wire.ServiceError(message))
 
 
 def arguments_message(spec: ToolSpec, exc: ValidationError) -> str:
@@ -202,60 +241,29 @@ def _signature(model: type[ToolArgs]) -> list[str]:
     ]
 
 
-def _as_text(data: dict[str, Any]) -> str:
-    return json.dumps(data, ensure_ascii=False, default=str)
-
-
-def _success(
-    data: dict[str, Any], summary: Callable[[dict[str, Any]], str]
+async def _execute_tool(
+    ctx: Context, api: MemoryAPI, tenant: Tenant, args: ExecuteCodeArgs, limits: RunLimits
 ) -> types.CallToolResult:
-    """The tool result of ``data``, cut to fit one message (see :mod:`.mcp_limits`)."""
-    fitted = fit(data)
-    text = cut_text(summary(fitted), TEXT_BUDGET, "the result")
-    return types.CallToolResult(
-        content=[types.TextContent(text=text)], structured_content=fitted, is_error=False
-    )
-
-
-def _failure(exc: SandboxError) -> types.CallToolResult:
-    name = wire.wire_name(exc)
-    return types.CallToolResult(
-        content=[types.TextContent(text=f"{name}: {exc}")],
-        structured_content=wire.envelope(name, str(exc)),
-        is_error=True,
-    )
-
-
-async def _execute(
-    ctx: Context,
-    api: MemoryAPI,
-    tenant: Tenant,
-    args: ExecuteCodeArgs,
-    limits: _Limits,
-) -> dict[str, Any]:
+    """Run code in a fresh sandbox, its output streamed; the result with files and figures."""
     policy = resolve_policy(args.sandbox_policy, tenant)
-    if limits.host is not None:
-        limits.host.refuse_if_draining()
-    if limits.inflight is not None:
-        limits.inflight.acquire(tenant.name, tenant.max_in_flight)
-    try:
-        async with forward_events(ctx) as on_event:
-            run = api.execute_code_async(
-                args.code,
-                args.language,
-                args.parameters,
-                args.timeout_seconds,
-                policy,
-                track_resources=args.track_resources,
-                record=args.record,
-                on_event=on_event,
-            )
-            work = run if limits.host is None else limits.host.run(run)
-            result: dict[str, Any] = await killed_on_cancel(work)
-            return result
-    finally:
-        if limits.inflight is not None:
-            limits.inflight.release(tenant.name)
+    files = decode_files(args.files)
+    async with limits.slot(tenant), forward_events(ctx) as on_event:
+        run = api.execute_code_async(
+            args.code,
+            args.language,
+            args.parameters,
+            args.timeout_seconds,
+            policy,
+            track_resources=args.track_resources,
+            record=args.record,
+            on_event=on_event,
+            files=files,
+            capture_figures=args.capture_figures,
+            image=args.image,
+        )
+        work = run if limits.host is None else limits.host.run(run)
+        result: dict[str, Any] = await killed_on_cancel(work)
+    return await anyio.to_thread.run_sync(run_result, result, run_summary)
 
 
 # --- stdio -----------------------------------------------------------------------------------
@@ -282,7 +290,8 @@ async def serve_stdio(open_api: Callable[[], MemoryAPI], tenant: Tenant) -> None
         # Held open until the API is closed: a signal during the close waits for it to finish.
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             try:
-                server = build_mcp_server(lambda _ctx: (api, tenant))
+                sessions = SessionTools(ends_with_process=True)  # closed with the API
+                server = build_mcp_server(lambda _ctx: (api, tenant), sessions=sessions)
                 async with anyio.create_task_group() as group:
                     group.start_soon(_cancel_on_signal, signals, group.cancel_scope, stopped)
                     options = server.create_initialization_options()

@@ -4,15 +4,21 @@ Each tool is a :class:`ToolSpec`: a name, a description, a strict pydantic model
 arguments (unknown arguments refused; its JSON schema is the tool's input schema) and a
 function ``(api, tenant, arguments) -> dict`` over :class:`~athena.api.MemoryAPI`. The dict is
 the tool's structured content; lists come wrapped (``{"results": [...]}``) because structured
-content is an object. ``execute_code`` streams, so :mod:`athena.service.mcp` runs it itself
-(its ``call`` is None); :func:`run_summary` is the short text an LLM reads of its result.
+content is an object. ``execute_code`` streams and the session tools keep per-connection state,
+so :mod:`athena.service.mcp` and :mod:`athena.service.mcp_sessions` run them (their ``call``
+is None); :func:`run_summary` is the short text an LLM reads of a run's result.
+
+Files go in as ``files``: an object of name (relative to ``/workspace``) -> text, or
+``{"base64": "..."}`` for bytes (:func:`decode_files`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from memory_store.consolidation.strategies import STRATEGIES
 from memory_store.errors import RecordNotFoundError
 from memory_store.requests import SEARCH_KINDS
+from orchestrator.errors import RequestError
 from orchestrator.languages import LANGUAGES
 
 if TYPE_CHECKING:
@@ -40,6 +47,37 @@ class ToolArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class Base64File(ToolArgs):
+    """A file's bytes, base64-encoded (for content that is not text)."""
+
+    base64: str = Field(description="The file's bytes, base64-encoded (standard alphabet).")
+
+
+Files = dict[str, str | Base64File] | None
+_FILES = Field(
+    None,
+    description="Files written under /workspace before the code starts (the code's working "
+    "directory): an object of relative name (e.g. 'data.csv' or 'input/a.json') -> the text, "
+    'or {"base64": "..."} for bytes. The policy caps their total size. Files the code writes '
+    "under /workspace/out come back in the result's `files` (content base64).",
+)
+_CAPTURE = Field(
+    True,
+    description="Python: return the matplotlib figures the code leaves open or shows as PNG "
+    "`artifacts` (content base64), also shown as images.",
+)
+_CALL_TIMEOUT = Field(
+    None,
+    description="Seconds before the run is killed (above 0); capped by the policy's "
+    "limit. null: the policy's limit.",
+)
+_IMAGE = Field(
+    None,
+    description="A custom image built with `athena-sandbox build-image` (FROM the language's "
+    "image). null: the policy's image, else the language's own.",
+)
+
+
 class ExecuteCodeArgs(ToolArgs):
     """execute_code's arguments (MemoryAPI.execute_code's, with its defaults)."""
 
@@ -54,11 +92,7 @@ class ExecuteCodeArgs(ToolArgs):
         "PARAMETERS (the JSON) and PARAM_<KEY>. Pass values here instead of formatting them "
         "into the code.",
     )
-    timeout_seconds: float | None = Field(
-        None,
-        description="Seconds before the run is killed (above 0); capped by the policy's "
-        "limit. null: the policy's limit.",
-    )
+    timeout_seconds: float | None = _CALL_TIMEOUT
     sandbox_policy: str | dict[str, Any] | None = Field(None, description="(set per tenant)")
     track_resources: bool = Field(
         False, description="Add `resources` to the result: peak memory, CPU time, wall time."
@@ -68,6 +102,96 @@ class ExecuteCodeArgs(ToolArgs):
         description="Keep the run in memory (recall and get_execution find it, consolidate "
         "learns from it). false: nothing is stored.",
     )
+    files: Files = _FILES
+    capture_figures: bool = _CAPTURE
+    image: str | None = _IMAGE
+
+
+_SESSION_ID = Field(description="The `session_id` open_session (or replay_session) returned.")
+_IDLE = Field(
+    600.0,
+    description="The session ends after this many seconds without a call (above 0, at most "
+    "a week).",
+)
+_LIFETIME = Field(
+    3600.0,
+    description="The session ends this many seconds after it opened (above 0, at most a week).",
+)
+
+
+class OpenSessionArgs(ToolArgs):
+    """open_session's arguments (MemoryAPI.open_session's)."""
+
+    language: str = Field(
+        "python", description="python, javascript or bash (or an alias), case-insensitive."
+    )
+    sandbox_policy: str | dict[str, Any] | None = Field(None, description="(set per tenant)")
+    idle_timeout_seconds: float = _IDLE
+    max_lifetime_seconds: float = _LIFETIME
+    image: str | None = _IMAGE
+
+
+class ExecuteInSessionArgs(ToolArgs):
+    """execute_in_session's arguments (SandboxSession.execute_code's)."""
+
+    session_id: str = _SESSION_ID
+    code: str = Field(description="The source code to run after the session's earlier calls.")
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description="JSON object handed to this call's code as `parameters` (bash: "
+        "PARAMETERS and PARAM_<KEY>), never formatted into the code.",
+    )
+    timeout_seconds: float | None = Field(
+        30.0,
+        description="Seconds before the call is interrupted (above 0; capped by the policy). "
+        "The session's state is kept when the interpreter stops at the interrupt.",
+    )
+    files: Files = _FILES
+    capture_figures: bool = _CAPTURE
+
+
+class SessionIdArgs(ToolArgs):
+    """close_session's arguments."""
+
+    session_id: str = _SESSION_ID
+
+
+class ReplaySessionArgs(ToolArgs):
+    """replay_session's arguments (MemoryAPI.replay_session's)."""
+
+    session_id: str = Field(
+        description="The id of a session (open or ended) whose recorded calls to run again."
+    )
+    idle_timeout_seconds: float = _IDLE
+    max_lifetime_seconds: float = _LIFETIME
+    files: Files = Field(
+        None,
+        description="Files written under /workspace before the first call runs again (as "
+        "execute_code's `files`): records keep no file content, so give the inputs again.",
+    )
+
+
+def decode_files(files: Mapping[str, str | Base64File] | None) -> dict[str, bytes | str] | None:
+    """The ``files`` of a tool call as the library takes them: text as str, base64 as bytes.
+
+    Raises:
+        RequestError: a ``base64`` value that is not valid base64 (naming the file).
+    """
+    if files is None:
+        return None
+    decoded: dict[str, bytes | str] = {}
+    for name, value in files.items():
+        if isinstance(value, str):
+            decoded[name] = value
+            continue
+        try:
+            decoded[name] = base64.b64decode(value.base64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise RequestError(
+                f"files[{json.dumps(name)[:80]}].base64 is not valid base64 ({exc}): encode "
+                "the bytes with the standard alphabet and padding, or pass text as a string"
+            ) from exc
+    return decoded
 
 
 class RememberArgs(ToolArgs):
@@ -177,6 +301,7 @@ class ToolSpec:
     arguments: type[ToolArgs]
     call: Call | None
     read_only: bool = False
+    destructive: bool = False
 
     def input_schema(self, policies: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
         """The JSON schema of the arguments (``sandbox_policy`` listing the tenant's policies)."""
@@ -194,12 +319,36 @@ class ToolSpec:
 
 def _schema(model: type[ToolArgs]) -> dict[str, Any]:
     schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
     schema.pop("title", None)
     schema.pop("description", None)
+    schema.setdefault("properties", {})
+    inlined: dict[str, Any] = _inlined(_untitled(schema), definitions)
+    return inlined
+
+
+def _untitled(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema without pydantic's ``title`` keys (noise for the model that reads it)."""
     for prop in schema.get("properties", {}).values():
         prop.pop("title", None)
-    schema.setdefault("properties", {})
+    schema.pop("title", None)
     return schema
+
+
+def _inlined(node: Any, definitions: dict[str, Any]) -> Any:
+    """``node`` with each ``$ref`` to ``#/$defs/...`` replaced by the definition itself.
+
+    Some MCP clients do not follow references in a tool's input schema; ours are small.
+    """
+    if isinstance(node, list):
+        return [_inlined(item, definitions) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        found = copy.deepcopy(definitions[ref.removeprefix("#/$defs/")])
+        return _inlined(_untitled(found), definitions)
+    return {key: _inlined(value, definitions) for key, value in node.items()}
 
 
 def policy_help(policies: Sequence[dict[str, Any]]) -> str:
@@ -250,8 +399,61 @@ TOOLS: tuple[ToolSpec, ...] = (
         "notifications). The result: success, exit_code, stdout, stderr, violations (what the "
         "sandbox stopped: timeout, memory, network...), error and error_type, issues, output "
         "(python: the value of a top-level variable `output`), execution_id (for "
-        "get_execution), execution_time_ms, sandbox_mode, policy.",
+        "get_execution), execution_time_ms, sandbox_mode, policy, files (what the code wrote "
+        "under /workspace/out) and artifacts (python: matplotlib figures as PNG, also shown as "
+        "images), their content base64. Each run starts from nothing: use open_session to keep "
+        "variables, imports and files from call to call.",
         ExecuteCodeArgs,
+        None,
+    ),
+    ToolSpec(
+        "open_session",
+        "Open a session: a sandbox of its own whose interpreter keeps state from call to call "
+        "(python: globals and imports; javascript: the global scope; bash: working directory, "
+        "variables, functions; files under /workspace stay). Run code in it with "
+        "execute_in_session and close it with close_session when done; it also ends after "
+        "idle_timeout_seconds without a call, after max_lifetime_seconds, at a memory or "
+        "process violation, or when your MCP connection ends. Returns the session's info: "
+        "session_id, language, policy, created_at, idle_timeout_seconds, max_lifetime_seconds, "
+        "calls, state...",
+        OpenSessionArgs,
+        None,
+    ),
+    ToolSpec(
+        "execute_in_session",
+        "Run code in an open session, after its earlier calls (their variables and files are "
+        "there). Returns execute_code's result plus session_id and session_state: kept (the "
+        "state is there for the next call), restarted (the interpreter ended: the state is "
+        "lost, the next call starts fresh) or ended (a memory or process violation ended the "
+        "session). A call on a session that has ended is an error saying why; open a new one "
+        "or rebuild it with replay_session.",
+        ExecuteInSessionArgs,
+        None,
+    ),
+    ToolSpec(
+        "close_session",
+        "Close a session and remove its sandbox; returns its final info. Closing one that has "
+        "already ended is an error saying why it ended.",
+        SessionIdArgs,
+        None,
+        destructive=True,
+    ),
+    ToolSpec(
+        "list_sessions",
+        "List your open sessions, oldest first: {sessions: [{session_id, language, policy, "
+        "created_at, idle_seconds, age_seconds, idle_timeout_seconds, max_lifetime_seconds, "
+        "calls, restarts, busy, state}]}.",
+        NoArgs,
+        None,
+        read_only=True,
+    ),
+    ToolSpec(
+        "replay_session",
+        "Open a new session and run the recorded calls of an earlier session (open or ended) "
+        "in it, in order, to rebuild its state. Returns {session: the new session's info, "
+        "replayed: [the result of each call run again]}. Records keep no input files: give "
+        "them again in `files`.",
+        ReplaySessionArgs,
         None,
     ),
     ToolSpec(
@@ -353,6 +555,8 @@ def run_summary(result: dict[str, Any]) -> str:
         f"{result.get('language')} in {result.get('sandbox_mode')}, "
         f"execution_id {result.get('execution_id')}"
     ]
+    if result.get("session_id"):
+        lines.append(f"session {result['session_id']}: state {result.get('session_state')}")
     for name in ("stdout", "stderr"):
         text = result.get(name) or ""
         if text:

@@ -9,6 +9,7 @@
 ``athena_queue_depth``                     runs waiting for a place in a sandbox
 ``athena_runs_in_flight``                  runs in flight by ``tenant`` (the scraper's own only)
 ``athena_draining``                        1 while the server drains for shutdown
+``athena_sessions_open``                   open sessions (all tenants, every front end)
 =========================================  ==================================================
 
 Outcomes: ``success``, ``failure`` (the code ran and failed), ``timeout``, ``rejected`` (the
@@ -80,6 +81,11 @@ class _LiveCollector(Collector):
         for tenant, count in sorted(self._in_flight().items()):
             flight.add_metric([tenant], count)
         yield flight
+        yield GaugeMetricFamily(
+            "athena_sessions_open",
+            "Open sessions, all tenants together.",
+            value=len(self._orchestrator.sessions()),
+        )
         yield GaugeMetricFamily(
             "athena_draining",
             "1 while the server drains for shutdown.",

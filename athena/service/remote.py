@@ -41,7 +41,7 @@ class EventStream(Iterator[dict[str, Any]]):
         for sse in EventSource(self._response).iter_sse():
             event = event_of(sse, self._url)
             if event is not None:
-                yield event
+                yield wire.event_from_wire(event)
                 if event.get("type") == "exit":
                     return
         raise no_exit(self._url)
@@ -184,7 +184,8 @@ def exit_result(event: dict[str, Any], url: str) -> dict[str, Any]:
     result = event.get("result")
     if not isinstance(result, dict):
         raise ServiceUnavailableError(f"{url} streamed an exit event without a result")
-    return result
+    local: dict[str, Any] = wire.result_from_wire(result)
+    return local
 
 
 def no_exit(url: str) -> ServiceUnavailableError:
@@ -205,6 +206,17 @@ def field(answer: Any, key: str, kind: type, url: str) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ServiceUnavailableError(f"{url} answered without {key!r}: {str(answer)[:200]}")
     return value
+
+
+def info_of(answer: Any, url: str) -> dict[str, Any]:
+    """Return a session's info dict.
+
+    Raises:
+        ServiceUnavailableError: the answer is not one (no ``session_id``).
+    """
+    if not isinstance(answer, dict) or not isinstance(answer.get("session_id"), str):
+        raise ServiceUnavailableError(f"{url} answered without a session: {str(answer)[:200]}")
+    return answer
 
 
 def dicts(answer: Any, key: str, url: str) -> list[dict[str, Any]]:
@@ -269,9 +281,18 @@ def run_body(
     sandbox_policy: object,
     track_resources: object,
     record: object,
+    files: object = None,
+    capture_figures: object = True,
+    image: object = None,
+    requirements: object = None,
 ) -> dict[str, Any]:
-    """The body of an execute call: ``execute_code``'s keyword names and values."""
-    return {
+    """The body of an execute call: ``execute_code``'s keyword names and values.
+
+    ``files`` go as JSON (:func:`athena.service.wire.files_to_wire`: bytes as base64);
+    ``capture_figures``, ``image`` and ``requirements`` only when they differ from the
+    defaults, so a body stays what an older server takes.
+    """
+    body = {
         "code": code,
         "language": language,
         "parameters": plain(parameters),
@@ -280,6 +301,30 @@ def run_body(
         "track_resources": track_resources,
         "record": record,
     }
+    return {**body, **extras(files, capture_figures, image, requirements)}
+
+
+def extras(
+    files: object, capture_figures: object, image: object, requirements: object = None
+) -> dict[str, Any]:
+    """The fields of issue 12 a body carries when they are not their defaults."""
+    found: dict[str, Any] = {}
+    if requirements is not None:
+        found["requirements"] = listed_specs(requirements)
+    if files is not None:
+        found["files"] = wire.files_to_wire(files)
+    if capture_figures is not True:
+        found["capture_figures"] = capture_figures
+    if image is not None:
+        found["image"] = image
+    return found
+
+
+def listed_specs(requirements: object) -> object:
+    """Requirements as a JSON list (a tuple or other sequence of specs; text as is)."""
+    if isinstance(requirements, Iterable) and not isinstance(requirements, str | bytes | Mapping):
+        return list(requirements)
+    return requirements
 
 
 def listed(calls: object) -> object:
@@ -296,6 +341,10 @@ def call_body(call: object) -> object:
     body = dict(call)
     if "parameters" in body:
         body["parameters"] = plain(body["parameters"])
+    if body.get("files") is not None:
+        body["files"] = wire.files_to_wire(body["files"])
+    if body.get("requirements") is not None:
+        body["requirements"] = listed_specs(body["requirements"])
     if "sandbox_policy" in body:
         body["sandbox_policy"] = policy_body(body["sandbox_policy"])
     return body

@@ -48,6 +48,16 @@ class Resources(_Out):
     wall_time_ms: float | None
 
 
+class OutputFile(_Out):
+    """A file the code wrote under ``/workspace/out``, or a figure (an artifact)."""
+
+    name: str
+    size: int
+    sha256: str
+    mime_type: str
+    content: str = Field(description="The file's bytes, base64-encoded.")
+
+
 class ExecutionResult(_Out):
     """The result dict of ``execute_code``."""
 
@@ -72,6 +82,10 @@ class ExecutionResult(_Out):
     timeout_seconds: float | None
     resources: Resources | None
     total_time_ms: float
+    session_id: str | None = None
+    session_state: Literal["kept", "restarted", "ended"] | None = None
+    files: list[OutputFile] = Field(default_factory=list)
+    artifacts: list[OutputFile] = Field(default_factory=list)
 
 
 class BeginEvent(_Out):
@@ -145,6 +159,41 @@ class ExecutionRecord(_Out):
     request: ExecutionRequestRecord
     result: ExecutionResult
     events: list[RunEvent]
+
+
+class SessionInfo(_Out):
+    """An open (or just ended) session, as ``sessions()`` lists it."""
+
+    session_id: str
+    language: str
+    policy: str
+    tenant: str
+    image: str | None
+    sandbox_mode: str
+    sandbox_id: str | None
+    created_at: str
+    idle_seconds: float
+    age_seconds: float
+    idle_timeout_seconds: float
+    max_lifetime_seconds: float
+    calls: int
+    restarts: int
+    busy: bool
+    state: Literal["open", "ended"]
+    ended_reason: str | None
+
+
+class SessionList(_Out):
+    """The tenant's open sessions, oldest first."""
+
+    sessions: list[SessionInfo]
+
+
+class Replayed(_Out):
+    """A new session rebuilt from a recorded one, and the results of the calls run again."""
+
+    session: SessionInfo
+    replayed: list[ExecutionResult]
 
 
 class Ready(_Out):
@@ -340,6 +389,8 @@ class ErrorDetail(_Out):
     type: str
     message: str
     fields: list[FieldError] | None = None
+    session_id: str | None = Field(None, description="SessionEndedError: the session's id.")
+    reason: str | None = Field(None, description="SessionEndedError: why the session ended.")
 
 
 class ErrorEnvelope(_Out):

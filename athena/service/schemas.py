@@ -12,6 +12,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from starlette.convertors import Convertor, register_url_convertor
 
+from athena.sessions import DEFAULT_CALL_TIMEOUT
+
 # An int stays an int (the local API's messages show the value as given: ``-1``, not ``-1.0``).
 StrictNumber = StrictInt | StrictFloat
 MAX_BATCH_CALLS = 1_000  # a batch over HTTP (HumanEval is 164); a longer evaluation sends several
@@ -48,6 +50,19 @@ class _Body(BaseModel):
 # ----------------------------------------------------------------------------- requests
 
 
+class FileBytes(_Body):
+    """A file's bytes, base64-encoded (standard alphabet, with padding)."""
+
+    base64: StrictStr
+
+
+InputFiles = dict[StrictStr, StrictStr | FileBytes] | None
+_FILES_DESCRIPTION = (
+    "Files written under /workspace before the code starts: relative name -> text (written "
+    'as UTF-8) or {"base64": "..."} (bytes). At most the policy\'s files.max_in_bytes in all.'
+)
+
+
 class ExecuteBody(_Body):
     """The arguments of ``execute_code`` (the streaming and batch forms take the same)."""
 
@@ -60,6 +75,54 @@ class ExecuteBody(_Body):
     )
     track_resources: StrictBool = False
     record: StrictBool = True
+    files: InputFiles = Field(None, description=_FILES_DESCRIPTION)
+    capture_figures: StrictBool = True
+    image: StrictStr | None = Field(
+        None, description="A custom image built with `athena-sandbox build-image`."
+    )
+    requirements: list[StrictStr] | None = Field(
+        None, description="Packages installed before the code starts (pip or npm specs)."
+    )
+
+
+class OpenSessionBody(_Body):
+    """The arguments of ``open_session``."""
+
+    language: StrictStr = "python"
+    sandbox_policy: PolicySpec = Field(
+        None, description="A policy name the tenant may use, or a dict that `extends` one."
+    )
+    idle_timeout_seconds: StrictNumber = 600
+    max_lifetime_seconds: StrictNumber = 3600
+    image: StrictStr | None = None
+    requirements: list[StrictStr] | None = Field(
+        None, description="Packages installed before the code starts (pip or npm specs)."
+    )
+
+
+class SessionExecuteBody(_Body):
+    """The arguments of a session's ``execute_code``."""
+
+    code: StrictStr
+    parameters: dict[str, Any] | None = None
+    timeout_seconds: StrictNumber | None = DEFAULT_CALL_TIMEOUT
+    files: InputFiles = Field(None, description=_FILES_DESCRIPTION)
+    capture_figures: StrictBool = True
+    track_resources: StrictBool = False
+    record: StrictBool = True
+    requirements: list[StrictStr] | None = Field(
+        None, description="Packages installed before the code starts (pip or npm specs)."
+    )
+
+
+class ReplayBody(_Body):
+    """The arguments of ``replay_session`` (the session's id is in the path)."""
+
+    idle_timeout_seconds: StrictNumber = 600
+    max_lifetime_seconds: StrictNumber = 3600
+    files: InputFiles = Field(
+        None, description="Written before the first replayed call (records keep no contents)."
+    )
 
 
 class BatchBody(_Body):

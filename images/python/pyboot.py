@@ -80,6 +80,8 @@ def _main():
         source = handle.read()
     sys.argv = [path]
     code_dir = os.path.dirname(os.path.abspath(path))
+    if not install_requirements(request.get("requirements"), output_fd):
+        os._exit(1)
     guard = install_guard(request["guard"], code_dir, output_fd) if request.get("guard") else None
     sys.path.insert(0, code_dir)  # modules the code writes beside itself
     _configure_figures(figures, request)
@@ -140,6 +142,9 @@ def _serve_session(path, figures):
         request = _next_request(requests)
         if request is None:
             os._exit(0)
+        if not install_requirements(request.get("requirements"), 4):
+            _write_all(5, b"1\n")
+            continue
         if guard is None and request.get("guard"):
             guard = install_guard(request["guard"], code_dir, 4)
         count += 1
@@ -185,6 +190,137 @@ def _write_all(fd, data):
             data = data[os.write(fd, data) :]
     except OSError:
         pass  # the code closed it: the runner then ends the session
+
+
+# --------------------------------------------------------------------------- requirements
+
+
+def install_requirements(plan, report_fd):
+    """Install a run's requirements with pip, in this process, before the code starts.
+
+    In-process: where the policy forbids processes the kernel refuses them to this interpreter,
+    so pip cannot run as a command (wheels install without one; an sdist's build cannot). pip's
+    output is kept off the code's stdout and stderr; on failure its tail goes to stderr with an
+    ``[athena-sandbox]`` note, and a ``requirements`` line on ``report_fd`` becomes the run's
+    ``policy:`` violation. Returns whether the packages are installed (True: nothing to do).
+    """
+    if not plan or not plan.get("packages"):
+        return True
+    import site
+    import tempfile
+
+    args = ["install", "--user", "--no-input", "--disable-pip-version-check", "--no-cache-dir"]
+    args += ["--no-warn-script-location", "--progress-bar", "off"]
+    args += ["--index-url", plan["index_url"]]
+    for host in plan.get("trusted") or ():
+        args += ["--trusted-host", host]
+    args += ["--", *plan["packages"]]  # entries are checked specs; "--" ends options anyway
+    with tempfile.TemporaryFile() as log:
+        status = _captured(lambda: _pip(args), log)
+        log.seek(0)
+        text = log.read().decode("utf-8", errors="replace")
+    if status == 0:
+        _add_user_site(site.getusersitepackages())
+        _INSTALLED.snapshot(site.getusersitepackages())
+        return True
+    names = ", ".join(plan["packages"])
+    _write_all(2, f"{text[-4000:]}".encode())
+    note = f"requirements could not be installed (pip exited with {status}): {names}"
+    _write_all(2, f"[athena-sandbox] {note}; the code did not run\n".encode())
+    detail = {"installer": "pip", "exit_code": status, "packages": plan["packages"][:50]}
+    _write_line(report_fd, {"policy": {"kind": "requirements", "message": note, "detail": detail}})
+    return False
+
+
+class _Installed:
+    """The files ``requirements`` installed, as pip left them: library code, not the run's.
+
+    They sit in the user site under HOME, where the code can write too; so a file is trusted
+    only while it is exactly what pip wrote (same inode, size, mtime and ctime: the code can
+    set an mtime back, never a ctime), and only while its cached bytecode is what pip compiled
+    (or there is none): bytecode written by the code would run under the trusted name.
+    """
+
+    def __init__(self):
+        self.files = {}
+
+    def snapshot(self, directory):
+        """Record every file under ``directory`` as it is now."""
+        for root, _dirs, names in os.walk(directory):
+            for name in names:
+                path = os.path.join(root, name)
+                identity = _identity(path)
+                if identity is not None:
+                    self.files[path] = identity
+
+    def holds(self, filename):
+        """Whether ``filename`` is an installed file, unchanged, with unchanged bytecode."""
+        if not self.files or filename not in self.files:
+            return False
+        if _identity(filename) != self.files[filename]:
+            return False
+        import importlib.util
+
+        try:
+            cached = importlib.util.cache_from_source(filename)
+        except (NotImplementedError, ValueError):
+            return True
+        return _identity(cached) == self.files.get(cached)
+
+
+def _identity(path):
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+
+_INSTALLED = _Installed()
+
+
+def _pip(args):
+    import pip
+    import pip._internal.network.session as pip_session
+    from pip._internal.cli.main import main as pip_main
+
+    # pip's user agent asks distro, which runs `uname -rs`: a process the policy may refuse.
+    pip_session.user_agent = lambda: f"pip/{pip.__version__} (athena-sandbox)"
+    try:
+        return pip_main(args)
+    except SystemExit as exc:
+        return exit_status(exc.code)
+    except BaseException as exc:  # the run must still say what happened
+        traceback.print_exc()
+        return 1 if not isinstance(exc, KeyboardInterrupt) else 130
+
+
+def _captured(call, log):
+    """Run ``call`` with fds 1 and 2 sent to ``log``; return its result."""
+    _flush()
+    saved = (os.dup(1), os.dup(2))
+    try:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        return call()
+    finally:
+        _flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def _add_user_site(path):
+    """Put the user site on the path (``-I`` leaves it off), before the system's packages."""
+    import importlib
+
+    if path in sys.path:
+        importlib.invalidate_caches()
+        return
+    system = [i for i, p in enumerate(sys.path) if p.endswith(("dist-packages", "site-packages"))]
+    sys.path.insert(system[0] if system else len(sys.path), path)
+    importlib.invalidate_caches()
 
 
 # --------------------------------------------------------------------------- figures
@@ -338,7 +474,7 @@ class _Guard:
             return True
         if filename.startswith(self.code_dir):
             return False
-        return filename.startswith(self.trusted())
+        return filename.startswith(self.trusted()) or _INSTALLED.holds(filename)
 
     def trusted(self):
         """Library directories: where the interpreter looks for them at start-up (-I: no user

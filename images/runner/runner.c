@@ -8,7 +8,8 @@
  *
  * Request (stdin), once per call:
  *     "ATHENA/3 <code_len> <blob_len> <files_len> <timeout_ms> <max_output_bytes> <files_cap>
- *      <nonce>\n" <code> <blob> <files>
+ *      <flags> <nonce>\n" <code> <blob> <files>
+ *   flags: 1 = send back the figures the bootstrap saved.
  *   The nonce (hex, fresh for each call) comes back in the exit frame and first in every
  *   failure and file frame once it is known: under gVisor the code can open this process's
  *   stdout through /proc/1/fd (runsc does not honour PR_SET_DUMPABLE for it) and write frames
@@ -26,7 +27,11 @@
  *   "<status>\n" to fd 5 when the call's code is done. At the timeout the interpreter gets
  *   SIGINT (Python: KeyboardInterrupt, like a notebook cell); if it does not report done within
  *   a second, everything is killed and the session is over ("alive": false in the exit frame).
- *   cgroup counters in a session's exit frame are the call's own (differences).
+ *   cgroup counters in a session's exit frame are the call's own (differences); a memory or
+ *   process limit hit between calls, or the interpreter gone, is reported at the next request
+ *   (which then does not run) and ends the session. A session's first request carries a key in
+ *   its nonce field, later ones their number: the nonces are derived from the key (see
+ *   derive_nonce), never sent once the code can read what arrives here.
  *
  * Frames (stdout): 1 type byte, 4-byte big-endian length, payload.
  *   'R' ready           the interpreter is starting; the container can take a request
@@ -85,6 +90,7 @@
 #define MOUNT_CHECK_MS 100 /* how often writes to writable mounts are measured */
 #define INTERRUPT_GRACE_NS (1LL * 1000000000LL) /* a session call's time to stop after SIGINT */
 #define FIGURES_DIR "/tmp/.athena/figures"   /* where the Python bootstrap saves open figures */
+#define FLAG_FIGURES 1ULL                      /* request flag: send the figures back */
 
 typedef struct {
     int fd;            /* read end, -1 once closed */
@@ -870,13 +876,13 @@ static void collect_dir(collect_t *c, int dir, const char *prefix, char kind, in
 }
 
 /* The files of /workspace/out (changed during this call) and the figures the bootstrap saved. */
-static void collect_outputs(collect_t *c, int workfd) {
+static void collect_outputs(collect_t *c, int workfd, int figures_too) {
     int out = workfd >= 0 ? open_dir_nofollow(workfd, "out") : -1;
     n_sent_now = 0;
     if (out >= 0) collect_dir(c, out, "", 'f', 0, 0);
     memcpy(sent_before, sent_now, (size_t)n_sent_now * sizeof *sent_now);
     n_sent_before = n_sent_now;
-    int figures = -1, root = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int figures = -1, root = figures_too ? open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
     char path[sizeof FIGURES_DIR]; /* walked part by part from /, never through a link */
     memcpy(path, FIGURES_DIR, sizeof path);
     for (char *part = strtok(path, "/"); root >= 0 && part; part = strtok(NULL, "/")) {
@@ -895,6 +901,60 @@ static void collect_outputs(collect_t *c, int workfd) {
             close(figures);
         }
     }
+}
+
+/* ------------------------------------------------------------------ session nonces */
+
+/* Under gVisor the code can open this process's stdin and stdout through /proc/1/fd. In a
+ * one-shot run that does not matter: the request (and its nonce) is read before any code runs.
+ * In a session, later requests arrive while the code of earlier calls may still run, and could
+ * be read by it. So a session's nonces never travel after its first request: that request (read
+ * before any code of the session exists) carries a 128-bit key, and call n's nonce is
+ * SipHash-2-4(key, 2n) and SipHash-2-4(key, 2n+1) in hex, which only this process and the
+ * orchestrator can compute. orchestrator.backends.protocol.session_nonce is the same function. */
+static uint64_t session_key[2];
+static unsigned long long session_calls; /* requests read so far */
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                                   \
+    do {                                                                                           \
+        v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);                                  \
+        v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                                                     \
+        v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                                                     \
+        v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                                  \
+    } while (0)
+
+/* SipHash-2-4 of one 64-bit word (as its 8 little-endian bytes) under a 128-bit key. */
+static uint64_t siphash_word(const uint64_t key[2], uint64_t m) {
+    uint64_t v0 = key[0] ^ 0x736f6d6570736575ULL, v1 = key[1] ^ 0x646f72616e646f6dULL;
+    uint64_t v2 = key[0] ^ 0x6c7967656e657261ULL, v3 = key[1] ^ 0x7465646279746573ULL;
+    v3 ^= m; SIPROUND; SIPROUND; v0 ^= m;
+    uint64_t b = (uint64_t)8 << 56;
+    v3 ^= b; SIPROUND; SIPROUND; v0 ^= b;
+    v2 ^= 0xff; SIPROUND; SIPROUND; SIPROUND; SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static void derive_nonce(unsigned long long call, char out[NONCE_MAX + 1]) {
+    snprintf(out, NONCE_MAX + 1, "%016" PRIx64 "%016" PRIx64, siphash_word(session_key, 2 * call),
+             siphash_word(session_key, 2 * call + 1));
+}
+
+/* The first request's nonce field is the session's key: the hex of its 16 bytes; k0 and k1 are
+ * the little-endian readings of the first and the last 8. */
+static int read_key(const char *hex) {
+    unsigned char bytes[16];
+    if (strlen(hex) != 32) return -1;
+    for (int i = 0; i < 16; i++) {
+        unsigned v;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1) return -1;
+        bytes[i] = (unsigned char)v;
+    }
+    for (int w = 0; w < 2; w++) {
+        session_key[w] = 0;
+        for (int i = 7; i >= 0; i--) session_key[w] = (session_key[w] << 8) | bytes[8 * w + i];
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------ one call */
@@ -928,9 +988,13 @@ static long long less(long long now, long long base) {
     return now < 0 ? now : base < 0 ? now : now - base;
 }
 
+/* What a session's counters did between two calls: a violation then ends the session too. */
+static counters_t last_end; /* the counters when the session's last call ended */
+static int have_last_end;
+
 static void send_exit(const char *nonce, int status, int have_status, int timed_out, int64_t run_ns,
                       int value_truncated, int mount_hit, counters_t base, int session, int alive,
-                      int interrupted) {
+                      int interrupted, counters_t between) {
     counters_t now = read_counters();
     long long peak = first_of(cgroup_value("/sys/fs/cgroup/memory/memory.max_usage_in_bytes", NULL),
                               cgroup_value("/sys/fs/cgroup/memory.peak", NULL));
@@ -943,11 +1007,15 @@ static void send_exit(const char *nonce, int status, int have_status, int timed_
                 "{\"exit_code\":%s,\"signal\":%s,\"timed_out\":%s,\"oom_kills\":%lld,"
                 "\"pids_limit_hits\":%lld,\"memory_peak_bytes\":%lld,\"cpu_ns\":%lld,"
                 "\"run_ns\":%" PRId64 ",\"value_truncated\":%s,\"mount_write_cap_hit\":%d,"
-                "\"session\":%s,\"alive\":%s,\"interrupted\":%s,\"nonce\":\"%s\"}",
+                "\"session\":%s,\"alive\":%s,\"interrupted\":%s,\"oom_between\":%lld,"
+                "\"pids_between\":%lld,\"nonce\":\"%s\"}",
                 code, sig, timed_out ? "true" : "false", less(now.oom, base.oom),
                 less(now.pids, base.pids), peak, less(now.cpu, base.cpu), run_ns,
                 value_truncated ? "true" : "false", mount_hit, session ? "true" : "false",
-                alive ? "true" : "false", interrupted ? "true" : "false", nonce);
+                alive ? "true" : "false", interrupted ? "true" : "false", between.oom, between.pids,
+                nonce);
+    last_end = now;
+    have_last_end = 1;
 }
 
 static void reset_stream(stream_t *s) {
@@ -975,13 +1043,22 @@ static int serve_call(runner_t *r, stream_t streams[2], int sfd) {
     if (!read_header(line, sizeof line)) return CALL_STOP; /* the owner is gone */
     char proto[16];
     char nonce[NONCE_MAX + 1];
-    unsigned long long code_len, blob_len, files_len, timeout_ms, max_output, files_cap;
-    if (sscanf(line, "%15s %llu %llu %llu %llu %llu %llu %64s", proto, &code_len, &blob_len, &files_len,
-               &timeout_ms, &max_output, &files_cap, nonce) != 8 ||
+    unsigned long long code_len, blob_len, files_len, timeout_ms, max_output, files_cap, flags;
+    if (sscanf(line, "%15s %llu %llu %llu %llu %llu %llu %llu %64s", proto, &code_len, &blob_len,
+               &files_len, &timeout_ms, &max_output, &files_cap, &flags, nonce) != 9 ||
         strcmp(proto, PROTOCOL) != 0 || strspn(nonce, "0123456789abcdef") != strlen(nonce) ||
         max_output > (1ULL << 30)) {
         errno = EPROTO;
         fail("bad request header");
+    }
+    if (r->session) { /* the first request brings the key; later ones only their number */
+        if (session_calls == 0 && read_key(nonce) < 0) { errno = EPROTO; fail("bad session key"); }
+        if (session_calls > 0 && strtoull(nonce, NULL, 16) != session_calls) {
+            derive_nonce(session_calls, run_nonce);
+            errno = EPROTO;
+            fail("session calls out of step (a request went missing)");
+        }
+        derive_nonce(session_calls++, nonce);
     }
     memcpy(run_nonce, nonce, sizeof run_nonce);
     (void)unlink(r->code_file); /* a session's code may have left a link or a directory there */
@@ -1003,13 +1080,19 @@ static int serve_call(runner_t *r, stream_t streams[2], int sfd) {
         free(blob_buf);
         return r->session ? CALL_NEXT : CALL_STOP;
     }
-    if (r->session) {
-        int st;
-        if (waitpid(child_pid, &st, WNOHANG) == child_pid) {
-            send_framef('f', "%s the session's interpreter ended between calls (%s %d)", nonce,
-                        WIFSIGNALED(st) ? "signal" : "exit status",
-                        WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+    counters_t between = {0, 0, 0};
+    if (r->session && have_last_end) {
+        /* What happened since the last call: the interpreter gone, or a memory or process
+         * limit hit by what the code left running. Either ends the session: this call does not
+         * run, its report says why (no begin frame: the code never started). */
+        counters_t now = read_counters();
+        between.oom = now.oom > last_end.oom ? now.oom - last_end.oom : 0;
+        between.pids = now.pids > last_end.pids ? now.pids - last_end.pids : 0;
+        int st = 0, gone = waitpid(child_pid, &st, WNOHANG) == child_pid;
+        if (gone || between.oom > 0 || between.pids > 0) {
             free(blob_buf);
+            kill_run();
+            send_exit(nonce, st, gone, 0, 0, 0, -1, now, r->session, 0, 0, between);
             return CALL_STOP;
         }
     }
@@ -1157,14 +1240,14 @@ static int serve_call(runner_t *r, stream_t streams[2], int sfd) {
     free(blob_buf);
     collect_t c = {.nonce = nonce, .budget = files_cap, .entries = 0,
                    .since_s = coarse.tv_sec, .since_ns = coarse.tv_nsec};
-    collect_outputs(&c, r->workfd);
+    collect_outputs(&c, r->workfd, (int)(flags & FLAG_FIGURES));
     int alive = r->session && done && !have_status;
     if (done) { /* a session call: the status is the one the interpreter reported */
         status = (status & 0xff) << 8; /* as waitpid would give an exit status */
         have_status = 1;
     }
     send_exit(nonce, status, have_status, timed_out, (end ? end : now_ns()) - start, value_truncated,
-              mount_hit, base, r->session, alive, interrupted);
+              mount_hit, base, r->session, alive, interrupted, between);
     return alive ? CALL_NEXT : CALL_STOP;
 }
 

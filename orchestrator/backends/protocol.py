@@ -55,6 +55,11 @@ def new_nonce() -> str:
     return secrets.token_hex(16)
 
 
+FLAG_FIGURES = 1
+"""Request flag: send back the figures the bootstrap saved."""
+_MASK = (1 << 64) - 1
+
+
 def encode_request(
     code: bytes,
     blob: bytes,
@@ -63,18 +68,77 @@ def encode_request(
     nonce: str,
     files: bytes = b"",
     files_cap: int = 0,
+    flags: int = 0,
 ) -> bytes:
     """Return the request the runner reads from stdin: a header line, the code, the blob, files.
 
     ``nonce`` comes back in the exit frame; an exit frame without it was written by the code.
-    ``files`` is :func:`orchestrator.files.encode_files`'s encoding; ``files_cap`` the most
-    bytes of files and figures the runner sends back.
+    In a session, the first request's ``nonce`` field is the session's key and later ones carry
+    their number (:func:`session_nonce` gives the nonces). ``files`` is
+    :func:`orchestrator.files.encode_files`'s encoding; ``files_cap`` the most bytes of files
+    and figures the runner sends back; ``flags`` is :data:`FLAG_FIGURES` or 0.
     """
     header = (
         f"{PROTOCOL} {len(code)} {len(blob)} {len(files)} {timeout_ms} {max_output_bytes} "
-        f"{files_cap} {nonce}\n"
+        f"{files_cap} {flags} {nonce}\n"
     )
     return header.encode() + code + blob + files
+
+
+def _rotl(x: int, b: int) -> int:
+    return ((x << b) | (x >> (64 - b))) & _MASK
+
+
+def _sipround(v0: int, v1: int, v2: int, v3: int) -> tuple[int, int, int, int]:
+    v0 = (v0 + v1) & _MASK
+    v1 = _rotl(v1, 13) ^ v0
+    v0 = _rotl(v0, 32)
+    v2 = (v2 + v3) & _MASK
+    v3 = _rotl(v3, 16) ^ v2
+    v0 = (v0 + v3) & _MASK
+    v3 = _rotl(v3, 21) ^ v0
+    v2 = (v2 + v1) & _MASK
+    v1 = _rotl(v1, 17) ^ v2
+    v2 = _rotl(v2, 32)
+    return v0, v1, v2, v3
+
+
+def siphash24(key: bytes, data: bytes) -> int:
+    """SipHash-2-4 of ``data`` under a 16-byte key (the runner's ``siphash_word`` for 8 bytes)."""
+    k0, k1 = struct.unpack("<QQ", key)
+    v: tuple[int, int, int, int] = (
+        k0 ^ 0x736F6D6570736575,
+        k1 ^ 0x646F72616E646F6D,
+        k0 ^ 0x6C7967656E657261,
+        k1 ^ 0x7465646279746573,
+    )
+    full = len(data) // 8 * 8
+    words: list[int] = [m for (m,) in struct.iter_unpack("<Q", data[:full])]
+    words.append(((len(data) & 0xFF) << 56) | int.from_bytes(data[full:], "little"))
+    for m in words:
+        v0, v1, v2, v3 = v[0], v[1], v[2], v[3] ^ m
+        v0, v1, v2, v3 = _sipround(*_sipround(v0, v1, v2, v3))
+        v = (v0 ^ m, v1, v2, v3)
+    v0, v1, v2, v3 = v[0], v[1], v[2] ^ 0xFF, v[3]
+    for _ in range(4):
+        v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+def new_session_key() -> bytes:
+    """A fresh 128-bit key for one session sandbox's nonces."""
+    return secrets.token_bytes(16)
+
+
+def session_nonce(key: bytes, call: int) -> str:
+    """The nonce of a session's call number ``call`` (0 first), as the runner derives it.
+
+    A session's later requests may be read by its own code under gVisor, so they carry no
+    nonce: both ends derive it from the key the first request carried, before any code ran.
+    """
+    first = siphash24(key, struct.pack("<Q", 2 * call))
+    second = siphash24(key, struct.pack("<Q", 2 * call + 1))
+    return f"{first:016x}{second:016x}"
 
 
 @dataclass(frozen=True)

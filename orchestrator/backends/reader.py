@@ -190,8 +190,14 @@ _LEFT_OUT = {
 
 
 def _name(hex_name: str) -> str:
-    """A file name from the runner (hex of its bytes) as text.
+    """A file name from the runner (hex of its bytes) as text."""
+    return file_name_text(bytes.fromhex(hex_name))
 
-    Bytes that are not UTF-8 become U+FFFD, so every name we return is valid UTF-8.
+
+def file_name_text(raw: bytes) -> str:
+    r"""A file name's bytes as valid UTF-8 text, distinct names kept distinct.
+
+    A byte that is not part of UTF-8 becomes ``\xNN`` (``a\xff`` and ``a\xfe`` stay two names;
+    with U+FFFD they would collide).
     """
-    return bytes.fromhex(hex_name).decode("utf-8", errors="replace")
+    return raw.decode("utf-8", errors="backslashreplace")

@@ -26,7 +26,7 @@ from collections.abc import Collection
 from contextlib import suppress
 from pathlib import Path
 
-from orchestrator.backends.reader import _LEFT_OUT
+from orchestrator.backends.reader import _LEFT_OUT, file_name_text
 from orchestrator.errors import RequestError
 from orchestrator.files import OUT_DIR, output_file
 from orchestrator.models import InputFile, OutputFile
@@ -246,5 +246,5 @@ class _Walk:
 
 
 def _text(path: bytes) -> str:
-    """A name as text; bytes that are not UTF-8 become U+FFFD (as the reader's names)."""
-    return path.decode("utf-8", errors="replace")
+    """A name as text, as the reader's names (:func:`file_name_text`)."""
+    return file_name_text(path)

@@ -49,6 +49,11 @@ TOOL_NAMES = {
     "consolidate",
     "list_policies",
     "get_execution",
+    "open_session",
+    "execute_in_session",
+    "close_session",
+    "list_sessions",
+    "replay_session",
 }
 RESULT_KEYS = {
     "success",
@@ -72,6 +77,10 @@ RESULT_KEYS = {
     "timeout_seconds",
     "resources",
     "total_time_ms",
+    "session_id",
+    "session_state",
+    "files",
+    "artifacts",
 }
 TICKS = "tick 0\ntick 1\ntick 2\n"
 INFO = {"name": "raw-test-client", "version": "1"}
@@ -172,7 +181,7 @@ async def call_every_tool(client: Client) -> dict[str, Any]:
 
 
 def test_stdio_lists_every_tool_with_described_arguments(tmp_path: Path) -> None:
-    """Over stdio the 11 tools are listed, every argument described, policies named."""
+    """Over stdio every tool is listed, every argument described, policies named."""
 
     async def main() -> list[Any]:
         async with stdio_session(tmp_path) as client:
@@ -233,7 +242,7 @@ def test_stdio_caller_mistakes_are_tool_errors(tmp_path: Path) -> None:
             ]
             with pytest.raises(MCPError, match="unknown tool 'rm_rf'"):
                 await client.call_tool("rm_rf", {})
-            assert len((await client.list_tools()).tools) == 11  # still serving
+            assert len((await client.list_tools()).tools) == len(TOOL_NAMES)  # still serving
             return texts
 
     texts = anyio.run(main)

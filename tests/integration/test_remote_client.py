@@ -27,6 +27,7 @@ from orchestrator.errors import (
     PolicyError,
     PolicyNotFoundError,
     RequestError,
+    SessionEndedError,
     UnknownLanguageError,
 )
 from orchestrator.policy import load_policy
@@ -369,3 +370,103 @@ def test_a_body_over_the_limit_is_payload_too_large(remote: RemoteMemoryAPI) -> 
         remote.remember("x" * (9 * 1024 * 1024))
     assert isinstance(caught.value, ValueError)
     assert remote.remember("a small memory after the big one") > 0
+
+
+# --------------------------------------------------------------------------- sessions and files
+
+VOLATILE = {
+    "execution_id", "timestamp", "execution_time_ms", "total_time_ms", "sandbox_id",
+    "session_id", "isolation", "resources",
+}  # fmt: skip
+SESSION_CALLS: list[tuple[str, dict[str, Any]]] = [
+    ("x = 41", {}),
+    ("x += 1\nprint(x)\noutput = parameters", {"parameters": {"n": 1}}),
+    (
+        "import os, shutil\nos.makedirs('out', exist_ok=True)\n"
+        "shutil.copy('in.bin', 'out/copy.bin')\nopen('out/t.txt', 'w').write(open('t.txt').read())",
+        {"files": {"in.bin": bytes(range(256)) * 3, "t.txt": "héllo"}},
+    ),
+    ("import matplotlib.pyplot as plt\nplt.plot([1, 2])", {"timeout_seconds": 60}),
+    ("import sys\nprint('e', file=sys.stderr)\nraise SystemExit(3)", {}),
+]
+
+
+def stable(result: dict[str, Any]) -> dict[str, Any]:
+    """A result without what differs from run to run (ids, times, the sandbox)."""
+    return {key: value for key, value in result.items() if key not in VOLATILE}
+
+
+def test_a_remote_session_gives_the_local_results(
+    remote: RemoteMemoryAPI, local: MemoryAPI
+) -> None:
+    """The same session calls give equal dicts locally and remotely (files and figures as bytes)."""
+    with local.open_session() as mine, remote.open_session() as theirs:
+        for code, kwargs in SESSION_CALLS:
+            local_result = mine.execute_code(code, **kwargs)
+            remote_result = theirs.execute_code(code, **kwargs)
+            assert remote_result["session_id"] == theirs.session_id
+            assert stable(remote_result) == stable(local_result), code
+        assert set(theirs.info()) == set(mine.info())
+        assert (theirs.language, theirs.policy, theirs.closed) == ("python", "strict", False)
+        copied = next(f for f in remote_result_files(theirs) if f["name"].endswith("copy.bin"))
+        assert copied["content"] == bytes(range(256)) * 3
+    assert theirs.closed and mine.closed
+    with remote.open_session() as streamed:
+        out: list[str] = []
+        code = "import time\nprint('a', flush=True)\ntime.sleep(0.3)\nprint('b')"
+        assert streamed.execute_code(code, on_stdout=out.append)["success"]
+        assert "".join(out) == "a\nb\n" and len(out) >= 2  # chunks as printed
+    with pytest.raises(SessionEndedError) as caught:
+        theirs.execute_code("1")
+    assert caught.value.reason == "closed by its caller"
+    theirs.close()  # idempotent, as locally
+    mine.close()
+
+
+def remote_result_files(session: Any) -> list[dict[str, Any]]:
+    """The output files of one more call that copies the input again (contents as bytes)."""
+    code = "import shutil\nshutil.copy('in.bin', 'out/copy.bin')"
+    return list(session.execute_code(code)["files"])
+
+
+def test_remote_sessions_are_listed_found_and_replayed(
+    remote: RemoteMemoryAPI, local: MemoryAPI
+) -> None:
+    """sessions(), session(id) and replay_session behave as the local ones."""
+    opened = remote.open_session(idle_timeout_seconds=120)
+    opened.execute_code("x = 41")
+    opened.execute_code("x += 1")
+    assert [s["session_id"] for s in remote.sessions()] == [opened.session_id]
+    found = remote.session(opened.session_id)
+    assert found.execute_code("print(x)")["stdout"] == "42\n"
+    opened.close()
+    with pytest.raises(SessionEndedError):
+        remote.session(opened.session_id)
+    replayed = remote.replay_session(opened.session_id)
+    try:
+        assert [r["success"] for r in replayed.replayed] == [True, True, True]
+        assert replayed.execute_code("print(x)")["stdout"] == "42\n"
+    finally:
+        replayed.close()
+    with local.open_session() as mine:
+        for code in ("x = 41", "x += 1", "print(x)"):
+            mine.execute_code(code)
+        local_replay = local.replay_session(mine.session_id)
+    with local_replay:
+        mine_results = [stable(r) for r in local_replay.replayed]
+    assert [stable(r) for r in replayed.replayed] == mine_results
+    assert remote.sessions() == []
+
+
+def test_one_shot_files_and_figures_match_the_local_run(
+    remote: RemoteMemoryAPI, local: MemoryAPI
+) -> None:
+    """execute_code(files=...) and the figure capture give the local dict, contents as bytes."""
+    code, kwargs = SESSION_CALLS[2]
+    assert stable(remote.execute_code(code, **kwargs)) == stable(local.execute_code(code, **kwargs))
+    plot, plot_kwargs = SESSION_CALLS[3]
+    theirs = remote.execute_code(plot, capture_figures=True, **plot_kwargs)
+    assert stable(theirs) == stable(local.execute_code(plot, **plot_kwargs))
+    assert theirs["artifacts"][0]["content"].startswith(b"\x89PNG")
+    off = remote.execute_code(plot, capture_figures=False, **plot_kwargs)
+    assert off["artifacts"] == []

@@ -75,6 +75,13 @@ OPERATIONS = {
     "POST /v1/consolidate",
     "GET /v1/policies",
     "GET /v1/policies/{name}",
+    "POST /v1/sessions",
+    "GET /v1/sessions",
+    "GET /v1/sessions/{session_id}",
+    "DELETE /v1/sessions/{session_id}",
+    "POST /v1/sessions/{session_id}/execute",
+    "POST /v1/sessions/{session_id}/execute/stream",
+    "POST /v1/sessions/{session_id}/replay",
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
@@ -160,15 +167,54 @@ def test_schema_names_every_operation(api_schema: Any) -> None:
 )
 @schema.parametrize()
 @pytest.mark.timeout(900)
-def test_no_request_makes_the_server_fail(case: schemathesis.Case[Any]) -> None:
+def test_no_request_makes_the_server_fail(
+    case: schemathesis.Case[Any], fuzz_server: ServiceServer, fuzz_session: str
+) -> None:
     """No request gets a 5xx, and every answer has a documented status, content type and body."""
-    calls = case.body.get("calls") if isinstance(case.body, dict) else None
-    if isinstance(calls, list) and len(calls) > MAX_BATCH_FUZZED:
+    body = case.body
+    calls = body.get("calls") if isinstance(body, dict) else None
+    if isinstance(body, dict) and isinstance(calls, list) and len(calls) > MAX_BATCH_FUZZED:
         # The coverage phase sends the boundary (1,000 real runs: minutes); the cap itself is
         # tested in test_service_hostile.py, and a few calls exercise the same code here.
-        case.body["calls"] = calls[:MAX_BATCH_FUZZED]
+        body["calls"] = calls[:MAX_BATCH_FUZZED]
+    operation = f"{case.operation.method.upper()} {case.operation.path}"
+    if operation in REAL_SESSION_OPERATIONS and SENT[operation].total() % 2 == 0:
+        # Half of the calls go to a real open session (a random id only ever finds none).
+        case.path_parameters = {**(case.path_parameters or {}), "session_id": fuzz_session}
     response = case.call_and_validate(checks=CHECKS)
-    SENT[f"{case.operation.method.upper()} {case.operation.path}"][response.status_code] += 1
+    SENT[operation][response.status_code] += 1
+    _close_opened(fuzz_server, operation, response)
+
+
+REAL_SESSION_OPERATIONS = {
+    "GET /v1/sessions/{session_id}",
+    "POST /v1/sessions/{session_id}/execute",
+    "POST /v1/sessions/{session_id}/execute/stream",
+}  # not replay: each would run every call the fuzz made in the session again
+
+
+def _close_opened(server: ServiceServer, operation: str, response: Any) -> None:
+    """Close the session a request opened (open or replay), so the fuzz leaves none open."""
+    if response.status_code != 201:
+        return
+    body = response.json()
+    info = body.get("session", body) if operation.endswith("/replay") else body
+    closed = httpx.delete(
+        f"{server.url}/v1/sessions/{info['session_id']}", headers=server.headers(), timeout=60
+    )
+    assert closed.status_code in {200, 410}, closed.text  # 410: it expired already
+
+
+@pytest.fixture(scope="module")
+def fuzz_session(fuzz_server: ServiceServer) -> Iterator[str]:
+    """A session of the fuzz tenant that fuzzed calls run in (closed at the end, if still open)."""
+    with fuzz_server.client() as client:
+        opened = client.post("/v1/sessions", json={"idle_timeout_seconds": 3600})
+        assert opened.status_code == 201, opened.text
+        session_id: str = opened.json()["session_id"]
+        yield session_id
+        if fuzz_server.process.poll() is None:  # the last test closes it and stops the server
+            client.delete(f"/v1/sessions/{session_id}")
 
 
 def _containers(
@@ -188,7 +234,7 @@ def _containers(
 
 
 def test_after_the_fuzz_the_server_answers_and_leaves_nothing(
-    fuzz_server: ServiceServer, server_owner: dict[str, str]
+    fuzz_server: ServiceServer, server_owner: dict[str, str], fuzz_session: str
 ) -> None:
     """After the fuzz: /healthz answers, no run's container is left, and none at all once stopped."""
     print("requests sent by the fuzz, by operation and status:")
@@ -200,6 +246,10 @@ def test_after_the_fuzz_the_server_answers_and_leaves_nothing(
     health = httpx.get(f"{fuzz_server.url}/healthz", timeout=10)
     assert health.status_code == 200, health.text
     assert health.json() == {"status": "ok"}
+    with fuzz_server.client() as client:
+        leftover = {s["session_id"] for s in client.get("/v1/sessions").json()["sessions"]}
+        assert leftover <= {fuzz_session}, "the fuzz left sessions open"
+        client.delete(f"/v1/sessions/{fuzz_session}")  # its own (a fuzzed call may have ended it)
     runs_gone = wait_until(lambda: not _containers(fuzz_server, server_owner, False), timeout=15)
     assert runs_gone, [c["Names"] for c in _containers(fuzz_server, server_owner, False)]
     started = time.monotonic()

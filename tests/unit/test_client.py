@@ -21,13 +21,20 @@ import pytest
 
 from athena.api import MemoryAPI
 from athena.service import wire
-from athena.service.client import CONNECT_TIMEOUT_SECONDS, RUN_MARGIN_SECONDS, RemoteMemoryAPI
+from athena.service.client import (
+    CONNECT_TIMEOUT_SECONDS,
+    RUN_MARGIN_SECONDS,
+    RemoteMemoryAPI,
+    RemoteSession,
+)
+from athena.sessions import SandboxSession
 from memory_store.errors import RecordNotFoundError, StoreError
 from memory_store.requests import NewMemory
 from orchestrator.errors import (
     PolicyError,
     PolicyNotFoundError,
     RequestError,
+    SessionEndedError,
     UnknownLanguageError,
 )
 from orchestrator.models import ExecutionRequest
@@ -140,20 +147,41 @@ def public_methods(cls: type) -> dict[str, Any]:
     }
 
 
-def test_the_remote_api_has_the_local_methods_and_signatures() -> None:
-    """Every public method of MemoryAPI is on RemoteMemoryAPI with the very same signature."""
-    local = public_methods(MemoryAPI)
-    remote = public_methods(RemoteMemoryAPI)
-    assert set(local) - LOCAL_ONLY == set(remote) - REMOTE_ONLY
+def same_signature(remote: Any, local: Any) -> inspect.Signature:
+    """The local signature, its session return type renamed to the remote one's."""
+    signature = inspect.signature(local)
+    if signature.return_annotation == "SandboxSession":
+        return signature.replace(return_annotation="RemoteSession")
+    return signature
+
+
+def assert_same_methods(remote_cls: type, local_cls: type, local_only: set[str]) -> None:
+    local = public_methods(local_cls)
+    remote = public_methods(remote_cls)
+    assert set(local) - local_only == set(remote) - REMOTE_ONLY
     for name in set(remote) - REMOTE_ONLY:
-        if isinstance(local[name], property):  # tenant: a read-only property on both sides
+        if isinstance(local[name], property):  # read-only properties on both sides
             assert isinstance(remote[name], property) and remote[name].fset is None, name
             assert remote[name].fget.__annotations__ == local[name].fget.__annotations__, name
             continue
-        assert inspect.signature(remote[name]) == inspect.signature(local[name]), name
+        assert inspect.signature(remote[name]) == same_signature(remote[name], local[name]), name
         assert inspect.iscoroutinefunction(remote[name]) == inspect.iscoroutinefunction(
             local[name]
         ), name
+
+
+def test_the_remote_api_has_the_local_methods_and_signatures() -> None:
+    """Every public method of MemoryAPI is on RemoteMemoryAPI with the very same signature."""
+    assert_same_methods(RemoteMemoryAPI, MemoryAPI, LOCAL_ONLY)
+    assert {"open_session", "session", "sessions", "replay_session"} <= set(
+        public_methods(RemoteMemoryAPI)
+    )
+
+
+def test_the_remote_session_has_the_local_session_methods_and_signatures() -> None:
+    """RemoteSession has SandboxSession's methods and properties with the same signatures."""
+    assert_same_methods(RemoteSession, SandboxSession, set())
+    assert "replayed" in RemoteSession(None, {"session_id": "s"}).__dict__  # type: ignore[arg-type]
 
 
 def test_connect_returns_a_remote_api() -> None:
@@ -602,3 +630,98 @@ def test_cancelling_the_async_run_closes_its_response() -> None:
 
     asyncio.run(asyncio.wait_for(run_and_cancel(), 10))
     assert body.closed.is_set() and seen == [EVENTS[0]]
+
+
+# --------------------------------------------------------------------------- files and sessions
+
+INFO = {"session_id": "s1", "language": "python", "policy": "strict", "state": "open"}
+ITEM = {"name": "o.bin", "size": 2, "sha256": "h", "mime_type": "application/octet-stream"}
+
+
+def sessions_server(ended: set[str]) -> Handler:
+    """A mock of the session routes: s1 is open until DELETE, then 410 with the reason."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        path, method = request.url.path, request.method
+        if path.startswith("/v1/sessions/s1") and "s1" in ended:
+            body = wire.envelope("SessionEndedError", "s1 ended: closed", reason="closed")
+            return httpx.Response(410, json=body)
+        if (method, path) == ("POST", "/v1/sessions"):
+            return httpx.Response(201, json=INFO)
+        if (method, path) == ("DELETE", "/v1/sessions/s1"):
+            ended.add("s1")
+            return httpx.Response(200, json={**INFO, "state": "ended"})
+        if (method, path) == ("POST", "/v1/sessions/s1/execute/stream"):
+            return streaming(sse(*EVENTS))(request)
+        if (method, path) == ("POST", "/v1/sessions/s1/execute"):
+            files = [{**ITEM, "content": "AP8="}]
+            result = {**RESULT, "session_id": "s1", "files": files, "artifacts": []}
+            return httpx.Response(200, json=result)
+        return httpx.Response(200, json=INFO)
+
+    return handle
+
+
+def test_a_session_call_sends_files_as_base64_and_returns_bytes() -> None:
+    """open_session posts its arguments; a call's bytes go as base64 and come back as bytes."""
+    api, mock = client(sessions_server(set()))
+    session = api.open_session("python", "strict", 60, 120, image="img")
+    assert mock.body() == {
+        "language": "python",
+        "sandbox_policy": "strict",
+        "idle_timeout_seconds": 60,
+        "max_lifetime_seconds": 120,
+        "image": "img",
+    }
+    result = session.execute_code("x", {"a": 1}, 5, {"in.bin": b"\x00\xff", "t.txt": "hé"})
+    assert mock.last.url.path == "/v1/sessions/s1/execute"
+    assert mock.body()["files"] == {"in.bin": {"base64": "AP8="}, "t.txt": "hé"}
+    assert mock.body()["timeout_seconds"] == 5 and "capture_figures" not in mock.body()
+    assert result["files"][0]["content"] == b"\x00\xff" and result["session_id"] == "s1"
+
+
+def test_a_session_call_with_callbacks_is_streamed() -> None:
+    """on_stdout/on_stderr stream the call from the session's stream route, chunk by chunk."""
+    api, mock = client(sessions_server(set()))
+    session = api.open_session()
+    out: list[str] = []
+    err: list[str] = []
+    result = session.execute_code("x", on_stdout=out.append, on_stderr=err.append)
+    assert mock.last.url.path == "/v1/sessions/s1/execute/stream"
+    assert mock.last.headers["accept"] == "text/event-stream"
+    assert (out, err, result) == (["hi\n"], ["warn: é\r\n"], RESULT)
+
+
+def test_a_closed_session_raises_session_ended_with_the_servers_reason() -> None:
+    """After close (idempotent) a call is a 410: SessionEndedError with the reason; closed."""
+    api, mock = client(sessions_server(set()))
+    with api.open_session() as session:
+        assert not session.closed
+    assert (mock.last.method, mock.last.url.path) == ("DELETE", "/v1/sessions/s1")
+    assert session.closed and session.info()["state"] == "ended"
+    session.close()  # nothing more is sent
+    with pytest.raises(SessionEndedError) as caught:
+        session.execute_code("1")
+    assert caught.value.reason == "closed" and "s1 ended" in str(caught.value)
+
+
+@pytest.mark.parametrize("session_id", ["", "a/b", 7, "x" * 257])
+def test_an_id_no_session_can_have_is_refused_before_sending(session_id: Any) -> None:
+    """An id that no URL path can carry raises SessionEndedError, as a local lookup does."""
+    api, _ = client(never)
+    with pytest.raises(SessionEndedError):
+        api.session(session_id)
+
+
+def test_replay_returns_a_session_with_the_replayed_results() -> None:
+    """replay_session posts to the recorded id; the results come back with bytes contents."""
+    replayed = [{**RESULT, "files": [{**ITEM, "content": "AP8="}], "artifacts": []}]
+    api, mock = client(answer({"session": {**INFO, "session_id": "s2"}, "replayed": replayed}))
+    session = api.replay_session("s1", idle_timeout_seconds=30, files={"a": b"\x01"})
+    assert mock.last.url.path == "/v1/sessions/s1/replay"
+    assert mock.body() == {
+        "idle_timeout_seconds": 30,
+        "max_lifetime_seconds": 3600,
+        "files": {"a": {"base64": "AQ=="}},
+    }
+    assert session.session_id == "s2" and session.replayed[0]["files"][0]["content"] == b"\x00\xff"

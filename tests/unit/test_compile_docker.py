@@ -29,7 +29,7 @@ from orchestrator.backends.docker.owners import (
     owner_labels,
     process_start_ticks,
 )
-from orchestrator.backends.protocol import encode_request
+from orchestrator.backends.protocol import FLAG_FIGURES, encode_request
 from orchestrator.backends.reader import outcome_from_frames
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import SandboxFailedError
@@ -410,7 +410,7 @@ def test_the_backend_sends_the_encoded_request_and_reads_the_exit(
     assert run_on(api, request, 2.5) == {"exit_code": 0, "run_ms": 2.0}
     blob = get_language("bash").parameters_blob({"n": 3})
     assert sent_request(peer) == encode_request(
-        b"echo $PARAM_N", blob, 2500, 1048576, NONCE, b"", 64 * 1024 * 1024
+        b"echo $PARAM_N", blob, 2500, 1048576, NONCE, b"", 64 * 1024 * 1024, FLAG_FIGURES
     )
     assert api.created["Image"] == "athena-sandbox/bash:latest"
     assert api.created["Labels"][LABEL_RUN] == request.execution_id

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import json
 from collections.abc import Awaitable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from jsonschema import Draft202012Validator
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, LoggingMessageNotificationParams
@@ -16,9 +20,21 @@ from pydantic import ValidationError
 from athena.api import MemoryAPI
 from athena.service.inflight import InFlight
 from athena.service.mcp import arguments_message, build_mcp_server
-from athena.service.mcp_tools import TEXT_LIMIT, TOOLS, TOOLS_BY_NAME, run_summary
+from athena.service.mcp_limits import json_size
+from athena.service.mcp_results import encode_blobs
+from athena.service.mcp_sessions import check_replay_policy
+from athena.service.mcp_tools import (
+    TEXT_LIMIT,
+    TOOLS,
+    TOOLS_BY_NAME,
+    Base64File,
+    decode_files,
+    run_summary,
+)
 from athena.service.tokens import local_tenant, make_tenant
 from athena.service.wire import ServiceUnavailableError
+from orchestrator.errors import PolicyError
+from orchestrator.models import OutputFile
 from orchestrator.testing import FakeBackend, FakeRun
 
 
@@ -206,3 +222,123 @@ def test_runs_respect_the_drain_and_the_in_flight_limit(api: MemoryAPI) -> None:
     assert too_many.content[0].text.startswith("TooManyRuns: tenant 'team'")
     assert refused.content[0].text.startswith("Draining: the server is shutting down")
     assert in_flight.counts() == {"team": 1}  # the refused run took no slot
+
+
+# --- files in and out, figures, sessions (issue #12) ------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+"""Bytes that pass for a PNG (the server never decodes them)."""
+
+
+class FilesBackend(FakeBackend):
+    """A fake backend whose runs return a CSV file and a PNG figure."""
+
+    def run(self, request: Any, spec: Any, context: Any) -> Any:
+        """Run as the fake does, then return ``out/result.csv`` and ``figure-1.png``."""
+        outcome = super().run(request, spec, context)
+        csv = OutputFile(name="result.csv", size=4, sha256="0" * 64, mime_type="text/csv",
+                         content=b"a,b\n")  # fmt: skip
+        figure = OutputFile(name="figure-1.png", size=len(PNG), sha256="1" * 64,
+                            mime_type="image/png", content=PNG)  # fmt: skip
+        return dataclasses.replace(outcome, files=(csv,), artifacts=(figure,))
+
+
+def test_execute_code_takes_files_and_returns_files_and_figures(tmp_path: Path) -> None:
+    """Text and base64 files reach the run; files and PNGs come back as base64 and images."""
+    backend = FilesBackend(FakeRun(stdout="done\n"))
+    with MemoryAPI.create(tmp_path / "m.db", backends=[backend]) as api:
+        files = {"data.txt": "héllo", "raw.bin": {"base64": base64.b64encode(b"\x00\xff").decode()}}
+        (result,) = call(api, "auto", ("execute_code", {"code": "1", "files": files}))
+    sent = {f.name: f.data for f in backend.requests[0].files}
+    assert sent == {"data.txt": "héllo".encode(), "raw.bin": b"\x00\xff"}
+    data = result.structured_content
+    assert base64.b64decode(data["files"][0]["content"]) == b"a,b\n"
+    assert base64.b64decode(data["artifacts"][0]["content"]) == PNG
+    text, image = result.content
+    assert image.type == "image" and image.mime_type == "image/png"
+    assert base64.b64decode(image.data) == PNG
+    assert "file out/result.csv: 4 bytes, text/csv" in text.text
+    assert "figure figure-1.png:" in text.text and "(shown as an image)" in text.text
+    assert data["artifacts"][0]["content"] not in text.text  # no base64 in the text block
+
+
+def test_bad_base64_is_a_tool_error_naming_the_file(api: MemoryAPI) -> None:
+    """A file whose base64 does not decode is refused, naming the file; nothing runs."""
+    files = {"x.bin": {"base64": "not base64!"}}
+    (result,) = call(api, "auto", ("execute_code", {"code": "1", "files": files}))
+    assert result.is_error
+    assert result.content[0].text.startswith('RequestError: files["x.bin"].base64')
+
+
+def test_decode_files_keeps_text_and_decodes_bytes() -> None:
+    """Text stays text (the library encodes it as UTF-8); base64 becomes bytes."""
+    files = {"a.txt": "x", "b.bin": Base64File(base64="AAE=")}
+    assert decode_files(files) == {"a.txt": "x", "b.bin": b"\x00\x01"}
+    assert decode_files(None) is None
+
+
+def test_blob_contents_that_do_not_fit_are_omitted_largest_first() -> None:
+    """Over the budget the largest contents go, marked; the rest stays whole and decodable."""
+    small = {"name": "s", "size": 10, "sha256": "", "mime_type": "x", "content": b"s" * 10}
+    large = {"name": "l", "size": 90_000, "sha256": "", "mime_type": "x", "content": b"l" * 90_000}
+    result = {"stdout": "y" * 50_000, "files": [large, small], "artifacts": []}
+    data = encode_blobs(result, budget=64 * 1024)
+    assert json_size(data) <= 64 * 1024
+    kept_large, kept_small = data["files"]
+    assert kept_large["content"] is None and "too large" in kept_large["content_omitted"]
+    assert base64.b64decode(kept_small["content"]) == b"s" * 10
+    assert data["files"][0]["size"] == 90_000  # the metadata stays
+
+
+def test_every_input_schema_is_valid_json_schema() -> None:
+    """Each tool's input schema passes the JSON Schema meta-schema and takes its defaults."""
+    policies = [{"name": "strict", "summary": "no network"}]
+    for tool in TOOLS:
+        schema = tool.input_schema(policies)
+        Draft202012Validator.check_schema(schema)
+        assert "$ref" not in json.dumps(schema)  # inlined for clients that do not follow refs
+        example = {name: "x" for name in schema.get("required", [])}
+        if tool.name in {"generate_procedure_code"}:
+            example = {"procedure_id": 1}
+        if tool.name == "remember_procedure":
+            example["steps"] = ["a"]
+        Draft202012Validator(schema).validate(example)
+    files = TOOLS_BY_NAME["execute_in_session"].input_schema(policies)
+    checker = Draft202012Validator(files)
+    checker.validate({"session_id": "s", "code": "1", "files": {"a": "t", "b": {"base64": "AA=="}}})
+    assert not checker.is_valid({"session_id": "s", "code": "1", "files": {"b": {"hex": "00"}}})
+
+
+def test_session_calls_on_unknown_sessions_say_what_to_do(api: MemoryAPI) -> None:
+    """Without Docker no session opens; calls on an unknown one are errors saying what to do."""
+    results = call(
+        api,
+        "legacy",
+        ("open_session", {"language": "python"}),
+        ("open_session", {"sandbox_policy": "development"}),
+        ("execute_in_session", {"session_id": "nope", "code": "1"}),
+        ("close_session", {"session_id": "nope"}),
+        ("list_sessions", {}),
+        ("replay_session", {"session_id": "nope"}),
+    )
+    opened, gated, run, closed, listed, replayed = results
+    assert "docker mode only" in opened.content[0].text  # the fake backend has no sessions
+    assert gated.content[0].text.startswith("PolicyError") and "strict" in gated.content[0].text
+    for refused in (run, closed):
+        assert refused.is_error
+        assert refused.content[0].text.startswith("SessionEndedError: no open session 'nope'")
+        assert "open a new one" in refused.content[0].text
+    assert listed.structured_content == {"sessions": []}
+    assert replayed.is_error and "no recorded calls of session 'nope'" in replayed.content[0].text
+
+
+def test_replay_refuses_a_policy_the_tenant_may_not_use(api: MemoryAPI) -> None:
+    """A recorded session's policy goes through the gate: development or a widened strict no."""
+    for policy in ("strict", "development", {"extends": "strict", "network": {"mode": "open"}}):
+        api.execute_code("1", sandbox_policy=policy)
+    widened, development, strict = api.store.list_executions(limit=3)
+    tenant = local_tenant()
+    check_replay_policy([strict], tenant)  # strict is the tenant's
+    for record in (development, widened):
+        with pytest.raises(PolicyError, match="reaches more than tenant 'default' may use"):
+            check_replay_policy([record], tenant)

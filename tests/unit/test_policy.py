@@ -104,6 +104,7 @@ def test_research_extends_strict_with_read_only_project_and_more_memory() -> Non
     assert research.network.allowed_domains == (
         "pypi.org",
         "files.pythonhosted.org",
+        "registry.npmjs.org",
         "github.com",
         "api.github.com",
     )

@@ -21,6 +21,8 @@ from orchestrator.backends.protocol import (
     ProtocolError,
     encode_request,
     new_nonce,
+    session_nonce,
+    siphash24,
 )
 from orchestrator.backends.reader import RunReader
 from orchestrator.context import ExecutionContext
@@ -51,12 +53,12 @@ MUXED = b"".join(block(stream, payload) for stream, payload in BLOCKS)
 
 
 def test_encode_request_is_a_header_line_then_code_then_blob() -> None:
-    """The request is 'ATHENA/3 <code> <blob> <files> <timeout ms> <max out> <files cap> <nonce>\\n',
-    then the code, the blob and the files."""
+    """The request is 'ATHENA/3 <code> <blob> <files> <timeout ms> <max out> <files cap> <flags>
+    <nonce>\\n', then the code, the blob and the files."""
     code = "print('é')".encode()
-    request = encode_request(code, b'{"n": 1}', 30000, 1048576, "ab12", b"2 1\nabX", 4096)
+    request = encode_request(code, b'{"n": 1}', 30000, 1048576, "ab12", b"2 1\nabX", 4096, 1)
     assert request == (
-        b"ATHENA/3 11 8 7 30000 1048576 4096 ab12\nprint('\xc3\xa9'){\"n\": 1}2 1\nabX"
+        b"ATHENA/3 11 8 7 30000 1048576 4096 1 ab12\nprint('\xc3\xa9'){\"n\": 1}2 1\nabX"
     )
     assert PROTOCOL == "ATHENA/3"
 
@@ -64,7 +66,7 @@ def test_encode_request_is_a_header_line_then_code_then_blob() -> None:
 def test_encode_request_counts_bytes_of_binary_code() -> None:
     """Lengths count bytes, so code holding newlines or NUL cannot shift the blob."""
     request = encode_request(b"a\n\x00b", b"", 1, 1024, "ab12")
-    assert request == b"ATHENA/3 4 0 0 1 1024 0 ab12\na\n\x00b"
+    assert request == b"ATHENA/3 4 0 0 1 1024 0 0 ab12\na\n\x00b"
 
 
 # --------------------------------------------------------------------------- frames
@@ -200,3 +202,24 @@ def test_a_failure_frame_before_the_start_is_the_runner_s() -> None:
     reader = RunReader(context, "abc", nonce="n0nce")
     with pytest.raises(SandboxFailedError, match="bad request header"):
         reader.take(block(1, frame(FRAME_FAILURE, b"bad request header: Protocol error")))
+
+
+# --------------------------------------------------------------------------- session nonces
+
+
+def test_siphash_matches_the_reference_vectors() -> None:
+    """SipHash-2-4 under key 00..0f gives the reference outputs (empty, one byte, eight bytes)."""
+    key = bytes(range(16))
+    assert siphash24(key, b"") == 0x726FDB47DD0E0E31
+    assert siphash24(key, b"\x00") == 0x74F839C593DC67FD
+    assert siphash24(key, bytes(range(8))) == 0x93F5F5799A932462
+
+
+def test_session_nonces_differ_per_call_and_per_key() -> None:
+    """A session's nonces are 32 hex digits, new for every call, and depend on the key."""
+    key, other = bytes(range(16)), bytes(range(1, 17))
+    nonces = [session_nonce(key, n) for n in range(100)]
+    assert all(len(n) == 32 and int(n, 16) >= 0 for n in nonces)
+    assert len(set(nonces)) == 100
+    assert session_nonce(other, 0) != nonces[0]
+    assert session_nonce(key, 0) == nonces[0]

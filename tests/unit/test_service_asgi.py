@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -12,28 +13,33 @@ from typing import Any
 
 import pytest
 
-from athena.service import http_runs
+from athena.service import http_runs, schemas, wire
 from athena.service.asgi import (
     TENANT_KEY,
     AuthMiddleware,
     BodyLimitMiddleware,
     Message,
     bearer_token,
+    carries_files,
 )
+from athena.service.gate import check_recorded_policy
 from athena.service.http import error_response, status_of
 from athena.service.inflight import InFlight
 from athena.service.metrics import outcome_of
 from athena.service.serve import check_listen, is_loopback
-from athena.service.tokens import TokenFile, local_tenant
+from athena.service.tokens import Tenant, TokenFile, local_tenant
 from athena.service.wire import TooManyRunsError
 from memory_store.errors import RecordNotFoundError, StoreError
 from orchestrator.errors import (
+    PolicyError,
     PolicyNotFoundError,
     QueueFullError,
     RequestError,
+    SessionEndedError,
     UnknownLanguageError,
 )
 from orchestrator.models import ExecutionResult, Violation
+from orchestrator.policy import load_policy
 
 
 class Recorder:
@@ -231,6 +237,78 @@ def test_status_of_each_error_class() -> None:
     assert status_of(TooManyRunsError("x")) == 429
     assert status_of(QueueFullError("x")) == 429
     assert status_of(StoreError("x")) == 503
+    assert status_of(SessionEndedError("x")) == 410
+
+
+def test_a_session_ended_error_says_which_session_and_why() -> None:
+    """A 410 envelope carries the session's id and the reason, which the client rebuilds."""
+    response = error_response(SessionEndedError("over", session_id="s1", reason="idle"))
+    body = json.loads(bytes(response.body))
+    assert response.status_code == 410
+    assert body["error"] == {
+        "type": "SessionEndedError",
+        "message": "over",
+        "session_id": "s1",
+        "reason": "idle",
+    }
+    rebuilt = wire.error_from(body, 410)
+    assert isinstance(rebuilt, SessionEndedError)
+    assert (str(rebuilt), rebuilt.session_id, rebuilt.reason) == ("over", "s1", "idle")
+
+
+@pytest.mark.parametrize(
+    ("path", "carries"),
+    [
+        ("/v1/execute", True),
+        ("/v1/execute/stream", True),
+        ("/v1/execute/batch", True),
+        ("/v1/sessions/abc/execute", True),
+        ("/v1/sessions/abc/replay", True),
+        ("/v1/sessions/abc/execute/stream", True),
+        ("/v1/sessions", False),
+        ("/v1/sessions//execute", False),
+        ("/v1/sessions/abc/execute/x", False),
+        ("/v1/memories", False),
+        ("/mcp", False),
+    ],
+)
+def test_which_paths_take_files(path: str, carries: bool) -> None:
+    """Only the routes whose bodies hold files get the larger body limit."""
+    assert carries_files(path) is carries
+
+
+def test_routes_with_files_have_the_larger_body_limit() -> None:
+    """A body over the general limit reaches a files route, and is 413 anywhere else."""
+    for path, status in (("/v1/sessions/s/execute", 204), ("/v1/memories", 413)):
+        limiter = BodyLimitMiddleware(Recorder(), 100, files_max_bytes=1000)
+        sent, _ = _call(limiter, _scope(path), [b"x" * 500])
+        assert _status(sent) == status, path
+    sent, _ = _call(BodyLimitMiddleware(Recorder(), 100, 1000), _scope(), [b"x" * 1001])
+    assert _status(sent) == 413 and "1000 bytes" in _body(sent)["error"]["message"]
+
+
+def test_files_cross_json_as_text_or_base64_and_come_back_as_bytes() -> None:
+    """Input bytes go as base64 objects (text as text); results' contents round-trip exactly."""
+    data = bytes(range(256))
+    sent = wire.files_to_wire({"a.txt": "hé", "b.bin": data})
+    assert sent == {"a.txt": "hé", "b.bin": {"base64": base64.b64encode(data).decode()}}
+    assert wire.files_from_wire(json.loads(json.dumps(sent))) == {"a.txt": "hé", "b.bin": data}
+    item = {"name": "b.bin", "size": 256, "sha256": "x", "mime_type": "m", "content": data}
+    result = {"success": True, "files": [item], "artifacts": [{**item, "name": "f.png"}]}
+    over_json = json.loads(json.dumps(wire.result_to_wire(result)))
+    assert isinstance(over_json["files"][0]["content"], str)
+    assert wire.result_from_wire(over_json) == result
+    exit_event = {"type": "exit", "result": result}
+    wired_event = json.loads(json.dumps(wire.event_to_wire(exit_event)))
+    assert wire.event_from_wire(wired_event) == exit_event
+    plain = {"success": True, "files": [], "artifacts": []}
+    assert wire.result_to_wire(plain) is plain  # nothing to encode: nothing copied
+
+
+def test_bad_base64_is_a_request_error_naming_the_file() -> None:
+    """A files item whose base64 does not decode is refused before anything runs."""
+    with pytest.raises(RequestError, match=r"files\['data.bin'\]\.base64"):
+        wire.files_from_wire({"data.bin": {"base64": "not base64!"}})
 
 
 def test_outcome_labels() -> None:
@@ -313,7 +391,13 @@ class FakeRuns:
 
     async def execute_code_async(self, **call: Any) -> dict[str, Any]:
         self.calls.append(call)
-        return {"success": True, "stdout": f"ran {call['code']}"}
+        result: dict[str, Any] = {"success": True, "stdout": f"ran {call['code']}"}
+        if call.get("files"):  # the files sent come back as output files, contents as bytes
+            result["files"] = [
+                {"name": name, "content": data if isinstance(data, bytes) else data.encode()}
+                for name, data in call["files"].items()
+            ]
+        return result
 
 
 def _fast(body: bytes, content_type: str = "application/json", query: bytes = b"") -> Any:
@@ -346,6 +430,9 @@ def test_a_valid_execute_body_is_run_without_the_router() -> None:
         (b'{"code": "\xff"}', "application/json", b""),  # not UTF-8
         (b'{"code": "print(1)"}', "text/plain", b""),  # another content type
         (b'{"code": "print(1)"}', "application/json", b"x=1"),  # a query string
+        (b'{"code": "1", "files": {"a": 1}}', "application/json", b""),  # a file not text
+        (b'{"code": "1", "files": {"a": {"b64": "AA=="}}}', "application/json", b""),
+        (b'{"code": "1", "capture_figures": "no"}', "application/json", b""),
     ],
 )
 def test_anything_else_goes_to_the_route_with_its_body_intact(
@@ -355,6 +442,38 @@ def test_anything_else_goes_to_the_route_with_its_body_intact(
     sent, inner, runs, _ = _fast(body, content_type, query)
     assert inner.called and inner.body == body
     assert _status(sent) == 204 and not runs.calls
+
+
+FILES_BODY = {
+    "code": "x",
+    "files": {"a.txt": "hé", "b.bin": {"base64": "AP8="}},
+    "capture_figures": False,
+    "image": "athena-sandbox/python-custom",
+}
+
+
+def test_files_figures_and_image_take_the_fast_path_as_the_route_would() -> None:
+    """The issue-12 fields reach the run exactly as the route's own call would pass them."""
+    sent, inner, runs, _ = _fast(json.dumps(FILES_BODY).encode())
+    assert not inner.called and _status(sent) == 200
+    route_call = http_runs._call(schemas.ExecuteBody.model_validate(FILES_BODY), local_tenant())
+    fast_call = runs.calls[0]
+    assert fast_call["sandbox_policy"] == route_call.pop("sandbox_policy")
+    assert {k: v for k, v in fast_call.items() if k != "sandbox_policy"} == route_call
+    assert fast_call["files"] == {"a.txt": "hé", "b.bin": b"\x00\xff"}
+    assert fast_call["capture_figures"] is False
+    assert fast_call["image"] == "athena-sandbox/python-custom"
+    contents = [item["content"] for item in _body(sent)["files"]]
+    assert contents == [base64.b64encode("hé".encode()).decode(), "AP8="]  # bytes as base64
+
+
+def test_bad_base64_on_the_fast_path_is_the_routes_400() -> None:
+    """A files item that is not base64 is a 400 RequestError naming it; nothing runs."""
+    body = {"code": "x", "files": {"b.bin": {"base64": "@@"}}}
+    sent, inner, runs, _ = _fast(json.dumps(body).encode())
+    assert not inner.called and not runs.calls and _status(sent) == 400
+    assert _body(sent)["error"]["type"] == "RequestError"
+    assert "files['b.bin']" in _body(sent)["error"]["message"]
 
 
 def test_what_the_run_raises_gets_the_routes_error_response() -> None:
@@ -372,3 +491,17 @@ def test_a_client_gone_before_its_body_gets_nothing_and_runs_nothing() -> None:
     scope = _scope(headers={"Content-Type": "application/json"})
     sent, _reads = _call(app, scope, [])
     assert sent == [] and not inner.called and not runs.calls
+
+
+def test_a_recorded_policy_is_replayed_only_if_the_tenant_may_use_it() -> None:
+    """Replay re-checks the recorded policy: a shipped one by name, an inline one by its reach."""
+    strict_only = Tenant(name="bob", policies=("strict",))
+    narrowed = load_policy({"extends": "strict", "name": "tight", "limits": {"memory_mb": 64}})
+    research = load_policy("research")
+    check_recorded_policy("strict", load_policy("strict").model_dump(mode="json"), strict_only)
+    check_recorded_policy("tight", narrowed.model_dump(mode="json"), strict_only)
+    with pytest.raises(PolicyError, match="may not use policy 'research'"):
+        check_recorded_policy("research", research.model_dump(mode="json"), strict_only)
+    wider = research.model_copy(update={"name": "wide"}).model_dump(mode="json")
+    with pytest.raises(PolicyError, match="cannot be replayed"):
+        check_recorded_policy("wide", wider, strict_only)

@@ -46,15 +46,21 @@ from orchestrator.backends.docker.watchdog import Watchdog
 from orchestrator.backends.mountstage import MountStage
 from orchestrator.backends.mountstage import sweep_stale as sweep_stale_mounts
 from orchestrator.backends.pool import WarmPool
-from orchestrator.backends.protocol import encode_request, new_nonce
+from orchestrator.backends.protocol import (
+    FLAG_FIGURES,
+    encode_request,
+    new_nonce,
+    session_nonce,
+)
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import BackendUnavailableError, RunCancelledError, SandboxFailedError
 from orchestrator.files import FIGURES_DIR, encode_files
 from orchestrator.guard import runtime_guard
 from orchestrator.languages import get_language
-from orchestrator.models import ExecutionRequest
+from orchestrator.models import ExecutionRequest, Isolation
+from orchestrator.packages import install_plan
 from orchestrator.policy import Policy
-from orchestrator.run import RunOutcome, RunSpec
+from orchestrator.run import ExitReport, RunOutcome, RunSpec, build_outcome
 from orchestrator.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -66,6 +72,8 @@ NEVER_STARTED_ATTEMPTS = 3
 # A session call's time to stop after the runner interrupts it at its timeout (runner.c's
 # INTERRUPT_GRACE_NS): only then does the runner kill it.
 INTERRUPT_GRACE_S = 1.0
+# How long a session call waits for its runner to take the request (it is already running).
+SESSION_BEGIN_WAIT_S = 5.0
 _WATCHDOG_LABELS = (LABEL_OWNER_PID, LABEL_OWNER_STARTED, LABEL_OWNER_HOST)
 
 
@@ -212,7 +220,7 @@ class DockerBackend:
         blueprint = self._blueprints.build(
             engine, request.language, request.policy, spec, request.image
         )
-        message = _message(request, spec)
+        message = _message(request, spec, self._settings)
         driver = Driver(engine, self._live, self._egress, self._settings.startup_timeout)
         for attempt in range(1, NEVER_STARTED_ATTEMPTS + 1):
             if spec.cancel.cancelled:
@@ -294,15 +302,31 @@ class DockerBackend:
         """
         engine = self._connect()
         grace = KILL_GRACE_S + INTERRUPT_GRACE_S
-        driver = Driver(engine, self._live, self._egress, self._settings.startup_timeout, grace)
+        # The session's runner is up and waiting: a call it does not take at once (its request
+        # went elsewhere) fails in seconds, not at the start-up timeout.
+        begin_wait = min(self._settings.startup_timeout, SESSION_BEGIN_WAIT_S)
+        driver = Driver(engine, self._live, self._egress, begin_wait, grace)
         try:
-            return driver.drive(sandbox, _message(request, spec), request, spec, context, keep=True)
+            message = _message(request, spec, self._settings, sandbox)
+            return driver.drive(sandbox, message, request, spec, context, keep=True)
         except NeverStarted as exc:
             if spec.cancel.cancelled:
                 raise RunCancelledError("the call was cancelled before it started") from exc
+            # Under gVisor a memory limit hit between calls takes the whole sandbox, runner and
+            # all: the engine's log says so, and the session ends for it as for any violation.
+            if driver.ran_out_of_memory(sandbox.container_id, sandbox.idle_since):
+                isolation = Isolation(
+                    mode="docker", runtime=sandbox.runtime, path=sandbox.path, image=sandbox.image
+                )
+                report = ExitReport(oom_killed=True, session_alive=False, between_calls=True)
+                return build_outcome(
+                    report, isolation=isolation, sandbox_id=sandbox.container_id[:12], started=False
+                )
             raise SandboxFailedError(
                 f"the session's sandbox ended before the call started: {exc}"
             ) from exc
+        finally:
+            sandbox.idle_since = time.time()
 
     def let_go(self, sandbox: Sandbox) -> None:
         """Kill and remove a session's container (the session ended or lost its state)."""
@@ -387,21 +411,34 @@ class DockerBackend:
             self._live.release(engine, sandbox.container_id, finished=False)
 
 
-def _message(request: ExecutionRequest, spec: RunSpec) -> Message:
-    """The request as the runner reads it, with a fresh nonce for its reports."""
-    nonce = new_nonce()
+def _message(
+    request: ExecutionRequest, spec: RunSpec, settings: Settings, sandbox: Sandbox | None = None
+) -> Message:
+    """The request as the runner reads it, with a fresh nonce for its reports.
+
+    With a session's ``sandbox``: the nonce derived for its next call; the header carries the
+    session's key (first call) or the call's number.
+    """
+    nonce = header_nonce = new_nonce()
+    if sandbox is not None:
+        call = sandbox.session_calls
+        sandbox.session_calls += 1
+        nonce = session_nonce(sandbox.session_key, call)
+        header_nonce = sandbox.session_key.hex() if call == 0 else f"{call:x}"
     payload = encode_request(
         request.code.encode("utf-8", errors="surrogatepass"),
         get_language(request.language).request_blob(
             request.parameters,
             runtime_guard(request.policy, request.language),
             FIGURES_DIR if request.capture_figures else None,
+            install_plan(request.requirements, request.language, settings),
         ),
         max(1, round(spec.timeout_seconds * 1000)),  # 0 would mean "no deadline"
         request.policy.limits.max_output_bytes,
-        nonce,
+        header_nonce,
         encode_files(request.files),
         request.policy.files.max_out_bytes,
+        FLAG_FIGURES if request.capture_figures else 0,
     )
     return Message(payload, nonce)
 

@@ -250,6 +250,10 @@ class Driver:
             + (f": {detail}" if detail else "")
         )
 
+    def ran_out_of_memory(self, container_id: str, since: float) -> bool:
+        """Whether the engine saw the container run out of memory since ``since`` (Unix time)."""
+        return self._ending(container_id, since).oom_killed
+
     def _ending(self, container_id: str, sent_at: float) -> Ending:
         """How the engine saw the container end; its event log only when the state is not enough.
 

@@ -11,7 +11,12 @@ from typing import Any, Literal
 
 from orchestrator.backends.docker.compile import RUNTIME
 from orchestrator.backends.docker.engine import Stream
-from orchestrator.backends.protocol import FRAME_READY, DockerDemuxer, FrameDecoder
+from orchestrator.backends.protocol import (
+    FRAME_READY,
+    DockerDemuxer,
+    FrameDecoder,
+    new_session_key,
+)
 from orchestrator.errors import SandboxFailedError
 
 PoolKey = tuple[str, str]  # (language, fingerprint of the container settings)
@@ -54,6 +59,9 @@ class Sandbox:
         address: its address on the egress network (allowlist policies only).
         runtime: the container runtime.
         decoders: the stream's decoders, shared by a session's calls.
+        session_key: the key of a session's nonces (see ``protocol.session_nonce``).
+        session_calls: the session calls sent to it so far.
+        idle_since: when its last session call ended (Unix time; its start before one).
     """
 
     container_id: str
@@ -67,6 +75,9 @@ class Sandbox:
     decoders: tuple[DockerDemuxer, FrameDecoder] = field(
         default_factory=lambda: (DockerDemuxer(), FrameDecoder())
     )
+    session_key: bytes = field(default_factory=new_session_key, repr=False)
+    session_calls: int = 0
+    idle_since: float = field(default_factory=time.time)
 
     def close(self) -> None:
         """Close the attach stream: the runner sees EOF and ends whatever it was doing."""
