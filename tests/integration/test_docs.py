@@ -3,8 +3,9 @@
 A fenced block's info string says what it is. Runnable: ``python`` (run with ``exec``),
 ``yaml policy`` (loaded as a policy file and used for a run), ``yaml policy-reference`` (loaded,
 and it must name every field of the schema), ``sh run`` (run with bash in the checkout). Shown
-only here: ``text``, ``sh``, ``json`` and ``bash`` (``test_docs_service.py`` runs the ``bash``
-blocks of docs/service.md against a real server). Any other fence, or a runnable one this test would not collect (an
+only here: ``text``, ``sh``, ``json``, ``bash`` (``test_docs_service.py`` runs the ``bash``
+blocks of docs/service.md against a real server) and ``python packages`` (``test_packages.py``
+runs them against a package index of its own). Any other fence, or a runnable one this test would not collect (an
 indented or ``~~~`` fence), fails ``test_every_block_is_marked_and_collected``.
 """
 
@@ -31,7 +32,9 @@ pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNABLE = ("python", "yaml policy", "yaml policy-reference", "sh run")
-SHOWN = ("text", "sh", "bash", "json")  # bash: test_docs_service.py runs them
+# bash: test_docs_service.py runs them; python packages: test_packages.py runs them against a
+# package index of its own (here they would reach the real one).
+SHOWN = ("text", "sh", "bash", "json", "python packages")
 # Column 0, backticks: the only fences the runner collects.
 COLLECTED_FENCE = re.compile(r"^```([^`\n]*)\n(.*?)^```[ \t]*$", re.M | re.S)
 # Any CommonMark fence (indented, backticks or tildes): what a reader would see as a block.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,3 +207,18 @@ def test_a_session_call_installs_on_top_under_the_guard(api: MemoryAPI) -> None:
     assert added["success"], added["stderr"]
     assert added["stdout"] == "installed through the egress proxy 1\n"
     assert added["violation_details"] == [] and later["success"], added["violation_details"]
+
+
+def test_the_packages_page_examples_run_against_our_index(
+    index: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/packages.md's ``python packages`` blocks run as written, against our own index."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "packages.md").read_text()
+    blocks = re.findall(r"^```python packages\n(.*?)^```", page, flags=re.M | re.S)
+    assert blocks, "docs/packages.md has no python packages block"
+    monkeypatch.setenv("ATHENA_EGRESS_PINNED_HOSTS", json.dumps({"pypi.org": index}))
+    monkeypatch.setenv("ATHENA_PIP_INDEX_URL", "http://pypi.org/simple")
+    monkeypatch.setenv("ATHENA_MEMORY_DB", str(tmp_path / "docs.db"))
+    monkeypatch.delenv("ATHENA_MEMORY_URL", raising=False)
+    for block in blocks:
+        exec(compile(block, "docs/packages.md", "exec"), {})
