@@ -581,13 +581,21 @@ def _check_source(request: ExecutionRequest) -> None:
 
 
 def _check_image_mode(request: ExecutionRequest, mode: str) -> None:
-    """A custom image runs in the docker mode only: a fallback would silently drop it."""
+    """Custom images and requirements need the docker mode: a fallback would silently drop them."""
+    if mode == "docker":
+        return
     image = request.image or request.policy.image
-    if image is not None and mode != "docker":
+    if image is not None:
         raise BackendUnavailableError(
             f"the custom image {image!r} runs in the docker mode only, and no Docker engine "
             f"answers here (the {mode} mode would run without the image): start one "
             "(make docker-up), or run without image"
+        )
+    if request.requirements:
+        raise BackendUnavailableError(
+            "requirements are installed in the docker mode only, and no Docker engine answers "
+            f"here (the {mode} mode would run without them): start one (make docker-up), or "
+            "run without requirements"
         )
 
 

@@ -586,3 +586,13 @@ def test_a_custom_image_never_falls_back_to_a_host_mode() -> None:
     assert backend.requests == []
     plain = orchestrator(FakeBackend(name="srt")).execute(request(policy=policy))
     assert plain.success
+
+
+def test_requirements_never_fall_back_to_a_host_mode() -> None:
+    """A run with requirements that only a host mode could take fails clearly, unrun."""
+    backend = FakeBackend(name="srt")
+    policy = {"name": "fallback", "extends": "research", "fallback": ["docker", "srt"]}
+    req = request(policy=policy).model_copy(update={"requirements": ("athena-probe==1.0",)})
+    result = orchestrator(backend).execute(req)
+    assert (result.success, result.error_type) == (False, "BackendUnavailableError")
+    assert "requirements" in (result.error or "") and backend.requests == []
