@@ -27,7 +27,6 @@ from urllib.parse import urlsplit
 
 from orchestrator.egress_rules import name_verdict
 from orchestrator.errors import PolicyError, RequestError
-from orchestrator.guard import runtime_guard
 
 if TYPE_CHECKING:
     from orchestrator.policy import Policy
@@ -39,6 +38,7 @@ __all__ = [
     "check_requirements",
     "check_requirements_allowed",
     "index_domains",
+    "install_argv",
     "install_plan",
 ]
 
@@ -133,9 +133,8 @@ def check_requirements_allowed(
     """Refuse requirements the policy cannot install.
 
     Raises:
-        PolicyError: the policy's ``network.mode`` is not ``allowlist``, its
-            ``network.allowed_domains`` lack the index's domains, or (JavaScript) its guard
-            forbids processes, which npm needs (``validation.javascript.forbidden_modules``).
+        PolicyError: the policy's ``network.mode`` is not ``allowlist``, or its
+            ``network.allowed_domains`` lack the index's domains.
     """
     if not requirements:
         return
@@ -149,15 +148,6 @@ def check_requirements_allowed(
             f"network.mode is {policy.network.mode!r} and network.allowed_domains "
             f"{'lacks' if missing else 'has'} {add}. Use a policy with network.mode: allowlist "
             f"and {add} in network.allowed_domains (research allows PyPI and npm)"
-        )
-    guard = runtime_guard(policy, language)
-    if installer == "npm" and guard is not None and guard.get("processes"):
-        raise PolicyError(
-            f"policy {policy.name!r} cannot install JavaScript requirements: npm runs as a "
-            "process, and validation.javascript.forbidden_modules forbids child_process, so "
-            "the kernel refuses processes to the interpreter. Use a policy that extends "
-            "research without child_process and cluster in "
-            "validation.javascript.forbidden_modules, or a custom image with the packages"
         )
 
 
@@ -173,7 +163,42 @@ def install_plan(
         # A plain-HTTP index is the operator's explicit choice: pip refuses one unless trusted.
         trusted = [_host(url)] if urlsplit(url).scheme == "http" else []
         return {"tool": "pip", "packages": list(requirements), "index_url": url, "trusted": trusted}
-    return {"tool": "npm", "packages": list(requirements), "registry": settings.npm_registry}
+    return None  # npm runs as the runner's process: see install_argv
+
+
+NPM_FLAGS = (
+    "--no-audit",
+    "--no-fund",
+    "--no-save",
+    "--no-package-lock",
+    "--ignore-scripts",  # no package's own scripts run: only require() runs a package's code
+    "--no-update-notifier",
+    "--loglevel=error",
+)
+
+
+def install_argv(
+    requirements: Sequence[str], language: str, settings: Settings
+) -> list[str] | None:
+    """The installer the runner runs before the code (npm for JavaScript), or None.
+
+    npm is a program of its own: where the policy refuses processes to the code, the kernel
+    refuses them to the interpreter, so the runner starts npm itself, before the code has its
+    parameters, with the run's file rules but not the code's process refusals.
+    """
+    if not requirements or INSTALLERS.get(language) != "npm":
+        return None
+    return [
+        "npm",
+        "install",
+        *NPM_FLAGS,
+        "--prefix",
+        "/workspace",
+        "--registry",
+        settings.npm_registry,
+        "--",
+        *requirements,
+    ]
 
 
 def _host(url: str) -> str:

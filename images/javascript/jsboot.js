@@ -37,31 +37,6 @@ function readRequest() {
 
 const MAX_REPORTED = 20;
 
-// The run's requirements ({"tool": "npm", "packages": [...], "registry": ...}), installed with
-// npm under /workspace (so require() from the code finds them) before the code starts, through
-// the egress proxy (npm reads HTTPS_PROXY). npm's output is kept off the code's; on failure its
-// tail goes to stderr with an [athena-sandbox] note and a "requirements" line on fd 4 becomes
-// the run's policy: violation. Returns whether they are installed (true: nothing to do).
-function installRequirements(plan, reportFd) {
-  if (!plan || !plan.packages || !plan.packages.length) return true;
-  const { spawnSync } = require('child_process');
-  const args = ['install', '--no-audit', '--no-fund', '--no-save', '--no-package-lock',
-    '--ignore-scripts', '--no-update-notifier', '--loglevel=error', '--prefix', '/workspace',
-    '--registry', plan.registry, '--', ...plan.packages];
-  const done = spawnSync('npm', args, { cwd: '/workspace', encoding: 'utf8', maxBuffer: 1 << 24 });
-  if (done.status === 0) return true;
-  const status = done.status === null ? 1 : done.status;
-  const tail = `${done.stdout || ''}${done.stderr || ''}${done.error ? String(done.error) : ''}`;
-  const note = `requirements could not be installed (npm exited with ${status}): ${plan.packages.join(', ')}`;
-  const line = { policy: { kind: 'requirements', message: note,
-    detail: { installer: 'npm', exit_code: status, packages: plan.packages.slice(0, 50) } } };
-  try {
-    fs.writeSync(2, `${tail.slice(-4000)}[athena-sandbox] ${note}; the code did not run\n`);
-    if (reportFd >= 0) fs.writeSync(reportFd, `\n${JSON.stringify(line)}\n`);
-  } catch (_) { /* a closed channel: the exit status still says it */ }
-  return false;
-}
-
 function reportChannel() {
   if (outputFile) {
     try { return fs.openSync(outputFile, 'a', 0o600); } catch (_) { return -1; }
@@ -170,10 +145,6 @@ function serveSession(codePath) {
   process.on('SIGINT', () => { if (interrupt) interrupt(new Error('Script execution interrupted.')); });
 
   async function runCall(request) {
-    if (!installRequirements(request.requirements, 4)) {
-      try { fs.writeSync(5, '1\n'); } catch (_) { process.exit(0); }
-      return;
-    }
     if (!guardedImport && request.guard) guardedImport = installGuard(request.guard);
     globalThis.parameters = request.parameters || {};
     count += 1;
@@ -225,9 +196,6 @@ if (session) {
   serveSession(process.argv[2] || '/workspace/main.js');
 } else {
   const request = readRequest();
-  if (!installRequirements(request.requirements, reportChannel())) {
-    process.exit(1);
-  }
   globalThis.parameters = request.parameters || {};
   if (request.guard) installGuard(request.guard);
   else {

@@ -7,9 +7,11 @@
  * stdout; the user's code writes into pipes that this process owns, so it cannot forge frames.
  *
  * Request (stdin), once per call:
- *     "ATHENA/3 <code_len> <blob_len> <files_len> <timeout_ms> <max_output_bytes> <files_cap>
- *      <flags> <nonce>\n" <code> <blob> <files>
- *   flags: 1 = send back the figures the bootstrap saved.
+ *     "ATHENA/3 <code_len> <blob_len> <install_len> <files_len> <timeout_ms> <max_output_bytes>
+ *      <files_cap> <flags> <nonce>\n" <code> <blob> <install> <files>
+ *   flags: 1 = send back the figures the bootstrap saved. <install>: a command line
+ *   (NUL-separated) this process runs before the code gets its parameters (npm for a
+ *   JavaScript run's requirements; see run_install).
  *   The nonce (hex, fresh for each call) comes back in the exit frame and first in every
  *   failure and file frame once it is known: under gVisor the code can open this process's
  *   stdout through /proc/1/fd (runsc does not honour PR_SET_DUMPABLE for it) and write frames
@@ -963,8 +965,107 @@ typedef struct {
     int out_r, err_r, val_r, blob_w, done_r; /* the interpreter's pipes (done_r: sessions) */
     int workfd;                              /* the workspace, for files in and out */
     const char *code_file;
+    const char *workdir;
     int session;
 } runner_t;
+
+/* ------------------------------------------------------------------ requirements */
+
+#define INSTALL_MAX 65536     /* the installer's command line, NUL-separated */
+#define INSTALL_TAIL 4000     /* the last bytes of a failed install's output that are shown */
+
+static char install_tail[INSTALL_TAIL];
+static size_t install_tail_len;
+
+static void keep_tail(const char *p, size_t n) {
+    if (n >= INSTALL_TAIL) {
+        memcpy(install_tail, p + n - INSTALL_TAIL, INSTALL_TAIL);
+        install_tail_len = INSTALL_TAIL;
+        return;
+    }
+    if (install_tail_len + n > INSTALL_TAIL) {
+        size_t drop = install_tail_len + n - INSTALL_TAIL;
+        memmove(install_tail, install_tail + drop, install_tail_len - drop);
+        install_tail_len -= drop;
+    }
+    memcpy(install_tail + install_tail_len, p, n);
+    install_tail_len += n;
+}
+
+/* Run the installer the orchestrator asked for (npm, with checked package specs) as a process
+ * of this runner, not of the interpreter: where the policy refuses processes to the code, the
+ * kernel refuses them to the interpreter, and npm is a program of its own. It gets the run's
+ * file rules (no special files on mounts, no set-id bits) but not the code's process and
+ * socket refusals; it runs no package scripts (--ignore-scripts), and its output is kept apart
+ * (only the tail of a failure is shown). Returns its wait status, or -1 when it was killed at
+ * the call's deadline (then *timed_out). */
+static int run_install(char *args, size_t len, int64_t deadline, const char *workdir, int *timed_out) {
+    char *argv[256];
+    int argc = 0;
+    for (char *p = args; p < args + len && argc < 255; p += strlen(p) + 1) argv[argc++] = p;
+    argv[argc] = NULL;
+    if (argc == 0) return 0;
+    install_tail_len = 0;
+    int out[2];
+    if (pipe2(out, O_CLOEXEC)) fail("pipe");
+    pid_t pid = fork();
+    if (pid < 0) fail("fork");
+    if (pid == 0) {
+        sigset_t all;
+        sigemptyset(&all);
+        sigprocmask(SIG_SETMASK, &all, NULL);
+        signal(SIGPIPE, SIG_DFL);
+        setsid();
+        int devnull = open("/dev/null", O_RDONLY);
+        if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(out[1], 1) < 0 || dup2(out[1], 2) < 0) _exit(126);
+        for (int fd = 3; fd < 1024; fd++) close(fd);
+        restrict_special_files();
+        forbid_setid_bits();
+        const char *home = getenv("HOME");
+        if (home && home[0] == '/') (void)mkdir(home, 0700);
+        if (workdir && chdir(workdir) < 0) _exit(126);
+        execvp(argv[0], argv);
+        dprintf(2, "athena-runner: cannot start %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(out[1]);
+    char buf[CHUNK];
+    for (;;) {
+        int wait_ms = -1;
+        if (deadline) {
+            int64_t left = deadline - now_ns();
+            wait_ms = left <= 0 ? 0 : (int)(left / 1000000LL) + 1;
+        }
+        struct pollfd p = {.fd = out[0], .events = POLLIN};
+        int rc = poll(&p, 1, wait_ms);
+        if (rc < 0 && errno == EINTR) continue;
+        if (rc == 0 || (deadline && now_ns() >= deadline)) { *timed_out = 1; break; }
+        ssize_t n = read(out[0], buf, sizeof buf);
+        if (n > 0) keep_tail(buf, (size_t)n);
+        else if (n == 0 || errno != EINTR) break;
+    }
+    close(out[0]);
+    kill(-pid, SIGKILL); /* what it left running goes with it */
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    return *timed_out ? -1 : st;
+}
+
+/* A failed install: its output's tail and a note on stderr, and a policy report (the run's
+ * "policy: requirements" violation) on the value channel's frame. */
+static void report_install_failure(int st, int timed_out) {
+    int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+    if (install_tail_len) send_frame('e', install_tail, install_tail_len);
+    char note[256];
+    if (timed_out) snprintf(note, sizeof note, "requirements could not be installed before the timeout");
+    else snprintf(note, sizeof note, "requirements could not be installed (npm exited with %d)", code);
+    send_framef('e', "%s[athena-sandbox] %s; the code did not run\n",
+                install_tail_len && install_tail[install_tail_len - 1] != '\n' ? "\n" : "", note);
+    send_framef('v', "\n{\"policy\": {\"kind\": \"requirements\", \"message\": \"%s\", "
+                "\"detail\": {\"installer\": \"npm\", \"exit_code\": %d}}}\n",
+                note, timed_out ? -1 : code);
+}
 
 typedef struct {
     long long oom, pids, cpu;
@@ -1043,11 +1144,13 @@ static int serve_call(runner_t *r, stream_t streams[2], int sfd) {
     if (!read_header(line, sizeof line)) return CALL_STOP; /* the owner is gone */
     char proto[16];
     char nonce[NONCE_MAX + 1];
-    unsigned long long code_len, blob_len, files_len, timeout_ms, max_output, files_cap, flags;
-    if (sscanf(line, "%15s %llu %llu %llu %llu %llu %llu %llu %64s", proto, &code_len, &blob_len,
-               &files_len, &timeout_ms, &max_output, &files_cap, &flags, nonce) != 9 ||
+    unsigned long long code_len, blob_len, install_len, files_len, timeout_ms, max_output, files_cap,
+        flags;
+    if (sscanf(line, "%15s %llu %llu %llu %llu %llu %llu %llu %llu %64s", proto, &code_len,
+               &blob_len, &install_len, &files_len, &timeout_ms, &max_output, &files_cap, &flags,
+               nonce) != 10 ||
         strcmp(proto, PROTOCOL) != 0 || strspn(nonce, "0123456789abcdef") != strlen(nonce) ||
-        max_output > (1ULL << 30)) {
+        max_output > (1ULL << 30) || install_len > INSTALL_MAX) {
         errno = EPROTO;
         fail("bad request header");
     }
@@ -1072,6 +1175,9 @@ static int serve_call(runner_t *r, stream_t streams[2], int sfd) {
     if (r->session) prefix = (size_t)snprintf(blob_buf, 32, "%llu\n", blob_len);
     if (blob_len && read_full(STDIN_FILENO, blob_buf + prefix, (size_t)blob_len) < 0) return CALL_STOP;
     size_t blob_total = prefix + (size_t)blob_len, blob_sent = 0;
+    char install[INSTALL_MAX + 1];
+    if (install_len && read_full(STDIN_FILENO, install, (size_t)install_len) < 0) return CALL_STOP;
+    install[install_len] = '\0';
     char error[4400] = "";
     int wrote = write_inputs(r->workfd, files_len, error, sizeof error);
     if (wrote == -2) return CALL_STOP;
@@ -1121,6 +1227,19 @@ static int serve_call(runner_t *r, stream_t streams[2], int sfd) {
     int64_t drain_until = 0, end = 0, interrupt_until = 0;
     int status = 0, have_status = 0, timed_out = 0, done = 0, interrupted = 0;
     send_frame('B', NULL, 0);
+    if (install_len) { /* the requirements, before the code has its parameters */
+        int install_timed_out = 0;
+        int ist = run_install(install, (size_t)install_len, deadline, r->workdir, &install_timed_out);
+        if (ist != 0) {
+            report_install_failure(ist, install_timed_out);
+            free(value);
+            free(blob_buf);
+            int st = install_timed_out ? 0 : (1 << 8); /* exit status 1, as a failed install */
+            send_exit(nonce, st, !install_timed_out, install_timed_out, now_ns() - start, 0, -1,
+                      base, r->session, r->session, 0, between);
+            return r->session ? CALL_NEXT : CALL_STOP;
+        }
+    }
     if (blob_total == 0 && !r->session) { close(blob_fd); blob_fd = -1; r->blob_w = -1; }
 
     char buf[CHUNK];
@@ -1316,7 +1435,7 @@ int main(int argc, char **argv) {
     send_frame('R', PROTOCOL, strlen(PROTOCOL));
 
     runner_t r = {.out_r = out[0], .err_r = err[0], .val_r = val[0], .blob_w = blob[1], .done_r = done[0],
-                  .workfd = workfd, .code_file = code_file, .session = session};
+                  .workfd = workfd, .code_file = code_file, .workdir = workdir, .session = session};
     stream_t streams[2] = {{.fd = out[0], .tag = 'o'}, {.fd = err[0], .tag = 'e'}};
     while (serve_call(&r, streams, sfd) == CALL_NEXT) {
     }

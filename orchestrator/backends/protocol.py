@@ -69,6 +69,7 @@ def encode_request(
     files: bytes = b"",
     files_cap: int = 0,
     flags: int = 0,
+    install: bytes = b"",
 ) -> bytes:
     """Return the request the runner reads from stdin: a header line, the code, the blob, files.
 
@@ -76,13 +77,19 @@ def encode_request(
     In a session, the first request's ``nonce`` field is the session's key and later ones carry
     their number (:func:`session_nonce` gives the nonces). ``files`` is
     :func:`orchestrator.files.encode_files`'s encoding; ``files_cap`` the most bytes of files
-    and figures the runner sends back; ``flags`` is :data:`FLAG_FIGURES` or 0.
+    and figures the runner sends back; ``flags`` is :data:`FLAG_FIGURES` or 0; ``install`` a
+    NUL-separated command line the runner runs before the code (:func:`encode_argv`).
     """
     header = (
-        f"{PROTOCOL} {len(code)} {len(blob)} {len(files)} {timeout_ms} {max_output_bytes} "
-        f"{files_cap} {flags} {nonce}\n"
+        f"{PROTOCOL} {len(code)} {len(blob)} {len(install)} {len(files)} {timeout_ms} "
+        f"{max_output_bytes} {files_cap} {flags} {nonce}\n"
     )
-    return header.encode() + code + blob + files
+    return header.encode() + code + blob + install + files
+
+
+def encode_argv(argv: list[str] | None) -> bytes:
+    """A command line as the runner reads it: each argument NUL-terminated (None: nothing)."""
+    return b"".join(arg.encode() + b"\x00" for arg in argv or ())
 
 
 def _rotl(x: int, b: int) -> int:

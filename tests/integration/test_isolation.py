@@ -105,10 +105,11 @@ def test_environment_carries_nothing_from_the_host(
     )
     assert "canary-7f3a" not in r["stdout"] and "ATHENA_CANARY" not in r["stdout"]
     # Only what the image declares (pip's two settings for `pip install --user` under an
-    # allowlist policy) and what the runner sets; nothing of the orchestrator's own.
+    # allowlist policy; matplotlib's backend, its config directory and our prebuilt font list)
+    # and what the runner sets; nothing of the orchestrator's own.
     names = (
-        "['HOME', 'HOSTNAME', 'LANG', 'LC_ALL', 'PATH', 'PIP_BREAK_SYSTEM_PACKAGES',"
-        " 'PIP_DISABLE_PIP_VERSION_CHECK', 'TMPDIR']"
+        "['ATHENA_MPL_CACHE', 'HOME', 'HOSTNAME', 'LANG', 'LC_ALL', 'MPLBACKEND', 'MPLCONFIGDIR',"
+        " 'PATH', 'PIP_BREAK_SYSTEM_PACKAGES', 'PIP_DISABLE_PIP_VERSION_CHECK', 'TMPDIR']"
     )
     assert r["stdout"].splitlines()[0] == names
 

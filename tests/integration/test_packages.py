@@ -29,15 +29,6 @@ from tests.integration.test_egress import _wheel
 pytestmark = pytest.mark.docker
 
 SERVER = "import http.server\nhttp.server.test(http.server.SimpleHTTPRequestHandler, port=80, bind='0.0.0.0')"
-# research, with child_process and cluster allowed to JavaScript: npm runs as a process.
-NPM_POLICY = {
-    "extends": "research",
-    "validation": {
-        "javascript": {
-            "forbidden_modules": ["worker_threads", "net", "dgram", "dns", "tls", "inspector"]
-        }
-    },
-}
 
 
 def _npm_package(root: Path) -> None:
@@ -121,7 +112,7 @@ def api(index: str, tmp_path: Path, project_dir: Path) -> Iterator[MemoryAPI]:
 def _run(api: MemoryAPI, code: str, **kwargs: Any) -> dict[str, Any]:
     kwargs.setdefault("sandbox_policy", "research")
     result = api.execute_code(code, timeout_seconds=90, **kwargs)
-    assert result["sandbox_mode"] == "docker", result
+    assert result["sandbox_mode"] == "docker", (result["error_type"], result["error"])
     return result
 
 
@@ -134,18 +125,34 @@ def test_a_pip_requirement_is_installed_and_importable_under_research(api: Memor
     assert r["stderr"] == "" and r["violations"] == []
 
 
-def test_an_npm_requirement_is_installed_and_requirable(api: MemoryAPI) -> None:
-    """npm installs athena-leftpad from our registry under /workspace; require() finds it."""
+def test_an_npm_requirement_is_installed_and_requirable_under_research(api: MemoryAPI) -> None:
+    """npm installs athena-leftpad from our registry under /workspace, under research itself,
+    whose guard refuses processes to the code (npm is the runner's process); require() finds
+    it."""
     code = "console.log(require('athena-leftpad')('x', 3))"
-    r = _run(
-        api,
-        code,
-        language="javascript",
-        sandbox_policy=NPM_POLICY,
-        requirements=["athena-leftpad@^1.0"],
-    )
+    r = _run(api, code, language="javascript", requirements=["athena-leftpad@^1.0"])
     assert r["success"], r["stderr"]
     assert r["stdout"] == "**x\n"
+
+
+def test_a_failed_npm_install_fails_the_run_clearly(api: MemoryAPI) -> None:
+    """A package the registry lacks: the code does not run; stderr and a violation say why."""
+    r = _run(api, "console.log('ran')", language="javascript", requirements=["athena-missing"])
+    assert not r["success"] and r["exit_code"] == 1 and r["stdout"] == ""
+    assert "[athena-sandbox] requirements could not be installed (npm exited" in r["stderr"]
+    (violation,) = r["violation_details"]
+    assert violation["category"] == "policy" and violation["detail"]["kind"] == "requirements"
+
+
+def test_a_javascript_session_keeps_its_packages(api: MemoryAPI) -> None:
+    """npm installs as a JavaScript session's call starts; later calls require it too."""
+    with api.open_session("javascript", "research") as session:
+        first = session.execute_code(
+            "var pad = require('athena-leftpad')", requirements=["athena-leftpad"]
+        )
+        again = session.execute_code("console.log(pad('y', 2), require('athena-leftpad')('z', 2))")
+    assert first["success"], first["stderr"]
+    assert again["stdout"] == "*y *z\n"
 
 
 def test_requirements_are_refused_under_strict(api: MemoryAPI) -> None:
@@ -154,10 +161,10 @@ def test_requirements_are_refused_under_strict(api: MemoryAPI) -> None:
         api.execute_code("print(1)", sandbox_policy="strict", requirements=["athena-probe"])
 
 
-def test_npm_under_research_is_refused_with_the_reason(api: MemoryAPI) -> None:
-    """research forbids child_process to JavaScript: npm cannot run, and the error says why."""
-    with pytest.raises(PolicyError, match=r"'research'.*forbidden_modules"):
-        api.execute_code("1", "javascript", sandbox_policy="research", requirements=["lodash"])
+def test_npm_under_strict_is_refused_with_the_reason(api: MemoryAPI) -> None:
+    """strict has no network: npm is refused before anything runs, naming the key."""
+    with pytest.raises(PolicyError, match=r"'strict'.*network.allowed_domains"):
+        api.execute_code("1", "javascript", sandbox_policy="strict", requirements=["lodash"])
 
 
 @pytest.mark.parametrize(

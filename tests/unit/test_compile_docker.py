@@ -424,7 +424,7 @@ def test_a_tiny_timeout_is_never_sent_as_no_timeout(
     api, peer = engine
     run_on(api, ExecutionRequest.create("echo", "bash", timeout_seconds=0.0004), 0.0004)
     header = sent_request(peer).split(b"\n", 1)[0].split()
-    assert int(header[4]) >= 1  # ATHENA/3 code blob files timeout ...
+    assert int(header[5]) >= 1  # ATHENA/3 code blob install files timeout ...
 
 
 def test_without_a_readable_proc_nobody_is_judged_dead(monkeypatch: pytest.MonkeyPatch) -> None:

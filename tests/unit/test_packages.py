@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from orchestrator.backends.protocol import encode_argv
 from orchestrator.errors import PolicyError, RequestError
 from orchestrator.languages import get_language
 from orchestrator.models import ExecutionRequest
@@ -13,6 +14,7 @@ from orchestrator.packages import (
     MAX_REQUIREMENTS,
     check_requirements,
     check_requirements_allowed,
+    install_argv,
     install_plan,
 )
 from orchestrator.policy import load_policy
@@ -113,10 +115,9 @@ def test_research_allows_pip_and_names_what_another_index_lacks() -> None:
         check_requirements_allowed(["x"], "python", research, other)
 
 
-def test_npm_needs_processes_which_research_forbids_to_javascript() -> None:
-    """research's guard forbids child_process; a policy that allows it may install."""
-    with pytest.raises(PolicyError, match=r"'research'.*forbidden_modules"):
-        check_requirements_allowed(["lodash"], "javascript", load_policy("research"), Settings())
+def test_npm_installs_under_research_whose_guard_forbids_processes_to_the_code() -> None:
+    """npm is the runner's process, not the code's: research (no child_process) may install."""
+    check_requirements_allowed(["lodash"], "javascript", load_policy("research"), Settings())
     check_requirements_allowed(["lodash"], "javascript", load_policy(NPM_OK), Settings())
 
 
@@ -133,8 +134,19 @@ def test_the_plan_reaches_the_bootstrap_in_the_request_blob() -> None:
     blob = json.loads(get_language("python").request_blob({}, None, None, plan))
     assert blob["requirements"] == plan
     assert install_plan((), "python", settings) is None
-    npm = install_plan(("lodash",), "javascript", Settings())
-    assert npm == {"tool": "npm", "packages": ["lodash"], "registry": "https://registry.npmjs.org"}
+    assert install_plan(("lodash",), "javascript", Settings()) is None  # the runner runs npm
+
+
+def test_npm_is_a_fixed_command_line_ending_in_the_checked_specs() -> None:
+    """The runner's npm: no scripts, the configured registry, options ended before the specs."""
+    argv = install_argv(("lodash@^4", "left-pad"), "javascript", Settings())
+    assert argv is not None and argv[:2] == ["npm", "install"]
+    assert "--ignore-scripts" in argv
+    assert argv[argv.index("--registry") + 1] == "https://registry.npmjs.org"
+    assert argv[-3:] == ["--", "lodash@^4", "left-pad"]
+    assert install_argv(("x",), "python", Settings()) is None
+    assert install_argv((), "javascript", Settings()) is None
+    assert encode_argv(argv).count(b"\x00") == len(argv)
 
 
 def test_index_settings_must_be_plain_urls() -> None:

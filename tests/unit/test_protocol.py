@@ -53,12 +53,14 @@ MUXED = b"".join(block(stream, payload) for stream, payload in BLOCKS)
 
 
 def test_encode_request_is_a_header_line_then_code_then_blob() -> None:
-    """The request is 'ATHENA/3 <code> <blob> <files> <timeout ms> <max out> <files cap> <flags>
-    <nonce>\\n', then the code, the blob and the files."""
+    """The request is 'ATHENA/3 <code> <blob> <install> <files> <timeout ms> <max out> <files
+    cap> <flags> <nonce>\\n', then the code, the blob, the install command line and the files."""
     code = "print('é')".encode()
-    request = encode_request(code, b'{"n": 1}', 30000, 1048576, "ab12", b"2 1\nabX", 4096, 1)
+    request = encode_request(
+        code, b'{"n": 1}', 30000, 1048576, "ab12", b"2 1\nabX", 4096, 1, b"npm\x00"
+    )
     assert request == (
-        b"ATHENA/3 11 8 7 30000 1048576 4096 1 ab12\nprint('\xc3\xa9'){\"n\": 1}2 1\nabX"
+        b"ATHENA/3 11 8 4 7 30000 1048576 4096 1 ab12\nprint('\xc3\xa9'){\"n\": 1}npm\x002 1\nabX"
     )
     assert PROTOCOL == "ATHENA/3"
 
@@ -66,7 +68,7 @@ def test_encode_request_is_a_header_line_then_code_then_blob() -> None:
 def test_encode_request_counts_bytes_of_binary_code() -> None:
     """Lengths count bytes, so code holding newlines or NUL cannot shift the blob."""
     request = encode_request(b"a\n\x00b", b"", 1, 1024, "ab12")
-    assert request == b"ATHENA/3 4 0 0 1 1024 0 0 ab12\na\n\x00b"
+    assert request == b"ATHENA/3 4 0 0 0 1 1024 0 0 ab12\na\n\x00b"
 
 
 # --------------------------------------------------------------------------- frames

@@ -48,6 +48,7 @@ from orchestrator.backends.mountstage import sweep_stale as sweep_stale_mounts
 from orchestrator.backends.pool import WarmPool
 from orchestrator.backends.protocol import (
     FLAG_FIGURES,
+    encode_argv,
     encode_request,
     new_nonce,
     session_nonce,
@@ -58,7 +59,7 @@ from orchestrator.files import FIGURES_DIR, encode_files
 from orchestrator.guard import runtime_guard
 from orchestrator.languages import get_language
 from orchestrator.models import ExecutionRequest, Isolation
-from orchestrator.packages import install_plan
+from orchestrator.packages import install_argv, install_plan
 from orchestrator.policy import Policy
 from orchestrator.run import ExitReport, RunOutcome, RunSpec, build_outcome
 from orchestrator.settings import Settings
@@ -439,6 +440,7 @@ def _message(
         encode_files(request.files),
         request.policy.files.max_out_bytes,
         FLAG_FIGURES if request.capture_figures else 0,
+        encode_argv(install_argv(request.requirements, request.language, settings)),
     )
     return Message(payload, nonce)
 
