@@ -124,6 +124,17 @@ async def close_session(session_id: str, request: Request) -> Response:
     return JSONResponse(session.info())
 
 
+def _prepared_call(
+    request: Request, session_id: str, body: schemas.SessionExecuteBody
+) -> tuple[Service, Tenant, Session, ExecutionRequest]:
+    """The service, the tenant, its open session and the checked call (refused while draining)."""
+    service = service_of(request)
+    service.refuse_if_draining()
+    tenant = tenant_of(request.scope)
+    session = find_session(service, tenant, session_id)
+    return service, tenant, session, session_request(service, tenant, session, body)
+
+
 @router.post(
     "/sessions/{session_id:text}/execute",
     response_model=responses.ExecutionResult,
@@ -133,11 +144,7 @@ async def execute_in_session(
     session_id: str, body: schemas.SessionExecuteBody, request: Request
 ) -> Response:
     """Run code in the session, after its earlier calls; return the result dict."""
-    service = service_of(request)
-    service.refuse_if_draining()
-    tenant = tenant_of(request.scope)
-    session = find_session(service, tenant, session_id)
-    call = session_request(service, tenant, session, body)
+    service, tenant, session, call = _prepared_call(request, session_id, body)
     with service.in_flight.slots(tenant.name, tenant.max_in_flight):
         work = run_session_call(service, session, call)
         result = await unless_left(request.receive, service, work)
@@ -237,11 +244,7 @@ async def execute_in_session_stream(
     session_id: str, body: schemas.SessionExecuteBody, request: Request
 ) -> Response:
     """Run code in the session and stream its events; closing the connection kills the call."""
-    service = service_of(request)
-    service.refuse_if_draining()
-    tenant = tenant_of(request.scope)
-    session = find_session(service, tenant, session_id)
-    call = session_request(service, tenant, session, body)
+    service, tenant, session, call = _prepared_call(request, session_id, body)
     return await stream_run(
         service,
         tenant,
