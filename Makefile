@@ -114,6 +114,8 @@ bench: images node-tools postgres-up
 	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python benchmarks/bench_service.py
 	$(BIN)/python -m benchmarks.bench_sessions
+	$(BIN)/python -m benchmarks.bench_fast
+	$(BIN)/python -m benchmarks.bench_humaneval
 
 sweep: venv
 	$(BIN)/athena-sandbox sweep

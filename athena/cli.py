@@ -139,6 +139,25 @@ def images(languages: tuple[str, ...], force: bool) -> None:
         raise click.ClickException(str(exc)) from exc
     for language, reference in built.items():
         click.echo(f"{language}: {reference}")
+    _prepare_fast(list(built))
+
+
+def _prepare_fast(languages: list[str]) -> None:
+    """Export the images' root filesystems for the fast mode now, not at its first run."""
+    from orchestrator.backends.fast import FastBackend, host_reason
+
+    reason = host_reason()
+    if reason is not None:
+        click.echo(f"fast mode: not prepared, it cannot run here: {reason}", err=True)
+        return
+    backend = FastBackend(Settings())
+    try:
+        for language in languages:
+            click.echo(f"fast mode: {language}: {backend.prepare(language)}", err=True)
+    except OSError as exc:
+        raise click.ClickException(f"exporting a root filesystem for the fast mode: {exc}") from exc
+    finally:
+        backend.close()
 
 
 @main.command("build-image")
@@ -349,7 +368,9 @@ def doctor() -> None:
         note = " / ".join(reasons) if reasons else "ready"
         cells = " ".join(f"{mark:<{width}}" for mark, width in zip(marks, widths, strict=True))
         click.echo(f"{mode:<11} {cells}  {note}")
-    allowed = ", ".join(settings.sandbox_backends or ()) or "not set: docker, srt, restricted"
+    allowed = ", ".join(settings.sandbox_backends or ()) or (
+        "not set: docker, fast, srt, restricted (fast only for policies that list it)"
+    )
     click.echo(f"\nATHENA_SANDBOX_BACKENDS: {allowed}")
     sys.exit(0 if usable else 1)
 

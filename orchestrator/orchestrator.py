@@ -249,7 +249,7 @@ class Orchestrator:
                 return self._finish(request, failed, context, events)
             spec = self._spec(request.policy, timeout, cancel or CancelToken())
             if session is None:
-                backend = self._choose_backend(request.policy, request.language)
+                backend = self._choose_backend(request.policy, request.language, request)
                 _check_image_mode(request, backend.name)
                 mode = backend.name
                 outcome = self._run_in_sandbox(request, spec, context, backend)
@@ -307,7 +307,7 @@ class Orchestrator:
         if self._closed:
             raise SandboxFailedError("this orchestrator is closed; create a new one")
         self._sessions.reserve()
-        backend = self._choose_backend(policy, lang.name)
+        backend = self._choose_backend(policy, lang.name, sessions=True)
         opener = getattr(backend, "open_session", None)
         if opener is None:
             raise BackendUnavailableError(
@@ -501,18 +501,34 @@ class Orchestrator:
                 sizes.update({(backend.name, lang): n for lang, n in read().items()})
         return sizes
 
-    def _choose_backend(self, policy: Policy, language: str) -> Backend:
-        """The strongest mode the policy accepts, this process allows, and this machine has."""
+    def _choose_backend(
+        self,
+        policy: Policy,
+        language: str,
+        request: ExecutionRequest | None = None,
+        *,
+        sessions: bool = False,
+    ) -> Backend:
+        """The first mode of the policy's list that this process allows and this machine has.
+
+        The list is ordered strongest first (:data:`~orchestrator.policy.MODE_RANK`). With a
+        ``request``, a mode may decline what it cannot do as asked (the fast mode: a network,
+        mounts, a custom image); with ``sessions``, only modes that keep sessions count.
+        """
         reasons: list[str] = []
+        by_name = {b.name: b for b in self._backends}
         refused = [b.name for b in self._backends if b.name not in policy.fallback]
-        for backend in self._backends:
-            if backend.name not in policy.fallback:
+        for name in policy.fallback:
+            backend = by_name.get(name)
+            if backend is None:
                 continue
             reason = (
                 _removed(backend.name)
                 if not self.settings.allows_mode(backend.name)
                 else backend.unavailable_reason(language)
             )
+            if reason is None:
+                reason = _declined(backend, request, sessions)
             if reason is None:
                 self._log_fallback(backend.name, reasons)
                 return backend
@@ -602,11 +618,26 @@ def _check_image_mode(request: ExecutionRequest, mode: str) -> None:
 def default_backends(settings: Settings) -> list[Backend]:
     """One backend per isolation mode, strongest first."""
     from orchestrator.backends.docker import DockerBackend
+    from orchestrator.backends.fast import FastBackend
     from orchestrator.backends.inprocess import InProcessBackend
     from orchestrator.backends.restricted import RestrictedBackend
     from orchestrator.backends.srt import SrtBackend
 
-    return [DockerBackend(settings), SrtBackend(settings), RestrictedBackend(), InProcessBackend()]
+    return [
+        DockerBackend(settings),
+        FastBackend(settings),
+        SrtBackend(settings),
+        RestrictedBackend(),
+        InProcessBackend(),
+    ]
+
+
+def _declined(backend: Backend, request: ExecutionRequest | None, sessions: bool) -> str | None:
+    """Why an available mode does not take this request or a session (None: it does)."""
+    if sessions and getattr(backend, "open_session", None) is None:
+        return "keeps no sessions (sessions run in the docker mode only)"
+    declines = getattr(backend, "declines", None)  # only modes with conditions have it
+    return declines(request) if declines is not None and request is not None else None
 
 
 def _removed(mode: str) -> str:

@@ -43,9 +43,14 @@ DEFAULT_POLICY = "strict"
 
 NetworkMode = Literal["none", "allowlist", "open"]
 GvisorMode = Literal["never", "prefer", "require"]
-SandboxMode = Literal["docker", "srt", "restricted", "inprocess"]
-MODE_STRENGTH: tuple[SandboxMode, ...] = ("docker", "srt", "restricted", "inprocess")
-"""Isolation modes, strongest first."""
+SandboxMode = Literal["docker", "fast", "srt", "restricted", "inprocess"]
+MODE_STRENGTH: tuple[SandboxMode, ...] = ("docker", "fast", "srt", "restricted", "inprocess")
+"""Isolation modes, strongest first (docker and fast are peers: see :data:`MODE_RANK`)."""
+MODE_RANK: dict[str, int] = {"docker": 0, "fast": 0, "srt": 1, "restricted": 2, "inprocess": 3}
+"""Containment class of each mode. A policy's fallback list is ordered by it, so a policy can
+never prefer a weaker mode to a stronger one. docker and fast share a rank: both are kernel
+namespaces, a seccomp filter, a cgroup and no capabilities per run on the same shared kernel
+(docs/isolation.md compares them), so between those two the policy's own order decides."""
 
 _HOST = r"(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
 _DOMAIN_RE = re.compile(rf"{_HOST}(:(?P<port>[0-9]{{1,5}}))?")
@@ -282,7 +287,7 @@ class Policy(_Model):
             raise ValueError("list at least one isolation mode, e.g. [docker]")
         if len(set(value)) != len(value):
             raise ValueError("each mode may appear once")
-        return tuple(sorted(value, key=MODE_STRENGTH.index))
+        return tuple(sorted(value, key=MODE_RANK.__getitem__))  # stable: peers keep their order
 
 
 # --------------------------------------------------------------------------- loading

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
             ``inprocess`` is used only when named here. None: docker, srt, restricted.
         srt_path: the srt CLI (default: PATH, then node_modules/.bin/srt).
         srt_uid_base: first of the uids srt runs use when we are root, one per concurrent run.
+        fast_root: where the fast mode keeps the images' root filesystems, exported once per
+            image (default: /var/lib/athena-sandbox/fast).
+        fast_uid_base: first of the host uids fast-mode sandboxes run as, one per live sandbox
+            (ready or running); the sandbox's own uid (65534) maps to it.
         egress_pinned_hosts: names the egress proxy resolves to fixed addresses, skipping DNS
             and the public-address check. For tests with servers of our own; never in production.
         max_sessions: sessions open at once in this process (all tenants); opening another
@@ -90,6 +94,8 @@ class Settings(BaseSettings):
     sandbox_backends: Annotated[tuple[SandboxMode, ...] | None, NoDecode] = None
     srt_path: Path | None = None
     srt_uid_base: int = Field(61000, ge=1000, le=4_000_000_000)
+    fast_root: Path = Path("/var/lib/athena-sandbox/fast")
+    fast_uid_base: int = Field(62000, ge=1000, le=4_000_000_000)
     egress_pinned_hosts: dict[str, str] = Field(default_factory=dict)
     max_sessions: int = Field(32, ge=0, le=10000)
     session_check_seconds: float = Field(1.0, gt=0, le=60)

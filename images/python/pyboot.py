@@ -6,7 +6,8 @@ and the ``json`` module without importing it. The value of a top-level variable 
 sent to the runner on fd 4 as ``{"value": ...}``, or ``{"error": ...}`` when it is not
 JSON-serialisable.
 
-What arrives on fd 3 is a JSON object: ``{"parameters": {...}, "guard": {...} or null}``. With
+What arrives on fd 3 is a dict in ``marshal`` form (read with no import; ``json`` and ``re`` cost
+several milliseconds of every run's start): ``{"parameters": {...}, "guard": {...} or None}``. With
 a guard (the policy enforces validation), the run-time policy layer is installed before the
 code runs (see :func:`install_guard`): an audit hook (PEP 578, which cannot be removed) and an
 ``__import__`` wrapper refuse what the policy forbids, each refusal a ``PermissionError`` in the
@@ -19,10 +20,23 @@ Outside a container (the srt and inprocess modes) there is no runner to hold fds
 import atexit
 import builtins
 import gc
-import json
+import marshal
 import os
 import sys
-import traceback
+
+# Imported when first needed: most runs never format a traceback, and json is in the code's
+# namespace only when the code names it (its import, with re's, is a third of a bare start).
+
+
+def _json():
+    import json
+
+    return json
+
+
+def _decode(raw):
+    """A request from the orchestrator (``marshal``: plain dicts, lists, text and numbers)."""
+    return marshal.loads(raw) if raw else {}
 
 
 def _read_all(fd):
@@ -55,9 +69,14 @@ def _send_output(namespace, fd):
     if "output" not in namespace:
         return
     try:
-        text = json.dumps({"value": namespace["output"]}, allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as exc:
-        text = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+        json = _json()
+    except BaseException:  # the code broke the import system: say so, without json
+        text = '{"error": "ImportError: json could not be imported to encode output"}'
+    else:
+        try:
+            text = json.dumps({"value": namespace["output"]}, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            text = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
     data = text.encode("utf-8", errors="replace") + b"\n"
     try:
         while data:
@@ -74,10 +93,10 @@ def _main():
     gc.freeze()  # what the bootstrap made so far: the collection at the end skips it (0.8 ms)
     raw = _read_params()
     output_fd = _output_fd()
-    request = json.loads(raw) if raw else {}
-    namespace = _namespace(path, request.get("parameters", {}))
+    request = _decode(raw)
     with open(path, "rb") as handle:
         source = handle.read()
+    namespace = _namespace(path, request.get("parameters", {}), source)
     sys.argv = [path]
     code_dir = os.path.dirname(os.path.abspath(path))
     if not install_requirements(request.get("requirements"), output_fd):
@@ -95,14 +114,21 @@ def _main():
     os._exit(status)
 
 
-def _namespace(path, parameters):
-    return {
+def _namespace(path, parameters, source=b""):
+    namespace = {
         "__name__": "__main__",
         "__file__": path,
         "__builtins__": builtins,
         "parameters": parameters,
-        "json": json,
     }
+    _offer_json(namespace, source)
+    return namespace
+
+
+def _offer_json(namespace, source):
+    """Put ``json`` in the namespace when the code names it (and nothing else took the name)."""
+    if b"json" in source and "json" not in namespace:
+        namespace["json"] = _json()
 
 
 def _run_cell(source, filename, namespace):
@@ -155,6 +181,7 @@ def _serve_session(path, figures):
         linecache.cache[name] = (len(text), None, text.splitlines(True), name)
         namespace["parameters"] = request.get("parameters", {})
         namespace.pop("output", None)
+        _offer_json(namespace, source)
         _configure_figures(figures, request)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         status = _run_cell(source, name, namespace)
@@ -168,7 +195,7 @@ def _serve_session(path, figures):
 
 
 def _next_request(requests):
-    """The next call's request from the runner (``<length>\n<json>``), or None at EOF."""
+    """The next call's request from the runner (``<length>\n<marshal>``), or None at EOF."""
     header = b""
     while not header.endswith(b"\n"):
         byte = requests.read(1)
@@ -181,7 +208,7 @@ def _next_request(requests):
         if not chunk:
             return None
         data += chunk
-    return json.loads(data) if data else {}
+    return _decode(data)
 
 
 def _write_all(fd, data):
@@ -291,6 +318,8 @@ def _pip(args):
     except SystemExit as exc:
         return exit_status(exc.code)
     except BaseException as exc:  # the run must still say what happened
+        import traceback
+
         traceback.print_exc()
         return 1 if not isinstance(exc, KeyboardInterrupt) else 130
 
@@ -358,6 +387,11 @@ def _capture_figures(figures, request):
 
 def _print_code_traceback(exc):
     """Print a traceback of the code's frames only (not this bootstrap's, guard included)."""
+    try:
+        import traceback
+    except BaseException:  # the code broke the import system: the exception itself, at least
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return
     report = traceback.TracebackException.from_exception(exc)
     pending, seen = [report], set()
     while pending:
@@ -622,7 +656,7 @@ def _absolute_name(name, globals, level):
 
 def _write_line(fd, value):
     # A fresh line first: bytes the code wrote on this channel cannot swallow the report.
-    data = b"\n" + json.dumps(value, ensure_ascii=True).encode() + b"\n"
+    data = b"\n" + _json().dumps(value, ensure_ascii=True).encode() + b"\n"
     try:
         while data:
             data = data[os.write(fd, data) :]

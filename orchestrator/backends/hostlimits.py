@@ -1,4 +1,4 @@
-"""Per-run limits on this host for the srt mode: a cgroup, a tmpfs work directory, an IPC namespace.
+"""Per-run limits on this host (srt and fast modes): a cgroup, a tmpfs work directory, a uid.
 
 rlimits bind one process each: a run of many processes could take ``pids x memory_mb`` of RAM,
 and a work directory on the host's disk only knows RLIMIT_FSIZE per file. So, when we are root,
@@ -6,7 +6,8 @@ each srt run gets its own cgroup (memory, pids) that every process of the run is
 work directory that is a tmpfs of the policy's size (its pages count against the cgroup), and
 its own SysV IPC namespace (srt's bubblewrap does not unshare IPC, so shared memory a run made
 would otherwise outlive it in the host's namespace). Without root, srt keeps only its rlimits;
-docs/isolation.md says so.
+docs/isolation.md says so. The fast mode uses the same cgroups (with the cpu controller too) and
+the same uid pool; it is unavailable without them.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 _ROOT = Path("/sys/fs/cgroup")
 _GROUP = "athena-srt"
+_CPU_PERIOD_US = 100_000
 
 
 def _read_value(path: Path, key: str | None = None) -> int:
@@ -41,55 +44,104 @@ def _read_value(path: Path, key: str | None = None) -> int:
 
 @dataclass(frozen=True)
 class RunCgroup:
-    """One run's cgroup (v1: memory and pids controllers; v2: one unified group)."""
+    """One run's cgroup (v1: memory, pids and optionally cpu controllers; v2: one group).
+
+    ``dirs`` is (memory, pids), or (memory, pids, cpu[, cpuacct]) on v1, (group,) on v2;
+    ``names`` the controller of each (v1), as the hierarchy is named under /sys/fs/cgroup.
+    """
 
     dirs: tuple[Path, ...]
     unified: bool
+    names: tuple[str, ...] = ()
 
     @classmethod
-    def create(cls, name: str, memory_bytes: int, pids: int) -> RunCgroup | None:
-        """Make the cgroup with its limits; None when this host does not let us (not root)."""
+    def create(
+        cls,
+        name: str,
+        memory_bytes: int,
+        pids: int,
+        *,
+        group: str = _GROUP,
+        cpus: float | None = None,
+    ) -> RunCgroup | None:
+        """Make the cgroup with its limits; None when this host does not let us (not root).
+
+        ``cpus`` also limits CPU time (the cpu controller) to that many cores.
+        """
         if os.geteuid() != 0:
             return None
         unified = (_ROOT / "cgroup.controllers").exists()
-        bases = (
-            [_ROOT / _GROUP] if unified else [_ROOT / "memory" / _GROUP, _ROOT / "pids" / _GROUP]
-        )
+        names = [] if unified else ["memory", "pids"]
+        if cpus is not None and not unified:
+            names.append("cpu")
+            if not _same_hierarchy(_ROOT / "cpu", _ROOT / "cpuacct"):  # not co-mounted
+                names.append("cpuacct")
+        bases = [_ROOT / c / group for c in names] or [_ROOT / group]
+        made: list[Path] = []
         try:
-            dirs = tuple(cls._make(base, name, unified) for base in bases)
-            group = cls(dirs, unified)
-            group._limit(memory_bytes, pids)
+            for base in bases:
+                made.append(cls._make(base, name, unified, cpu=cpus is not None))
+            cgroup = cls(tuple(made), unified, tuple(names))
+            cgroup._limit(memory_bytes, pids, cpus)
         except OSError:
+            for directory in made:
+                with suppress(OSError):
+                    directory.rmdir()
             return None
-        return group
+        return cgroup
 
     @staticmethod
-    def _make(base: Path, name: str, unified: bool) -> Path:
+    def _make(base: Path, name: str, unified: bool, *, cpu: bool = False) -> Path:
         base.mkdir(exist_ok=True)
         if unified:  # children may use the controllers only when the parent hands them down
-            (base.parent / "cgroup.subtree_control").write_text("+memory +pids")
-            (base / "cgroup.subtree_control").write_text("+memory +pids")
+            wanted = "+memory +pids" + (" +cpu" if cpu else "")
+            (base.parent / "cgroup.subtree_control").write_text(wanted)
+            (base / "cgroup.subtree_control").write_text(wanted)
         path = base / name
         path.mkdir()
         return path
 
-    def _limit(self, memory_bytes: int, pids: int) -> None:
+    def _limit(self, memory_bytes: int, pids: int, cpus: float | None = None) -> None:
+        quota = round(cpus * _CPU_PERIOD_US) if cpus is not None else None
         if self.unified:
             (group,) = self.dirs
             (group / "memory.max").write_text(str(memory_bytes))
             with suppress(OSError):  # no swap beyond the memory limit, where swap is accounted
                 (group / "memory.swap.max").write_text("0")
             (group / "pids.max").write_text(str(pids))
+            if quota is not None:
+                (group / "cpu.max").write_text(f"{quota} {_CPU_PERIOD_US}")
             return
-        memory, pid_dir = self.dirs
+        memory, pid_dir = self.dirs[:2]
         (memory / "memory.limit_in_bytes").write_text(str(memory_bytes))
         with suppress(OSError):
             (memory / "memory.memsw.limit_in_bytes").write_text(str(memory_bytes))
         (pid_dir / "pids.max").write_text(str(pids))
+        if quota is not None:
+            cpu_dir = self.dirs[2]
+            (cpu_dir / "cpu.cfs_period_us").write_text(str(_CPU_PERIOD_US))
+            (cpu_dir / "cpu.cfs_quota_us").write_text(str(quota))
+
+    def binds(self) -> list[tuple[Path, str]]:
+        """Where each directory shows inside a sandbox: (directory, path under /sys/fs/cgroup).
+
+        The runner reads its counters there, as in a container. Co-mounted cpu and cpuacct
+        hierarchies (Debian's default) are one directory shown under both names.
+        """
+        if self.unified:
+            return [(self.dirs[0], str(_ROOT))]
+        shown = [(d, f"{_ROOT}/{n}") for d, n in zip(self.dirs, self.names, strict=True)]
+        if "cpu" in self.names and "cpuacct" not in self.names:
+            shown.append((self.dirs[self.names.index("cpu")], f"{_ROOT}/cpuacct"))
+        return shown
+
+    def join_script(self) -> str:
+        """A ``/bin/sh`` command list that moves the shell into this cgroup (paths are ours)."""
+        return " && ".join(f'echo $$ > "{d}/cgroup.procs"' for d in self.dirs)
 
     def wrap(self, argv: Sequence[str]) -> list[str]:
         """Run ``argv`` inside this cgroup and a new IPC namespace, born there (no window)."""
-        joins = " && ".join(f'echo $$ > "{d}/cgroup.procs"' for d in self.dirs)
+        joins = self.join_script()
         return ["/bin/sh", "-c", f'{joins} && exec "$0" "$@"', "unshare", "--ipc", "--", *argv]
 
     def stats(self) -> dict[str, int]:
@@ -101,7 +153,7 @@ class RunCgroup:
                 "pids_limit_hits": _read_value(group / "pids.events", "max"),
                 "memory_peak_bytes": _read_value(group / "memory.peak"),
             }
-        memory, pid_dir = self.dirs
+        memory, pid_dir = self.dirs[:2]
         return {
             "oom_kills": _read_value(memory / "memory.oom_control", "oom_kill"),
             "pids_limit_hits": _read_value(pid_dir / "pids.events", "max"),
@@ -121,6 +173,53 @@ class RunCgroup:
                 time.sleep(0.02)
             with suppress(OSError):
                 directory.rmdir()
+
+
+def _same_hierarchy(first: Path, second: Path) -> bool:
+    try:
+        return first.resolve() == second.resolve() or first.stat().st_dev == second.stat().st_dev
+    except OSError:
+        return True  # one of them is missing: nothing separate to make
+
+
+def sweep_groups(group: str, owner_alive: Callable[[int], bool]) -> int:
+    """Remove run cgroups left by owners that died (named ``<owner pid>-...``); return how many.
+
+    A killed owner cannot remove its runs' cgroups; their processes died with their sandboxes
+    (the runner ends everything when its owner's pipe closes), so what is left is empty.
+    """
+    removed = 0
+    for base in (_ROOT / group, *(_ROOT / c / group for c in ("memory", "pids", "cpu", "cpuacct"))):
+        if not base.is_dir():
+            continue
+        for directory in base.iterdir():
+            owner = directory.name.partition("-")[0]
+            if not directory.is_dir() or not owner.isdigit() or owner_alive(int(owner)):
+                continue
+            RunCgroup((directory,), unified=False).destroy()
+            removed += not directory.exists()
+    return removed
+
+
+class UidPool:
+    """Hands each concurrent run its own host uid, so limits and signals never cross runs."""
+
+    def __init__(self, base: int, size: int) -> None:
+        self._free = list(range(base, base + size))
+        self._cond = threading.Condition()
+
+    def take(self) -> int:
+        """A free uid (blocks until one is given back)."""
+        with self._cond:
+            while not self._free:
+                self._cond.wait()
+            return self._free.pop(0)
+
+    def give(self, uid: int) -> None:
+        """Give a uid back."""
+        with self._cond:
+            self._free.append(uid)
+            self._cond.notify()
 
 
 def _read_pids(directory: Path) -> list[int]:

@@ -17,7 +17,6 @@ import re
 import shutil
 import stat
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -28,7 +27,7 @@ from typing import Any
 import structlog
 
 from orchestrator.backends.base import ensure_available
-from orchestrator.backends.hostlimits import RunCgroup, tmpfs_dir
+from orchestrator.backends.hostlimits import RunCgroup, UidPool, tmpfs_dir
 from orchestrator.backends.hostmounts import WriteCapWatch, sweep_mount
 from orchestrator.backends.mountstage import MountStage
 from orchestrator.backends.process import Supervised, run_supervised
@@ -179,25 +178,6 @@ def read_sandbox_file(path: Path, limit: int) -> bytes | None:
         os.close(fd)
 
 
-class _UidPool:
-    """Hands each concurrent run its own uid, so limits and signals never cross runs."""
-
-    def __init__(self, base: int, size: int) -> None:
-        self._free = list(range(base, base + size))
-        self._cond = threading.Condition()
-
-    def take(self) -> int:
-        with self._cond:
-            while not self._free:
-                self._cond.wait()
-            return self._free.pop(0)
-
-    def give(self, uid: int) -> None:
-        with self._cond:
-            self._free.append(uid)
-            self._cond.notify()
-
-
 class SrtBackend:
     """Runs each request under ``srt`` in a fresh work directory on this host."""
 
@@ -205,7 +185,7 @@ class SrtBackend:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self._settings = settings or Settings()
-        self._uids = _UidPool(self._settings.srt_uid_base, self._settings.max_concurrent_runs)
+        self._uids = UidPool(self._settings.srt_uid_base, self._settings.max_concurrent_runs)
         self._stage = MountStage()
 
     def unavailable_reason(self, language: str) -> str | None:

@@ -1,6 +1,7 @@
 """One behavioural contract, run over every isolation mode and every registered language.
 
-The code of each behaviour in each language is in ``tests/contract.py`` (``SNIPPETS``). Modes: docker (cold and warm), srt, restricted and inprocess. For the fallback modes the Docker
+The code of each behaviour in each language is in ``tests/contract.py`` (``SNIPPETS``). Modes: docker (cold, warm and gVisor), fast (strict-fast, the fast mode alone allowed), srt,
+restricted and inprocess. For the fallback modes the Docker
 engine is made unreachable (a bogus DOCKER_HOST) and the process allows only that mode, so the
 ladder itself picks it. ``remote`` runs every call through ``MemoryAPI.connect`` against one real
 ``athena-sandbox serve`` for the module (Docker only, the strict policy, a tenant's token).
@@ -26,11 +27,21 @@ from tests.service_server import ServiceServer, running_server
 
 pytestmark = pytest.mark.docker
 
-MODES = ["docker-cold", "docker-warm", "docker-runsc", "srt", "restricted", "inprocess", "remote"]
+MODES = [
+    "docker-cold",
+    "docker-warm",
+    "docker-runsc",
+    "fast",
+    "srt",
+    "restricted",
+    "inprocess",
+    "remote",
+]
 ALL = [lang.name for lang in REGISTRY]
 LANGUAGES = {mode: set(ALL) for mode in MODES}
 LANGUAGES["restricted"] = {lang.name for lang in REGISTRY if lang.restricted}
-DOCKER = ("docker-cold", "docker-warm", "docker-runsc", "remote")
+# The modes whose sandboxes run the image's runner (the fast mode runs it under bubblewrap).
+DOCKER = ("docker-cold", "docker-warm", "docker-runsc", "fast", "remote")
 CANARY = "canary-7f3a"  # in the environment of the orchestrator (the server's too)
 
 
@@ -39,9 +50,11 @@ class Mode:
 
     def __init__(self, name: str, api: MemoryAPI | RemoteMemoryAPI) -> None:
         self.name, self.api = name, api
-        self.policy = {"inprocess": "development", "docker-runsc": "strict-gvisor"}.get(
-            name, "strict"
-        )
+        self.policy = {
+            "inprocess": "development",
+            "docker-runsc": "strict-gvisor",
+            "fast": "strict-fast",
+        }.get(name, "strict")
         self.sandbox_mode = "docker" if name == "remote" else name.split("-", maxsplit=1)[0]
 
     def run(self, code: str, language: str = "python", **kwargs: Any) -> dict[str, Any]:

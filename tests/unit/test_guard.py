@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import marshal
 
 from orchestrator.guard import kernel_denials, python_forbidden_modules, runtime_guard
 from orchestrator.languages import get_language
@@ -48,10 +49,14 @@ def test_javascript_guard_lists_modules_without_the_node_prefix() -> None:
 
 
 def test_request_blob_carries_parameters_and_guard() -> None:
-    """Python and JavaScript bootstraps get an envelope; bash gets its environment pairs."""
+    """Python and JavaScript bootstraps get an envelope; bash gets its environment pairs.
+
+    Python's is in marshal form (its bootstrap reads it without importing json), with the
+    values JSON would give: a tuple arrives as a list.
+    """
     guard = {"policy": "strict", "imports": ["_socket"]}
-    blob = get_language("python").request_blob({"n": 1}, guard)
-    assert json.loads(blob) == {"parameters": {"n": 1}, "guard": guard}
+    blob = get_language("python").request_blob({"n": 1, "t": (1, "é")}, guard)  # type: ignore[dict-item]
+    assert marshal.loads(blob) == {"parameters": {"n": 1, "t": [1, "é"]}, "guard": guard}
     assert json.loads(get_language("js").request_blob({}, None)) == {
         "parameters": {},
         "guard": None,

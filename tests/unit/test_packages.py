@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import marshal
 
 import pytest
 
@@ -131,7 +131,7 @@ def test_the_plan_reaches_the_bootstrap_in_the_request_blob() -> None:
         "index_url": "http://pypi.org/simple",
         "trusted": ["pypi.org"],
     }
-    blob = json.loads(get_language("python").request_blob({}, None, None, plan))
+    blob = marshal.loads(get_language("python").request_blob({}, None, None, plan))
     assert blob["requirements"] == plan
     assert install_plan((), "python", settings) is None
     assert install_plan(("lodash",), "javascript", Settings()) is None  # the runner runs npm

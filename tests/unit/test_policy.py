@@ -64,7 +64,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_shipped_policy_names_are_the_files_in_policies() -> None:
     """shipped_policy_names() lists exactly the YAML files of policies/, sorted."""
     files = sorted(p.stem for p in REPO_POLICIES.glob("*.yaml"))
-    assert files == ["development", "research", "strict", "strict-gvisor"]
+    assert files == ["development", "research", "strict", "strict-fast", "strict-gvisor"]
     assert shipped_policy_names() == files
 
 

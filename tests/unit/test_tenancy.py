@@ -443,7 +443,7 @@ def test_get_policy_names_the_valid_ones(api: MemoryAPI) -> None:
     """get_policy returns list_policies' entry; an unknown name or a path names the valid ones."""
     assert api.get_policy("strict") == {p["name"]: p for p in api.list_policies()}["strict"]
     for bad in ("nope", "policies/strict.yaml"):
-        with pytest.raises(PolicyNotFoundError, match="strict, strict-gvisor"):
+        with pytest.raises(PolicyNotFoundError, match="strict, strict-fast, strict-gvisor"):
             api.get_policy(bad)
     with pytest.raises(RequestError, match="string"):
         api.get_policy(3)  # type: ignore[arg-type]
