@@ -20,6 +20,7 @@ layer in srt mode. Ruby's sockets and libraries have no in-process refusal.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from orchestrator.policy import Policy
@@ -45,12 +46,17 @@ _ALWAYS_FORBIDDEN = ("_xxsubinterpreters", "_testcapi", "_testinternalcapi", "_x
 
 def python_forbidden_modules(forbidden: tuple[str, ...]) -> list[str]:
     """The modules a Python run may not import: the policy's, plus each one's private twins."""
+    return list(_forbidden_modules(forbidden))
+
+
+@lru_cache(maxsize=64)  # every run asks, with one of a few policies' lists
+def _forbidden_modules(forbidden: tuple[str, ...]) -> tuple[str, ...]:
     names = set(forbidden)
     for name in forbidden:
         if "." not in name:
             names.add(f"_{name.lstrip('_')}")
         names.update(_TWINS.get(name, ()))
-    return sorted(names)
+    return tuple(sorted(names))
 
 
 def runtime_guard(policy: Policy, language: str) -> dict[str, Any] | None:

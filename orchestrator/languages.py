@@ -132,6 +132,8 @@ class Language:
         sessions: its bootstrap can serve a session (calls that share one interpreter).
         session_command: the container command of a session, when it is not the image's
             ``CMD`` (None: the image's; its bootstrap then reads ``ATHENA_SESSION``).
+        figures: its bootstrap saves the figures a run leaves open (matplotlib, in the python
+            image): only then does a request ask the runner to send them back.
         compiled_boot: the image runs the bootstrap compiled (``<boot>c``, a .pyc): a script
             is compiled at every start, a .pyc is not.
         marshal_envelope: the envelope goes in Python's ``marshal`` form (built in, so the
@@ -156,6 +158,7 @@ class Language:
     session_command: tuple[str, ...] | None = None
     marshal_envelope: bool = False
     compiled_boot: bool = False
+    figures: bool = False
 
     @property
     def image_boot(self) -> str:
@@ -240,6 +243,7 @@ LANGUAGES: tuple[Language, ...] = (
         sessions=True,
         marshal_envelope=True,
         compiled_boot=True,
+        figures=True,
     ),
     Language(
         "javascript",

@@ -57,6 +57,10 @@ missing_packages() {
   for entry in "${entries[@]}"; do
     command -v "${entry%% *}" >/dev/null 2>&1 || echo "${entry#* }"
   done
+  # The fast mode's seccomp filter is compiled by libseccomp (a library: no command proves it).
+  if [ "$profile" = test ] && ! ls /usr/lib/*/libseccomp.so.2 >/dev/null 2>&1; then
+    echo libseccomp2
+  fi
   # pg_lsclusters (postgresql-common) can be there without a server version installed.
   if [ "$profile" = test ] && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
     echo postgresql

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 _ROOT = Path("/sys/fs/cgroup")
@@ -70,57 +71,23 @@ class RunCgroup:
         """
         if os.geteuid() != 0:
             return None
-        unified = (_ROOT / "cgroup.controllers").exists()
-        names = [] if unified else ["memory", "pids"]
-        if cpus is not None and not unified:
-            names.append("cpu")
-            if not _same_hierarchy(_ROOT / "cpu", _ROOT / "cpuacct"):  # not co-mounted
-                names.append("cpuacct")
-        bases = [_ROOT / c / group for c in names] or [_ROOT / group]
-        made: list[Path] = []
+        try:
+            unified, names, bases = _layout(group, cpus is not None)
+        except OSError:
+            return None
+        made: list[str] = []
         try:
             for base in bases:
-                made.append(cls._make(base, name, unified, cpu=cpus is not None))
-            cgroup = cls(tuple(made), unified, tuple(names))
-            cgroup._limit(memory_bytes, pids, cpus)
+                os.mkdir(f"{base}/{name}")
+                made.append(f"{base}/{name}")
+            cgroup = cls(tuple(Path(d) for d in made), unified, names)
+            _limit(made, unified, memory_bytes, pids, cpus)
         except OSError:
             for directory in made:
                 with suppress(OSError):
-                    directory.rmdir()
+                    os.rmdir(directory)
             return None
         return cgroup
-
-    @staticmethod
-    def _make(base: Path, name: str, unified: bool, *, cpu: bool = False) -> Path:
-        base.mkdir(exist_ok=True)
-        if unified:  # children may use the controllers only when the parent hands them down
-            wanted = "+memory +pids" + (" +cpu" if cpu else "")
-            (base.parent / "cgroup.subtree_control").write_text(wanted)
-            (base / "cgroup.subtree_control").write_text(wanted)
-        path = base / name
-        path.mkdir()
-        return path
-
-    def _limit(self, memory_bytes: int, pids: int, cpus: float | None = None) -> None:
-        quota = round(cpus * _CPU_PERIOD_US) if cpus is not None else None
-        if self.unified:
-            (group,) = self.dirs
-            (group / "memory.max").write_text(str(memory_bytes))
-            with suppress(OSError):  # no swap beyond the memory limit, where swap is accounted
-                (group / "memory.swap.max").write_text("0")
-            (group / "pids.max").write_text(str(pids))
-            if quota is not None:
-                (group / "cpu.max").write_text(f"{quota} {_CPU_PERIOD_US}")
-            return
-        memory, pid_dir = self.dirs[:2]
-        (memory / "memory.limit_in_bytes").write_text(str(memory_bytes))
-        with suppress(OSError):
-            (memory / "memory.memsw.limit_in_bytes").write_text(str(memory_bytes))
-        (pid_dir / "pids.max").write_text(str(pids))
-        if quota is not None:
-            cpu_dir = self.dirs[2]
-            (cpu_dir / "cpu.cfs_period_us").write_text(str(_CPU_PERIOD_US))
-            (cpu_dir / "cpu.cfs_quota_us").write_text(str(quota))
 
     def binds(self) -> list[tuple[Path, str]]:
         """Where each directory shows inside a sandbox: (directory, path under /sys/fs/cgroup).
@@ -172,7 +139,64 @@ class RunCgroup:
                         os.kill(pid, signal.SIGKILL)
                 time.sleep(0.02)
             with suppress(OSError):
-                directory.rmdir()
+                os.rmdir(directory)
+
+
+@lru_cache(maxsize=8)
+def _layout(group: str, cpu: bool) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+    """This host's cgroup layout for ``group``, its parents made (once per process).
+
+    Returns (unified, controller names on v1, the parent directories of the runs' cgroups).
+
+    Raises:
+        OSError: a parent could not be made.
+    """
+    unified = (_ROOT / "cgroup.controllers").exists()
+    names = [] if unified else ["memory", "pids"]
+    if cpu and not unified:
+        names.append("cpu")
+        if not _same_hierarchy(_ROOT / "cpu", _ROOT / "cpuacct"):  # not co-mounted
+            names.append("cpuacct")
+    bases = [f"{_ROOT}/{c}/{group}" for c in names] or [f"{_ROOT}/{group}"]
+    for base in bases:
+        os.makedirs(base, exist_ok=True)
+        if unified:  # children may use the controllers only when the parent hands them down
+            wanted = "+memory +pids" + (" +cpu" if cpu else "")
+            _write(f"{_ROOT}/cgroup.subtree_control", wanted)
+            _write(f"{base}/cgroup.subtree_control", wanted)
+    return unified, tuple(names), tuple(bases)
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _limit(
+    dirs: list[str], unified: bool, memory_bytes: int, pids: int, cpus: float | None
+) -> None:
+    """Write a new run cgroup's limits (memory with no swap beyond it, tasks, CPU time)."""
+    quota = round(cpus * _CPU_PERIOD_US) if cpus is not None else None
+    if unified:
+        (group,) = dirs
+        _write(f"{group}/memory.max", str(memory_bytes))
+        with suppress(OSError):  # no swap beyond the memory limit, where swap is accounted
+            _write(f"{group}/memory.swap.max", "0")
+        _write(f"{group}/pids.max", str(pids))
+        if quota is not None:
+            _write(f"{group}/cpu.max", f"{quota} {_CPU_PERIOD_US}")
+        return
+    memory, pid_dir = dirs[:2]
+    _write(f"{memory}/memory.limit_in_bytes", str(memory_bytes))
+    with suppress(OSError):
+        _write(f"{memory}/memory.memsw.limit_in_bytes", str(memory_bytes))
+    _write(f"{pid_dir}/pids.max", str(pids))
+    if quota is not None:
+        _write(f"{dirs[2]}/cpu.cfs_period_us", str(_CPU_PERIOD_US))
+        _write(f"{dirs[2]}/cpu.cfs_quota_us", str(quota))
 
 
 def _same_hierarchy(first: Path, second: Path) -> bool:
@@ -224,7 +248,8 @@ class UidPool:
 
 def _read_pids(directory: Path) -> list[int]:
     try:
-        return [int(line) for line in (directory / "cgroup.procs").read_text().split()]
+        with open(f"{directory}/cgroup.procs", "rb") as procs:
+            return [int(line) for line in procs.read().split()]
     except OSError:
         return []
 

@@ -41,16 +41,18 @@ def runner_message(
     In a session (``session_key``, the ``call``-th call): the nonce derived for that call; the
     header carries the session's key (first call) or the call's number.
     """
+    language = get_language(request.language)
+    figures = request.capture_figures and language.figures
     nonce = header_nonce = new_nonce()
     if session_key is not None:
         nonce = session_nonce(session_key, call)
         header_nonce = session_key.hex() if call == 0 else f"{call:x}"
     payload = encode_request(
         request.code.encode("utf-8", errors="surrogatepass"),
-        get_language(request.language).request_blob(
+        language.request_blob(
             request.parameters,
             runtime_guard(request.policy, request.language),
-            FIGURES_DIR if request.capture_figures else None,
+            FIGURES_DIR if figures else None,
             install_plan(request.requirements, request.language, settings),
         ),
         max(1, round(spec.timeout_seconds * 1000)),  # 0 would mean "no deadline"
@@ -58,7 +60,7 @@ def runner_message(
         header_nonce,
         encode_files(request.files),
         request.policy.files.max_out_bytes,
-        FLAG_FIGURES if request.capture_figures else 0,
+        FLAG_FIGURES if figures else 0,
         encode_argv(install_argv(request.requirements, request.language, settings)),
     )
     return Message(payload, nonce)

@@ -69,6 +69,7 @@ def test_doctor_lists_the_modes_and_how_to_enable_them(tmp_path: Path) -> None:
     assert done.returncode == 0
     lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip()}
     assert lines["docker"].split()[1] == "yes"
+    assert lines["fast"].split()[1:5] == ["yes"] * 4  # bubblewrap, cgroups, user namespaces here
     assert "opt in" in lines["inprocess"]
     env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
     down = subprocess.run([*CLI, "doctor"], capture_output=True, text=True, timeout=60, env=env)

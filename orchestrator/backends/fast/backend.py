@@ -15,7 +15,7 @@ import os
 import queue
 import threading
 import time
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import structlog
@@ -154,7 +154,7 @@ class FastBackend:
         lang = get_language(language)
         reference = self._settings.image_ref(lang.image)
         image = self._store.cached(reference) or self._store.image_root(reference)
-        return (lang.name, image.image_id, compile_fast(policy, lang.name, image)), image
+        return (lang.name, image.image_id, _plan(policy, lang.name, image)), image
 
     def _launch(self, key: PoolKey) -> Cell:
         language, image_id, plan = key
@@ -305,6 +305,11 @@ class Reaper:
         if thread is not None and thread.is_alive():
             self._queue.put(None)
             thread.join()
+
+
+@lru_cache(maxsize=64)  # policies are frozen and hashable; a few are in use at a time
+def _plan(policy: Policy, language: str, image: ImageRoot) -> CellPlan:
+    return compile_fast(policy, language, image)
 
 
 def _frames() -> Any:
