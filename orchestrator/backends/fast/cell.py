@@ -50,6 +50,7 @@ class Cell:
     uids: UidPool
     pending: bytes = b""
     stderr_tail: bytearray = field(default_factory=bytearray)
+    stderr_closed: bool = False
     destroyed: bool = False
 
     @classmethod
@@ -108,9 +109,11 @@ class Cell:
         """
         assert self.process.stdout is not None and self.process.stderr is not None
         out, err = self.process.stdout.fileno(), self.process.stderr.fileno()
-        readable = select.select([out, err], [], [], max(wait, 0.0))[0]
+        watched = [out] if self.stderr_closed else [out, err]
+        readable = select.select(watched, [], [], max(wait, 0.0))[0]
         if err in readable:
             chunk = os.read(err, 65536)
+            self.stderr_closed = not chunk  # at its end it would be readable forever
             self.stderr_tail = (self.stderr_tail + chunk)[-_STDERR_KEEP:]
         if out in readable:
             return os.read(out, 262144)

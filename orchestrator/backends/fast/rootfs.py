@@ -180,7 +180,12 @@ class RootfsStore:
             raise OSError(f"unpacking the image failed: {err.decode(errors='replace')[-500:]}")
 
     def _prune(self, reference: str, keep: str) -> None:
-        """Remove exports of ``reference`` other than ``keep`` (older builds), and leftovers."""
+        """Remove older exports of ``reference`` and unpacks a dead process left half done.
+
+        The newest export before ``keep`` stays too: sandboxes started from it (a warm pool,
+        runs in flight) may still be using it when the image has just been rebuilt.
+        """
+        older: list[tuple[float, Path]] = []
         with suppress(OSError):
             for folder in self.root.iterdir():
                 if ".partial-" in folder.name:
@@ -191,9 +196,10 @@ class RootfsStore:
                 if folder == self._folder(keep):
                     continue
                 with suppress(OSError, ValueError, KeyError):
-                    data = json.loads((folder / _CONFIG).read_text())
-                    if data["reference"] == reference:
-                        shutil.rmtree(folder, ignore_errors=True)
+                    if json.loads((folder / _CONFIG).read_text())["reference"] == reference:
+                        older.append(((folder / _CONFIG).stat().st_mtime, folder))
+        for _, folder in sorted(older)[:-1]:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
