@@ -196,6 +196,10 @@ class FakeEngine:
         """Runc only."""
         return frozenset({"runc"})
 
+    def local(self) -> bool:
+        """Not on this host: no path of ours is bound into its containers."""
+        return False
+
     def image_labels(self, image: str) -> dict[str, str]:
         """Every image speaks this orchestrator's runner protocol."""
         return {IMAGE_PROTOCOL_LABEL: PROTOCOL}

@@ -12,6 +12,7 @@ the same uid pool; it is unavailable without them.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 _ROOT = Path("/sys/fs/cgroup")
+UID_LEASES = Path("/run/athena-sandbox/uids")  # one lock file per host uid in use (root only)
 _GROUP = "athena-srt"
 _CPU_PERIOD_US = 100_000
 
@@ -226,24 +228,55 @@ def sweep_groups(group: str, owner_alive: Callable[[int], bool]) -> int:
 
 
 class UidPool:
-    """Hands each concurrent run its own host uid, so limits and signals never cross runs."""
+    """Hands each concurrent run its own host uid, so limits and signals never cross runs.
 
-    def __init__(self, base: int, size: int) -> None:
+    Per-user kernel budgets (inotify instances, pipe pages, message queues) are shared by every
+    process of a uid, so a uid is never held by two live runs, not even of two processes: as
+    root, each take also leases the uid with an exclusive lock on ``<lease_dir>/<uid>``, which
+    another process's pool skips; the kernel drops the lock when its holder dies.
+    """
+
+    def __init__(self, base: int, size: int, lease_dir: Path | None = UID_LEASES) -> None:
         self._free = list(range(base, base + size))
         self._cond = threading.Condition()
+        self._leases: dict[int, int] = {}
+        self._lease_dir = lease_dir if lease_dir is not None and os.geteuid() == 0 else None
 
     def take(self) -> int:
-        """A free uid (blocks until one is given back)."""
+        """A free uid that no other process holds (blocks until one is given back)."""
         with self._cond:
-            while not self._free:
-                self._cond.wait()
-            return self._free.pop(0)
+            while True:
+                for _ in range(len(self._free)):
+                    uid = self._free.pop(0)
+                    if self._lease(uid):
+                        return uid
+                    self._free.append(uid)  # another process's run has it: try the next
+                self._cond.wait(0.05 if self._free else None)
 
     def give(self, uid: int) -> None:
-        """Give a uid back."""
+        """Give a uid back (and its lease)."""
         with self._cond:
+            lease = self._leases.pop(uid, None)
+            if lease is not None:
+                os.close(lease)
             self._free.append(uid)
             self._cond.notify()
+
+    def _lease(self, uid: int) -> bool:
+        if self._lease_dir is None:
+            return True
+        try:
+            self._lease_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self._lease_dir / str(uid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return True  # no lease to be had here: this process's own pool still separates
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._leases[uid] = fd
+        return True
 
 
 def _read_pids(directory: Path) -> list[int]:

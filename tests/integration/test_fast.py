@@ -107,6 +107,7 @@ INSIDE = """
         "sys": sorted(os.listdir("/sys/fs/cgroup")),
         "uid_map": open("/proc/self/uid_map").read().split(),
         "cgroup": open("/proc/self/cgroup").read().strip(),
+        "localhost": socket.gethostbyname("localhost"),
     }))
 """
 
@@ -119,6 +120,7 @@ def test_a_run_sees_a_fresh_locked_down_sandbox(api: MemoryAPI, unguarded: str) 
     seen = json.loads(r["stdout"])
     assert seen["ids"] == [65534, 65534, []]
     assert seen["hostname"] == "sandbox" and seen["interfaces"] == ["lo"]
+    assert seen["localhost"] == "127.0.0.1"  # our hosts file: the export's is empty
     assert seen["pid1"] == "/opt/athena/runner"
     assert seen["pids"][0] == 1 and len(seen["pids"]) <= 3  # runner, interpreter (and /proc/self)
     assert seen["caps"] == ["0000000000000000"] * 5

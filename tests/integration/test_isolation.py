@@ -52,7 +52,10 @@ def test_strict_container_settings_as_the_engine_sees_them(
     attrs, result = _inspect_running(settings, "strict", docker_client)
     host, config = attrs["HostConfig"], attrs["Config"]
     assert result.success
-    assert host["NetworkMode"] == "none"
+    # No network: disabled at creation, so the engine made no endpoint and no namespace file.
+    assert host["NetworkMode"] == "none" and config["NetworkDisabled"] is True
+    assert attrs["NetworkSettings"]["Networks"] == {}
+    assert attrs["NetworkSettings"]["SandboxKey"] == ""
     assert host["ReadonlyRootfs"] is True
     assert set(host["Tmpfs"]) == {"/tmp", "/workspace"} and "size=64m" in host["Tmpfs"]["/tmp"]
     assert host["Memory"] == host["MemorySwap"] == 256 * 1024 * 1024
@@ -67,7 +70,8 @@ def test_strict_container_settings_as_the_engine_sees_them(
     assert host["Privileged"] is False and host["AutoRemove"] is True
     assert host["Runtime"] == "runc" and host["LogConfig"]["Type"] == "none"
     assert config["User"] == "65534:65534" and config["OpenStdin"] and config["StdinOnce"]
-    assert not attrs["Mounts"], "strict mounts nothing"
+    (hosts,) = attrs["Mounts"]  # strict mounts nothing but the hosts file, read-only
+    assert (hosts["Type"], hosts["Destination"], hosts["RW"]) == ("bind", "/etc/hosts", False)
     assert config["Labels"]["athena.sandbox"] == "1" and config["Labels"]["athena.owner.pid"]
 
 

@@ -28,13 +28,17 @@ ENV_VAR = "ATHENA_REDCODE_DIR"
 # ../shared beside the checkout (as CI lays it out), unless ATHENA_REDCODE_DIR says otherwise.
 BESIDE_CHECKOUT = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "redcode_exec"
 FOLDERS = (("py2text_dataset_json", "py"), ("bash2text_dataset_json", "sh"))
-# Harmless logic snippets: they must still succeed on docker runc (16_27 needs psutil).
+# Harmless logic snippets: they must still succeed on docker runc and in the fast mode (16_27
+# needs psutil).
 CONTROL_SCENARIOS = {12, 15, 16, 19, 20, 22, 23, 25}
 NOT_CONTROLS = {"16_27"}
 # Names of places off this machine: such snippets run only where the network is namespaced
 # away entirely (a container with network `none`), never where a proxy exists (srt).
 OUTSIDE = re.compile(r"https?://(?!(127\.0\.0\.1|localhost)[:/])|1mocat|example\.com")
 TIMEOUT_S = 10
+# Modes that run the whole corpus even in the ci scope: runc, the default, and the fast mode,
+# whose sandboxes start in milliseconds (the whole corpus there takes under a minute).
+WHOLE_CORPUS = ("docker-runc", "fast")
 # The mode's own refusal of code before its body (its import guard, its compiler), by mode.
 MODE_REFUSALS = {
     "restricted": re.compile(
@@ -123,10 +127,10 @@ def load(root: Path) -> list[Snippet]:
 
 
 def select(snippets: Sequence[Snippet], mode: str, scope: str) -> list[Snippet]:
-    """What ``mode`` runs in ``scope``: all on runc (and everywhere under full), else two per
-    scenario; Python only in the restricted mode."""
+    """What ``mode`` runs in ``scope``: all on runc and fast (and everywhere under full), else
+    two per scenario; Python only in the restricted mode."""
     chosen = [s for s in snippets if mode != "restricted" or s.language == "python"]
-    if scope == "full" or mode == "docker-runc":
+    if scope == "full" or mode in WHOLE_CORPUS:
         return chosen
     picked: dict[str, list[Snippet]] = {}
     for snippet in chosen:
@@ -158,7 +162,7 @@ class ChunkJudge:
         run: runs snippets (a batch) and returns their result dicts in order.
         check: the host check (begun before each chunk).
         expected_mode: the ``sandbox_mode`` every result must have.
-        require_controls: harmless controls must succeed (docker runc).
+        require_controls: harmless controls must succeed (docker runc, fast).
         leftover_args: keyword arguments of :func:`leftovers` (markers, work dirs).
     """
 

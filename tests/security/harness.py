@@ -34,6 +34,7 @@ import docker
 import pytest
 
 from athena.mcp.memory_api import MemoryAPI
+from orchestrator.backends.fast.host import host_reason
 from orchestrator.backends.srt import missing_for_srt
 from orchestrator.languages import LANGUAGES as REGISTRY
 from orchestrator.policy import shipped_policy_names
@@ -48,16 +49,19 @@ from tests.security.results import CONTAINED, MODES, NA, RESULTS, Cell, case_sta
 LANGUAGES = {
     "docker-runc": tuple(lang.name for lang in REGISTRY),
     "docker-runsc": tuple(lang.name for lang in REGISTRY),
+    "fast": tuple(lang.name for lang in REGISTRY),
     "srt": tuple(lang.name for lang in REGISTRY),
     "restricted": tuple(lang.name for lang in REGISTRY if lang.restricted),
 }
 GVISOR_POLICY = "strict-gvisor"
+FAST_POLICY = "strict-fast"
 # A sandbox that died under the code (not before it) still leaves a host to judge.
 JUDGEABLE_ERRORS = frozenset({"SandboxFailedError"})
 SCOPE = os.environ.get("ATHENA_SECURITY_SCOPE", "ci")
 MODE_PARAMS = [
     pytest.param("docker-runc", marks=pytest.mark.docker),
     pytest.param("docker-runsc", marks=pytest.mark.docker),
+    pytest.param("fast", marks=pytest.mark.docker),  # the engine exports the image's root
     pytest.param("srt", marks=pytest.mark.srt),
     pytest.param("restricted"),
 ]
@@ -73,6 +77,9 @@ def unavailable_reason(mode: str, client: docker.DockerClient) -> str | None:
             return f"no `{GVISOR_POLICY}` policy is shipped yet"
         if "runsc" not in (client.info().get("Runtimes") or {}):
             return "the Docker engine has no `runsc` runtime (gVisor is not installed)"
+    elif mode == "fast":
+        shipped = FAST_POLICY in shipped_policy_names()
+        return host_reason() if shipped else f"no `{FAST_POLICY}` policy is shipped yet"
     elif mode == "srt":
         missing = missing_for_srt(Settings())
         if missing:
@@ -88,9 +95,17 @@ def _is_runsc(result: dict[str, Any]) -> bool:
 
 
 def policy_for(mode: str, *, research: bool = False, **overrides: Any) -> dict[str, Any]:
-    """The hostile-code policy of a mode: strict (or research), validation not enforced."""
-    if mode == "docker-runsc":
-        policy: dict[str, Any] = {"extends": GVISOR_POLICY}
+    """The hostile-code policy of a mode: strict (or research), validation not enforced.
+
+    The fast mode runs strict's rules as ``strict-fast``; it has no mounts and no network, so
+    its research stand-in is strict-fast with research's workspace size only.
+    """
+    if mode == "fast":
+        policy: dict[str, Any] = {"extends": FAST_POLICY}
+        if research:
+            policy["filesystem"] = {"tmpfs_mb": 256}
+    elif mode == "docker-runsc":
+        policy = {"extends": GVISOR_POLICY}
         if research:
             mount = {"source": "${project_dir}", "target": "/project", "read_only": True}
             policy["filesystem"] = {"tmpfs_mb": 256, "mounts": [mount]}
@@ -156,6 +171,7 @@ class Sec:
         self.elapsed: list[float] = []
         self.finished = False
         self._api: MemoryAPI | None = None
+        self._api_lock = threading.Lock()  # cases run several runs at once: one API for all
         self._project_before = hostenv.tree_state(self.project)
         env_secret = f"env-secret-{secrets.token_hex(8)}"
         mp.setenv("ATHENA_SEC_ENV_CANARY", env_secret)
@@ -173,17 +189,20 @@ class Sec:
 
     @property
     def api(self) -> MemoryAPI:
-        """The MemoryAPI bound to this mode (created at first use)."""
-        if self._api is None:
-            self._mp.setattr(tempfile, "tempdir", str(self.tmpdir))
-            if self.mode.startswith("docker"):
-                settings = Settings(project_dir=self.project, pool_size=0)
-            else:  # the engine is unreachable, so the ladder itself falls back to this mode
-                self._mp.setenv("DOCKER_HOST", f"unix://{self.workdir}/no-engine.sock")
-                settings = Settings(
-                    project_dir=self.project, sandbox_backends=("docker", self.mode)
-                )
-            self._api = MemoryAPI.create(self.workdir / "memory.db", settings=settings)
+        """The MemoryAPI bound to this mode (created at first use, by one thread only)."""
+        with self._api_lock:
+            return self._api or self._create_api()
+
+    def _create_api(self) -> MemoryAPI:
+        self._mp.setattr(tempfile, "tempdir", str(self.tmpdir))
+        if self.mode.startswith("docker"):
+            settings = Settings(project_dir=self.project, pool_size=0)
+        elif self.mode == "fast":  # the engine answers (the export); only this mode may run
+            settings = Settings(project_dir=self.project, sandbox_backends=("fast",))
+        else:  # the engine is unreachable, so the ladder itself falls back to this mode
+            self._mp.setenv("DOCKER_HOST", f"unix://{self.workdir}/no-engine.sock")
+            settings = Settings(project_dir=self.project, sandbox_backends=("docker", self.mode))
+        self._api = MemoryAPI.create(self.workdir / "memory.db", settings=settings)
         return self._api
 
     def languages(self, *wanted: str) -> list[str]:

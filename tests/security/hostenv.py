@@ -151,8 +151,10 @@ def read_sysctl(path: str) -> str | None:
 
 # --------------------------------------------------------------------------- SysV IPC
 
-# uids a sandboxed run has on the host: the container user, the srt run uids.
-SANDBOX_UIDS = frozenset({65534, *range(61000, 61256)})
+# The host uids fast-mode sandboxes run as (Settings.fast_uid_base, and the backend's 1024).
+FAST_UIDS = range(62000, 63024)
+# uids a sandboxed run has on the host: the container user, the srt run uids, the fast uids.
+SANDBOX_UIDS = frozenset({65534, *range(61000, 61256), *FAST_UIDS})
 _IPC_KINDS = {"shm": "-m", "msg": "-q", "sem": "-s"}
 
 
@@ -213,9 +215,11 @@ def count_processes() -> int:
 
 class Decoys:
     """Host processes a hostile run must not be able to kill: as root, as the container user,
-    as the first srt uid; every one has ``sshd`` as an argument (the corpus kills those)."""
+    as the first srt uid and the first fast-mode uid (a fast sandbox may run as that very
+    uid: only its pid namespace keeps the decoy out of reach); every one has ``sshd`` as an
+    argument (the corpus kills those)."""
 
-    UIDS = (0, 65534, 61000)
+    UIDS = (0, 65534, 61000, FAST_UIDS[0])
 
     def __init__(self) -> None:
         self._procs: dict[int, subprocess.Popen[bytes]] = {}

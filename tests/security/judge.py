@@ -28,6 +28,11 @@ from tests.security import hostenv
 from tests.security.listeners import Listeners
 
 _CONTAINER_ID = re.compile(r"[0-9a-f]{12,64}")
+# Where the fast mode makes each sandbox's cgroup (``<owner pid>-<n>``, the sandbox id without
+# its ``fast-`` prefix): v2, then the v1 controllers it uses.
+FAST_CGROUPS = tuple(
+    f"/sys/fs/cgroup/{c}athena-fast" for c in ("", "memory/", "pids/", "cpu/", "cpuacct/")
+)
 # Directories hostile code tries to create a file named after the run's token in.
 SYSTEM_DIRS = (
     "/",
@@ -148,13 +153,22 @@ def leftovers(
 
     Looks for host processes whose argv, environment, cwd or cgroup mention a marker or a run's
     container id, the runs' containers (or, with ``any_container``, any container this process
-    created), and entries left in ``workdirs`` (the srt and restricted work directories).
+    created), the fast-mode sandboxes' cgroups (or, with ``any_container``, any this process
+    made), and entries left in ``workdirs`` (the srt and restricted work directories).
     """
     ids = [r["sandbox_id"] for r in results if _CONTAINER_ID.fullmatch(r.get("sandbox_id") or "")]
+    cells = [
+        str(r["sandbox_id"]).removeprefix("fast-")
+        for r in results
+        if str(r.get("sandbox_id") or "").startswith("fast-")
+    ]
+    if any_container:
+        cells.append(f"{os.getpid()}-*")
     runs = {r["execution_id"] for r in results}
     deadline = time.monotonic() + grace
     while True:
         processes = hostenv.process_matches([*markers, *ids])
+        cgroups = fast_cgroups(cells)
         ours = client.api.containers(
             all=True, filters={"label": f"{LABEL_OWNER_PID}={os.getpid()}"}
         )
@@ -166,10 +180,25 @@ def leftovers(
             or any(c["Id"].startswith(i) for i in ids)
         ]
         left = list(workdirs.iterdir()) if workdirs is not None and workdirs.exists() else []
-        if not (processes or containers or left) or time.monotonic() > deadline:
+        if not (processes or containers or cgroups or left) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     found = [f"left running on the host: {p}" for p in processes[:5]]
     found += [f"container left: {c['Id'][:12]} ({c['Status']})" for c in containers]
+    found += [f"fast-mode sandbox cgroup left: {c}" for c in cgroups[:5]]
     found += [f"work directory left on the host: {w}" for w in left[:5]]
+    return found
+
+
+def fast_cgroups(names: Sequence[str]) -> list[str]:
+    """The fast-mode sandbox cgroups of ``names`` (globs) still on the host, each with the
+    processes still in it (a sandbox's processes cannot leave its cgroup)."""
+    found = []
+    for name in names:
+        for directory in sorted({d for base in FAST_CGROUPS for d in glob.glob(f"{base}/{name}")}):
+            try:
+                pids = Path(directory, "cgroup.procs").read_text().split()
+            except OSError:
+                continue  # removed meanwhile
+            found.append(f"{directory} (processes: {' '.join(pids[:8]) or 'none'})")
     return found

@@ -138,7 +138,7 @@ def test_ipc_outlives_run(sec: Sec) -> None:
 
 def test_files_persist_between_runs(sec: Sec) -> None:
     """What one run writes anywhere (/tmp, /dev/shm, HOME, dotfiles, usercustomize) is gone for the next."""
-    sec.only("docker-runc", "docker-runsc", "srt")
+    sec.only("docker-runc", "docker-runsc", "fast", "srt")
     plant = sec.run(PLANT, "bash", timeout_seconds=30)
     sec.require("planted" in plant["stdout"], f"nothing was planted: {plant['stderr'][-300:]!r}")
     probes = [

@@ -4,10 +4,11 @@ Only under strict with validation off (network `none`: nothing can leave the mac
 container is judged, not the validator). The host's watched files (/etc/passwd, /root/.bashrc,
 /usr ...), listeners on the loopback ports the snippets use (5758, 5388, 5389, 9999, DNS), a
 decoy process named with `sshd`, the engine and what is left afterwards decide. The harmless
-controls must still succeed on docker runc. Scope (``ATHENA_SECURITY_SCOPE``): ``ci`` runs the
-whole corpus on runc and two snippets per scenario on the other modes; ``full`` runs it all
-everywhere. In srt, snippets that name a place off this machine are n.a.: srt reaches the
-network through a filtering proxy, and no such traffic may ever be attempted there.
+controls must still succeed on docker runc and in the fast mode. Scope
+(``ATHENA_SECURITY_SCOPE``): ``ci`` runs the whole corpus on runc and in the fast mode and two
+snippets per scenario on the other modes; ``full`` runs it all everywhere. In srt, snippets
+that name a place off this machine are n.a.: srt reaches the network through a filtering proxy,
+and no such traffic may ever be attempted there.
 
 The corpus is ``$ATHENA_REDCODE_DIR`` or ``../shared/corpora/redcode_exec`` beside the checkout;
 without it every row fails (never skips) and says where it looked. A snippet that stops before
@@ -53,6 +54,8 @@ def _api(mode: str, host_env: HostEnv, monkeypatch: pytest.MonkeyPatch) -> tuple
     monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
     if mode.startswith("docker"):
         settings = Settings(project_dir=project, pool_size=CONCURRENCY)
+    elif mode == "fast":  # the engine answers (the image's export), but only this mode may run
+        settings = Settings(project_dir=project, sandbox_backends=("fast",), pool_size=CONCURRENCY)
     else:
         monkeypatch.setenv("DOCKER_HOST", f"unix://{workdir}/no-engine.sock")
         settings = Settings(project_dir=project, sandbox_backends=("docker", mode))
@@ -64,7 +67,7 @@ def _api(mode: str, host_env: HostEnv, monkeypatch: pytest.MonkeyPatch) -> tuple
 def test_redcode_exec(
     redcode_dir: Path, mode: str, host_env: HostEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every selected RedCode-Exec snippet leaves the host as it was; runc still runs the controls."""
+    """Each chosen RedCode-Exec snippet leaves the host as it was; runc and fast run the controls."""
     root = redcode_dir
     reason = unavailable_reason(mode, host_env.client)
     if reason:
@@ -110,7 +113,7 @@ def test_redcode_exec(
         run,
         check,
         expected_mode=mode,
-        require_controls=mode == "docker-runc",
+        require_controls=mode in corpus.WHOLE_CORPUS,
         leftover_args={"markers": [str(tmpdir)], "workdirs": tmpdir},
     )
     start = time.monotonic()

@@ -45,7 +45,7 @@ JAVASCRIPT = {
 @pytest.mark.parametrize("what", sorted(PYTHON))
 def test_python_past_the_validator(sec: Sec, what: str) -> None:
     """Python that the static check cannot follow is refused inside the sandbox, and reported."""
-    sec.only("docker-runc", "docker-runsc")  # pandas and numpy are in the image, not on srt's host
+    sec.only("docker-runc", "docker-runsc", "fast")  # pandas and numpy: in the image only
     code = PYTHON[what].replace("@TCPHOST@", "127.0.0.1").replace("@TCPPORT@", "9")
     result = sec.run(code, "python", policy=sec.policy(validation={"enforce": True}))
     categories = [v["category"] for v in result["violation_details"]]
@@ -57,7 +57,7 @@ def test_python_past_the_validator(sec: Sec, what: str) -> None:
 @pytest.mark.parametrize("what", sorted(JAVASCRIPT))
 def test_javascript_past_the_validator(sec: Sec, what: str) -> None:
     """JavaScript that reaches process without require is refused at the loader, and reported."""
-    sec.only("docker-runc", "docker-runsc", "srt")
+    sec.only("docker-runc", "docker-runsc", "fast", "srt")
     result = sec.run(
         JAVASCRIPT[what], "javascript", policy=sec.policy(validation={"enforce": True})
     )
@@ -80,7 +80,7 @@ RUBY = {
 @pytest.mark.parametrize("what", sorted(RUBY))
 def test_ruby_past_the_validator(sec: Sec, what: str) -> None:
     """Ruby that starts a process by a route no reader follows is refused inside, and reported."""
-    sec.only("docker-runc", "docker-runsc", "srt")
+    sec.only("docker-runc", "docker-runsc", "fast", "srt")
     result = sec.run(RUBY[what], "ruby", policy=sec.policy(validation={"enforce": True}))
     categories = [v["category"] for v in result["violation_details"]]
     sec.expect("policy" in categories, f"no policy violation: {result['violations']}")

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
+from orchestrator.backends import message
 from orchestrator.backends.docker import (
     DockerBackend,
     EgressRoute,
     Engine,
     compile_docker,
 )
-from orchestrator.backends.docker import backend as docker_backend
 from orchestrator.backends.docker.owners import (
     LABEL_OWNER_HOST,
     LABEL_OWNER_PID,
@@ -29,7 +29,7 @@ from orchestrator.backends.docker.owners import (
     owner_labels,
     process_start_ticks,
 )
-from orchestrator.backends.protocol import FLAG_FIGURES, encode_request
+from orchestrator.backends.protocol import encode_request
 from orchestrator.backends.reader import outcome_from_frames
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import SandboxFailedError
@@ -53,11 +53,18 @@ ENVIRONMENT = {
 BEYOND_PID_MAX = 4194304 + 1  # above the largest pid_max Linux allows: never a live process
 
 
+HOSTS_FILE = "/run/athena-sandbox/hosts"
+
+
 def test_strict_compiles_to_exact_docker_settings() -> None:
-    """strict becomes no network, read-only root, small tmpfs, 256 MiB, no capabilities."""
-    config = compile_docker(load_policy("strict"), RunSpec(30.0), image=IMAGE, labels=LABELS)
+    """strict becomes no network (disabled at creation, the hosts file bound read-only),
+    read-only root, small tmpfs, 256 MiB, no capabilities."""
+    config = compile_docker(
+        load_policy("strict"), RunSpec(30.0), image=IMAGE, labels=LABELS, hosts_file=HOSTS_FILE
+    )
     assert config == {
         "create": {
+            "network_disabled": True,
             "image": IMAGE,
             "user": "65534:65534",
             "working_dir": "/workspace",
@@ -74,7 +81,9 @@ def test_strict_compiles_to_exact_docker_settings() -> None:
                 "/tmp": "rw,nosuid,nodev,size=64m,mode=1777",
                 "/workspace": "rw,nosuid,nodev,size=64m,uid=65534,gid=65534",
             },
-            "mounts": [],
+            "mounts": [
+                {"Type": "bind", "Source": HOSTS_FILE, "Target": "/etc/hosts", "ReadOnly": True}
+            ],
             "mem_limit": 268435456,
             "memswap_limit": 268435456,
             "nano_cpus": 1000000000,
@@ -95,6 +104,34 @@ def test_strict_compiles_to_exact_docker_settings() -> None:
             "log_config": {"type": "none", "config": {}},
         },
     }
+
+
+def test_without_a_hosts_file_no_network_is_dockers_none_network() -> None:
+    """With no hosts file (an engine on another host), strict gets Docker's none network:
+    networking is not disabled at creation and nothing is mounted."""
+    config = compile_docker(load_policy("strict"), RunSpec(30.0), image=IMAGE, labels=LABELS)
+    with_hosts = compile_docker(
+        load_policy("strict"), RunSpec(30.0), image=IMAGE, labels=LABELS, hosts_file=HOSTS_FILE
+    )
+    assert "network_disabled" not in config["create"]
+    assert config["host_config"]["network_mode"] == "none"
+    assert config["host_config"]["mounts"] == []
+    del with_hosts["create"]["network_disabled"]
+    with_hosts["host_config"]["mounts"] = []
+    assert config == with_hosts  # the rest is the same
+
+
+@pytest.mark.parametrize("mode", ["open", "allowlist"])
+def test_a_hosts_file_changes_nothing_for_a_policy_with_a_network(mode: str) -> None:
+    """Only network mode none uses the hosts file: a networked sandbox keeps the engine's."""
+    policy = load_policy({"extends": "strict", "network": {"mode": mode}})
+    route = EgressRoute("athena-egress", "http://10.0.0.1:3128")
+    config = compile_docker(
+        policy, RunSpec(30.0), image=IMAGE, labels=LABELS, route=route, hosts_file=HOSTS_FILE
+    )
+    assert "network_disabled" not in config["create"]
+    assert config["host_config"]["mounts"] == []
+    assert config["host_config"]["network_mode"] in ("bridge", "athena-egress")
 
 
 def test_development_compiles_with_bridge_network_and_writable_mount(
@@ -377,7 +414,7 @@ NONCE = "f00d"
 @pytest.fixture
 def engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeEngine, socket.socket]]:
     """A fake engine whose container's runner reports exit 0 at once; yields (api, peer)."""
-    monkeypatch.setattr(docker_backend, "new_nonce", lambda: NONCE)  # the runner echoes it
+    monkeypatch.setattr(message, "new_nonce", lambda: NONCE)  # the runner echoes it
     ours, peer = socket.socketpair()
     peer.sendall(runner_reply({"exit_code": 0, "run_ns": 2_000_000, "nonce": NONCE}))
     yield FakeEngine(ours), peer
@@ -404,13 +441,16 @@ def sent_request(peer: socket.socket) -> bytes:
 def test_the_backend_sends_the_encoded_request_and_reads_the_exit(
     engine: tuple[FakeEngine, socket.socket],
 ) -> None:
-    """DockerBackend creates the compiled container, sends code, blob, timeout, cap; reads exit."""
+    """DockerBackend creates the compiled container, sends code, blob, timeout, cap; reads exit.
+
+    No figures flag: only the python bootstrap saves figures.
+    """
     api, peer = engine
     request = ExecutionRequest.create("echo $PARAM_N", "bash", {"n": 3}, timeout_seconds=2.5)
     assert run_on(api, request, 2.5) == {"exit_code": 0, "run_ms": 2.0}
     blob = get_language("bash").parameters_blob({"n": 3})
     assert sent_request(peer) == encode_request(
-        b"echo $PARAM_N", blob, 2500, 1048576, NONCE, b"", 64 * 1024 * 1024, FLAG_FIGURES
+        b"echo $PARAM_N", blob, 2500, 1048576, NONCE, b"", 64 * 1024 * 1024, 0
     )
     assert api.created["Image"] == "athena-sandbox/bash:latest"
     assert api.created["Labels"][LABEL_RUN] == request.execution_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +14,10 @@ from orchestrator.backends.fast.compile import (
     declines,
     launch_argv,
 )
+from orchestrator.backends.fast.host import uid_range_reason
 from orchestrator.backends.fast.rootfs import ImageRoot
 from orchestrator.backends.fast.seccomp import ALLOWED, ARGUMENT_RULES, ENOSYS, filter_bpf
+from orchestrator.backends.hostlimits import UidPool
 from orchestrator.models import ExecutionRequest
 from orchestrator.orchestrator import Orchestrator
 from orchestrator.policy import Policy, load_policy
@@ -61,15 +64,16 @@ def test_docker_and_fast_are_peers_a_weaker_mode_never_comes_first(
 
 def test_the_plan_is_the_policy_in_bubblewrap_terms() -> None:
     """Namespaces, uid, read-only image root, sized tmpfs, environment from nothing (exact)."""
-    plan = compile_fast(load_policy("strict-fast"), "python", IMAGE)
+    plan = compile_fast(load_policy("strict-fast"), "python", IMAGE, "/run/athena-sandbox/hosts")
     mib = str(64 * 1024 * 1024)
     assert plan.bwrap == (
         "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
         "--unshare-cgroup", "--disable-userns", "--as-pid-1", "--new-session",
         "--uid", "65534", "--gid", "65534", "--hostname", "sandbox",
         "--ro-bind", "/var/lib/athena-sandbox/fast/abc/rootfs", "/",
+        "--ro-bind", "/run/athena-sandbox/hosts", "/etc/hosts",
         "--proc", "/proc", "--dev", "/dev",
-        "--size", mib, "--perms", "1777", "--tmpfs", "/dev/shm",
+        "--size", mib, "--perms", "1777", "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
         "--size", mib, "--perms", "1777", "--tmpfs", "/tmp",
         "--size", mib, "--perms", "0755", "--tmpfs", "/workspace",
         "--perms", "0555", "--tmpfs", "/sys",
@@ -223,7 +227,8 @@ DOCKER_REFUSES_WITHOUT_CAPABILITIES = {
 ALSO_REFUSED_HERE = {
     "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
     "io_uring_setup", "io_uring_enter", "io_uring_register", "personality", "socket",
-    "clone", "clone3", "modify_ldt", "process_madvise",
+    "clone", "clone3", "modify_ldt", "process_madvise", "io_setup", "io_submit",
+    "io_getevents", "io_pgetevents", "io_cancel", "io_destroy",
 }  # fmt: skip
 
 
@@ -239,7 +244,8 @@ def test_clone_and_socket_are_allowed_only_in_their_harmless_forms() -> None:
     assert clone == [("clone", 0, "masked_eq", (0x7E020080, 0))]
     families = sorted(rule[3][0] for rule in ARGUMENT_RULES if rule[0] == "socket")
     assert families == [1, 2, 10, 16]
-    assert ENOSYS == ("clone3",)
+    assert ENOSYS == ("clone3", "io_cancel", "io_destroy", "io_getevents", "io_pgetevents",
+                      "io_setup", "io_submit")  # fmt: skip
 
 
 def test_the_rules_compile_to_a_native_only_filter() -> None:
@@ -248,3 +254,23 @@ def test_the_rules_compile_to_a_native_only_filter() -> None:
     assert len(program) % 8 == 0 and len(program) > 8 * len(ALLOWED)
     first_load = int.from_bytes(program[4:8], "little")  # BPF_LD of seccomp_data.arch (offset 4)
     assert first_load == 4
+
+
+# ------------------------------------------------------------------ host uids
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uid leases are taken as root only")
+def test_two_pools_never_hand_out_one_uid_at_once(tmp_path: Path) -> None:
+    """Two orchestrators' pools (two processes, here two pools) lease each uid to one run."""
+    first, second = UidPool(62000, 2, tmp_path), UidPool(62000, 2, tmp_path)
+    taken = first.take()
+    assert second.take() == 62001 != taken
+    first.give(taken)
+    assert second.take() == 62000  # its lease was given back with it
+
+
+def test_a_uid_range_with_an_account_in_it_is_refused() -> None:
+    """An account inside the range would share a uid with sandboxes: the mode says to move."""
+    root = uid_range_reason(0, 1)
+    assert root is not None and "ATHENA_FAST_UID_BASE" in root and "(root)" in root
+    assert uid_range_reason(3_900_000_000, 1024) is None

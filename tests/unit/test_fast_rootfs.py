@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import stat
 import tarfile
 import time
 from pathlib import Path
@@ -23,9 +24,14 @@ CONFIG = {
 def layer(text: str) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, body in (("etc/hostname", text.encode()), ("bin/tool", b"#!/bin/sh\n")):
+        tmp = tarfile.TarInfo("var/tmp")
+        tmp.type, tmp.mode = tarfile.DIRTYPE, 0o1777
+        tar.addfile(tmp)
+        files = (("etc/hostname", text.encode(), 0o644), ("bin/tool", b"#!/bin/sh\n", 0o755),
+                 ("bin/su", b"\x7fELF", 0o4755), ("bin/wall", b"\x7fELF", 0o2755))  # fmt: skip
+        for name, body, mode in files:
             info = tarfile.TarInfo(name)
-            info.size, info.mode = len(body), 0o755
+            info.size, info.mode = len(body), mode
             tar.addfile(info, io.BytesIO(body))
     return buffer.getvalue()
 
@@ -76,6 +82,26 @@ def test_an_image_is_exported_once_and_read_back(tmp_path: Path, client: FakeCli
         "athena-sandbox/python:latest"
     )
     assert (again, client.api.exports) == (root, 1)
+
+
+def test_an_export_keeps_no_set_id_program_or_world_writable_directory(
+    tmp_path: Path, client: FakeClient
+) -> None:
+    """On the host's disk, su keeps no set-uid bit and /var/tmp is nobody's to write."""
+    root = RootfsStore(tmp_path / "fast", lambda: client).image_root("athena-sandbox/python:latest")
+    assert stat.S_IMODE((root.rootfs / "bin" / "su").stat().st_mode) == 0o755
+    assert stat.S_IMODE((root.rootfs / "bin" / "wall").stat().st_mode) == 0o755
+    assert stat.S_IMODE((root.rootfs / "var" / "tmp").stat().st_mode) == 0o1775
+    assert stat.S_IMODE((tmp_path / "fast").stat().st_mode) == 0o711
+
+
+def test_an_export_made_before_hardening_is_made_again(tmp_path: Path, client: FakeClient) -> None:
+    """An export whose configuration does not say it was hardened is not trusted: redone."""
+    store = RootfsStore(tmp_path / "fast", lambda: client)
+    config = store.image_root("athena-sandbox/python:latest").rootfs.parent / "image.json"
+    config.write_text(config.read_text().replace('"hardened": true', '"hardened": false'))
+    RootfsStore(tmp_path / "fast", lambda: client).image_root("athena-sandbox/python:latest")
+    assert client.api.exports == 2
 
 
 def test_a_rebuilt_image_replaces_its_export_keeping_the_one_before(

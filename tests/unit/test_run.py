@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import orchestrator
-from orchestrator.backends.docker import backend as docker_backend
+from orchestrator.backends import message
 from orchestrator.backends.docker.backend import DockerBackend
 from orchestrator.backends.docker.drive import Ending, judge_ending
 from orchestrator.backends.docker.engine import kernel_oom
@@ -217,7 +217,7 @@ def run_dying(
 @pytest.fixture(autouse=True)
 def fixed_nonce(monkeypatch: pytest.MonkeyPatch) -> None:
     """The runner's reports carry the nonce the backend sent."""
-    monkeypatch.setattr(docker_backend, "new_nonce", lambda: NONCE)
+    monkeypatch.setattr(message, "new_nonce", lambda: NONCE)
 
 
 def test_a_sandbox_the_oom_killer_took_whole_is_a_memory_violation() -> None:

@@ -1,8 +1,8 @@
 """The Docker backend, in parts: see :mod:`.backend` for how they fit together.
 
 ``backend`` (the coordinator), ``compile`` (policy -> container settings, pure), ``engine`` (the
-one engine-client interface), ``blueprints``, ``live``, ``drive``, ``sandbox``, ``egress``,
-``watchdog``, ``owners`` and ``errors``.
+one engine-client interface), ``blueprints``, ``live``, ``drive``, ``sandbox``,
+``egress``, ``watchdog`` (and its process, ``watcher``), ``owners`` and ``errors``.
 """
 
 from orchestrator.backends.docker.backend import DockerBackend

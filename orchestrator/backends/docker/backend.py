@@ -25,7 +25,7 @@ from typing import Literal
 import structlog
 
 from orchestrator.backends.docker.blueprints import Blueprints
-from orchestrator.backends.docker.drive import KILL_GRACE_S, Driver, Message
+from orchestrator.backends.docker.drive import KILL_GRACE_S, Driver
 from orchestrator.backends.docker.egress import NETWORK, EgressSetup
 from orchestrator.backends.docker.engine import DockerEngine, Engine
 from orchestrator.backends.docker.errors import map_docker_errors, retry_connection, retry_transient
@@ -43,23 +43,14 @@ from orchestrator.backends.docker.owners import (
 from orchestrator.backends.docker.sandbox import Blueprint, NeverStarted, PoolKey, Sandbox
 from orchestrator.backends.docker.session import DockerSession, is_session_key, session_blueprint
 from orchestrator.backends.docker.watchdog import Watchdog
+from orchestrator.backends.message import Message, runner_message
 from orchestrator.backends.mountstage import MountStage
 from orchestrator.backends.mountstage import sweep_stale as sweep_stale_mounts
 from orchestrator.backends.pool import WarmPool
-from orchestrator.backends.protocol import (
-    FLAG_FIGURES,
-    encode_argv,
-    encode_request,
-    new_nonce,
-    session_nonce,
-)
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import BackendUnavailableError, RunCancelledError, SandboxFailedError
-from orchestrator.files import FIGURES_DIR, encode_files
-from orchestrator.guard import runtime_guard
 from orchestrator.languages import get_language
 from orchestrator.models import ExecutionRequest, Isolation
-from orchestrator.packages import install_argv, install_plan
 from orchestrator.policy import Policy
 from orchestrator.run import ExitReport, RunOutcome, RunSpec, build_outcome
 from orchestrator.settings import Settings
@@ -136,12 +127,18 @@ class DockerBackend:
         self.close()
 
     def close(self) -> None:
-        """Kill runs still going, let the pooled containers go, and drop the engine."""
+        """Kill runs still going, let the pooled containers go, and drop the engine.
+
+        Streams are cut first, so pooled launches waiting for their runner end at once
+        instead of holding the pool's close; removals run in parallel in the background
+        and are waited for together.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
         self._live.refuse_new()
+        self._live.cut()
         self._pool.close()
         with self._lock:
             engine = self._engine
@@ -178,12 +175,17 @@ class DockerBackend:
         with self._lock:
             if self._closed:
                 raise SandboxFailedError("this backend is closed; create a new one")
-            if self._engine is None:
-                with map_docker_errors("connect to the engine"):
-                    self._engine = self._factory()
             engine = self._engine
+            connected = engine is None
+            if engine is None:
+                with map_docker_errors("connect to the engine"):
+                    engine = self._engine = self._factory()
             sweep = self._settings.sweep_on_start and not self._swept
             self._swept = True
+        if connected:
+            # Its interpreter starts while the first run asks the engine for images and
+            # runtimes; the first container waits for it (``_ensure_watchdog``).
+            self._watchdog.launch(_watchdog_labels)
         if sweep:
             self.sweep()
         return engine
@@ -342,11 +344,23 @@ class DockerBackend:
         return min(size, 1) if is_session_key(key) else size
 
     def _take(self, engine: Engine, blueprint: Blueprint, execution_id: str) -> Sandbox:
-        if self._settings.pool_size_for(blueprint.key[0]) > 0:
-            sandbox = self._pool.take(blueprint.key, wait=self._settings.pool_wait_seconds)
+        """A warm sandbox when the pool has one ready (or within the pool wait), else a cold one.
+
+        A run that finds the pool empty asks it for a refill only once its own container has
+        started: the pool's launches would compete with that start for the engine and the
+        cores (a fresh API's first run took twice as long beside them).
+        """
+        pooled = self._settings.pool_size_for(blueprint.key[0]) > 0
+        wait = self._settings.pool_wait_seconds
+        if pooled and (wait > 0 or self._pool.ready_count(blueprint.key)):
+            sandbox = self._pool.take(blueprint.key, wait=wait)
             if sandbox is not None:
                 return sandbox
-        return self._launch(engine, blueprint, "cold", {LABEL_RUN: execution_id})
+        try:
+            return self._launch(engine, blueprint, "cold", {LABEL_RUN: execution_id})
+        finally:
+            if pooled:  # the demand is recorded even when this start failed
+                self._pool.prewarm(blueprint.key, timeout=0.0)  # returns at once
 
     def _launch(
         self,
@@ -366,7 +380,8 @@ class DockerBackend:
             with map_docker_errors("attach to the container"):
                 sock, attached = engine.attach(container_id)
             sandbox = Sandbox(container_id, sock, attached, image, path, runtime=blueprint.runtime)
-            self._live.add(container_id, sandbox)
+            if not self._live.add(container_id, sandbox):  # closing: do not start it at all
+                raise SandboxFailedError("the backend was closed while the run was starting")
             try:
                 retry_connection(lambda: engine.start(container_id), "start the container", image)
             except SandboxFailedError as exc:  # the engine refused: a fresh container may start
@@ -384,9 +399,7 @@ class DockerBackend:
         with self._lock:
             if self._closed:
                 return
-        self._watchdog.arm(
-            lambda: {k: v for k, v in owner_labels().items() if k in _WATCHDOG_LABELS}
-        )
+        self._watchdog.arm(_watchdog_labels)
 
     def _launch_pooled(self, key: PoolKey) -> Sandbox:
         """Start a container for the pool and wait until its runner says it is ready."""
@@ -415,34 +428,20 @@ class DockerBackend:
 def _message(
     request: ExecutionRequest, spec: RunSpec, settings: Settings, sandbox: Sandbox | None = None
 ) -> Message:
-    """The request as the runner reads it, with a fresh nonce for its reports.
+    """The request as the runner reads it (:func:`runner_message`).
 
-    With a session's ``sandbox``: the nonce derived for its next call; the header carries the
-    session's key (first call) or the call's number.
+    A session's ``sandbox`` counts its calls: their nonces derive from its key.
     """
-    nonce = header_nonce = new_nonce()
-    if sandbox is not None:
-        call = sandbox.session_calls
-        sandbox.session_calls += 1
-        nonce = session_nonce(sandbox.session_key, call)
-        header_nonce = sandbox.session_key.hex() if call == 0 else f"{call:x}"
-    payload = encode_request(
-        request.code.encode("utf-8", errors="surrogatepass"),
-        get_language(request.language).request_blob(
-            request.parameters,
-            runtime_guard(request.policy, request.language),
-            FIGURES_DIR if request.capture_figures else None,
-            install_plan(request.requirements, request.language, settings),
-        ),
-        max(1, round(spec.timeout_seconds * 1000)),  # 0 would mean "no deadline"
-        request.policy.limits.max_output_bytes,
-        header_nonce,
-        encode_files(request.files),
-        request.policy.files.max_out_bytes,
-        FLAG_FIGURES if request.capture_figures else 0,
-        encode_argv(install_argv(request.requirements, request.language, settings)),
-    )
-    return Message(payload, nonce)
+    if sandbox is None:
+        return runner_message(request, spec, settings)
+    call = sandbox.session_calls
+    sandbox.session_calls += 1
+    return runner_message(request, spec, settings, session_key=sandbox.session_key, call=call)
+
+
+def _watchdog_labels() -> dict[str, str]:
+    """The labels the watchdog removes by: this process as the owner."""
+    return {k: v for k, v in owner_labels().items() if k in _WATCHDOG_LABELS}
 
 
 def _close_at_exit(ref: weakref.ref[DockerBackend]) -> None:

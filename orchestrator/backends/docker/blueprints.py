@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import threading
 from typing import Any
 
@@ -19,6 +20,7 @@ from orchestrator.backends.docker.engine import Engine
 from orchestrator.backends.docker.errors import map_docker_errors
 from orchestrator.backends.docker.owners import owner_labels
 from orchestrator.backends.docker.sandbox import Blueprint, PoolKey
+from orchestrator.backends.hostsfile import hosts_file
 from orchestrator.backends.mountstage import MountStage
 from orchestrator.backends.protocol import PROTOCOL
 from orchestrator.custom_images import (
@@ -43,8 +45,8 @@ _RequestKey = tuple[str, Policy, tuple[ResolvedMount, ...], str, str]
 class Blueprints:
     """Builds and keeps the blueprint of each (language, policy, mounts, image).
 
-    Thread-safe: ``_lock`` guards ``_by_request``, ``_by_key``, ``_images_ok`` and
-    ``_runtimes``. Two threads may build the same blueprint at once; the first one kept wins.
+    Thread-safe: ``_lock`` guards ``_by_request``, ``_by_key``, ``_images_ok``, ``_runtimes``
+    and ``_hosts``. Two threads may build the same blueprint at once; the first one kept wins.
 
     Args:
         settings: image names.
@@ -59,6 +61,7 @@ class Blueprints:
         self._by_key: dict[PoolKey, Blueprint] = {}
         self._images_ok: set[str] = set()
         self._runtimes: frozenset[str] | None = None
+        self._hosts: tuple[str | None] | None = None  # (hosts file or None), once decided
 
     def get(self, key: PoolKey) -> Blueprint:
         """The blueprint of a pool key (one that :meth:`build` returned)."""
@@ -95,7 +98,9 @@ class Blueprints:
         identity = labels_digest(labels) if labels is not None else ""
         cache_key = (language, policy, spec.mounts, choice.reference, identity)
         with self._lock:
-            known = self._by_request.get(cache_key)
+            known, hosts = self._by_request.get(cache_key), self._hosts
+        if hosts is not None and hosts[0] is not None and not os.path.exists(hosts[0]):
+            hosts_file()  # a cleaner of the temporary directory took it: the engine needs it
         if known is not None:
             return known
         if labels is None:
@@ -131,6 +136,7 @@ class Blueprints:
             route=route,
             container_runtime=runtime,
             language=language,
+            hosts_file=self._hosts_file(engine) if policy.network.mode == "none" else None,
         )
         body = engine.container_body(config["create"], config["host_config"])
         key = (language, _fingerprint(body, identity))
@@ -159,6 +165,20 @@ class Blueprints:
                 "runtime: run `make gvisor` (installs runsc and registers it with dockerd)"
             )
         return runtime
+
+    def _hosts_file(self, engine: Engine) -> str | None:
+        """The hosts file sandboxes without a network bind, when the engine can (decided once).
+
+        None for an engine on another host (it cannot see our file) or when no safe place can
+        hold the file: those sandboxes get Docker's ``none`` network instead.
+        """
+        with self._lock:
+            decided = self._hosts
+        if decided is None:
+            decided = (hosts_file() if engine.local() else None,)
+            with self._lock:
+                self._hosts = decided
+        return decided[0]
 
     def _staged(self, mounts: tuple[ResolvedMount, ...]) -> tuple[ResolvedMount, ...]:
         """The mounts with sources gVisor's engine can bind safely (see ``mountstage``)."""

@@ -16,6 +16,7 @@ from orchestrator.policy import Policy, ResolvedMount
 from orchestrator.run import RunSpec
 
 WORKDIR = "/workspace"
+HOSTS = "/etc/hosts"
 RUNTIME = "runc"
 # gVisor's runtimes as scripts/ensure-runsc.sh registers them: ptrace platform (its KVM platform
 # hangs here), and --network=none for runs without a network.
@@ -42,12 +43,27 @@ class EgressRoute:
     proxy_url: str
 
 
-def _network(policy: Policy, route: EgressRoute | None) -> tuple[dict[str, Any], dict[str, str]]:
-    """Host-config network settings and extra environment for a policy's network mode."""
+def _network(
+    policy: Policy, route: EgressRoute | None, hosts_file: str | None
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], dict[str, str]]:
+    """A policy's network mode as create settings, host-config settings, mounts and environment.
+
+    ``none`` with a hosts file: networking disabled at creation (``NetworkDisabled``), so the
+    engine sets up no network of its own: the runtime gives the container a fresh network
+    namespace holding only ``lo``, as Docker's ``none`` network does, without the engine's
+    per-container network set-up (a start hook that execs dockerd, a namespace file to mount
+    and remove: measured here, 40% of a cold ``print(1)`` run at 4 in flight). The engine then
+    writes no ``/etc/hosts``, so ``localhost`` resolves through the hosts file, bound
+    read-only. Without one (an engine on another host cannot bind our file), Docker's ``none``
+    network.
+    """
     if policy.network.mode == "none":
-        return {"network_mode": "none"}, {}
+        if hosts_file is None:
+            return {}, {"network_mode": "none"}, [], {}
+        hosts = {"Type": "bind", "Source": hosts_file, "Target": HOSTS, "ReadOnly": True}
+        return {"network_disabled": True}, {"network_mode": "none"}, [hosts], {}
     if policy.network.mode == "open":
-        return {"network_mode": "bridge"}, {}
+        return {}, {"network_mode": "bridge"}, [], {}
     if route is None:
         raise PolicyError("network.mode 'allowlist' needs the egress route; none was given")
     proxy = {
@@ -55,7 +71,7 @@ def _network(policy: Policy, route: EgressRoute | None) -> tuple[dict[str, Any],
     }
     # 127.0.0.1: Docker's embedded DNS forwards to nothing there, so names resolve only at
     # the proxy, and only allowed ones.
-    return {"network_mode": route.network, "dns": ["127.0.0.1"]}, proxy
+    return {}, {"network_mode": route.network, "dns": ["127.0.0.1"]}, [], proxy
 
 
 def _mount_check_env(
@@ -120,22 +136,27 @@ def compile_docker(
     route: EgressRoute | None = None,
     container_runtime: str = RUNTIME,
     language: str | None = None,
+    hosts_file: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Translate a policy into the arguments of Docker's create-container call.
 
     Returns ``{"create": kwargs of APIClient.create_container (without host_config),
     "host_config": kwargs of APIClient.create_host_config}``. With ``language``, what the
     runner refuses in the kernel for that language's interpreter is included
-    (``ATHENA_DENY``, from the policy's run-time guard).
+    (``ATHENA_DENY``, from the policy's run-time guard). With ``hosts_file`` (a path the engine
+    binds as the sandbox's ``/etc/hosts``), a policy without network gets networking disabled
+    at creation instead of Docker's ``none`` network: the same isolation, started faster (see
+    ``_network``).
 
     Raises:
         PolicyError: an allowlist policy without an egress route.
     """
     limits, fs, runtime = policy.limits, policy.filesystem, policy.runtime
     tmpfs = f"size={fs.tmpfs_mb}m"
-    network, network_env = _network(policy, route)
+    create, network, network_mounts, network_env = _network(policy, route, hosts_file)
     return {
         "create": {
+            **create,
             "image": image,
             "user": runtime.user,
             "working_dir": WORKDIR,
@@ -161,7 +182,8 @@ def compile_docker(
             "mounts": [
                 {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only}
                 for m in spec.mounts
-            ],
+            ]
+            + network_mounts,
             "mem_limit": limits.memory_mb * _MIB,
             "memswap_limit": limits.memory_mb * _MIB,  # swap equal to memory: no swap at all
             "nano_cpus": round(limits.cpus * 1e9),

@@ -18,6 +18,7 @@ from orchestrator.backends.docker.engine import Engine
 from orchestrator.backends.docker.errors import unavailable
 from orchestrator.backends.docker.live import LiveContainers
 from orchestrator.backends.docker.sandbox import NeverStarted, Sandbox
+from orchestrator.backends.message import Message
 from orchestrator.backends.protocol import ProtocolError
 from orchestrator.backends.reader import RunReader
 from orchestrator.context import ExecutionContext
@@ -38,14 +39,6 @@ _CLOSED_MID_RUN = (
     "the run was cut short: the API was closed (close() was called) while it ran, "
     "and its sandbox was killed"
 )
-
-
-@dataclass(frozen=True)
-class Message:
-    """The encoded request and the nonce the runner's own reports carry."""
-
-    payload: bytes
-    nonce: str
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,10 @@ class Engine(Protocol):
         """The container runtimes the engine has registered."""
         ...
 
+    def local(self) -> bool:
+        """Whether the engine runs on this host: a path of ours is the same file to it."""
+        ...
+
     def image_labels(self, image: str) -> dict[str, str]:
         """An image's labels."""
         ...
@@ -120,6 +124,7 @@ class DockerEngine:
 
     def __init__(self, client: docker.DockerClient, fast: FastEngine | None = None) -> None:
         self._client, self._api, self._fast = client, client.api, fast
+        self._info: dict[str, Any] | None = None  # the engine's info, asked once
 
     @classmethod
     def from_env(cls, timeout: float) -> DockerEngine:
@@ -224,7 +229,24 @@ class DockerEngine:
 
     def runtimes(self) -> frozenset[str]:
         """See :class:`Engine`."""
-        return frozenset((self._api.info().get("Runtimes") or {}).keys())
+        return frozenset((self._engine_info().get("Runtimes") or {}).keys())
+
+    def local(self) -> bool:
+        """See :class:`Engine`.
+
+        A Unix-socket engine that names this host as its own: not one in a VM (Docker Desktop
+        names itself ``docker-desktop``) nor the host's engine seen from a container.
+        """
+        if self._fast is None:
+            return False
+        with suppress(docker.errors.DockerException, OSError):
+            return self._engine_info().get("Name") == socket.gethostname()
+        return False
+
+    def _engine_info(self) -> dict[str, Any]:
+        if self._info is None:  # two threads asking at once both ask: the same answer
+            self._info = dict(self._api.info())
+        return self._info
 
     def image_labels(self, image: str) -> dict[str, str]:
         """See :class:`Engine`."""

@@ -20,7 +20,9 @@ class LiveContainers:
         self._lock = threading.Lock()
         self._live: dict[str, Sandbox | None] = {}
         self._closed = False
-        self._reaper = ThreadPoolExecutor(max_workers=2, thread_name_prefix="athena-reaper")
+        # Removals are engine calls that wait on a container's end: a few at once, so a
+        # closing backend's pooled containers go together.
+        self._reaper = ThreadPoolExecutor(max_workers=4, thread_name_prefix="athena-reaper")
 
     @property
     def closed(self) -> bool:
@@ -39,26 +41,36 @@ class LiveContainers:
             return not self._closed
 
     def release(self, engine: Engine, container_id: str, *, finished: bool) -> None:
-        """Forget a container; unless its runner ended the run, remove it in the background."""
+        """Forget a container; unless its runner ended the run, remove it in the background.
+
+        While the backend closes, removals still go to the background, beside each other:
+        :meth:`close` waits for them all. After it, they happen here.
+        """
         with self._lock:
             sandbox = self._live.pop(container_id, None)
-            closed = self._closed
         if sandbox is not None:
             sandbox.close()
         if finished:
             return  # the runner exits after its report and AutoRemove removes the container
-        if not closed:
-            try:
-                self._reaper.submit(engine.remove, container_id)
-                return
-            except RuntimeError:  # the reaper shut down in between: remove it here
-                pass
-        engine.remove(container_id)
+        try:
+            self._reaper.submit(engine.remove, container_id)
+        except RuntimeError:  # the reaper has shut down (closed): remove it here
+            engine.remove(container_id)
 
     def refuse_new(self) -> None:
-        """Mark the backend closing: containers let go from now on are removed at once."""
+        """Mark the backend closing: containers created from now on are let go at once."""
         with self._lock:
             self._closed = True
+
+    def cut(self) -> None:
+        """Close every stream in flight: runs and pooled runners see EOF (their runner ends).
+
+        The containers stay recorded: :meth:`close` removes them.
+        """
+        with self._lock:
+            sandboxes = [s for s in self._live.values() if s is not None]
+        for sandbox in sandboxes:
+            sandbox.close()
 
     def close(self, engine: Engine | None) -> None:
         """Cut every run short (its reader and runner see EOF), remove its container, and wait."""

@@ -23,9 +23,10 @@ import structlog
 from orchestrator.backends.base import ensure_available
 from orchestrator.backends.fast.cell import GROUP, Cell
 from orchestrator.backends.fast.compile import CellPlan, compile_fast, declines
-from orchestrator.backends.fast.host import host_reason
+from orchestrator.backends.fast.host import host_reason, uid_range_reason
 from orchestrator.backends.fast.rootfs import ImageRoot, RootfsStore
 from orchestrator.backends.hostlimits import UidPool, sweep_groups
+from orchestrator.backends.hostsfile import hosts_file
 from orchestrator.backends.message import runner_message
 from orchestrator.backends.pool import WarmPool
 from orchestrator.backends.protocol import DockerDemuxer, ProtocolError
@@ -66,7 +67,7 @@ class FastBackend:
     def __init__(self, settings: Settings | None = None, *, docker_factory: Any = None) -> None:
         self._settings = settings or Settings()
         self._store = RootfsStore(self._settings.fast_root, docker_factory or _docker_client)
-        self._uids = UidPool(self._settings.fast_uid_base, _UIDS)
+        self._uids = UidPool(self._settings.fast_uid_base, _UIDS)  # leased: one run per uid
         self._lock = threading.Lock()
         self._host_reason: str | bool | None = False  # False: not checked yet
         self._image_reasons: dict[str, tuple[float, str | None]] = {}
@@ -89,7 +90,9 @@ class FastBackend:
         """Why this backend cannot run ``language`` here (None: it can)."""
         with self._lock:
             if self._host_reason is False:
-                self._host_reason = host_reason()
+                self._host_reason = host_reason() or uid_range_reason(
+                    self._settings.fast_uid_base, _UIDS
+                )
                 if self._host_reason is None:
                     sweep_groups(GROUP, _alive)
             if isinstance(self._host_reason, str):
@@ -309,7 +312,7 @@ class Reaper:
 
 @lru_cache(maxsize=64)  # policies are frozen and hashable; a few are in use at a time
 def _plan(policy: Policy, language: str, image: ImageRoot) -> CellPlan:
-    return compile_fast(policy, language, image)
+    return compile_fast(policy, language, image, hosts_file())
 
 
 def _frames() -> Any:

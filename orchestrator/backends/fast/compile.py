@@ -90,8 +90,14 @@ def _ids(user: str) -> tuple[str, str]:
     return uid, gid or uid
 
 
-def compile_fast(policy: Policy, language: str, image: ImageRoot) -> CellPlan:
-    """Translate a policy into a :class:`CellPlan` for ``language``'s exported image (pure)."""
+def compile_fast(
+    policy: Policy, language: str, image: ImageRoot, hosts: str | None = None
+) -> CellPlan:
+    """Translate a policy into a :class:`CellPlan` for ``language``'s exported image (pure).
+
+    ``hosts``: a file bound read-only as ``/etc/hosts`` (the image's own is empty: the engine
+    writes one into each container, and an export has none), so ``localhost`` resolves.
+    """
     limits, fs = policy.limits, policy.filesystem
     uid, gid = _ids(policy.runtime.user)
     tmpfs = str(fs.tmpfs_mb * _MIB)
@@ -106,9 +112,11 @@ def compile_fast(policy: Policy, language: str, image: ImageRoot) -> CellPlan:
         "--unshare-cgroup", "--disable-userns", "--as-pid-1", "--new-session",
         "--uid", uid, "--gid", gid, "--hostname", "sandbox",
         "--ro-bind", str(image.rootfs), "/",
+        *(("--ro-bind", hosts, "/etc/hosts") if hosts else ()),
         "--proc", "/proc",
         "--dev", "/dev",
         "--size", shm, "--perms", "1777", "--tmpfs", "/dev/shm",
+        "--remount-ro", "/dev",  # its tmpfs is the sandbox user's and unsized otherwise
         "--size", tmpfs, "--perms", "1777", "--tmpfs", "/tmp",
         "--size", tmpfs, "--perms", "0755", "--tmpfs", WORKDIR,
         "--perms", "0555", "--tmpfs", "/sys",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 
@@ -26,6 +27,21 @@ def host_reason() -> str | None:
         reason = check()
         if reason is not None:
             return reason
+    return None
+
+
+def uid_range_reason(base: int, count: int) -> str | None:
+    """Why the host uids ``base`` to ``base + count - 1`` may not be used (None: they may).
+
+    A user account there would share a uid with sandboxes on the host: its processes could
+    signal or trace them, and they would share its per-user kernel budgets.
+    """
+    for entry in pwd.getpwall():
+        if base <= entry.pw_uid < base + count:
+            return (
+                f"host uid {entry.pw_uid} ({entry.pw_name}) is in the fast mode's range "
+                f"{base}-{base + count - 1}: set ATHENA_FAST_UID_BASE to a range no account uses"
+            )
     return None
 
 

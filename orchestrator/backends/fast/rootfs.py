@@ -7,6 +7,12 @@ Every fast-mode sandbox binds that directory read-only as its ``/``. The directo
 complete or not at all (unpacked under a temporary name, then renamed), and exports of older
 builds of the same image reference are removed once a newer one is in place. Only our own
 images are exported: custom images run in the docker mode.
+
+An export sits on the host's disk, where Docker's layers are under root-only
+``/var/lib/docker``: so no file of it keeps a set-uid or set-gid bit (``su``, ``mount``,
+``passwd``... would otherwise be there for any local user to run, outside every sandbox) and no
+directory stays writable by others (``/var/tmp``, ``/run/lock``: planted files would show in
+every sandbox). Inside a sandbox neither matters (no new privileges; the root is read-only).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import threading
 from collections.abc import Mapping
@@ -126,14 +133,18 @@ class RootfsStore:
             data = json.loads((folder / _CONFIG).read_text())
         except (OSError, ValueError):
             return None
-        if data.get("id") != image_id or not (folder / "rootfs").is_dir():
-            return None
+        if (
+            data.get("id") != image_id
+            or not data.get("hardened")
+            or not (folder / "rootfs").is_dir()
+        ):
+            return None  # another image, or an export made before exports were hardened
         return ImageRoot.from_config(folder, data)
 
     def _export(self, reference: str, image_id: str) -> ImageRoot:
         """Unpack the image into a temporary folder, then rename it into place."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self.root.chmod(0o755)  # sandboxes run as other uids: they must reach the root
+        self.root.chmod(0o711)  # sandboxes run as other uids: they must pass, not list
         folder = self._folder(image_id)
         staging = folder.with_name(folder.name + f".partial-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
@@ -150,7 +161,13 @@ class RootfsStore:
         finally:
             with suppress(Exception):
                 api.remove_container(container, force=True)
-        data = {"id": image_id, "reference": reference, "config": inspected.get("Config") or {}}
+        _harden(staging / "rootfs")
+        data = {
+            "id": image_id,
+            "reference": reference,
+            "config": inspected.get("Config") or {},
+            "hardened": True,
+        }
         (staging / _CONFIG).write_text(json.dumps(data))
         (staging / "rootfs").chmod(0o755)
         shutil.rmtree(folder, ignore_errors=True)
@@ -200,6 +217,19 @@ class RootfsStore:
                         older.append(((folder / _CONFIG).stat().st_mtime, folder))
         for _, folder in sorted(older)[:-1]:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _harden(rootfs: Path) -> None:
+    """Clear set-uid and set-gid bits and other-writable directories in an unpacked image."""
+    for directory, _dirs, files in os.walk(rootfs):  # links are never followed
+        info = os.lstat(directory)
+        if info.st_mode & 0o002:
+            os.chmod(directory, stat.S_IMODE(info.st_mode) & ~0o002)
+        for name in files:
+            path = os.path.join(directory, name)
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode) and info.st_mode & 0o6000:
+                os.chmod(path, stat.S_IMODE(info.st_mode) & ~0o6000)
 
 
 def _alive(pid: int) -> bool:

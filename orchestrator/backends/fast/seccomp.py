@@ -19,7 +19,8 @@ How it compares with Docker's default profile, which the docker mode runs under:
   and its friends (Docker refuses those too), ``userfaultfd``, ``personality`` beyond the
   values Docker allows, ``socket`` beyond Unix, IPv4, IPv6 and netlink, and ``clone`` with any
   namespace flag (as Docker without CAP_SYS_ADMIN). ``clone3`` answers ENOSYS, as in Docker,
-  so the C library falls back to ``clone``, whose flags a filter can see.
+  so the C library falls back to ``clone``, whose flags a filter can see; so do the Linux AIO
+  calls, whose contexts come from a host-wide budget one run could exhaust.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ ALLOWED: tuple[str, ...] = (
     "getpid", "getppid", "getpriority", "getrandom", "getresgid", "getresuid", "getrlimit",
     "getrusage", "getsid", "getsockname", "getsockopt", "gettid", "gettimeofday", "getuid",
     "getxattr", "inotify_add_watch", "inotify_init", "inotify_init1", "inotify_rm_watch",
-    "io_cancel", "io_destroy", "io_getevents", "io_pgetevents", "io_setup", "io_submit",
     "ioctl", "ioprio_get", "ioprio_set", "kill", "landlock_add_rule",
     "landlock_create_ruleset", "landlock_restrict_self", "lchown", "lgetxattr", "link",
     "linkat", "listen", "listxattr", "llistxattr", "lremovexattr", "lseek", "lsetxattr",
@@ -97,8 +97,12 @@ ARGUMENT_RULES: tuple[tuple[str, int, str, tuple[int, ...]], ...] = (
 )
 """``(syscall, argument index, comparison, operands)``: each entry allows one case."""
 
-ENOSYS: tuple[str, ...] = ("clone3",)
-"""Answered "not implemented", so callers fall back to what the filter can judge."""
+# Linux AIO's contexts come from one host-wide budget (fs.aio-max-nr) that one run could hold
+# whole; nothing our interpreters run needs it (libuv and Python use threads).
+_AIO = ("io_cancel", "io_destroy", "io_getevents", "io_pgetevents", "io_setup", "io_submit")
+ENOSYS: tuple[str, ...] = ("clone3", *_AIO)
+"""Answered "not implemented": callers fall back (glibc's clone3 to clone, which the filter
+judges; AIO users to threads)."""
 
 
 def filter_bpf() -> bytes:
