@@ -20,7 +20,7 @@ help:
 	@echo "make security          hostile code (RedCode-Exec and more) judged by the host's state"
 	@echo "make lint              ruff and mypy"
 	@echo "make images            build the sandbox images (only what changed)"
-	@echo "make bench             latency and memory benchmarks, side by side with docker run and the host"
+	@echo "make bench             latency, throughput, HumanEval and memory benchmarks, side by side with docker run, epicbox and the host"
 	@echo "make docker-up         install and start a Docker engine if none answers"
 	@echo "make doctor            which isolation modes work here, and how to enable the others"
 	@echo "make gvisor            install gVisor's runsc and register it with the Docker engine"
@@ -95,8 +95,8 @@ test-integration: images node-tools
 	$(BIN)/pytest -q tests/integration
 
 # Hostile code judged by the state of the host (tests/security); prints the case x mode table
-# and writes benchmarks/results/security.md. ci: the whole RedCode-Exec corpus on runc, two
-# snippets per scenario on the other modes; full: everything on every mode.
+# and writes benchmarks/results/security.md. ci: the whole RedCode-Exec corpus on runc and in
+# the fast mode, two snippets per scenario on the other modes; full: everything on every mode.
 .PHONY: security security-full
 security: images node-tools
 	ATHENA_SECURITY_SCOPE=ci $(BIN)/pytest -q -m security tests/security
