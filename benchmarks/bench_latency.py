@@ -344,15 +344,20 @@ def table(figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def publish(figures: dict[str, Any], out: Path, render: Callable[[dict[str, Any]], str]) -> int:
+    """Write a benchmark's figures as JSON, print its table; 1 when it left containers."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(render(figures))
+    print(f"\nfigures written to {out}")
+    return 0 if figures["containers_left"] == 0 else 1
+
+
 def main() -> int:
     """Measure, print the table, write the JSON."""
     figures = measure()
     figures["ratios"] = ratios(figures)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(figures, indent=2) + "\n")
-    print(table(figures))
-    print(f"\nfigures written to {OUT}")
-    return 0 if figures["containers_left"] == 0 else 1
+    return publish(figures, OUT, table)
 
 
 if __name__ == "__main__":

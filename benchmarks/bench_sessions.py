@@ -12,7 +12,6 @@ benchmarks/results/sessions.json.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -26,7 +25,7 @@ from typing import Any
 import docker
 
 from athena.mcp.memory_api import MemoryAPI
-from benchmarks.bench_latency import percentiles, wait_for_no_containers
+from benchmarks.bench_latency import percentiles, publish, wait_for_no_containers
 from orchestrator.settings import Settings
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "20"))
@@ -155,11 +154,7 @@ def main() -> int:
     """Measure, print the table, write the JSON."""
     figures = measure()
     figures["ratios"] = ratios(figures)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(figures, indent=2) + "\n")
-    print(table(figures))
-    print(f"\nfigures written to {OUT}")
-    return 0 if figures["containers_left"] == 0 else 1
+    return publish(figures, OUT, table)
 
 
 if __name__ == "__main__":

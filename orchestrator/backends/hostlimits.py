@@ -201,6 +201,17 @@ def _limit(
         _write(f"{dirs[2]}/cpu.cfs_quota_us", str(quota))
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _same_hierarchy(first: Path, second: Path) -> bool:
     try:
         return first.resolve() == second.resolve() or first.stat().st_dev == second.stat().st_dev

@@ -6,7 +6,7 @@ Pure code (no I/O): a backend hands it the bytes of the attach stream.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from orchestrator.backends.protocol import (
@@ -28,7 +28,7 @@ from orchestrator.context import ExecutionContext
 from orchestrator.errors import RequestError, SandboxFailedError
 from orchestrator.files import output_file
 from orchestrator.models import Event, Isolation, OutputFile
-from orchestrator.run import ExitReport, LeftOut, build_outcome
+from orchestrator.run import ExitReport, LeftOut, RunOutcome, build_outcome
 
 
 def outcome_from_frames(
@@ -97,6 +97,31 @@ class RunReader:
         files = tuple(output_file(n, bytes(c)) for k, n, c in self._files if k == "f")
         figures = tuple(output_file(n, bytes(c)) for k, n, c in self._files if k == "a")
         return files, figures
+
+    def reported(
+        self,
+        build: Callable[..., RunOutcome],
+        track_resources: bool,
+        mount_targets: Sequence[str] = (),
+    ) -> RunOutcome | None:
+        """The outcome the runner reported (its exit frame, value, files), None without one.
+
+        ``build`` is :func:`~orchestrator.run.build_outcome` with the backend's isolation and
+        sandbox id bound.
+        """
+        if self.exit_info is None:
+            return None
+        files, figures = self.outputs()
+        return build(
+            ExitReport.from_runner(self.exit_info),
+            self.value,
+            started=self.begun_at is not None,
+            track_resources=track_resources,
+            mount_targets=mount_targets,
+            files=files,
+            artifacts=figures,
+            left_out=tuple(self.left_out),
+        )
 
     def take(self, data: bytes) -> None:
         """Take bytes of the attach stream.

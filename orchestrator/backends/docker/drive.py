@@ -213,18 +213,10 @@ class Driver:
         )
         build = partial(build_outcome, isolation=isolation, sandbox_id=sandbox.container_id[:12])
         started = reader.begun_at is not None
-        if reader.exit_info is not None:
-            files, figures = reader.outputs()
-            return build(
-                ExitReport.from_runner(reader.exit_info),
-                reader.value,
-                started=started,
-                track_resources=request.track_resources,
-                mount_targets=[m.target for m in request.policy.filesystem.mounts],
-                files=files,
-                artifacts=figures,
-                left_out=tuple(reader.left_out),
-            )
+        targets = [m.target for m in request.policy.filesystem.mounts]
+        reported = reader.reported(build, request.track_resources, targets)
+        if reported is not None:
+            return reported
         elapsed = (time.monotonic() - (reader.begun_at or time.monotonic())) * 1000
         if timed_out:
             return build(ExitReport(signal=SIGKILL, timed_out=True, run_ms=elapsed))

@@ -11,7 +11,6 @@ pool keeps a few started ones per (language, policy) for latency, each used once
 from __future__ import annotations
 
 import dataclasses
-import os
 import queue
 import threading
 import time
@@ -25,7 +24,7 @@ from orchestrator.backends.fast.cell import GROUP, Cell
 from orchestrator.backends.fast.compile import CellPlan, compile_fast, declines
 from orchestrator.backends.fast.host import host_reason, uid_range_reason
 from orchestrator.backends.fast.rootfs import ImageRoot, RootfsStore
-from orchestrator.backends.hostlimits import UidPool, sweep_groups
+from orchestrator.backends.hostlimits import UidPool, pid_alive, sweep_groups
 from orchestrator.backends.hostsfile import hosts_file
 from orchestrator.backends.message import runner_message
 from orchestrator.backends.pool import WarmPool
@@ -94,7 +93,7 @@ class FastBackend:
                     self._settings.fast_uid_base, _UIDS
                 )
                 if self._host_reason is None:
-                    sweep_groups(GROUP, _alive)
+                    sweep_groups(GROUP, pid_alive)
             if isinstance(self._host_reason, str):
                 return self._host_reason
         return self._image_reason(get_language(language).image)
@@ -193,17 +192,9 @@ class FastBackend:
         )
         build = partial(build_outcome, isolation=isolation, sandbox_id=cell.cell_id)
         started = reader.begun_at is not None
-        if reader.exit_info is not None:
-            files, figures = reader.outputs()
-            return build(
-                ExitReport.from_runner(reader.exit_info),
-                reader.value,
-                started=started,
-                track_resources=request.track_resources,
-                files=files,
-                artifacts=figures,
-                left_out=tuple(reader.left_out),
-            )
+        reported = reader.reported(build, request.track_resources)
+        if reported is not None:
+            return reported
         elapsed = (time.monotonic() - (reader.begun_at or time.monotonic())) * 1000
         if timed_out:
             return build(ExitReport(signal=SIGKILL, timed_out=True, run_ms=elapsed))
@@ -328,16 +319,6 @@ def _take(reader: RunReader, data: bytes) -> None:
         raise
     except (ProtocolError, ValueError) as exc:
         raise SandboxFailedError(f"the sandbox runner sent garbage: {exc}") from exc
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _docker_client() -> Any:

@@ -31,6 +31,8 @@ from typing import Any
 
 import structlog
 
+from orchestrator.backends.hostlimits import pid_alive
+
 log = structlog.get_logger(__name__)
 
 _CONFIG = "image.json"
@@ -207,7 +209,7 @@ class RootfsStore:
             for folder in self.root.iterdir():
                 if ".partial-" in folder.name:
                     owner = folder.name.rpartition("-")[2]
-                    if owner.isdigit() and not _alive(int(owner)):
+                    if owner.isdigit() and not pid_alive(int(owner)):
                         shutil.rmtree(folder, ignore_errors=True)
                     continue
                 if folder == self._folder(keep):
@@ -230,13 +232,3 @@ def _harden(rootfs: Path) -> None:
             info = os.lstat(path)
             if stat.S_ISREG(info.st_mode) and info.st_mode & 0o6000:
                 os.chmod(path, stat.S_IMODE(info.st_mode) & ~0o6000)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
