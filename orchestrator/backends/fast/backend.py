@@ -28,7 +28,7 @@ from orchestrator.backends.hostlimits import UidPool, pid_alive, sweep_groups
 from orchestrator.backends.hostsfile import hosts_file
 from orchestrator.backends.message import runner_message
 from orchestrator.backends.pool import WarmPool
-from orchestrator.backends.protocol import DockerDemuxer, ProtocolError
+from orchestrator.backends.protocol import DockerDemuxer, FrameDecoder, ProtocolError
 from orchestrator.backends.reader import RunReader
 from orchestrator.context import ExecutionContext
 from orchestrator.errors import RequestError, RunCancelledError, SandboxFailedError
@@ -143,7 +143,7 @@ class FastBackend:
         key, image = self._key(request.language, request.policy)
         cell = self._pool.take(key, self._settings.pool_wait_seconds) or self._launch(key)
         message = runner_message(request, spec, self._settings)
-        reader = RunReader(context, cell.cell_id, message.nonce, (_Passthrough(), _frames()))
+        reader = RunReader(context, cell.cell_id, message.nonce, (_Passthrough(), FrameDecoder()))
         forget = spec.cancel.on_cancel(cell.kill)
         try:
             outcome = self._converse(cell, message.payload, reader, spec, request, image)
@@ -306,12 +306,6 @@ class Reaper:
 @lru_cache(maxsize=64)  # policies are frozen and hashable; a few are in use at a time
 def _plan(policy: Policy, language: str, image: ImageRoot) -> CellPlan:
     return compile_fast(policy, language, image, hosts_file())
-
-
-def _frames() -> Any:
-    from orchestrator.backends.protocol import FrameDecoder
-
-    return FrameDecoder()
 
 
 def _take(reader: RunReader, data: bytes) -> None:
