@@ -362,6 +362,7 @@ class MemoryAPI:
         capture_figures: bool = True,
         image: str | None = None,
         requirements: Sequence[str] | None = None,
+        on_dispatch: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Like :meth:`execute_code`, for asyncio; cancelling the awaiting task kills the run.
 
@@ -379,6 +380,9 @@ class MemoryAPI:
             capture_figures: as :meth:`execute_code`.
             image: as :meth:`execute_code`.
             requirements: as :meth:`execute_code`.
+            on_dispatch: called from a worker thread just before the code is handed to its
+                sandbox; the run waits for it to return. Not called for a run refused or
+                failed before that point, so a caller knows whether the code could have run.
 
         Raises:
             RequestError: bad arguments, as :meth:`execute_code`.
@@ -398,7 +402,10 @@ class MemoryAPI:
             requirements=requirements,
         )
         listener = None if on_event is None else _dict_listener(on_event)
-        return (await self._orchestrator.aexecute(request, on_event=listener)).to_dict()
+        result = await self._orchestrator.aexecute(
+            request, on_event=listener, on_dispatch=on_dispatch
+        )
+        return result.to_dict()
 
     def execute_code_batch(
         self, calls: Sequence[Mapping[str, Any]], concurrency: int = 4

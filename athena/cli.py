@@ -437,19 +437,49 @@ def mcp_command(db: str | None, policies: str) -> None:
     show_default=True,
     help="Seconds runs in flight may take to finish on SIGTERM before they are killed.",
 )
+@click.option(
+    "--node-id",
+    envvar="ATHENA_NODE_ID",
+    default=None,
+    help="Serve as this node of a cluster (its containers, sweep and session ids are keyed on "
+    "it; registered in the store's database) [default: $ATHENA_NODE_ID; none].",
+)
+@click.option(
+    "--advertise-url",
+    envvar="ATHENA_ADVERTISE_URL",
+    default=None,
+    help="Where the other nodes reach this one [default: $ATHENA_ADVERTISE_URL, else "
+    "http://HOST:PORT].",
+)
 def serve_command(
-    host: str, port: int, tokens_file: str | None, db: str | None, grace: float
+    host: str,
+    port: int,
+    tokens_file: str | None,
+    db: str | None,
+    grace: float,
+    node_id: str | None,
+    advertise_url: str | None,
 ) -> None:
     """Serve the HTTP API (/v1, /healthz, /readyz, /metrics) and MCP at /mcp."""
-    from athena.service.serve import check_listen, serve
+    from athena.service.serve import check_listen, check_node_id, serve
 
     try:
         check_listen(host, tokens_file)
+        if node_id is not None:
+            check_node_id(node_id)
     except SandboxError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
     try:
-        serve(host=host, port=port, tokens_file=tokens_file, db=db, grace_seconds=grace)
+        serve(
+            host=host,
+            port=port,
+            tokens_file=tokens_file,
+            db=db,
+            grace_seconds=grace,
+            node_id=node_id,
+            advertise_url=advertise_url,
+        )
     except RequestError as exc:  # what to change in the set-up: a usage error, as above
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)

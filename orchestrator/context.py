@@ -172,6 +172,8 @@ class ExecutionContext:
         self._listeners: list[Listener] = []
         self._token: contextvars.Token[ExecutionContext | None] | None = None
         self.begin: Event | None = None  # the begin event, once the code has started
+        self._on_dispatch: list[Callable[[], None]] = []
+        self.dispatched = False  # the code was handed to its sandbox
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -215,6 +217,31 @@ class ExecutionContext:
         with self._lock:
             self._listeners.append(listener)
 
+    def on_dispatch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, just before the code is handed to its sandbox.
+
+        The run waits for it to return: a caller that must know, for certain, whether code
+        could have started (the service tells its clients, so a run is retried elsewhere only
+        if it never started) acts on it there.
+        """
+        self._on_dispatch.append(callback)
+
+    def dispatch(self) -> None:
+        """Say the code is about to be handed to its sandbox (backends; idempotent).
+
+        A backend that does not say so is taken to have handed it over at its ``begin``
+        event, before the event's listeners hear of it.
+        """
+        if self.dispatched:
+            return
+        self.dispatched = True
+        token = _current.set(None)
+        try:
+            for callback in self._on_dispatch:
+                callback()
+        finally:
+            _current.reset(token)
+
     def elapsed_ms(self) -> float:
         """Milliseconds since start() (0 before it)."""
         if self._t0 is None:
@@ -229,6 +256,7 @@ class ExecutionContext:
         """
         if event.kind == "begin":
             self.begin = event
+            self.dispatch()
         if not self._listeners:
             return
         token = _current.set(None)

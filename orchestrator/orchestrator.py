@@ -183,6 +183,7 @@ class Orchestrator:
         on_event: Listener | None = None,
         cancel: CancelToken | None = None,
         session: Session | None = None,
+        on_dispatch: Callable[[], None] | None = None,
     ) -> ExecutionResult:
         """Validate, run in a sandbox, record, and return the result.
 
@@ -193,6 +194,8 @@ class Orchestrator:
             cancel: cancelling it kills the run (the result says so).
             session: run it as a call of this session (``request.session_id`` is its id):
                 in its sandbox, after the calls before it.
+            on_dispatch: called once, just before the code is handed to its sandbox (the
+                run waits for it); never for a run that did not get that far.
 
         Raises:
             RunError: the run could not happen or finish (``exc.result`` is the recorded result).
@@ -201,11 +204,11 @@ class Orchestrator:
             RequestError: a session call's files could not be written (nothing ran).
         """
         if session is None:
-            return self._run(request, on_event, cancel, None)
+            return self._run(request, on_event, cancel, None, on_dispatch)
         with session.call_lock:
             session.begin_call()
             try:
-                return self._run(request, on_event, cancel, session)
+                return self._run(request, on_event, cancel, session, on_dispatch)
             finally:
                 session.end_call()
 
@@ -215,6 +218,7 @@ class Orchestrator:
         on_event: Listener | None,
         cancel: CancelToken | None,
         session: Session | None,
+        on_dispatch: Callable[[], None] | None = None,
     ) -> ExecutionResult:
         started = time.perf_counter()
         timeout = request.effective_timeout()
@@ -232,6 +236,8 @@ class Orchestrator:
             context.subscribe(events)
         if on_event is not None:
             context.subscribe(on_event)
+        if on_dispatch is not None:
+            context.on_dispatch(on_dispatch)
         issues: tuple[ValidationIssue, ...] = ()
         mode: str | None = session.mode if session is not None else None
         state: SessionState | None = None
@@ -326,6 +332,7 @@ class Orchestrator:
             image=image,
             policy_config=policy,
             on_end=self._sessions.forget,
+            node_id=self.settings.node_id,
         )
         try:
             session.start(probe.execution_id)
@@ -405,7 +412,11 @@ class Orchestrator:
             worker.join()
 
     async def arun(
-        self, request: ExecutionRequest, *, on_event: Listener | None = None
+        self,
+        request: ExecutionRequest,
+        *,
+        on_event: Listener | None = None,
+        on_dispatch: Callable[[], None] | None = None,
     ) -> ExecutionResult:
         """Like :meth:`run`, for asyncio. Cancelling the awaiting task kills the run.
 
@@ -414,7 +425,7 @@ class Orchestrator:
             asyncio.CancelledError: the task was cancelled (the run was killed first).
         """
         cancel = CancelToken()
-        call = partial(self.run, request, on_event=on_event, cancel=cancel)
+        call = partial(self.run, request, on_event=on_event, cancel=cancel, on_dispatch=on_dispatch)
         future = asyncio.get_running_loop().run_in_executor(self._pool(), call)
         try:
             return await asyncio.shield(future)
@@ -430,11 +441,15 @@ class Orchestrator:
             raise
 
     async def aexecute(
-        self, request: ExecutionRequest, *, on_event: Listener | None = None
+        self,
+        request: ExecutionRequest,
+        *,
+        on_event: Listener | None = None,
+        on_dispatch: Callable[[], None] | None = None,
     ) -> ExecutionResult:
         """Like :meth:`execute`, for asyncio. Cancelling the awaiting task kills the run."""
         try:
-            return await self.arun(request, on_event=on_event)
+            return await self.arun(request, on_event=on_event, on_dispatch=on_dispatch)
         except RunError as exc:
             if exc.result is None:  # pragma: no cover - run() always attaches one
                 raise
@@ -491,6 +506,18 @@ class Orchestrator:
     def queue_depth(self) -> int:
         """How many admitted runs wait for a place in a sandbox right now."""
         return self._admission.waiting
+
+    def sweep_nodes(self, gone: Callable[[str], bool]) -> int:
+        """Remove the sandboxes other nodes of a cluster left when they died; return how many.
+
+        See :meth:`~orchestrator.backends.docker.DockerBackend.sweep_nodes`.
+        """
+        removed = 0
+        for backend in self._backends:
+            sweep = getattr(backend, "sweep_nodes", None)  # only engine-backed modes label nodes
+            if sweep is not None:
+                removed += int(sweep(gone))
+        return removed
 
     def pool_sizes(self) -> dict[tuple[str, str], int]:
         """Ready warm sandboxes per (mode, language), for the backends that keep a pool."""

@@ -46,6 +46,25 @@ MAX_SESSION_SECONDS = 7 * 24 * 3600.0
 """The longest idle timeout or lifetime a session may ask for (a week)."""
 
 
+NODE_SEPARATOR = "."
+
+
+def new_session_id(node_id: str | None = None) -> str:
+    """A new session id: 32 hex digits, after ``<node id>.`` on a node of a cluster.
+
+    The node's name in the id is what lets any node of a cluster send a request for the
+    session to the one that holds it (node ids have no ``.``).
+    """
+    unique = uuid.uuid4().hex
+    return unique if node_id is None else f"{node_id}{NODE_SEPARATOR}{unique}"
+
+
+def session_node(session_id: str) -> str | None:
+    """The node a session id names (None: an id of no node)."""
+    node, separator, _ = session_id.rpartition(NODE_SEPARATOR)
+    return node if separator and node else None
+
+
 class BackendSession(Protocol):
     """The sandbox side of a session (a backend's ``open_session`` returns one)."""
 
@@ -132,8 +151,9 @@ class Session:
         policy_config: Policy | None = None,
         on_end: Callable[[Session], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        node_id: str | None = None,
     ) -> None:
-        self.session_id = uuid.uuid4().hex
+        self.session_id = new_session_id(node_id)
         self.mode, self.language, self.policy, self.tenant = mode, language, policy, tenant
         self.image = image
         self.policy_config = policy_config

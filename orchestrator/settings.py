@@ -14,6 +14,9 @@ from orchestrator.languages import get_language
 from orchestrator.models import DEFAULT_MAX_CODE_BYTES, DEFAULT_MAX_PARAMETERS_BYTES
 from orchestrator.policy import SandboxMode
 
+NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+"""A node id: a DNS-label-like name (a Kubernetes pod name fits), safe in a label and a URL."""
+
 # A package index: http(s)://host[:port][/path], nothing a command line could mistake for more.
 _INDEX_URL = r"^https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$"
 
@@ -69,6 +72,10 @@ class Settings(BaseSettings):
             (``pip --index-url``); its host must be in the policy's allowed domains.
         pip_files_host: the host the index serves its files from (also must be allowed).
         npm_registry: the registry ``requirements=`` installs JavaScript packages from.
+        node_id: this process's name as a node of a cluster (``serve --node-id``): its
+            containers are labelled with it, its start-up sweep removes the containers an
+            earlier process of the same id left (from any host), and its session ids begin
+            with it, so any node can tell which one holds a session. None: not a node.
     """
 
     model_config = SettingsConfigDict(env_prefix="ATHENA_", frozen=True, extra="forbid")
@@ -102,6 +109,7 @@ class Settings(BaseSettings):
     pip_index_url: str = Field("https://pypi.org/simple", pattern=_INDEX_URL)
     pip_files_host: str = Field("files.pythonhosted.org", pattern=r"^[A-Za-z0-9.-]{1,253}$")
     npm_registry: str = Field("https://registry.npmjs.org", pattern=_INDEX_URL)
+    node_id: str | None = Field(None, pattern=NODE_ID_PATTERN)
 
     @field_validator("sandbox_backends", mode="before")
     @classmethod

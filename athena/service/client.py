@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import suppress
 from functools import partial
 from typing import Any
 
@@ -40,7 +41,7 @@ import httpx
 from httpx_sse import EventSource
 
 from athena.api import PolicySpec
-from athena.service import remote, wire
+from athena.service import remote, retry, wire
 from athena.service.remote_session import RemoteSession, session_path
 from athena.service.wire import ServiceError
 from memory_store import checks
@@ -186,7 +187,7 @@ class RemoteMemoryAPI:
         content = remote.encode(body, lambda: remote.check_run(*args))
         timeouts = self._timeouts(timeout_seconds)
         if on_stdout is None and on_stderr is None:
-            answer = self._call("POST", "/v1/execute", content, timeouts)
+            answer = retry.run_retrying(partial(self._run_once, "/v1/execute", content, timeouts))
             result: dict[str, Any] = wire.result_from_wire(answer)
             return result
         return self._streamed(content, timeouts, on_stdout, on_stderr)
@@ -258,11 +259,14 @@ class RemoteMemoryAPI:
         capture_figures: bool = True,
         image: str | None = None,
         requirements: Sequence[str] | None = None,
+        on_dispatch: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Like :meth:`execute_code`, for asyncio; cancelling the awaiting task kills the run.
 
         The run is streamed over its own connection: cancelling closes it, and the server
-        kills the run. ``on_event`` is called (from a worker thread) with each event dict.
+        kills the run. ``on_event`` is called (from a worker thread) with each event dict;
+        ``on_dispatch`` (from a worker thread) once the server says the code is handed to its
+        sandbox. A run whose code never started is sent again (:mod:`athena.service.retry`).
 
         Raises:
             RequestError: bad arguments.
@@ -274,14 +278,38 @@ class RemoteMemoryAPI:
             *args, track_resources, record, files, capture_figures, image, requirements
         )
         content = remote.encode(body, lambda: remote.check_run(*args))
+        attempt = partial(self._astream_once, content, timeout_seconds, on_event, on_dispatch)
+        return await retry.run_retrying_async(attempt)
+
+    async def _astream_once(
+        self,
+        content: bytes,
+        timeout_seconds: object,
+        on_event: Callable[[dict[str, Any]], None] | None,
+        on_dispatch: Callable[[], None] | None,
+    ) -> dict[str, Any]:
+        """One attempt of a streamed async run (see :mod:`athena.service.retry`)."""
         async with self._async_client(timeout_seconds) as client:
+            request = client.build_request(
+                "POST", "/v1/execute/stream", content=content, headers=_SSE
+            )
             try:
-                async with client.stream(
-                    "POST", "/v1/execute/stream", content=content, headers=_SSE
-                ) as response:
-                    return await self._aresult(response, on_event)
+                response = await client.send(request, stream=True)
             except httpx.TransportError as exc:
-                raise remote.unreachable(exc, self._url) from exc
+                raise retry.send_failed(exc, self._url) from exc
+            try:
+                if response.status_code in retry.RETRIED_STATUSES:
+                    with suppress(httpx.TransportError):
+                        await response.aread()
+                    refused = retry.refused_before_start(response, self._url)
+                    raise refused or remote.refusal(response, self._url)
+                if on_dispatch is not None and remote.is_event_stream(response):
+                    await asyncio.to_thread(on_dispatch)
+                return await self._aresult(response, on_event)
+            except httpx.TransportError as exc:
+                raise retry.lost_after_start(exc, self._url) from exc
+            finally:
+                await response.aclose()
 
     def execute_code_batch(
         self, calls: Sequence[Mapping[str, Any]], concurrency: int = 4
@@ -363,8 +391,8 @@ class RemoteMemoryAPI:
             **remote.extras(None, True, None, requirements),
         }
         content = remote.encode(body, lambda: remote.check_policy(sandbox_policy))
-        answer = self._call("POST", "/v1/sessions", content, self._timeouts(None))
-        return RemoteSession(self, remote.info_of(answer, self._url))
+        opening = partial(self._run_once, "/v1/sessions", content, self._timeouts(None))
+        return RemoteSession(self, remote.info_of(retry.run_retrying(opening), self._url))
 
     def session(self, session_id: str) -> RemoteSession:
         """The open session of this id (this token's tenant's).
@@ -748,7 +776,34 @@ class RemoteMemoryAPI:
     def _answer(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
             raise remote.refusal(response, self._url)
-        return remote.json_of(response, self._url)
+        answer = remote.json_of(response, self._url)
+        if isinstance(answer, dict) and "error" in answer and "success" not in answer:
+            # A run's error after its answer started (its 200 went out before the code ran).
+            raise wire.error_from(answer, 503)
+        return answer
+
+    def _run_once(self, path: str, content: bytes, timeout: httpx.Timeout) -> Any:
+        """One attempt of a run (or a session's opening): see :mod:`athena.service.retry`."""
+        self._check_open()
+        request = self._client.build_request(
+            "POST", path, content=content, headers=_JSON, timeout=timeout
+        )
+        try:
+            response = self._client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise retry.send_failed(exc, self._url) from exc
+        try:
+            response.read()
+        except httpx.TransportError as exc:
+            if response.status_code in retry.RETRIED_STATUSES:
+                raise retry.NotStarted(remote.unreachable(exc, self._url)) from exc
+            raise retry.lost_after_start(exc, self._url) from exc
+        finally:
+            response.close()
+        refused = retry.refused_before_start(response, self._url)
+        if refused is not None:
+            raise refused
+        return self._answer(response)
 
     def _check_open(self) -> None:
         if self._client.is_closed:
@@ -787,6 +842,11 @@ class RemoteMemoryAPI:
     def _open_stream(
         self, content: bytes, timeout: httpx.Timeout, path: str = "/v1/execute/stream"
     ) -> remote.EventStream:
+        return retry.run_retrying(partial(self._open_stream_once, content, timeout, path))
+
+    def _open_stream_once(
+        self, content: bytes, timeout: httpx.Timeout, path: str
+    ) -> remote.EventStream:
         self._check_open()
         request = self._client.build_request(
             "POST", path, content=content, headers=_SSE, timeout=timeout
@@ -794,7 +854,7 @@ class RemoteMemoryAPI:
         try:
             response = self._client.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise remote.unreachable(exc, self._url) from exc
+            raise retry.send_failed(exc, self._url) from exc
         if not remote.is_event_stream(response):
             try:
                 response.read()
@@ -802,5 +862,7 @@ class RemoteMemoryAPI:
                 raise remote.unreachable(exc, self._url) from exc
             finally:
                 response.close()
-            raise remote.refusal(response, self._url)
+            raise retry.refused_before_start(response, self._url) or remote.refusal(
+                response, self._url
+            )
         return remote.EventStream(response, self._url)

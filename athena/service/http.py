@@ -44,6 +44,7 @@ from athena.service.asgi import (
 )
 from athena.service.inflight import InFlight
 from athena.service.metrics import CONTENT_TYPE
+from athena.service.proxy import Cluster, SessionProxy
 from athena.service.state import Service, sessions_per_tenant_from_env
 from athena.service.wire import TooManyRunsError, envelope, wire_name
 from memory_store.errors import RecordNotFoundError, StoreError
@@ -256,6 +257,7 @@ def create_app(
     in_flight: InFlight | None = None,
     max_files_body_bytes: int = DEFAULT_MAX_FILES_BODY_BYTES,
     max_sessions_per_tenant: int | None = None,
+    cluster: Cluster | None = None,
 ) -> FastAPI:
     """Build the HTTP app over ``api`` (which it does not close).
 
@@ -273,6 +275,9 @@ def create_app(
             session calls, replay).
         max_sessions_per_tenant: how many sessions one tenant may have open (None:
             ``ATHENA_MAX_SESSIONS_PER_TENANT``, default 8).
+        cluster: this node's cluster, on a node of one: a request for another node's session
+            is sent on to it (:class:`~athena.service.proxy.SessionProxy`), and the list of
+            sessions holds the caller's sessions on every node.
 
     Raises:
         RequestError: ``ATHENA_MAX_SESSIONS_PER_TENANT`` is not a whole number of at least 1.
@@ -284,6 +289,7 @@ def create_app(
 
     per_tenant = max_sessions_per_tenant or sessions_per_tenant_from_env()
     service = Service(api, grace_seconds, in_flight, per_tenant)
+    service.cluster = cluster
     if mcp is not None:
         mcp.attach(service)
 
@@ -297,6 +303,8 @@ def create_app(
                 yield
         finally:
             service.metrics.close()
+            if cluster is not None:
+                await cluster.aclose()
 
     app = FastAPI(
         title="athena-sandbox",
@@ -312,6 +320,8 @@ def create_app(
     app.include_router(http_sessions.router)
     # add_middleware: the last added is the outermost; all run before FastAPI reads the body.
     app.add_middleware(http_runs.FastExecute, service=service, on_error=error_response)
+    if cluster is not None:
+        app.add_middleware(SessionProxy, cluster=cluster)
     if mcp is not None:
         app.add_middleware(_MountMCP, mounted=mcp.app)
     app.add_middleware(

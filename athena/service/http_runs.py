@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -70,22 +71,35 @@ def _call(body: schemas.ExecuteBody, tenant: Tenant) -> dict[str, Any]:
     }
 
 
-@router.post("/execute", response_model=responses.ExecutionResult, responses=_ERRORS)
+@router.post(
+    "/execute",
+    response_model=responses.ExecutionResult | responses.ErrorEnvelope,
+    responses=_ERRORS,
+)
 async def execute(body: schemas.ExecuteBody, request: Request) -> Response:
-    """Run code in a never-used sandbox; return the result dict (``success`` may be false)."""
+    """Run code in a never-used sandbox; return the result dict (``success`` may be false).
+
+    The 200 starts when the code is handed to the sandbox (:class:`EarlyStart`): an error after
+    that is the error envelope under it.
+    """
     return await run_execute(service_of(request), request.scope, request.receive, body)
 
 
 async def run_execute(
-    service: Service, scope: Scope, receive: Receive, body: schemas.ExecuteBody
+    service: Service,
+    scope: Scope,
+    receive: Receive,
+    body: schemas.ExecuteBody,
+    on_dispatch: Callable[[], None] | None = None,
 ) -> Response:
     """``POST /v1/execute`` once its body is valid: the route's and :class:`FastExecute`'s."""
     service.refuse_if_draining()
     tenant = tenant_of(scope)
     call = _call(body, tenant)
     api = service.view(tenant)
+    run = api.execute_code_async(**call, on_dispatch=on_dispatch)
     with service.in_flight.slots(tenant.name, tenant.max_in_flight):
-        result = await unless_left(receive, service, api.execute_code_async(**call))
+        result = await unless_left(receive, service, run)
     if result is None:
         return Response(status_code=499)  # nobody is left to read it
     return JSONResponse(result_to_wire(result))
@@ -132,11 +146,58 @@ class FastExecute:
             await self._app(scope, replay_body(body, receive), send)
             return
         scope[ROUTE_PATH_KEY] = EXECUTE_PATH
+        early = EarlyStart(send)
         try:
-            response = await run_execute(self._service, scope, receive, parsed)
+            response = await run_execute(
+                self._service, scope, receive, parsed, on_dispatch=early.dispatched
+            )
         except SandboxError as exc:
             response = self._on_error(exc)
-        await response(scope, receive, send)
+        await early.finish(response, scope, receive, send)
+
+
+class EarlyStart:
+    """Starts a run's answer the moment its code is handed to the sandbox.
+
+    A client (or a load balancer's retry) must know whether a failed run's code could have
+    started, to run it again elsewhere only if it did not. So the status line and headers
+    (``200``, JSON) and one byte of the body (a space: JSON allows it) are written before the
+    code reaches its sandbox, from the worker thread that is about to hand it over, which waits
+    until they are written; the result follows when the run ends. A client that got no
+    ``200`` knows the code never started: whatever went wrong (the node died, it drained, the
+    load balancer found no node) happened before. Once the headers went out, every outcome is
+    in the body, an error as its envelope (``{"error": ...}``) under the ``200``.
+    """
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._loop = asyncio.get_running_loop()
+        self.started = False
+
+    def dispatched(self) -> None:
+        """Write the start of the answer, and wait until it is written (a worker thread)."""
+        future = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
+        try:
+            future.result(timeout=_EARLY_WAIT_S)
+        except Exception:
+            future.cancel()
+
+    async def _start(self) -> None:
+        self.started = True
+        await self._send({"type": "http.response.start", "status": 200, "headers": _EARLY})
+        await self._send({"type": "http.response.body", "body": b" ", "more_body": True})
+
+    async def finish(self, response: Response, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send ``response`` whole, or its body after the early start."""
+        if not self.started:
+            await response(scope, receive, send)
+            return
+        body = b"" if response.status_code == 499 else bytes(response.body)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+_EARLY = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+_EARLY_WAIT_S = 10.0
 
 
 EXECUTE_PATH = "/v1/execute"
@@ -176,7 +237,7 @@ async def unless_left(receive: Receive, service: Service, work: Coroutine[Any, A
             left = True
             this.cancel()
 
-    listen = asyncio.ensure_future(_disconnected(receive))
+    listen = asyncio.ensure_future(disconnected(receive))
     listen.add_done_callback(on_left)
     try:
         with service.running(this):
@@ -218,27 +279,37 @@ async def execute_stream(body: schemas.ExecuteBody, request: Request) -> Respons
         service,
         tenant,
         request.receive,
-        lambda on_event: api.execute_code_async(**call, on_event=on_event),
+        lambda on_event, on_dispatch: api.execute_code_async(
+            **call, on_event=on_event, on_dispatch=on_dispatch
+        ),
     )
 
 
 EventListener = Callable[[dict[str, Any]], None]
+DISPATCHED: dict[str, Any] = {"type": "dispatched"}
+"""Put first in a stream's queue when the code is about to reach its sandbox: no event, but the
+moment the stream's headers go out (see :class:`EarlyStart` for why)."""
 
 
 async def stream_run(
     service: Service,
     tenant: Tenant,
     receive: Receive,
-    start: Callable[[EventListener], Coroutine[Any, Any, dict[str, Any]]],
+    start: Callable[[EventListener, Callable[[], None]], Coroutine[Any, Any, dict[str, Any]]],
 ) -> Response:
-    """The event stream of one run: ``start(on_event)`` is the run, which holds a slot.
+    """The event stream of one run: ``start(on_event, on_dispatch)`` is the run (with a slot).
+
+    The stream's headers go out when the run calls ``on_dispatch`` (its code is about to reach
+    the sandbox; the run waits until they are written) or at its first event: a client that
+    got no ``200`` knows the code never started.
 
     Raises:
         TooManyRunsError: the tenant has no free in-flight slot.
         SandboxError: what the run raised before its first event.
     """
     service.in_flight.acquire(tenant.name, tenant.max_in_flight)
-    listen = asyncio.ensure_future(_disconnected(receive))
+    headers_out = threading.Event()
+    listen = asyncio.ensure_future(disconnected(receive))
     try:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -246,14 +317,20 @@ async def stream_run(
         def on_event(event: dict[str, Any]) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event_to_wire(event))
 
-        task = service.start_run(start(on_event))
+        def on_dispatch() -> None:
+            loop.call_soon_threadsafe(events.put_nowait, DISPATCHED)
+            headers_out.wait(_EARLY_WAIT_S)
+
+        task = service.start_run(start(on_event, on_dispatch))
         task.add_done_callback(lambda _task: events.put_nowait(None))
         first = await _first_event(events, task, listen)
     except BaseException:
+        headers_out.set()
         listen.cancel()
         service.in_flight.release(tenant.name)
         raise
     if listen.done():  # the client left while the run waited for a place: it never starts
+        headers_out.set()
         task.cancel()
         await asyncio.wait([task])
         service.in_flight.release(tenant.name)
@@ -269,7 +346,7 @@ async def stream_run(
         finally:
             service.in_flight.release(tenant.name)
 
-    return EventStream(first, events, close, listen)
+    return EventStream(first, events, close, listen, headers_out)
 
 
 async def _first_event(
@@ -319,6 +396,7 @@ class EventStream(Response):
         events: asyncio.Queue[dict[str, Any] | None],
         close: Callable[[bool], Awaitable[None]],
         listen: asyncio.Future[None],
+        headers_out: threading.Event | None = None,
     ) -> None:
         # Not Response.__init__: it would add ``content-length: 0``.
         self.status_code = 200
@@ -332,6 +410,7 @@ class EventStream(Response):
         self._events = events
         self._close = close
         self._listen = listen
+        self._headers_out = headers_out
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Stream until the exit event or the client leaves; then end the run."""
@@ -349,8 +428,16 @@ class EventStream(Response):
                 pump.exception()  # a send to a client that left: nothing to report
 
     async def _pump(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        event = self._first
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            if self._first is DISPATCHED:  # a comment, so the headers leave now
+                await send(
+                    {"type": "http.response.body", "body": b": dispatched\n\n", "more_body": True}
+                )
+        finally:
+            if self._headers_out is not None:
+                self._headers_out.set()  # the run may go on
+        event = self._first if self._first is not DISPATCHED else await self._events.get()
         while event is not None:
             data = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
             chunk = f"event: {event['type']}\ndata: {data}\n\n"
@@ -358,10 +445,13 @@ class EventStream(Response):
             if event["type"] == "exit":
                 break
             event = await self._events.get()
+            while event is DISPATCHED:  # it came after the first event (begin): nothing to say
+                event = await self._events.get()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _disconnected(receive: Receive) -> None:
+async def disconnected(receive: Receive) -> None:
+    """Return when the client hangs up (``http.disconnect``)."""
     while (await receive())["type"] != "http.disconnect":
         pass
 

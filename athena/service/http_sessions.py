@@ -26,6 +26,7 @@ from athena.service import responses, schemas
 from athena.service.asgi import tenant_of
 from athena.service.gate import check_recorded_policy, resolve_policy
 from athena.service.http_runs import errors, service_of, stream_run, unless_left
+from athena.service.proxy import was_sent_on
 from athena.service.state import Service
 from athena.service.wire import files_from_wire, result_to_wire
 from orchestrator.errors import SessionEndedError
@@ -93,10 +94,14 @@ async def open_session(body: schemas.OpenSessionBody, request: Request) -> Respo
 
 
 @router.get("/sessions", response_model=responses.SessionList, responses=errors(401, 503))
-def list_sessions(request: Request) -> Response:
-    """The tenant's open sessions, oldest first."""
+async def list_sessions(request: Request) -> Response:
+    """The tenant's open sessions, oldest first (on a cluster, those of every live node)."""
     service = service_of(request)
-    return JSONResponse({"sessions": service.view(tenant_of(request.scope)).sessions()})
+    sessions = service.view(tenant_of(request.scope)).sessions()
+    if service.cluster is not None and not was_sent_on(request.scope):
+        sessions += await service.cluster.sessions_elsewhere(request.scope["headers"])
+        sessions.sort(key=lambda info: str(info.get("created_at", "")))
+    return JSONResponse({"sessions": sessions})
 
 
 @router.get(
@@ -249,7 +254,7 @@ async def execute_in_session_stream(
         service,
         tenant,
         request.receive,
-        lambda on_event: run_session_call(service, session, call, on_event),
+        lambda on_event, _on_dispatch: run_session_call(service, session, call, on_event),
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import ipaddress
 import os
+import re
 import signal
 import socket
 import threading
@@ -26,8 +27,13 @@ import uvicorn
 
 from athena.service.http import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_BODY_BYTES, create_app
 from athena.service.inflight import InFlight
+from athena.service.nodes import NodeDirectory, NodeLock, Registration
+from athena.service.proxy import Cluster
 from athena.service.state import Service
+from athena.settings import Settings as AppSettings
+from athena.settings import store_options_from_env
 from orchestrator.errors import RequestError
+from orchestrator.settings import NODE_ID_PATTERN
 
 if TYPE_CHECKING:
     from athena.api import MemoryAPI
@@ -153,12 +159,19 @@ def serve(
     db: str | None = None,
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    node_id: str | None = None,
+    advertise_url: str | None = None,
 ) -> None:
     """Serve the HTTP API until SIGTERM, then drain, close everything and return.
 
+    As a node of a cluster (``node_id``), it holds the id on this host for as long as it runs,
+    labels its containers with it (removing those an earlier process of the id left), and
+    registers ``advertise_url`` (default ``http://host:port``) in the store's node directory,
+    so the other nodes can send it the requests of its sessions.
+
     Raises:
-        RequestError: a non-loopback host without tokens, or the project directory holds the
-            store or the tokens file.
+        RequestError: a non-loopback host without tokens, the project directory holds the
+            store or the tokens file, or the node id is bad or held by another process.
         TokenFileError: the tokens file cannot be read.
         StoreError: the store cannot be opened.
     """
@@ -170,7 +183,17 @@ def serve(
     if tokens_file is not None:
         tokens = TokenFile(Path(tokens_file))
         tokens.list()  # a missing or broken file fails now, not on the first request
-    api = MemoryAPI.create(db)
+    lock = None
+    if node_id is not None:
+        lock = NodeLock(check_node_id(node_id))
+        lock.claim()  # before the sweep: a predecessor's containers are ours to remove
+    try:
+        api = MemoryAPI.create(db, settings=node_settings(node_id))
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    registration = None
     try:
         secrets = {} if tokens_file is None else {"the tokens file": Path(tokens_file)}
         store_path = getattr(api.store, "path", None)
@@ -178,6 +201,9 @@ def serve(
             secrets["the memory store"] = store_path
         check_project_dir(api.orchestrator.settings.resolved_project_dir(), secrets)
         in_flight = InFlight()
+        if node_id is not None:
+            url = advertise_url or default_url(host, port)
+            registration = register_node(api, db, node_id, url)
         app = create_app(
             api,
             tokens=tokens,
@@ -185,6 +211,9 @@ def serve(
             grace_seconds=grace_seconds,
             mcp=_mcp_mount(api, in_flight, is_loopback(host)),
             in_flight=in_flight,
+            cluster=None
+            if registration is None
+            else Cluster(registration.node_id, registration.directory),
         )
         config = uvicorn.Config(
             app,
@@ -197,8 +226,62 @@ def serve(
             lifespan="on",
         )
         server = DrainingServer(config, app.state.service)
-        log.info("serving", url=f"http://{host}:{port}", tokens=tokens is not None)
+        log.info("serving", url=f"http://{host}:{port}", tokens=tokens is not None, node=node_id)
         server.run()
     finally:
+        if registration is not None:
+            registration.stop()
         api.close()
+        if lock is not None:
+            lock.release()
         log.info("stopped")
+
+
+def check_node_id(node_id: str) -> str:
+    """Return ``node_id`` if it is one (letters, digits, ``-`` and ``_``, at most 63).
+
+    Raises:
+        RequestError: it is not.
+    """
+    if re.fullmatch(NODE_ID_PATTERN, node_id) is None:
+        raise RequestError(
+            f"node id {node_id!r} is not one: use 1 to 63 letters, digits, '-' or '_', "
+            "starting with a letter or digit (a Kubernetes pod name fits)"
+        )
+    return node_id
+
+
+def default_url(host: str, port: int) -> str:
+    """``http://host:port``: where the other nodes reach this one unless told otherwise."""
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"http://{shown}:{port}"
+
+
+def node_settings(node_id: str | None) -> AppSettings | None:
+    """The environment's settings with this node's id (None: not a node)."""
+    if node_id is None:
+        return None
+    base = AppSettings()
+    orchestrator = base.orchestrator.model_copy(update={"node_id": node_id})
+    return base.model_copy(update={"orchestrator": orchestrator})
+
+
+def register_node(api: MemoryAPI, db: str | None, node_id: str, url: str) -> Registration:
+    """Register this node in the directory of the store's database, and keep it alive there.
+
+    Raises:
+        RequestError: another host's live node holds the id.
+    """
+    target: str | Path | None = db or store_options_from_env().target
+    store_path = getattr(api.store, "path", None)
+    if target is None or not str(target).startswith(("postgresql://", "postgres://")):
+        target = store_path if isinstance(store_path, Path) else target
+    if target is None:
+        raise RequestError("a node needs its store's database for the node directory: pass --db")
+    # Connect the engine now, not at the first run: its start-up sweep removes what an earlier
+    # life of this node left, and the sandboxes of dead nodes go at the first heartbeats.
+    api.orchestrator.modes()
+    sweep = api.orchestrator.sweep_nodes
+    registration = Registration(NodeDirectory.open(target), node_id, url, sweep)
+    registration.start()
+    return registration

@@ -27,6 +27,7 @@ from orchestrator.errors import QueueFullError, RequestError
 
 if TYPE_CHECKING:
     from athena.api import MemoryAPI
+    from athena.service.proxy import Cluster
     from athena.service.tokens import Tenant
     from athena.sessions import SandboxSession
 
@@ -86,6 +87,7 @@ class Service:
         self._draining_since: float | None = None
         self._killed = False
         self._runs: set[asyncio.Task[Any]] = set()
+        self.cluster: Cluster | None = None  # set on a node of a cluster
 
     def view(self, tenant: Tenant) -> MemoryAPI:
         """The API confined to ``tenant`` (made once per tenant name)."""

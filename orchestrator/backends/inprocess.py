@@ -101,6 +101,7 @@ def _fork_python(
     install_capture()  # before the fork: the child must not need a lock another thread holds
     _pyboot()  # loaded once, here, where a failure to load is reported
     pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, value
+    context.dispatch()
     pid = os.fork()
     if pid == 0:  # the child: never returns
         _child(request, workdir, [w for _, w in pipes], [r for r, _ in pipes])

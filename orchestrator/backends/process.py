@@ -216,6 +216,7 @@ def run_supervised(
     extra_r, extra_w = os.pipe() if extra else (None, None)
     env = {**env, "ATHENA_VALUE_FD": str(extra_w)} if extra_w is not None else env
     try:
+        context.dispatch()
         process = subprocess.Popen(
             list(argv),
             env=dict(env),

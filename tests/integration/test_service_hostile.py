@@ -191,6 +191,8 @@ def test_metrics_show_each_tenant_only_its_own_runs_in_flight(server: ServiceSer
         timeout=60,
     ) as stream:
         lines = stream.iter_lines()  # kept: a dropped iterator closes the connection
+        assert next(lines) == ": dispatched"  # the answer starts as the code is handed over
+        assert next(lines) == ""
         assert next(lines) == "event: begin"  # the run is in flight
         seen_by_alice = httpx.get(f"{server.url}/metrics", headers=server.headers()).text
         assert "bob" not in seen_by_alice

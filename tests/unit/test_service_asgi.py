@@ -28,7 +28,7 @@ from athena.service.inflight import InFlight
 from athena.service.metrics import outcome_of
 from athena.service.serve import check_listen, is_loopback
 from athena.service.tokens import Tenant, TokenFile, local_tenant
-from athena.service.wire import TooManyRunsError
+from athena.service.wire import ServiceUnavailableError, TooManyRunsError
 from memory_store.errors import RecordNotFoundError, StoreError
 from orchestrator.errors import (
     PolicyError,
@@ -70,8 +70,13 @@ def _scope(path: str = "/v1/execute", headers: dict[str, str] | None = None) -> 
     }
 
 
-def _call(app: Any, scope: dict[str, Any], chunks: list[bytes]) -> tuple[list[Message], int]:
-    """Drive an ASGI app; return what it sent and how many body messages it read."""
+def _call(
+    app: Any, scope: dict[str, Any], chunks: list[bytes], stay: bool = False
+) -> tuple[list[Message], int]:
+    """Drive an ASGI app; return what it sent and how many body messages it read.
+
+    After the body the client hangs up, unless it is to ``stay`` (then it waits forever).
+    """
     sent: list[Message] = []
     reads = 0
 
@@ -84,6 +89,8 @@ def _call(app: Any, scope: dict[str, Any], chunks: list[bytes]) -> tuple[list[Me
                 "body": chunks[reads - 1],
                 "more_body": reads < len(chunks),
             }
+        if stay:
+            await asyncio.Event().wait()
         return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
@@ -389,8 +396,15 @@ class FakeRuns:
     def running(self, _task: Any) -> Iterator[None]:
         yield
 
+    dispatch = False  # whether a run gets as far as handing its code over
+    fail_after_dispatch: Exception | None = None
+
     async def execute_code_async(self, **call: Any) -> dict[str, Any]:
         self.calls.append(call)
+        if self.dispatch:  # from a worker thread, as the orchestrator calls it
+            await asyncio.to_thread(call["on_dispatch"])
+        if self.fail_after_dispatch is not None:
+            raise self.fail_after_dispatch
         result: dict[str, Any] = {"success": True, "stdout": f"ran {call['code']}"}
         if call.get("files"):  # the files sent come back as output files, contents as bytes
             result["files"] = [
@@ -400,13 +414,18 @@ class FakeRuns:
         return result
 
 
-def _fast(body: bytes, content_type: str = "application/json", query: bytes = b"") -> Any:
+def _fast(
+    body: bytes,
+    content_type: str = "application/json",
+    query: bytes = b"",
+    runs: FakeRuns | None = None,
+) -> Any:
     """Drive FastExecute over a Recorder with ``body``; return (sent, recorder, runs, scope)."""
-    runs, inner = FakeRuns(), Recorder()
+    runs, inner = runs or FakeRuns(), Recorder()
     app = http_runs.FastExecute(inner, runs, error_response)  # type: ignore[arg-type]
     scope = _scope(headers={"Content-Type": content_type})
     scope.update(query_string=query, state={TENANT_KEY: local_tenant()})
-    sent, _reads = _call(app, scope, [body[:5], body[5:]])
+    sent, _reads = _call(app, scope, [body[:5], body[5:]], stay=runs.dispatch)
     return sent, inner, runs, scope
 
 
@@ -459,6 +478,7 @@ def test_files_figures_and_image_take_the_fast_path_as_the_route_would() -> None
     route_call = http_runs._call(schemas.ExecuteBody.model_validate(FILES_BODY), local_tenant())
     fast_call = runs.calls[0]
     assert fast_call["sandbox_policy"] == route_call.pop("sandbox_policy")
+    assert callable(fast_call.pop("on_dispatch"))  # the early start's (see below)
     assert {k: v for k, v in fast_call.items() if k != "sandbox_policy"} == route_call
     assert fast_call["files"] == {"a.txt": "hé", "b.bin": b"\x00\xff"}
     assert fast_call["capture_figures"] is False
@@ -505,3 +525,33 @@ def test_a_recorded_policy_is_replayed_only_if_the_tenant_may_use_it() -> None:
     wider = research.model_copy(update={"name": "wide"}).model_dump(mode="json")
     with pytest.raises(PolicyError, match="cannot be replayed"):
         check_recorded_policy("wide", wider, strict_only)
+
+
+def test_a_run_answer_starts_with_200_before_its_code_is_handed_over() -> None:
+    """The status line and a first byte go out at dispatch; the result follows in the body."""
+    runs = FakeRuns()
+    runs.dispatch = True
+    sent, _inner, _runs, _scope = _fast(b'{"code": "print(1)"}', runs=runs)
+    assert _status(sent) == 200
+    assert sent[1] == {"type": "http.response.body", "body": b" ", "more_body": True}
+    assert not any(k == b"content-length" for k, _ in sent[0]["headers"])
+    assert _body(sent) == {"success": True, "stdout": "ran print(1)"}
+    assert sent[-1]["more_body"] is False
+
+
+def test_an_error_after_dispatch_is_the_envelope_under_the_200() -> None:
+    """Once the 200 went out, an error (the drain killed the run) is the body's envelope."""
+    runs = FakeRuns()
+    runs.dispatch = True
+    runs.fail_after_dispatch = ServiceUnavailableError("the server shut down")
+    sent, _inner, _runs, _scope = _fast(b'{"code": "print(1)"}', runs=runs)
+    assert _status(sent) == 200
+    assert _body(sent)["error"]["type"] == "Draining"
+
+
+def test_an_error_before_dispatch_keeps_its_own_status() -> None:
+    """A run refused before its code was handed over answers its error's status, as before."""
+    runs = FakeRuns()
+    runs.fail_after_dispatch = ServiceUnavailableError("the server drains")
+    sent, _inner, _runs, _scope = _fast(b'{"code": "print(1)"}', runs=runs)
+    assert _status(sent) == 503 and _body(sent)["error"]["type"] == "Draining"

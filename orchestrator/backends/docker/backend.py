@@ -32,11 +32,13 @@ from orchestrator.backends.docker.errors import map_docker_errors, retry_connect
 from orchestrator.backends.docker.live import LiveContainers
 from orchestrator.backends.docker.owners import (
     LABEL_OWNER_HOST,
+    LABEL_OWNER_NODE,
     LABEL_OWNER_PID,
     LABEL_OWNER_STARTED,
     LABEL_POOL,
     LABEL_RUN,
     LABEL_SANDBOX,
+    left_by_predecessor,
     owner_is_dead,
     owner_labels,
 )
@@ -193,6 +195,9 @@ class DockerBackend:
     def sweep(self) -> int:
         """Remove containers whose labelled owner process on this host is dead.
 
+        A node (``settings.node_id``) also removes its predecessor's containers, from any host
+        (:func:`left_by_predecessor`).
+
         Returns:
             How many containers were removed.
         """
@@ -201,12 +206,39 @@ class DockerBackend:
             containers = engine.containers(LABEL_SANDBOX)
         removed = 0
         for container in containers:
-            if owner_is_dead(container.get("Labels") or {}):
+            labels = container.get("Labels") or {}
+            if owner_is_dead(labels) or left_by_predecessor(labels, self._settings.node_id):
                 engine.remove(container["Id"])
                 removed += 1
         if removed:
             log.info("removed orphaned sandbox containers", count=removed)
         sweep_stale_mounts()
+        return removed
+
+    def sweep_nodes(self, gone: Callable[[str], bool]) -> int:
+        """Remove the containers of other nodes that are ``gone`` (their node id), if any.
+
+        A node killed with its watchdog (a Kubernetes pod is killed whole) leaves the
+        containers it had created but not started; a node of a new name never sweeps them as
+        its predecessor's, so the live nodes sharing the engine do, once the node directory
+        says their node is gone.
+
+        Returns:
+            How many containers were removed (0 when the engine does not answer).
+        """
+        if self.unavailable_reason("python") is not None:
+            return 0
+        engine = self._connect()
+        with map_docker_errors("list containers"):
+            containers = engine.containers(LABEL_OWNER_NODE)
+        removed = 0
+        for container in containers:
+            node = (container.get("Labels") or {}).get(LABEL_OWNER_NODE)
+            if node and node != self._settings.node_id and gone(node):
+                engine.remove(container["Id"])
+                removed += 1
+        if removed:
+            log.info("removed the containers of gone nodes", count=removed)
         return removed
 
     # ------------------------------------------------------------------ runs

@@ -121,7 +121,11 @@ class Blueprints:
         image: str,
         identity: str,
     ) -> Blueprint:
-        labels = {**owner_labels(), "athena.language": language, "athena.policy": policy.name}
+        labels = {
+            **owner_labels(self._settings.node_id),
+            "athena.language": language,
+            "athena.policy": policy.name,
+        }
         route = None
         if policy.network.mode == "allowlist":
             route = self._egress.route(engine.egress_gateway)

@@ -139,6 +139,7 @@ class Driver:
     ) -> RunOutcome:
         reader.take(sandbox.pending)
         sandbox.pending = b""  # a session's next call must not read the ready frame again
+        reader.context.dispatch()
         try:
             sandbox.sock.sendall(payload)
         except OSError as exc:

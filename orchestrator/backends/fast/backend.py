@@ -182,6 +182,7 @@ class FastBackend:
         image: ImageRoot,
     ) -> RunOutcome:
         _take(reader, cell.pending)
+        reader.context.dispatch()
         try:
             cell.send(payload)
         except OSError as exc:
