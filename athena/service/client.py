@@ -782,16 +782,22 @@ class RemoteMemoryAPI:
             raise wire.error_from(answer, 503)
         return answer
 
-    def _run_once(self, path: str, content: bytes, timeout: httpx.Timeout) -> Any:
-        """One attempt of a run (or a session's opening): see :mod:`athena.service.retry`."""
+    def _attempt(
+        self, path: str, content: bytes, headers: Mapping[str, str], timeout: httpx.Timeout
+    ) -> httpx.Response:
+        """POST a run's request; its answer as soon as the status line and headers are in."""
         self._check_open()
         request = self._client.build_request(
-            "POST", path, content=content, headers=_JSON, timeout=timeout
+            "POST", path, content=content, headers=headers, timeout=timeout
         )
         try:
-            response = self._client.send(request, stream=True)
+            return self._client.send(request, stream=True)
         except httpx.TransportError as exc:
             raise retry.send_failed(exc, self._url) from exc
+
+    def _run_once(self, path: str, content: bytes, timeout: httpx.Timeout) -> Any:
+        """One attempt of a run (or a session's opening): see :mod:`athena.service.retry`."""
+        response = self._attempt(path, content, _JSON, timeout)
         try:
             response.read()
         except httpx.TransportError as exc:
@@ -847,14 +853,7 @@ class RemoteMemoryAPI:
     def _open_stream_once(
         self, content: bytes, timeout: httpx.Timeout, path: str
     ) -> remote.EventStream:
-        self._check_open()
-        request = self._client.build_request(
-            "POST", path, content=content, headers=_SSE, timeout=timeout
-        )
-        try:
-            response = self._client.send(request, stream=True)
-        except httpx.TransportError as exc:
-            raise retry.send_failed(exc, self._url) from exc
+        response = self._attempt(path, content, _SSE, timeout)
         if not remote.is_event_stream(response):
             try:
                 response.read()

@@ -43,7 +43,7 @@ ORPHAN_SECONDS = 60.0
 """A node this much more silent than the most recent one is dead: its sandboxes are swept."""
 FORGOTTEN_SECONDS = 24 * 3600.0
 """A dead node's row is dropped after this long (its sandboxes were swept long before)."""
-SWEEP_EVERY_BEATS = 15  # a live node sweeps the sandboxes of dead ones every 30 s
+SWEEP_EVERY_BEATS = 5  # a live node sweeps the sandboxes of dead ones every 10 s
 LOCK_DIR = Path("/run/athena-sandbox/nodes")
 _CACHE_SECONDS = 1.0  # how long a looked-up URL is reused: a proxied request should not wait
 

@@ -189,9 +189,12 @@ class SessionProxy:
         held: tuple[str, str],
     ) -> None:
         client = self._cluster.client
+        # The path as it came (not decoded and encoded again), on the holder's URL.
+        raw = scope.get("raw_path") or scope["path"].encode()
+        target = httpx.URL(url.rstrip("/")).copy_with(raw_path=raw.split(b"?", 1)[0])
         request = client.build_request(
             scope["method"],
-            url.rstrip("/") + scope["path"],
+            target,
             params=scope.get("query_string", b"").decode("latin-1") or None,
             headers=self._headers(scope),
             content=body,

@@ -221,7 +221,7 @@ def test_live_nodes_sweep_the_containers_of_a_dead_one(
             ("node-dead", "http://127.0.0.1:9", "elsewhere", 1, now - 600, now - 120),
         )
         assert "node-dead" in directory.dead_nodes()
-        _wait_removed(client, left.id, timeout=45)  # a sweep every 30 s of heartbeats
+        _wait_removed(client, left.id, timeout=25)  # a sweep every 10 s of heartbeats
     finally:
         _remove(client, left.id)
 
