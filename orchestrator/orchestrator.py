@@ -154,6 +154,7 @@ class Orchestrator:
         on_event: Listener | None = None,
         cancel: CancelToken | None = None,
         session: Session | None = None,
+        on_dispatch: Callable[[], None] | None = None,
     ) -> ExecutionResult:
         """Run a request; a run that could not happen gives ``success: False`` with ``error``.
 
@@ -162,7 +163,9 @@ class Orchestrator:
             RequestError: a session call's files could not be written (nothing ran).
         """
         try:
-            return self.run(request, on_event=on_event, cancel=cancel, session=session)
+            return self.run(
+                request, on_event=on_event, cancel=cancel, session=session, on_dispatch=on_dispatch
+            )
         except RunError as exc:
             if exc.result is None:  # pragma: no cover - run() always attaches one
                 raise

@@ -329,3 +329,27 @@ def test_mark_cut_counts_bytes_dropped_by_the_sandbox() -> None:
     ctx.feed("stderr", b"XY")
     assert ctx.cut_bytes("stderr") == (502, 512)
     assert ctx.get_stderr() == "01234" + marker(502, "stderr") + "789XY"
+
+
+def test_dispatch_calls_its_callbacks_once_before_the_begin_listeners() -> None:
+    """on_dispatch callbacks run once, before any listener hears the begin event."""
+    context = ExecutionContext()
+    heard: list[str] = []
+    context.on_dispatch(lambda: heard.append("dispatch"))
+    context.subscribe(lambda event: heard.append(event.kind))
+    context.dispatch()
+    context.dispatch()
+    context.emit(Event(kind="begin"))
+    assert heard == ["dispatch", "begin"] and context.dispatched
+
+
+def test_a_backend_that_never_dispatches_dispatches_at_its_begin_event() -> None:
+    """Without an explicit dispatch, the begin event counts as the hand-over, heard first."""
+    context = ExecutionContext()
+    heard: list[str] = []
+    context.subscribe(lambda event: heard.append(event.kind))
+    context.on_dispatch(lambda: heard.append("dispatch"))
+    context.emit(Event(kind="stdout", text="x"))
+    assert heard == ["stdout"] and not context.dispatched
+    context.emit(Event(kind="begin"))
+    assert heard == ["stdout", "dispatch", "begin"]

@@ -596,3 +596,15 @@ def test_requirements_never_fall_back_to_a_host_mode() -> None:
     result = orchestrator(backend).execute(req)
     assert (result.success, result.error_type) == (False, "BackendUnavailableError")
     assert "requirements" in (result.error or "") and backend.requests == []
+
+
+def test_on_dispatch_is_called_for_a_run_that_reaches_its_sandbox_only() -> None:
+    """A run handed to its sandbox calls on_dispatch once; one refused before it never does."""
+    calls: list[str] = []
+    orch = orchestrator(FakeBackend(FakeRun(stdout="4\n")))
+    ran = orch.execute(request(), on_dispatch=lambda: calls.append("ran"))
+    assert ran.success and calls == ["ran"]
+    refused = orch.execute(
+        request("import subprocess\n"), on_dispatch=lambda: calls.append("refused")
+    )
+    assert not refused.success and calls == ["ran"]
