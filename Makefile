@@ -8,7 +8,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help setup setup-demo fresh-check venv docker-up gvisor postgres-up images node-tools demo doctor test test-unit test-integration test-postgres lint bench sweep clean
+.PHONY: help setup setup-demo fresh-check venv docker-up gvisor postgres-up images node-tools demo doctor test test-unit test-integration test-postgres lint bench sweep clean \
+	cluster-up cluster-down cluster-test diagram
 
 help:
 	@echo "make demo              set up everything and run examples under the three policies"
@@ -25,6 +26,10 @@ help:
 	@echo "make doctor            which isolation modes work here, and how to enable the others"
 	@echo "make gvisor            install gVisor's runsc and register it with the Docker engine"
 	@echo "make postgres-up       install and start PostgreSQL on 127.0.0.1 for the store tests"
+	@echo "make diagram           render docs/architecture.svg from docs/architecture.dot (Graphviz)"
+	@echo "make cluster-up        three nodes behind HAProxy on 127.0.0.1:8800, one PostgreSQL (prints ATHENA_URL, ATHENA_TOKEN)"
+	@echo "make cluster-down      stop the cluster's HAProxy and nodes; nothing of theirs left running"
+	@echo "make cluster-test      cluster-up, the contract, tenant-isolation and load tests through HAProxy, cluster-down"
 
 # The machine: Debian packages, the Docker engine, runsc, PostgreSQL (scripts/setup.sh says which).
 setup:
@@ -109,13 +114,30 @@ lint: venv
 	$(BIN)/ruff format --check orchestrator memory_store athena tests benchmarks
 	$(BIN)/mypy
 
-bench: images node-tools postgres-up
+bench: setup images node-tools postgres-up
 	$(BIN)/python benchmarks/bench_latency.py
 	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python benchmarks/bench_service.py
 	$(BIN)/python -m benchmarks.bench_sessions
 	$(BIN)/python -m benchmarks.bench_fast
 	$(BIN)/python -m benchmarks.bench_humaneval
+	$(BIN)/python -m benchmarks.bench_cluster
+
+# The cluster on one machine (scripts/cluster.sh): PostgreSQL, three nodes sharing this
+# machine's engine, HAProxy in front on 127.0.0.1:$${CLUSTER_PORT:-8800}. cluster-test always
+# ends with cluster-down, and fails if any of its tests did.
+cluster-up: setup images
+	@bash scripts/cluster.sh up
+
+cluster-down:
+	@bash scripts/cluster.sh down
+
+cluster-test: setup images
+	bash scripts/cluster.sh test
+
+# The cluster's picture (docs/cluster.md); a unit test checks the committed SVG is current.
+diagram:
+	dot -Tsvg docs/architecture.dot -o docs/architecture.svg
 
 sweep: venv
 	$(BIN)/athena-sandbox sweep

@@ -7,7 +7,9 @@
 #                                (Node.js, npm, bubblewrap, socat, ripgrep), the languages
 #                                the host modes run (ruby) and ps (the srt tests look for
 #                                processes that outlive a run; Debian's minimal systems lack it),
-#                                curl and jq (the service page's examples run as written)
+#                                curl and jq (the service page's examples run as written),
+#                                haproxy (the load balancer of make cluster-up), Graphviz
+#                                (a test checks docs/architecture.svg against its source)
 #
 # Everything is checked first and only what is missing is installed or started: one
 # `apt-get update` and one `apt-get install` at most. A step that takes more than a few seconds
@@ -47,6 +49,8 @@ test_packages=(
   "ps procps"
   "jq jq"
   "curl curl"
+  "haproxy haproxy"
+  "dot graphviz"
 )
 
 missing_packages() {

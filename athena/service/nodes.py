@@ -76,6 +76,9 @@ class Database(Protocol):
     def execute(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """Run ``sql`` (``?`` placeholders) in a transaction of its own; return its rows."""
 
+    def create(self, schema: str) -> None:
+        """Create a table if it is missing, safely when several nodes start at once."""
+
     def close(self) -> None:
         """Close the connection."""
 
@@ -91,6 +94,10 @@ class SQLiteDatabase:
         """Run one statement and commit it."""
         with self._lock, self._conn:
             return list(self._conn.execute(sql, tuple(args)).fetchall())
+
+    def create(self, schema: str) -> None:
+        """Create the table (SQLite serializes writers: IF NOT EXISTS is enough)."""
+        self.execute(schema)
 
     def close(self) -> None:
         """Close the connection."""
@@ -119,6 +126,17 @@ class PostgresDatabase:
             cursor = self._conn.execute(sql, tuple(args))
             return list(cursor.fetchall()) if cursor.description else []
 
+    def create(self, schema: str) -> None:
+        """Create the table under an advisory lock.
+
+        PostgreSQL's ``CREATE TABLE IF NOT EXISTS`` is not safe when nodes starting together
+        run it at once (one fails on the catalog's unique index); the lock makes them take
+        turns, and the later ones find the table.
+        """
+        with self._lock, self._conn.transaction():
+            self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('athena_nodes'))")
+            self._conn.execute(schema)
+
     def close(self) -> None:
         """Close the connection."""
         with suppress(Exception):
@@ -136,11 +154,7 @@ class NodeDirectory:
     def __init__(self, database: Database, clock: Callable[[], float] = time.time) -> None:
         self._db = database
         self._clock = clock
-        try:
-            self._db.execute(_SCHEMA)
-        except Exception:
-            time.sleep(0.2)
-            self._db.execute(_SCHEMA)
+        self._db.create(_SCHEMA)
         self._cache: dict[str, tuple[float, NodeInfo | None]] = {}
 
     @classmethod

@@ -79,7 +79,7 @@ def lost_after_start(exc: httpx.TransportError, url: str) -> ServiceUnavailableE
     return ServiceUnavailableError(
         f"the connection to {url} broke after the run's code was handed to its sandbox "
         f"({type(exc).__name__}): the server running it may have died. It was not sent again, "
-        "since its code may have run; look for its record with get_execution(execution_id) "
+        "since its code may have run (and may have taken effect): check for its effects "
         "before you run it again"
     )
 

@@ -4,13 +4,16 @@ The code of each behaviour in each language is in ``tests/contract.py`` (``SNIPP
 restricted and inprocess. For the fallback modes the Docker
 engine is made unreachable (a bogus DOCKER_HOST) and the process allows only that mode, so the
 ladder itself picks it. ``remote`` runs every call through ``MemoryAPI.connect`` against one real
-``athena-sandbox serve`` for the module (Docker only, the strict policy, a tenant's token).
+``athena-sandbox serve`` for the module (Docker only, the strict policy, a tenant's token), or,
+when ATHENA_URL is set, against that server with ATHENA_TOKEN (``make cluster-test``: the load
+balancer of a cluster, whose nodes have the canary in their environment; not ours to stop).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,8 +105,11 @@ def mode(
     """Each isolation mode in turn; the fallback ones with no Docker engine reachable."""
     name = request.param
     if name == "remote":
-        server: ServiceServer = request.getfixturevalue("remote_server")
-        with MemoryAPI.connect(server.url, token=server.token) as remote:
+        url, token = os.environ.get("ATHENA_URL"), os.environ.get("ATHENA_TOKEN")
+        if not url:
+            server: ServiceServer = request.getfixturevalue("remote_server")
+            url, token = server.url, server.token
+        with MemoryAPI.connect(url, token=token) as remote:
             yield Mode(name, remote)
         return
     settings = mode_settings(name, tmp_path, project_dir, monkeypatch)
