@@ -242,12 +242,9 @@ up() {
   db_url >"$state/db-url"
   token=$("$bin/athena-sandbox" tokens add cluster --file "$state/tokens.json" \
     --policies strict,research)
-  # TODO(lead): start all at once when NodeDirectory's CREATE TABLE takes a lock (three
-  # nodes on a fresh database race on it); the first one makes the tables, the rest follow.
-  start_node node-1
-  wait_ready node-1
-  for id in $(nodes | tail -n +2); do start_node "$id"; done
-  for id in $(nodes | tail -n +2); do wait_ready "$id"; done
+  # All at once: the store's migrations and the node directory's table take advisory locks.
+  for id in $(nodes); do start_node "$id"; done
+  for id in $(nodes); do wait_ready "$id"; done
   start_haproxy
   printf 'ATHENA_URL=http://127.0.0.1:%s\nATHENA_TOKEN=%s\n' "$port" "$token" >"$state/env"
   log "up: $count nodes on 127.0.0.1:$((port + 1))-$((port + count)) behind HAProxy; state in $state"

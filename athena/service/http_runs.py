@@ -16,6 +16,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import structlog
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from athena.service.tokens import Tenant
 
 router = APIRouter(prefix="/v1", tags=["runs"])
+log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 
@@ -179,6 +181,9 @@ class EarlyStart:
         future = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
         try:
             future.result(timeout=_EARLY_WAIT_S)
+        except TimeoutError:
+            log.warning("a run's answer did not start in time; its code goes on")
+            future.cancel()
         except Exception:
             future.cancel()
 
@@ -205,16 +210,25 @@ ROUTE_PATH_KEY = "athena.route_path"  # the metrics' path label of a request no 
 
 
 def _is_execute(scope: Scope) -> bool:
+    """Whether FastAPI would read this request's body as JSON for the run route.
+
+    Every body the route would run must come here, where its answer starts before its code
+    (:class:`EarlyStart`); the route itself only answers what fails validation. FastAPI reads
+    a body as JSON with no content type, ``application/json`` or ``application/*+json``; the
+    query string means nothing to the route.
+    """
     if scope["type"] != "http" or scope.get("method") != "POST":
         return False
-    if scope.get("path") != EXECUTE_PATH or scope.get("query_string"):
+    if scope.get("path") != EXECUTE_PATH:
         return False
     content_type = next((v for k, v in scope.get("headers", ()) if k == b"content-type"), None)
-    return content_type is not None and _is_json(content_type)
+    return content_type is None or _is_json(content_type)
 
 
 def _is_json(content_type: bytes) -> bool:
-    return content_type.split(b";", 1)[0].strip().lower() == b"application/json"
+    kind = content_type.split(b";", 1)[0].strip().lower()
+    main, _, sub = kind.partition(b"/")
+    return main == b"application" and (sub == b"json" or sub.endswith(b"+json"))
 
 
 async def unless_left(receive: Receive, service: Service, work: Coroutine[Any, Any, T]) -> T | None:

@@ -11,8 +11,9 @@ an engine:
   said it was alive. A node registers when it starts serving, says so every
   :data:`HEARTBEAT_SECONDS`, and removes its row when it stops; a node that stopped saying so
   for :data:`STALE_SECONDS` (killed, its machine gone) counts as gone. Another node reads it to
-  send a session's requests to the node that holds the session. Clocks of the nodes are
-  compared, so they must agree to within a few seconds (NTP does far better).
+  send a session's requests to the node that holds the session. Every time in the table is
+  the database's clock (read at each heartbeat and carried forward with this process's
+  monotonic clock), so the nodes' own clocks may disagree.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ FORGOTTEN_SECONDS = 24 * 3600.0
 SWEEP_EVERY_BEATS = 5  # a live node sweeps the sandboxes of dead ones every 10 s
 LOCK_DIR = Path("/run/athena-sandbox/nodes")
 _CACHE_SECONDS = 1.0  # how long a looked-up URL is reused: a proxied request should not wait
+_CACHE_ENTRIES = 1024
+_SYNC_SECONDS = 30.0  # a directory that does not beat reads the database's clock this often
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS athena_nodes (node_id TEXT PRIMARY KEY, url TEXT NOT NULL, "
@@ -73,6 +76,9 @@ class NodeInfo:
 class Database(Protocol):
     """What the directory needs of a database: run one statement, get its rows."""
 
+    now_sql: str
+    """An SQL expression of the database's time, in seconds since the epoch."""
+
     def execute(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """Run ``sql`` (``?`` placeholders) in a transaction of its own; return its rows."""
 
@@ -85,6 +91,8 @@ class Database(Protocol):
 
 class SQLiteDatabase:
     """The directory in the memory store's SQLite file (nodes of one machine)."""
+
+    now_sql = "((julianday('now') - 2440587.5) * 86400.0)"
 
     def __init__(self, path: Path) -> None:
         self._conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False)
@@ -106,6 +114,8 @@ class SQLiteDatabase:
 
 class PostgresDatabase:
     """The directory in the memory store's PostgreSQL database (nodes of many machines)."""
+
+    now_sql = "extract(epoch from clock_timestamp())::double precision"
 
     def __init__(self, url: str) -> None:
         from memory_store.postgres.connection import require_psycopg
@@ -148,12 +158,14 @@ class NodeDirectory:
 
     Args:
         database: where the table lives (created if missing).
-        clock: seconds since the epoch (injected by tests).
+        clock: seconds since the epoch (tests inject one; default: the database's clock).
     """
 
-    def __init__(self, database: Database, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, database: Database, clock: Callable[[], float] | None = None) -> None:
         self._db = database
-        self._clock = clock
+        self._clock = clock or self._database_clock
+        self._offset: float | None = None  # the database's time minus our monotonic clock
+        self._synced_at = 0.0
         self._db.create(_SCHEMA)
         self._cache: dict[str, tuple[float, NodeInfo | None]] = {}
 
@@ -187,12 +199,31 @@ class NodeDirectory:
         )
         self._cache.pop(node_id, None)
 
-    def heartbeat(self, node_id: str) -> None:
-        """Say node ``node_id`` (this process) is alive."""
-        self._db.execute(
-            "UPDATE athena_nodes SET seen_at = ? WHERE node_id = ? AND pid = ? AND host = ?",
+    def sync_clock(self) -> None:
+        """Read the database's clock (the heartbeat does, every beat)."""
+        before = time.monotonic()
+        rows = self._db.execute(f"SELECT {self._db.now_sql}")
+        after = time.monotonic()
+        self._offset = float(rows[0][0]) - (before + after) / 2
+        self._synced_at = after
+
+    def _database_clock(self) -> float:
+        """The database's time now, from its clock as last read plus our monotonic clock."""
+        if self._offset is None or time.monotonic() - self._synced_at > _SYNC_SECONDS:
+            self.sync_clock()
+        assert self._offset is not None
+        return self._offset + time.monotonic()
+
+    def heartbeat(self, node_id: str) -> bool:
+        """Say node ``node_id`` (this process) is alive; False when its row is gone."""
+        if self._clock == self._database_clock:
+            self.sync_clock()
+        rows = self._db.execute(
+            "UPDATE athena_nodes SET seen_at = ? WHERE node_id = ? AND pid = ? AND host = ? "
+            "RETURNING node_id",
             (self._clock(), node_id, os.getpid(), socket.gethostname()),
         )
+        return bool(rows)
 
     def unregister(self, node_id: str) -> None:
         """Remove this process's row of node ``node_id`` (it stops)."""
@@ -216,6 +247,8 @@ class NodeDirectory:
             (node_id,),
         )
         info = NodeInfo(*rows[0]) if rows else None
+        if len(self._cache) >= _CACHE_ENTRIES:  # forged ids must not grow it without end
+            self._cache.clear()
         self._cache[node_id] = (now, info)
         return info
 
@@ -278,6 +311,7 @@ class Registration:
         self._sweep = sweep
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sweeper: threading.Thread | None = None
 
     def start(self) -> None:
         """Register and start beating.
@@ -297,11 +331,30 @@ class Registration:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             beats += 1
             try:
-                self.directory.heartbeat(self.node_id)
-                if self._sweep is not None and beats % SWEEP_EVERY_BEATS == 1:
-                    self.sweep_dead()
+                if not self.directory.heartbeat(self.node_id):
+                    # Our row went (pruned, or removed by hand): without it no other node
+                    # can reach our sessions. Take the id again (refused if another holds it).
+                    log.warning("node row missing: registering again", node_id=self.node_id)
+                    self.directory.register(self.node_id, self.url)
             except Exception as exc:  # the store is down: readyz says so; keep trying
                 log.warning("node heartbeat failed", error=str(exc))
+            if self._sweep is not None and beats % SWEEP_EVERY_BEATS == 1:
+                self._start_sweep()
+
+    def _start_sweep(self) -> None:
+        """Sweep in a thread of its own: slow removals must not hold the heartbeat back."""
+        if self._sweeper is not None and self._sweeper.is_alive():
+            return
+        self._sweeper = threading.Thread(
+            target=self._sweep_quietly, name="athena-node-sweep", daemon=True
+        )
+        self._sweeper.start()
+
+    def _sweep_quietly(self) -> None:
+        try:
+            self.sweep_dead()
+        except Exception as exc:  # the store or the engine is down: next time
+            log.warning("sweeping dead nodes failed", error=str(exc))
 
     def sweep_dead(self) -> int:
         """Remove the sandboxes of dead nodes now; return how many."""
@@ -313,8 +366,9 @@ class Registration:
     def stop(self) -> None:
         """Stop beating and remove this node from the directory."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=HEARTBEAT_SECONDS + 5)
+        for thread in (self._thread, self._sweeper):
+            if thread is not None:
+                thread.join(timeout=HEARTBEAT_SECONDS + 5)
         try:
             self.directory.unregister(self.node_id)
         except Exception as exc:
@@ -336,8 +390,15 @@ class NodeLock:
 
     def claim(self) -> None:
         """Take the lock (until :meth:`release` or this process ends)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise RequestError(
+                f"cannot take the lock of node id {self.node_id!r} ({self.path}): {exc}; a node "
+                "needs to write to that directory (run it as root, or as the owner of "
+                f"{self.path.parent})"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -26,9 +26,9 @@ read are in the shared store, and the holder may be gone.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import re
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import structlog
@@ -36,7 +36,6 @@ import structlog
 from athena.service.asgi import ASGIApp, Receive, Scope, Send, read_body, send_json
 from athena.service.http_runs import disconnected
 from athena.service.wire import envelope
-from orchestrator.sessions import session_node
 
 if TYPE_CHECKING:
     from athena.service.nodes import NodeDirectory
@@ -46,10 +45,13 @@ log = structlog.get_logger(__name__)
 VIA_HEADER = "x-athena-via"
 """Set on a request one node sends on to another: the sender's node id."""
 _PREFIX = "/v1/sessions/"
-_LOCAL_ROUTES = frozenset({"replay"})  # served by any node: they read the shared store
+_PROXIED_ROUTES = frozenset({"", "execute", "execute/stream"})  # replay: any node (the store)
+_CANONICAL_ID = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]{0,62})\.[0-9a-f]{32}")
 _CONNECT_SECONDS = 3.0
-_SILENCE_SECONDS = 5.0
-_LIST_SECONDS = 5.0  # how long the holder may send nothing before we ask if it is alive
+_SILENCE_SECONDS = 5.0  # how long the holder may send nothing before we ask if it is alive
+_LIST_SECONDS = 5.0
+_LIMITS = httpx.Limits(max_connections=4096, max_keepalive_connections=64)
+T = TypeVar("T")
 _HOP_BY_HOP = frozenset(
     {
         b"host",
@@ -64,6 +66,8 @@ _HOP_BY_HOP = frozenset(
         b"proxy-connection",
     }
 )
+# What the holder answers that this node's server writes itself (it would be there twice).
+_RELAYED_NOT = _HOP_BY_HOP | {b"date", b"server"}
 
 
 def was_sent_on(scope: Scope) -> bool:
@@ -77,10 +81,13 @@ def foreign_holder(scope: Scope, node_id: str) -> tuple[str, str] | None:
     if scope["type"] != "http" or not path.startswith(_PREFIX):
         return None
     session_id, _, route = path[len(_PREFIX) :].partition("/")
-    holder = session_node(session_id)
-    if holder is None or holder == node_id or route in _LOCAL_ROUTES:
-        return None
-    return session_id, holder
+    match = _CANONICAL_ID.fullmatch(session_id)
+    if match is None or match[1] == node_id or route not in _PROXIED_ROUTES:
+        return None  # not a well-formed id of another node's session: answered here (410)
+    raw: bytes = scope.get("raw_path") or path.encode()
+    if any(part in {b".", b".."} for part in raw.split(b"?", 1)[0].split(b"/")):
+        return None  # dot segments could name another route on the holder
+    return session_id, match[1]
 
 
 def gone_message(session_id: str, holder: str, why: str) -> str:
@@ -110,7 +117,9 @@ class Cluster:
         """The client of requests to other nodes (made at first use, in the app's loop)."""
         if self._client is None:
             self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(None, connect=_CONNECT_SECONDS), trust_env=False
+                timeout=httpx.Timeout(None, connect=_CONNECT_SECONDS, pool=_CONNECT_SECONDS),
+                limits=_LIMITS,
+                trust_env=False,
             )
         return self._client
 
@@ -146,6 +155,14 @@ class Cluster:
         return [session for listed in found for session in listed]
 
 
+class _Left(Exception):
+    """The caller hung up."""
+
+
+class _HolderGone(Exception):
+    """The holder stopped saying it is alive."""
+
+
 class SessionProxy:
     """Pure ASGI middleware: a request for another node's session goes to that node.
 
@@ -170,23 +187,33 @@ class SessionProxy:
         if was_sent_on(scope):
             await self._gone(send, session_id, holder, f"is not this node ({self._node_id})")
             return
-        url = await asyncio.to_thread(self._directory.live_url, holder)
+        try:
+            url = await asyncio.to_thread(self._directory.live_url, holder)
+        except Exception as exc:
+            log.warning("the node directory does not answer", error=str(exc))
+            message = "the node directory (the shared store) does not answer; retry shortly"
+            await send_json(send, 503, envelope("Draining", message))
+            return
         if url is None:
             await self._gone(send, session_id, holder, "is gone (stopped, or silent too long)")
             return
         body = await read_body(receive)
         if body is None:
             return  # the caller left before it sent the body
-        await self._forward(scope, receive, send, url, body, (session_id, holder))
+        left = asyncio.ensure_future(disconnected(receive))
+        try:
+            await self._forward(scope, send, url, body, (session_id, holder), left)
+        finally:
+            left.cancel()
 
     async def _forward(
         self,
         scope: Scope,
-        receive: Receive,
         send: Send,
         url: str,
         body: bytes,
         held: tuple[str, str],
+        left: asyncio.Future[None],
     ) -> None:
         client = self._cluster.client
         # The path as it came (not decoded and encoded again), on the holder's URL.
@@ -199,64 +226,79 @@ class SessionProxy:
             headers=self._headers(scope),
             content=body,
         )
+        sending = asyncio.ensure_future(client.send(request, stream=True))
         try:
-            response = await client.send(request, stream=True)
-        except httpx.TransportError as exc:
+            response = await self._watch(sending, left, held[1])
+        except _Left:
+            return  # the connection to the holder is closed: it kills the call, as a direct one
+        except (httpx.TransportError, _HolderGone) as exc:
             log.warning("session holder unreachable", holder=held[1], error=str(exc))
             await self._gone(send, *held, "does not answer")
             return
         try:
-            await self._relay(response, receive, send, held[1])
+            await self._relay(response, send, held[1], left)
         finally:
             await response.aclose()
 
     async def _relay(
-        self, response: httpx.Response, receive: Receive, send: Send, holder: str
+        self, response: httpx.Response, send: Send, holder: str, left: asyncio.Future[None]
     ) -> None:
-        """Stream the holder's answer back until it ends, the caller leaves or the holder dies."""
-        headers = [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP]
-        await send(
-            {"type": "http.response.start", "status": response.status_code, "headers": headers}
-        )
-        chunks = response.aiter_raw().__aiter__()
-        left = asyncio.ensure_future(disconnected(receive))
-        try:
-            while True:
-                chunk = await self._next(chunks, left, holder)
-                if chunk is None:
-                    break
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        finally:
-            left.cancel()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _next(
-        self, chunks: AsyncIterator[bytes], left: asyncio.Future[None], holder: str
-    ) -> bytes | None:
-        """The holder's next chunk; None at its end.
+        """Stream the holder's answer back until it ends, the caller leaves or the holder dies.
 
         Raises:
             ConnectionError: the caller left, or the holder died in the middle (the caller's
                 connection is cut, as the holder's death would cut it).
         """
+        headers = [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in _RELAYED_NOT]
+        await send(
+            {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        )
+        chunks = response.aiter_raw().__aiter__()
         while True:
             step: asyncio.Future[bytes | None] = asyncio.ensure_future(anext(chunks, None))
-            waiting: list[asyncio.Future[Any]] = [step, left]
-            done, _ = await asyncio.wait(
-                waiting, timeout=_SILENCE_SECONDS, return_when=asyncio.FIRST_COMPLETED
-            )
-            if step in done:
-                try:
+            try:
+                chunk = await self._watch(step, left, holder)
+            except (_Left, _HolderGone, httpx.TransportError) as exc:
+                raise ConnectionError(f"proxying for node {holder!r} ended: {exc!r}") from exc
+            if chunk is None:
+                break
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _watch(self, step: asyncio.Future[T], left: asyncio.Future[None], holder: str) -> T:
+        """Await ``step`` while the caller stays and the holder says it is alive.
+
+        The same ``step`` is awaited across the checks (cancelling a read in the middle would
+        break the stream); it is cancelled only when we give up.
+
+        Raises:
+            _Left: the caller hung up.
+            _HolderGone: the holder stopped saying it is alive while we waited.
+        """
+        try:
+            while True:
+                waiting: list[asyncio.Future[Any]] = [step, left]
+                done, _ = await asyncio.wait(
+                    waiting, timeout=_SILENCE_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+                if step in done:
                     return step.result()
-                except httpx.TransportError as exc:
-                    raise ConnectionError(f"node {holder!r} went away mid-answer") from exc
+                if left in done:
+                    raise _Left
+                if not await self._alive(holder):
+                    raise _HolderGone(f"node {holder!r} stopped saying it is alive")
+        except BaseException:
             step.cancel()
             with suppress(BaseException):
                 await step
-            if left in done:
-                raise ConnectionError("the caller left")
-            if await asyncio.to_thread(self._directory.live_url, holder) is None:
-                raise ConnectionError(f"node {holder!r} stopped saying it is alive")
+            raise
+
+    async def _alive(self, holder: str) -> bool:
+        """Whether the holder still says it is alive (when the store cannot tell: yes)."""
+        try:
+            return await asyncio.to_thread(self._directory.live_url, holder) is not None
+        except Exception:
+            return True
 
     def _headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         kept = [(k, v) for k, v in scope.get("headers", ()) if k.lower() not in _HOP_BY_HOP]

@@ -9,15 +9,16 @@ stream) starts, with ``200``, just before its code is handed to the sandbox, and
 that hands it over waits until the start is written
 (:class:`~athena.service.http_runs.EarlyStart`). So, for a run:
 
-- no answer at all (the connection failed or broke before any status line), or a ``502``,
-  ``503`` or ``504`` (the load balancer found no node or lost it, or the node refused: it
-  drains, its store does not answer): the code never started, and the run is sent again,
+- no connection (it could not be made), or a ``502``, ``503`` or ``504`` (the load balancer
+  found no node or lost it, or the node refused: it drains, its store does not answer): the
+  code never started, and the run is sent again,
   at most :data:`RUN_ATTEMPTS` times in all, a little apart (tenacity's random exponential
   wait), so the load balancer's health checks can take the node out;
 - a ``200`` whose body then breaks off: the code may have run; the caller gets
   :class:`~athena.service.wire.ServiceUnavailableError` saying so, and nothing is sent again;
-- no answer in time (a read timeout): not sent again either, since the run may be waiting in
-  the node's queue and start at any moment.
+- a connection that broke before any status line: not sent again either, since it may have
+  broken between the client and a load balancer after the node's 200; nor a read timeout,
+  since the run may be waiting in the node's queue and start at any moment.
 
 Opening a session runs no code of the caller's, and is retried the same way; a batch's runs
 start one by one as the batch goes, so a batch is never sent again.
@@ -57,11 +58,23 @@ class NotStarted(Exception):
 
 
 def send_failed(exc: httpx.TransportError, url: str) -> Exception:
-    """The error of a request that got no status line: sent again unless it was a timeout."""
+    """The error of a request that got no status line: sent again only if it never left.
+
+    Only a connection that could not be made is certain not to have reached a server. One
+    that broke later may have broken between the client and a load balancer, after the node
+    behind it wrote its 200 and handed the code over; a read timeout may leave the run queued
+    there, to start any moment.
+    """
     error = remote.unreachable(exc, url)
-    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
-        return error  # the run may be queued there and start any moment
-    return NotStarted(error)
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return NotStarted(error)
+    if isinstance(exc, httpx.TimeoutException):
+        return error
+    return ServiceUnavailableError(
+        f"the connection to {url} broke before an answer ({type(exc).__name__}: {exc}): the "
+        "run was not sent again, since it may have reached a server and run; check for its "
+        "effects before you run it again"
+    )
 
 
 def refused_before_start(response: httpx.Response, url: str) -> NotStarted | None:

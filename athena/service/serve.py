@@ -252,7 +252,17 @@ def check_node_id(node_id: str) -> str:
 
 
 def default_url(host: str, port: int) -> str:
-    """``http://host:port``: where the other nodes reach this one unless told otherwise."""
+    """``http://host:port``: where the other nodes reach this one unless told otherwise.
+
+    Raises:
+        RequestError: ``host`` is a wildcard address (0.0.0.0, ::): other nodes would connect
+            to themselves (and send them the callers' tokens).
+    """
+    if host.strip("[]") in {"0.0.0.0", "::", ""}:
+        raise RequestError(
+            f"a node listening on {host!r} (every address) cannot say where the other nodes "
+            "reach it: pass --advertise-url http://ADDRESS:PORT (or ATHENA_ADVERTISE_URL)"
+        )
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
     return f"http://{shown}:{port}"
 

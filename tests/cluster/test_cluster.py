@@ -147,15 +147,14 @@ def test_another_tenants_session_is_unknown_on_every_node(
 def test_another_tenant_lists_no_sessions_and_cannot_end_them(
     cluster: Cluster, bob_token: str, bob: RemoteMemoryAPI, alice_sessions: list[RemoteSession]
 ) -> None:
-    """On every node B's session list holds none of A's (A's holds that node's); A's outlive B."""
-    for node in cluster.nodes:
+    """Every node and the load balancer list all of A's sessions to A, none to B; A's outlive B."""
+    mine = {s.session_id for s in alice_sessions}
+    for url in [cluster.node_url(node) for node in cluster.nodes] + [cluster.url]:
         listed = {}
         for tenant, token in (("alice", cluster.token), ("bob", bob_token)):
-            url = f"{cluster.node_url(node)}/v1/sessions"
-            response = httpx.get(url, headers=bearer(token), timeout=30)
+            response = httpx.get(f"{url}/v1/sessions", headers=bearer(token), timeout=30)
             listed[tenant] = {s["session_id"] for s in response.json()["sessions"]}
-        mine = {s.session_id for s in alice_sessions if node_of(s.session_id) == node}
-        assert mine and mine <= listed["alice"] and listed["bob"].isdisjoint(mine)
+        assert mine <= listed["alice"] and listed["bob"].isdisjoint(mine), url
     for session in alice_sessions:
         with pytest.raises(SessionEndedError):
             bob.session(session.session_id)

@@ -106,6 +106,17 @@ def test_an_answer_that_breaks_after_its_200_is_never_sent_again() -> None:
     assert asked == ["/v1/execute"]
 
 
+@pytest.mark.parametrize("broke", [httpx.ReadError, httpx.RemoteProtocolError])
+def test_a_connection_that_broke_before_a_status_is_not_sent_again(
+    broke: type[httpx.TransportError],
+) -> None:
+    """It may have broken between us and a load balancer after the node's 200: not again."""
+    api, asked = _client([_refused(broke), _json(200, RESULT)])
+    with pytest.raises(ServiceUnavailableError, match="may have reached a server and run"):
+        api.execute_code("print(1)")
+    assert len(asked) == 1
+
+
 def test_a_read_timeout_is_not_sent_again() -> None:
     """A run may still be queued where it timed out: it is not sent a second time."""
     api, asked = _client([_refused(httpx.ReadTimeout), _json(200, RESULT)])

@@ -78,6 +78,9 @@ def test_only_another_nodes_session_routes_are_sent_on() -> None:
     assert foreign_holder(scope(f"/v1/sessions/{other}/replay"), "node-1") is None
     assert foreign_holder(scope("/v1/sessions/" + "c" * 32), "node-1") is None
     assert foreign_holder(scope("/v1/execute"), "node-1") is None
+    assert foreign_holder(scope(f"/v1/sessions/{other}/files"), "node-1") is None
+    assert foreign_holder(scope(f"/v1/sessions/{other}/../../metrics"), "node-1") is None
+    assert foreign_holder(scope("/v1/sessions/node-2.x/execute"), "node-1") is None
 
 
 @pytest.mark.parametrize("bad", ["", "a.b", "a/b", "-a", "a" * 64, "nöde", "a b"])
@@ -92,6 +95,28 @@ def test_the_default_url_brackets_an_ipv6_host() -> None:
     """http://HOST:PORT, with [] around an IPv6 address."""
     assert default_url("127.0.0.1", 8801) == "http://127.0.0.1:8801"
     assert default_url("::1", 8801) == "http://[::1]:8801"
+
+
+@pytest.mark.parametrize("wildcard", ["0.0.0.0", "::", "[::]"])
+def test_a_node_on_every_address_must_say_where_it_is_reached(wildcard: str) -> None:
+    """0.0.0.0 is no address another node can reach: --advertise-url is asked for."""
+    with pytest.raises(RequestError, match="--advertise-url"):
+        default_url(wildcard, 8000)
+
+
+def test_a_heartbeat_says_when_the_row_is_gone(directory: NodeDirectory) -> None:
+    """heartbeat is True while the row is there and False once it was removed."""
+    directory.register("node-1", "http://a:1")
+    assert directory.heartbeat("node-1")
+    directory._db.execute("DELETE FROM athena_nodes")
+    assert not directory.heartbeat("node-1")
+
+
+def test_forged_ids_do_not_grow_the_cache_without_end(directory: NodeDirectory) -> None:
+    """Looking up thousands of unknown nodes keeps the cache bounded."""
+    for n in range(3000):
+        directory.live_url(f"forged-{n}")
+    assert len(directory._cache) <= 1024
 
 
 def test_a_registered_node_is_live_until_it_goes_silent(

@@ -448,7 +448,7 @@ def test_a_valid_execute_body_is_run_without_the_router() -> None:
         (b'["print(1)"]', "application/json", b""),  # not an object
         (b'{"code": "\xff"}', "application/json", b""),  # not UTF-8
         (b'{"code": "print(1)"}', "text/plain", b""),  # another content type
-        (b'{"code": "print(1)"}', "application/json", b"x=1"),  # a query string
+        (b'{"code": "print(1)"}', "application/jsonp", b""),  # not a JSON type
         (b'{"code": "1", "files": {"a": 1}}', "application/json", b""),  # a file not text
         (b'{"code": "1", "files": {"a": {"b64": "AA=="}}}', "application/json", b""),
         (b'{"code": "1", "capture_figures": "no"}', "application/json", b""),
@@ -555,3 +555,15 @@ def test_an_error_before_dispatch_keeps_its_own_status() -> None:
     runs.fail_after_dispatch = ServiceUnavailableError("the server drains")
     sent, _inner, _runs, _scope = _fast(b'{"code": "print(1)"}', runs=runs)
     assert _status(sent) == 503 and _body(sent)["error"]["type"] == "Draining"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "query"),
+    [("application/json", b"trace=1"), ("application/vnd.x+json", b""), ("APPLICATION/JSON", b"")],
+)
+def test_every_body_the_route_would_run_takes_the_fast_path(
+    content_type: str, query: bytes
+) -> None:
+    """A query string or a +json type still runs here, where the answer starts before the code."""
+    sent, inner, runs, _ = _fast(b'{"code": "print(1)"}', content_type, query)
+    assert not inner.called and _status(sent) == 200 and runs.calls
