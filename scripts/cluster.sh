@@ -159,16 +159,21 @@ gone() {
 # The sandbox containers of a node: its label (every node's container carries it).
 containers_of() { docker ps -aq --filter "label=athena.owner.node=$1"; }
 
+# wait_gone CMD ARGS...: up to 10 s for CMD to print nothing; then print what it prints.
+wait_gone() {
+  for _ in $(seq 1 100); do
+    [ -z "$("$@")" ] && return 0
+    sleep 0.1
+  done
+  "$@"
+}
+
 # After the nodes exit their watchdogs remove what they left within about a second; what is
 # still there after 10 s is removed here, and said (a node should not leave any).
 remove_containers() {
   local id left
   for id in $(nodes); do
-    for _ in $(seq 1 100); do
-      [ -z "$(containers_of "$id")" ] && break
-      sleep 0.1
-    done
-    left=$(containers_of "$id")
+    left=$(wait_gone containers_of "$id")
     if [ -n "$left" ]; then
       leftovers=1
       log "$id left containers behind; removing them: $(echo "$left" | tr '\n' ' ')"
@@ -187,11 +192,7 @@ watchdogs_of() { pgrep -f "docker/watcher\.py .*athena\.owner\.pid=$1( |\$)" || 
 end_watchdogs() {
   local pid left
   for pid in "$@"; do
-    for _ in $(seq 1 100); do
-      [ -z "$(watchdogs_of "$pid")" ] && break
-      sleep 0.1
-    done
-    left=$(watchdogs_of "$pid")
+    left=$(wait_gone watchdogs_of "$pid")
     if [ -n "$left" ]; then
       leftovers=1
       log "watchdogs of node pid $pid still run; killing them: $(echo "$left" | tr '\n' ' ')"

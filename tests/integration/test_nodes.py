@@ -159,17 +159,6 @@ def test_an_unknown_node_in_a_session_id_answers_410(
             assert answer.json()["error"]["type"] == "SessionEndedError"
 
 
-def test_a_proxied_request_is_never_sent_on_again(
-    nodes: tuple[ServiceServer, ServiceServer],
-) -> None:
-    """A request already sent on by a node is answered 410 by a node that is not the holder."""
-    a, b = nodes
-    session_id = _open(a)
-    with b.client("alice") as client:
-        answer = client.get(f"/v1/sessions/{session_id}", headers={"x-athena-via": "node-c"})
-    assert answer.status_code == 410 and "is not this node" in answer.text
-
-
 def test_a_second_process_cannot_take_a_live_node_id(
     nodes: tuple[ServiceServer, ServiceServer], tmp_path: Path
 ) -> None:

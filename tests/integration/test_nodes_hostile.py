@@ -27,6 +27,7 @@ import pytest
 
 from athena.api import MemoryAPI
 from athena.service.nodes import LOCK_DIR, STALE_SECONDS, NodeDirectory, SQLiteDatabase
+from tests.integration.test_nodes import _open
 from tests.service_server import ServiceServer, running_server
 
 pytestmark = pytest.mark.docker
@@ -81,14 +82,6 @@ def _execute(server: ServiceServer, sql: str, args: tuple[object, ...]) -> None:
     assert server.db_path is not None
     with closing(sqlite3.connect(server.db_path, timeout=10)) as conn, conn:
         conn.execute(sql, args)
-
-
-def _open(server: ServiceServer, tenant: str = "alice") -> str:
-    with server.client(tenant) as client:
-        answer = client.post("/v1/sessions", json={"language": "python"})
-    assert answer.status_code == 201, answer.text
-    session_id: str = answer.json()["session_id"]
-    return session_id
 
 
 def _as_is(
@@ -182,7 +175,7 @@ def test_a_spoofed_via_header_reaches_nothing_it_should_not(
         listed = client.get("/v1/sessions", headers={"x-athena-via": NODE_A})
         assert listed.status_code == 200 and listed.json()["sessions"] == []
         proxied = client.get(f"/v1/sessions/{session_id}", headers={"x-athena-via": NODE_A})
-        assert proxied.status_code == 410
+        assert proxied.status_code == 410 and "is not this node" in proxied.text
     with a.client("alice") as client:
         assert client.delete(f"/v1/sessions/{session_id}").status_code == 200
 

@@ -52,6 +52,14 @@ def _client(
     return RemoteMemoryAPI(URL, transport=httpx.MockTransport(handle)), asked
 
 
+EXIT = {"type": "exit", "exit_code": 0, "result": RESULT}
+
+
+def _events(*events: dict[str, Any]) -> str:
+    """Server-Sent Events of these event dicts."""
+    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
+
+
 def _json(status: int, body: Any) -> Callable[[httpx.Request], httpx.Response]:
     return lambda _request: httpx.Response(status, json=body)
 
@@ -145,12 +153,7 @@ def test_an_error_envelope_under_a_200_is_raised() -> None:
 
 def test_a_stream_that_was_refused_is_sent_again_and_one_that_began_is_not() -> None:
     """Streamed runs follow the same rule: a 503 goes again, a break after the 200 does not."""
-    events = (
-        'event: begin\ndata: {"type":"begin"}\n\nevent: exit\ndata: '
-        + json.dumps({"type": "exit", "exit_code": 0, "result": RESULT})
-        + "\n\n"
-    )
-    stream = _raw(200, "text/event-stream", events)
+    stream = _raw(200, "text/event-stream", _events({"type": "begin"}, EXIT))
     api, asked = _client([_json(503, DRAINING), stream])
     assert api.execute_code("print(1)", on_stdout=lambda _t: None)["success"]
     assert len(asked) == 2
@@ -163,11 +166,7 @@ def test_a_stream_that_was_refused_is_sent_again_and_one_that_began_is_not() -> 
 
 def test_async_runs_retry_before_the_start_and_say_when_it_started() -> None:
     """execute_code_async: a 502 goes again; on_dispatch is called once the 200 arrives."""
-    events = (
-        "event: exit\ndata: "
-        + json.dumps({"type": "exit", "exit_code": 0, "result": RESULT})
-        + "\n\n"
-    )
+    events = _events(EXIT)
     asked: list[int] = []
 
     async def handle(request: httpx.Request) -> httpx.Response:
