@@ -235,6 +235,8 @@ class ExecutionContext:
         if self.dispatched:
             return
         self.dispatched = True
+        if not self._on_dispatch:
+            return
         token = _current.set(None)
         try:
             for callback in self._on_dispatch:

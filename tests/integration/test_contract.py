@@ -214,7 +214,8 @@ def test_timeout_kills_the_run(mode: Mode, language: str) -> None:
     start = time.monotonic()
     r = mode.run(SNIPPETS[language].loop, language, timeout_seconds=2)
     assert time.monotonic() - start < 2 + 5
-    assert not r["success"] and r["exit_code"] == 137
+    shown = {k: r.get(k) for k in ("exit_code", "error", "stderr", "sandbox_mode", "isolation")}
+    assert not r["success"] and r["exit_code"] == 137, shown  # what it was, if it ever is not
     assert r["stdout"] == "started\n"
     assert [v["category"] for v in r["violation_details"]] == ["timeout"]
 
