@@ -20,6 +20,7 @@ the sandboxes are the backend's, watched by its owner watchdog and swept at the 
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 import time
 import uuid
@@ -35,6 +36,7 @@ from orchestrator.errors import QueueFullError, RequestError, SessionEndedError
 from orchestrator.models import ExecutionRequest, SessionState, finite_seconds, shown_number
 from orchestrator.policy import Policy
 from orchestrator.run import RunOutcome, RunSpec
+from orchestrator.settings import NODE_ID_PATTERN
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +49,12 @@ MAX_SESSION_SECONDS = 7 * 24 * 3600.0
 
 
 NODE_SEPARATOR = "."
+# <node id>.<32 hex>: what new_session_id makes on a node, and nothing else.
+_NODE_SESSION_ID = re.compile(
+    f"({NODE_ID_PATTERN.removeprefix('^').removesuffix('$')})"
+    + re.escape(NODE_SEPARATOR)
+    + "[0-9a-f]{32}"
+)
 
 
 def new_session_id(node_id: str | None = None) -> str:
@@ -60,9 +68,9 @@ def new_session_id(node_id: str | None = None) -> str:
 
 
 def session_node(session_id: str) -> str | None:
-    """The node a session id names (None: an id of no node)."""
-    node, separator, _ = session_id.rpartition(NODE_SEPARATOR)
-    return node if separator and node else None
+    """The node a well-formed node session id names (None: an id of no node, or malformed)."""
+    match = _NODE_SESSION_ID.fullmatch(session_id)
+    return None if match is None else match[1]
 
 
 class BackendSession(Protocol):

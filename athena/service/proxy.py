@@ -26,7 +26,6 @@ read are in the shared store, and the holder may be gone.
 from __future__ import annotations
 
 import asyncio
-import re
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,6 +35,7 @@ import structlog
 from athena.service.asgi import ASGIApp, Receive, Scope, Send, read_body, send_json
 from athena.service.http_runs import disconnected
 from athena.service.wire import envelope
+from orchestrator.sessions import session_node
 
 if TYPE_CHECKING:
     from athena.service.nodes import NodeDirectory
@@ -46,7 +46,6 @@ VIA_HEADER = "x-athena-via"
 """Set on a request one node sends on to another: the sender's node id."""
 _PREFIX = "/v1/sessions/"
 _PROXIED_ROUTES = frozenset({"", "execute", "execute/stream"})  # replay: any node (the store)
-_CANONICAL_ID = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]{0,62})\.[0-9a-f]{32}")
 _CONNECT_SECONDS = 3.0
 _SILENCE_SECONDS = 5.0  # how long the holder may send nothing before we ask if it is alive
 _LIST_SECONDS = 5.0
@@ -81,13 +80,13 @@ def foreign_holder(scope: Scope, node_id: str) -> tuple[str, str] | None:
     if scope["type"] != "http" or not path.startswith(_PREFIX):
         return None
     session_id, _, route = path[len(_PREFIX) :].partition("/")
-    match = _CANONICAL_ID.fullmatch(session_id)
-    if match is None or match[1] == node_id or route not in _PROXIED_ROUTES:
+    holder = session_node(session_id)
+    if holder is None or holder == node_id or route not in _PROXIED_ROUTES:
         return None  # not a well-formed id of another node's session: answered here (410)
     raw: bytes = scope.get("raw_path") or path.encode()
     if any(part in {b".", b".."} for part in raw.split(b"?", 1)[0].split(b"/")):
         return None  # dot segments could name another route on the holder
-    return session_id, match[1]
+    return session_id, holder
 
 
 def gone_message(session_id: str, holder: str, why: str) -> str:

@@ -282,10 +282,9 @@ def register_node(api: MemoryAPI, db: str | None, node_id: str, url: str) -> Reg
     Raises:
         RequestError: another host's live node holds the id.
     """
-    target: str | Path | None = db or store_options_from_env().target
+    # A SQLite store has a path; a PostgreSQL one only a masked URL, so its URL as given.
     store_path = getattr(api.store, "path", None)
-    if target is None or not str(target).startswith(("postgresql://", "postgres://")):
-        target = store_path if isinstance(store_path, Path) else target
+    target = store_path if isinstance(store_path, Path) else db or store_options_from_env().target
     if target is None:
         raise RequestError("a node needs its store's database for the node directory: pass --db")
     # Connect the engine now, not at the first run: its start-up sweep removes what an earlier
